@@ -1,0 +1,1 @@
+"""Settings and the routes/connectors configuration, loaded with line numbers and validated."""

@@ -1,0 +1,108 @@
+"""The connector contract: a name, typed operations, ``probe()``, ``close()``, and a registry of types.
+
+A connector does I/O and nothing else. Each operation takes a pydantic request and the idempotency key (which
+the connector sends to the target: a client request id, an fkey, an order reference) and returns a pydantic
+reply, raising only errors from :mod:`schemas.errors`. Operations with effects offer ``lookup(key)`` so a
+redelivery whose claim is still in progress can ask the target before anything is sent again.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from config.model import ConnectorSpec
+
+HealthState = Literal["up", "degraded", "down"]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The answer of a probe."""
+
+    state: HealthState
+    detail: str = ""
+    latency_ms: float | None = None
+    checked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One operation of a connector, as the engine sees it."""
+
+    name: str
+    request: type[BaseModel]
+    reply: type[BaseModel]
+    call: Callable[[BaseModel, str], BaseModel]
+    #: returns the reply of an earlier request with this idempotency key, or None if the target has none
+    lookup: Callable[[str], BaseModel | None] | None = None
+    #: False for reads, which need no claim
+    effect: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class OperationSpec:
+    """What ``check`` needs to know of an operation without building the connector."""
+
+    request: type[BaseModel]
+    reply: type[BaseModel]
+    effect: bool = True
+    has_lookup: bool = True
+    doc: str = ""
+
+
+class Connector(Protocol):
+    """What the engine needs from a connector instance."""
+
+    name: str
+
+    def operations(self) -> Mapping[str, Operation]:
+        """The operations by name."""
+        ...
+
+    def probe(self) -> Health:
+        """A cheap, side-effect-free call that tells whether the target answers."""
+        ...
+
+    def close(self) -> None:
+        """Release sockets and threads."""
+        ...
+
+
+class ConnectorType(Protocol):
+    """A connector class: built from its spec; its operations described for ``check``."""
+
+    OPERATIONS: Mapping[str, OperationSpec]
+
+    def __call__(self, name: str, spec: ConnectorSpec) -> Connector:
+        """Build a connector named ``name`` from its spec."""
+        ...
+
+
+#: connector type → "module:Class", imported lazily (kombu's TRANSPORT_ALIASES).
+CONNECTOR_TYPES: dict[str, str] = {
+    "igate": "connectors.igate:IGateConnector",
+    "noop": "connectors.noop:NoopConnector",
+}
+
+
+@dataclass(slots=True)
+class _Cache:
+    loaded: dict[str, ConnectorType] = field(default_factory=dict)
+
+
+_cache = _Cache()
+
+
+def connector_type(type_name: str) -> ConnectorType:
+    """The class registered for ``type_name``; ``KeyError`` when there is none."""
+    if type_name not in _cache.loaded:
+        module_name, _, attr = CONNECTOR_TYPES[type_name].partition(":")
+        _cache.loaded[type_name] = getattr(importlib.import_module(module_name), attr)
+    return _cache.loaded[type_name]

@@ -1,0 +1,1 @@
+"""The engine: route model, RabbitMQ topology, the worker, retries, dead letters, idempotency."""

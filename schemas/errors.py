@@ -1,0 +1,114 @@
+"""The one error tree of the bus: every failure is either permanent or transient.
+
+Connectors translate their libraries' errors (httpx, zeep, paramiko) into this tree at the boundary, so the
+engine decides retry versus dead letter from the class alone::
+
+    BusError
+    ├── PermanentError            dead-lettered at once, never retried
+    │   ├── InvalidEvent          the message does not parse or validate
+    │   ├── MappingError          an adapter cannot map the event (names the field)
+    │   ├── TargetRejected        the target refused the request (4xx, SOAP client fault, error code)
+    │   ├── AmbiguousOutcome      an effect may have happened and the target offers no lookup
+    │   └── ConfigError           routes.yaml / connectors.yaml / topology disagree
+    └── TransientError            retried through the per-route delay queues
+        ├── TargetTimeout         no answer within the deadline (the effect may have happened)
+        ├── TargetUnavailable     refused connection, 5xx, malformed reply
+        ├── BreakerOpen           the connector's breaker is open; nothing was sent
+        └── ClaimHeld             another worker holds a live claim on this event
+"""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """Base of every error the engine knows how to route."""
+
+    #: value of the ``x-error-kind`` header when the message is dead-lettered
+    kind: str = "error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class PermanentError(BusError):
+    """Retrying cannot help: the message goes to the route's dead-letter queue with the reason."""
+
+    kind = "permanent"
+
+
+class InvalidEvent(PermanentError):
+    """The body is not a valid event (bad JSON, wrong content type, schema violation, too large)."""
+
+    kind = "invalid"
+
+
+class MappingError(PermanentError):
+    """An adapter could not map the event; ``field`` names the source field."""
+
+    kind = "mapping"
+
+
+class TargetRejected(PermanentError):
+    """The target system refused the request for a reason retrying will not change."""
+
+    kind = "rejected"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.code = code
+
+
+class AmbiguousOutcome(PermanentError):
+    """An effect may have been applied and the target has no lookup to tell; a person must decide."""
+
+    kind = "ambiguous"
+
+
+class ConfigError(PermanentError):
+    """Configuration and reality disagree (unknown name, refused redeclare)."""
+
+    kind = "config"
+
+
+class TransientError(BusError):
+    """Worth another try later, through the route's delay queues."""
+
+    kind = "transient"
+
+    #: True when the request may have reached the target and taken effect (a timeout after sending);
+    #: the next attempt then reconciles by lookup before sending again.
+    maybe_applied: bool = False
+
+
+class TargetTimeout(TransientError):
+    """The target did not answer in time; the request may have been applied."""
+
+    kind = "timeout"
+    maybe_applied = True
+
+
+class TargetUnavailable(TransientError):
+    """The target refused, failed (5xx) or answered garbage."""
+
+    kind = "unavailable"
+
+    def __init__(self, message: str, *, field: str | None = None, maybe_applied: bool = False) -> None:
+        super().__init__(message, field=field)
+        self.maybe_applied = maybe_applied
+
+
+class BreakerOpen(TransientError):
+    """The connector's circuit breaker is open; nothing was sent."""
+
+    kind = "breaker_open"
+
+
+class ClaimHeld(TransientError):
+    """Another worker holds a live claim on the same (route, event_id); try again after its lease."""
+
+    kind = "claim_held"
