@@ -1,0 +1,145 @@
+"""Wiring: from settings and the config folder to connectors, route runners, the topology and a worker.
+
+Everything here happens once at start; nothing on the per-message path is decided here at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pika
+
+from config.loader import LoadedConfig, load_config
+from config.settings import Settings
+from connectors.base import Connector, connector_type
+from routes.amqp import parameters
+from routes.idempotency import IdempotencyStore
+from routes.model import Route, build_routes
+from routes.pipeline import RouteRunner, crash_points_from_env
+from routes.topology import RouteTopology, Topology, build_topology, declare
+from schemas.errors import ConfigError
+from schemas.events import EVENT_PAYLOADS
+
+if TYPE_CHECKING:
+    from routes.worker import Worker
+
+#: extra seconds on top of twice the connector's total deadline before a claim may be taken over
+LEASE_MARGIN_S = 5.0
+
+
+@dataclass
+class App:
+    """The loaded configuration and the objects built from it."""
+
+    settings: Settings
+    config: LoadedConfig
+    routes: list[Route]
+    connectors: dict[str, Connector] = field(default_factory=dict)
+    store: IdempotencyStore | None = None
+
+    def close(self) -> None:
+        """Close connectors and the store."""
+        for conn in self.connectors.values():
+            conn.close()
+        if self.store is not None:
+            self.store.close()
+
+
+def load_app(settings: Settings | None = None) -> App:
+    """Load and validate the config; raises ``ConfigInvalid`` with every problem found."""
+    settings = settings or Settings()
+    loaded = load_config(settings.config_dir)
+    routes = build_routes(loaded)
+    return App(settings=settings, config=loaded, routes=routes)
+
+
+def select_routes(routes: list[Route], names: Iterable[str] | None) -> list[Route]:
+    """The enabled routes, or the named ones; an unknown name is a ConfigError naming the known ones."""
+    enabled = [r for r in routes if r.spec.enabled]
+    if not names:
+        return enabled
+    wanted = list(names)
+    known = {r.spec.name for r in routes}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown route(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return [r for r in routes if r.spec.name in wanted]
+
+
+def topology_of(routes: Iterable[Route]) -> Topology:
+    """The broker topology the routes need."""
+    return build_topology(
+        RouteTopology(
+            name=r.spec.name,
+            exchange=r.spec.from_.exchange,
+            keys=tuple(r.spec.from_.events),
+            backoff=tuple(r.spec.retry.backoff),
+            delivery_limit=r.spec.delivery_limit,
+        )
+        for r in routes
+    )
+
+
+def declare_topology(settings: Settings, routes: Iterable[Route]) -> None:
+    """Declare the topology on a short-lived blocking connection."""
+    params = parameters(settings.amqp_url, name="igate-bus declare", heartbeat=settings.heartbeat,
+                        blocked_connection_timeout=settings.blocked_connection_timeout)
+    conn = pika.BlockingConnection(params)
+    try:
+        declare(conn, topology_of(routes))
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def build_connectors(app: App, names: Iterable[str]) -> dict[str, Connector]:
+    """Build (once) each named connector from connectors.yaml."""
+    specs = app.config.connectors.connectors
+    for name in names:
+        if name not in app.connectors:
+            spec = specs[name]
+            app.connectors[name] = connector_type(spec.type)(name, spec)
+    return {n: app.connectors[n] for n in names}
+
+
+def build_runners(app: App, routes: list[Route], *, worker_id: str) -> list[RouteRunner]:
+    """One pipeline runner per route, sharing connectors and the store."""
+    if app.store is None:
+        app.store = IdempotencyStore(app.settings.store_url)
+    connectors = build_connectors(app, sorted({r.connector for r in routes}))
+    crash_points = crash_points_from_env()
+    import os
+
+    crash_rate = float(os.environ.get("IGATE_CRASH_RATE", "1.0"))
+    runners = []
+    for r in routes:
+        spec = app.config.connectors.connectors[r.connector]
+        op = connectors[r.connector].operations()[r.operation]
+        runners.append(
+            RouteRunner(
+                r, op, store=app.store, payload_models=EVENT_PAYLOADS, worker_id=worker_id,
+                lease_s=spec.timeout.total * 2 + LEASE_MARGIN_S, crash_points=crash_points, crash_rate=crash_rate,
+            )
+        )
+    return runners
+
+
+def build_worker(app: App, route_names: Iterable[str] | None = None, *, worker_id: str | None = None) -> Worker:
+    """A worker for the selected routes, declaring their topology on every (re)connect."""
+    from routes.amqp import worker_id as make_worker_id
+    from routes.worker import Worker
+
+    routes = select_routes(app.routes, route_names)
+    if not routes:
+        raise ConfigError("no route to run: every route is disabled or none was selected")
+    runners = build_runners(app, routes, worker_id=worker_id or app.settings.worker_id or make_worker_id())
+    return Worker(
+        app.settings.amqp_url,
+        runners,
+        declare=lambda: declare_topology(app.settings, app.routes),
+        heartbeat=app.settings.heartbeat,
+        blocked_connection_timeout=app.settings.blocked_connection_timeout,
+        crash_points=crash_points_from_env(),
+    )

@@ -1,0 +1,329 @@
+"""The worker pipeline for one delivery: validate ▶ when ▶ claim ▶ adapt ▶ send ▶ record ▶ emit.
+
+It runs off the AMQP I/O thread and returns an :class:`Outcome`: the messages to publish (a result event, a
+retry copy or a dead letter) before the delivery may be acked. The I/O thread publishes them with confirms
+and acks only after every one is confirmed, so a crash anywhere leaves the message in the queue and the claim
+in the store tells the next attempt what already happened:
+
+- claim NEW: nothing applied yet, send;
+- claim RECLAIMED: an earlier attempt may have applied the effect: ask the target by idempotency key first;
+- claim DONE: applied before; re-emit the stored result (same result event_id) and ack;
+- claim HELD: another attempt holds a live lease: park the message in a delay queue.
+
+A side-effecting call whose outcome is unknown is never repeated here: it goes back through the claim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import jmespath
+import pika
+import structlog
+from pydantic import BaseModel
+
+from routes.amqp import event_properties
+from routes.idempotency import ClaimOutcome, IdempotencyStore
+from routes.topology import RESULTS_EXCHANGE, dlq, retry_queue
+from schemas.envelope import Event, parse_event
+from schemas.errors import (
+    AmbiguousOutcome,
+    BusError,
+    ClaimHeld,
+    PermanentError,
+    TransientError,
+)
+from schemas.pii import scrub_text
+
+if TYPE_CHECKING:
+    from connectors.base import Operation
+    from routes.model import Route
+
+VN_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
+#: names result event ids: uuid5(RESULT_NS, "<route>/<event_id>") is the same on every re-emit
+RESULT_NS = uuid.UUID("6f1d3c52-8a0e-4d7e-9b0a-3c1f2e4d5a6b")
+#: names idempotency keys sent to targets: uuid5(KEY_NS, "<route>/<event_id>")
+KEY_NS = uuid.UUID("0b7e2f9a-1c4d-4e8b-a5f6-7d8c9e0a1b2c")
+ATTEMPTS_HEADER = "x-attempts"
+MAX_ERROR_CHARS = 1000
+CRASH_POINTS = frozenset({"after_claim", "after_send", "after_done", "after_result_confirm", "after_ack"})
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message as the consumer received it."""
+
+    body: bytes
+    properties: pika.BasicProperties
+    exchange: str
+    routing_key: str
+    redelivered: bool
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        """The AMQP headers (empty dict when there are none)."""
+        return dict(self.properties.headers or {})
+
+    @property
+    def attempts_before(self) -> int:
+        """How many attempts this message had before this one (our own header; x-death is not trusted)."""
+        value = self.headers.get(ATTEMPTS_HEADER, 0)
+        return value if isinstance(value, int) and value >= 0 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    """A message to publish (confirmed, mandatory) before the delivery is acked."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: pika.BasicProperties
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of a delivery, and what must be confirmed before its ack."""
+
+    outcome: str  # delivered | skipped | duplicate | retry | dead_lettered
+    messages: tuple[OutMessage, ...] = ()
+    crash_after_confirm: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def idempotency_key(route: str, event_id: str) -> str:
+    """The key a connector sends to its target for this route's effect of this event."""
+    return str(uuid.uuid5(KEY_NS, f"{route}/{event_id}"))
+
+
+def result_event_id(route: str, event_id: str) -> str:
+    """The id of the result event a route emits for an event: stable across re-emits."""
+    return str(uuid.uuid5(RESULT_NS, f"{route}/{event_id}"))
+
+
+def crash_points_from_env() -> frozenset[str]:
+    """``IGATE_CRASH_AT=after_send,after_done`` makes the worker SIGKILL itself there (reliability tests)."""
+    raw = os.environ.get("IGATE_CRASH_AT", "")
+    points = frozenset(p.strip() for p in raw.split(",") if p.strip())
+    unknown = points - CRASH_POINTS
+    if unknown:
+        raise ValueError(f"IGATE_CRASH_AT: unknown crash point(s) {sorted(unknown)}; known: {sorted(CRASH_POINTS)}")
+    return points
+
+
+class RouteRunner:
+    """Runs the pipeline for one route; built once, called from many worker threads."""
+
+    def __init__(
+        self,
+        route: Route,
+        operation: Operation,
+        *,
+        store: IdempotencyStore,
+        payload_models: Mapping[str, type[BaseModel]],
+        worker_id: str,
+        lease_s: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        crash_points: frozenset[str] = frozenset(),
+        crash_rate: float = 1.0,
+    ) -> None:
+        self.route = route
+        self.name = route.spec.name
+        self.operation = operation
+        self.store = store
+        self.payload_models = payload_models
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+        self.clock = clock
+        self.crash_points = crash_points
+        self.crash_rate = crash_rate
+        self._log = structlog.get_logger("igate_bus.route").bind(
+            route=self.name, connector=route.connector, operation=route.operation
+        )
+        self._when = route.when
+        self._backoff = route.spec.retry.backoff
+        self._max_attempts = route.spec.retry.max_attempts
+        self._emits = route.spec.emits
+
+    # -- the pipeline -------------------------------------------------------------------------------
+    def handle(self, delivery: Delivery) -> Outcome:
+        """Process one delivery; never raises (every failure becomes a retry or a dead letter)."""
+        started = time.perf_counter()
+        attempt = delivery.attempts_before + 1
+        log = self._log.bind(event_id=delivery.properties.message_id, attempt=attempt)
+        event: Event | None = None
+        claimed = False
+        try:
+            event = parse_event(
+                delivery.body,
+                payload_models=self.payload_models,
+                content_type=delivery.properties.content_type,
+                message_id=delivery.properties.message_id,
+                max_bytes=self.route.spec.max_bytes,
+            )
+            env = event.envelope
+            log = log.bind(event_id=str(env.event_id), dossier_code=env.dossier_code, event_type=env.event_type)
+            if self._when is not None and not _truthy(self._when.search(event.as_dict())):
+                return self._done(log, started, Outcome("skipped"))
+            event_id = str(env.event_id)
+            key = idempotency_key(self.name, event_id)
+            reply: dict[str, Any] | None = None
+            if self.operation.effect:
+                owner = f"{self.worker_id}/{uuid.uuid4().hex[:8]}"
+                claim = self.store.claim(self.name, event_id, owner=owner, lease_s=self.lease_s)
+                if claim.outcome is ClaimOutcome.DONE:
+                    return self._done(log, started, self._emit(event, claim.result or {}, "duplicate"))
+                if claim.outcome is ClaimOutcome.HELD:
+                    raise ClaimHeld(f"another attempt holds the claim for {self.lease_s:.0f}s at most")
+                claimed = True
+                if claim.outcome is ClaimOutcome.RECLAIMED:
+                    reply = self._reconcile(key, log)
+                self._crash("after_claim")
+            if reply is None:
+                request = self.route.adapter(event, now=self.clock())
+                reply = self.operation.call(request, key).model_dump(mode="json")
+                self._crash("after_send")
+            if self.operation.effect:
+                self.store.complete(self.name, event_id, owner=owner, result=reply)
+                self._crash("after_done")
+            return self._done(log, started, self._emit(event, reply, "delivered"))
+        except TransientError as exc:
+            if claimed and event is not None:
+                self._safe_release(event, owner, exc.maybe_applied, log)
+            return self._done(log, started, self._retry_or_dead(delivery, exc, attempt))
+        except PermanentError as exc:
+            if claimed and event is not None and not isinstance(exc, AmbiguousOutcome):
+                self._safe_fail(event, owner, exc, log)
+            return self._done(log, started, self._dead(delivery, exc, attempt))
+        except Exception as exc:  # a bug or the store being down: never lose the message, retry it
+            log.exception("unexpected_error")
+            if claimed and event is not None:
+                self._safe_release(event, owner, True, log)
+            wrapped = TransientError(f"internal error: {type(exc).__name__}: {exc}")
+            wrapped.kind = "internal"
+            return self._done(log, started, self._retry_or_dead(delivery, wrapped, attempt))
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def _reconcile(self, key: str, log: Any) -> dict[str, Any] | None:
+        """An earlier attempt may have applied the effect: ask the target before sending again."""
+        if self.operation.lookup is None:
+            raise AmbiguousOutcome(
+                f"an earlier attempt may have applied {self.route.spec.to} and the target has no lookup"
+            )
+        found = self.operation.lookup(key)
+        log.info("reconciled", found=found is not None)
+        return None if found is None else found.model_dump(mode="json")
+
+    def _emit(self, event: Event, reply: dict[str, Any], outcome: str) -> Outcome:
+        if self._emits is None:
+            return Outcome(outcome)
+        env = event.envelope
+        result = {
+            "event_id": result_event_id(self.name, str(env.event_id)),
+            "event_type": self._emits,
+            "occurred_at": self.clock().astimezone(VN_TZ).isoformat(),
+            "source": f"igate-bus/{self.name}",
+            "dossier_code": env.dossier_code,
+            "correlation_id": env.correlation_id or str(env.event_id),
+            "payload": reply,
+        }
+        props = event_properties(
+            event_id=result["event_id"], event_type=self._emits, correlation_id=result["correlation_id"],
+            headers={"x-route": self.name, "x-cause": str(env.event_id)},
+        )
+        body = json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
+        msg = OutMessage(RESULTS_EXCHANGE, self._emits, body, props)
+        return Outcome(outcome, (msg,), crash_after_confirm="after_result_confirm" in self.crash_points)
+
+    def _retry_or_dead(self, delivery: Delivery, exc: TransientError, attempt: int) -> Outcome:
+        # a held claim is not the target failing: do not spend the route's attempts on it
+        next_attempts = attempt - 1 if isinstance(exc, ClaimHeld) else attempt
+        if next_attempts >= self._max_attempts:
+            return self._dead(delivery, exc, attempt, kind=f"exhausted:{exc.kind}")
+        delay = self._backoff[min(max(next_attempts - 1, 0), len(self._backoff) - 1)]
+        headers = delivery.headers
+        headers[ATTEMPTS_HEADER] = next_attempts
+        headers["x-last-error"] = _clip(f"{exc.kind}: {exc}")
+        props = _copy_props(delivery.properties, headers)
+        msg = OutMessage("", retry_queue(self.name, delay), delivery.body, props)
+        return Outcome("retry", (msg,), fields={"error_kind": exc.kind, "error": _clip(str(exc)), "delay_s": delay})
+
+    def _dead(self, delivery: Delivery, exc: BusError, attempt: int, *, kind: str | None = None) -> Outcome:
+        headers = delivery.headers
+        headers.update({
+            "x-error-kind": kind or exc.kind,
+            "x-error": _clip(str(exc)),
+            "x-attempts": attempt,
+            "x-route": self.name,
+            "x-failed-at": datetime.now(UTC).isoformat(),
+            "x-original-exchange": delivery.exchange,
+            "x-original-routing-key": delivery.routing_key,
+        })
+        props = _copy_props(delivery.properties, headers)
+        msg = OutMessage("", dlq(self.name), delivery.body, props)
+        return Outcome("dead_lettered", (msg,), fields={"error_kind": kind or exc.kind, "error": _clip(str(exc))})
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _done(self, log: Any, started: float, outcome: Outcome) -> Outcome:
+        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        level = "warning" if outcome.outcome in {"retry", "dead_lettered"} else "info"
+        getattr(log, level)("processed", outcome=outcome.outcome, duration_ms=duration_ms, **outcome.fields)
+        return outcome
+
+    def _safe_release(self, event: Event, owner: str, maybe_applied: bool, log: Any) -> None:
+        try:
+            self.store.release(self.name, str(event.envelope.event_id), owner=owner, maybe_applied=maybe_applied)
+        except Exception:  # the lease will expire on its own; the next attempt reconciles
+            log.exception("store_release_failed")
+
+    def _safe_fail(self, event: Event, owner: str, exc: BusError, log: Any) -> None:
+        try:
+            self.store.fail(self.name, str(event.envelope.event_id), owner=owner, error=_clip(str(exc)))
+        except Exception:
+            log.exception("store_fail_failed")
+
+    def _crash(self, point: str) -> None:
+        if point in self.crash_points and (self.crash_rate >= 1.0 or _rand() < self.crash_rate):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _rand() -> float:
+    import random
+
+    return random.random()  # noqa: S311 - chooses when to crash in a test, not a secret
+
+
+def _truthy(value: Any) -> bool:
+    return value not in (None, False, 0, "", [], {})
+
+
+def _clip(text: str) -> str:
+    text = scrub_text(text)
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def _copy_props(props: pika.BasicProperties, headers: dict[str, Any]) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        delivery_mode=2,
+        message_id=props.message_id,
+        type=props.type,
+        correlation_id=props.correlation_id,
+        timestamp=props.timestamp,
+        headers=headers,
+    )
+
+
+def compile_when(expression: str | None) -> Any:
+    """Compile a route's JMESPath condition once, when the route is built."""
+    return None if expression is None else jmespath.compile(expression)

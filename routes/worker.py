@@ -1,0 +1,374 @@
+"""The worker process loop: consume each route's queue, run the pipeline off the I/O thread, publish what
+it produced with confirms, and ack only when every one of those publishes is confirmed.
+
+One pika ``SelectConnection`` I/O loop owns two connections: one for consuming, one for publishing (an
+alarmed broker blocks publishers, and must not also stop our acks). pika is not thread-safe, so the I/O loop
+is the only thread that touches AMQP; pipeline threads hand their outcome back through
+``add_callback_threadsafe``. Confirms are asynchronous (a delivery waits only for its own publishes), which
+keeps throughput near a raw pika consumer.
+
+Failure handling:
+- a lost connection (broker gone, network): both connections are dropped, every unacked delivery returns
+  to its queue on the broker side, outcomes of the old connections are discarded (their claims in the store
+  make the redelivery cheap and effect-free), and the worker reconnects with backoff, redeclares, re-consumes;
+- SIGTERM/SIGINT (:meth:`Worker.stop`): cancel consumers, finish in-flight work, wait for its confirms, ack,
+  close. Nothing is lost, and nothing is half-done that the store does not know about.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pika
+import structlog
+from pika.adapters.select_connection import IOLoop
+
+from routes.amqp import broker_version, parameters
+from routes.pipeline import Delivery, Outcome, RouteRunner
+from routes.topology import route_queue
+
+PUB_SEQ_HEADER = "x-pub-seq"
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A delivery between its arrival and its ack."""
+
+    runner: RouteRunner
+    generation: int
+    channel: Any
+    delivery_tag: int
+    outcome: Outcome | None = None
+    remaining: int = 0
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class RouteStats:
+    """Counters per route, read by ``status`` and the metrics endpoint."""
+
+    received: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    acked: int = 0
+    requeued: int = 0
+
+
+class Worker:
+    """Runs a set of routes until :meth:`stop`; reconnects by itself when the broker goes away."""
+
+    def __init__(
+        self,
+        amqp_url: str,
+        runners: list[RouteRunner],
+        *,
+        declare: Callable[[], None] | None = None,
+        heartbeat: int = 15,
+        blocked_connection_timeout: float = 10.0,
+        drain_timeout: float = 60.0,
+        reconnect_max_delay: float = 15.0,
+        crash_points: frozenset[str] = frozenset(),
+    ) -> None:
+        self._url = amqp_url
+        self._runners = runners
+        self._declare = declare
+        self._heartbeat = heartbeat
+        self._blocked_timeout = blocked_connection_timeout
+        self._drain_timeout = drain_timeout
+        self._reconnect_max = reconnect_max_delay
+        self._crash_after_ack = "after_ack" in crash_points
+        self._log = structlog.get_logger("igate_bus.worker")
+        self._ioloop: Any = None
+        self._generation = 0
+        self._consume_conn: Any = None
+        self._publish_conn: Any = None
+        self._pub_channel: Any = None
+        self._pub_seq = 0
+        self._pending: dict[int, _InFlight] = {}
+        self._channels: dict[str, Any] = {}
+        self._consumer_tags: dict[str, str] = {}
+        self._executors = {r.name: ThreadPoolExecutor(r.route.spec.concurrency, f"route-{r.name}") for r in runners}
+        self._running = 0  # pipeline tasks not yet handed back
+        self._unacked = 0  # deliveries of the live generation not yet acked
+        self._stop_requested = threading.Event()
+        self._stopping = False
+        self._drain_deadline = 0.0
+        self._reconnect_delay = 1.0
+        self._ready = threading.Event()
+        self.stats = {r.name: RouteStats() for r in runners}
+
+    # -- public --------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Block running the I/O loop until :meth:`stop` has drained everything."""
+        self._ioloop = IOLoop()
+        self._ioloop.add_callback_threadsafe(self._connect)
+        self._ioloop.call_later(0.2, self._tick)
+        try:
+            self._ioloop.start()
+        finally:
+            for ex in self._executors.values():
+                ex.shutdown(wait=True)
+            self._ioloop.close()
+            self._log.info("worker_stopped", stats={k: v.outcomes for k, v in self.stats.items()})
+
+    def stop(self) -> None:
+        """Ask the worker to stop gracefully; safe from signal handlers and other threads."""
+        self._stop_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the worker gracefully (call from the main thread)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda _s, _f: self.stop())
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the worker consumes from every route (for tests and the demo)."""
+        return self._ready.wait(timeout)
+
+    # -- connection lifecycle --------------------------------------------------------------------------
+    def _params(self, role: str) -> pika.URLParameters:
+        return parameters(self._url, name=f"igate-bus worker {role} pid {os.getpid()}", heartbeat=self._heartbeat,
+                          blocked_connection_timeout=self._blocked_timeout)
+
+    def _connect(self) -> None:
+        if self._stopping:
+            return
+        self._generation += 1
+        gen = self._generation
+        try:
+            if self._declare is not None:
+                self._declare()
+        except Exception as exc:  # broker down, or a topology the broker refuses
+            from schemas.errors import ConfigError
+
+            if isinstance(exc, ConfigError):
+                self._log.error("topology_refused", error=str(exc))
+                self._stop_requested.set()
+                return
+            self._log.warning("broker_unreachable", error=repr(exc), retry_in_s=self._reconnect_delay)
+            self._schedule_reconnect()
+            return
+        self._publish_conn = pika.SelectConnection(
+            self._params("publish"),
+            on_open_callback=partial(self._on_publish_open, gen),
+            on_open_error_callback=partial(self._on_open_error, gen),
+            on_close_callback=partial(self._on_closed, gen, "publish"),
+            custom_ioloop=self._ioloop,
+        )
+
+    def _on_open_error(self, gen: int, _conn: Any, exc: BaseException) -> None:
+        if gen != self._generation:
+            return
+        self._log.warning("broker_unreachable", error=repr(exc), retry_in_s=self._reconnect_delay)
+        self._teardown()
+        self._schedule_reconnect()
+
+    def _on_publish_open(self, gen: int, conn: Any) -> None:
+        if gen != self._generation:
+            return
+        self._log.info("connected", role="publish", broker_version=broker_version(conn))
+        conn.channel(on_open_callback=partial(self._on_publish_channel, gen))
+
+    def _on_publish_channel(self, gen: int, channel: Any) -> None:
+        if gen != self._generation:
+            return
+        self._pub_channel = channel
+        self._pub_seq = 0
+        channel.add_on_return_callback(self._on_return)
+        channel.add_on_close_callback(partial(self._on_channel_closed, gen, "publish"))
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm)
+        self._consume_conn = pika.SelectConnection(
+            self._params("consume"),
+            on_open_callback=partial(self._on_consume_open, gen),
+            on_open_error_callback=partial(self._on_open_error, gen),
+            on_close_callback=partial(self._on_closed, gen, "consume"),
+            custom_ioloop=self._ioloop,
+        )
+
+    def _on_consume_open(self, gen: int, conn: Any) -> None:
+        if gen != self._generation:
+            return
+        for runner in self._runners:
+            conn.channel(on_open_callback=partial(self._on_consume_channel, gen, runner))
+
+    def _on_consume_channel(self, gen: int, runner: RouteRunner, channel: Any) -> None:
+        if gen != self._generation:
+            return
+        channel.add_on_close_callback(partial(self._on_channel_closed, gen, f"consume {runner.name}"))
+        self._channels[runner.name] = channel
+
+        def start(_frame: Any) -> None:
+            tag = channel.basic_consume(route_queue(runner.name), partial(self._on_message, gen, runner))
+            self._consumer_tags[runner.name] = tag
+            self._log.info("consuming", route=runner.name, queue=route_queue(runner.name),
+                           prefetch=runner.route.spec.prefetch)
+            if len(self._consumer_tags) == len(self._runners):
+                self._reconnect_delay = 1.0
+                self._ready.set()
+
+        channel.basic_qos(prefetch_count=runner.route.spec.prefetch, callback=start)
+
+    def _on_channel_closed(self, gen: int, role: str, _channel: Any, reason: Exception) -> None:
+        if gen != self._generation or self._stopping:
+            return
+        self._log.warning("channel_closed", role=role, reason=repr(reason))
+        self._connection_lost()
+
+    def _on_closed(self, gen: int, role: str, _conn: Any, reason: Exception) -> None:
+        if gen != self._generation:
+            return
+        if self._stopping:
+            self._maybe_finish_stop()
+            return
+        self._log.warning("connection_lost", role=role, reason=repr(reason), retry_in_s=self._reconnect_delay)
+        self._connection_lost()
+
+    def _connection_lost(self) -> None:
+        self._ready.clear()
+        self._teardown()
+        self._schedule_reconnect()
+
+    def _teardown(self) -> None:
+        """Forget the current generation: its deliveries go back to the broker, its outcomes are dropped."""
+        self._generation += 1
+        self._pending.clear()
+        self._channels.clear()
+        self._consumer_tags.clear()
+        self._unacked = 0
+        self._pub_channel = None
+        for conn in (self._consume_conn, self._publish_conn):
+            if conn is not None and conn.is_open:
+                conn.close()
+        self._consume_conn = self._publish_conn = None
+
+    def _schedule_reconnect(self) -> None:
+        if self._stopping:
+            self._maybe_finish_stop()
+            return
+        delay = self._reconnect_delay
+        self._reconnect_delay = min(self._reconnect_delay * 2, self._reconnect_max)
+        self._ioloop.call_later(delay, self._connect)
+
+    # -- messages ------------------------------------------------------------------------------------
+    def _on_message(self, gen: int, runner: RouteRunner, channel: Any, method: Any, props: Any, body: bytes) -> None:
+        if gen != self._generation:
+            return
+        self.stats[runner.name].received += 1
+        rec = _InFlight(runner, gen, channel, method.delivery_tag)
+        delivery = Delivery(body, props, method.exchange, method.routing_key, method.redelivered)
+        self._running += 1
+        self._unacked += 1
+        future = self._executors[runner.name].submit(runner.handle, delivery)
+        future.add_done_callback(partial(self._handoff, rec))
+
+    def _handoff(self, rec: _InFlight, future: Future[Outcome]) -> None:
+        """Runs in a pipeline thread: pass the outcome to the I/O loop, the only thread that may use pika."""
+        self._ioloop.add_callback_threadsafe(partial(self._on_processed, rec, future))
+
+    def _on_processed(self, rec: _InFlight, future: Future[Outcome]) -> None:
+        self._running -= 1
+        if rec.generation != self._generation:
+            return  # its channel is gone: the broker redelivers it, and the store makes that cheap
+        exc = future.exception()
+        if exc is not None:  # handle() never raises; if it did, let the broker redeliver
+            self._log.error("pipeline_crashed", route=rec.runner.name, error=repr(exc))
+            self._settle(rec, requeue=True)
+            return
+        outcome = future.result()
+        rec.outcome = outcome
+        stats = self.stats[rec.runner.name].outcomes
+        stats[outcome.outcome] = stats.get(outcome.outcome, 0) + 1
+        if not outcome.messages:
+            self._settle(rec, requeue=False)
+            return
+        if self._pub_channel is None or not self._pub_channel.is_open:
+            self._settle(rec, requeue=True)
+            return
+        rec.remaining = len(outcome.messages)
+        for msg in outcome.messages:
+            self._pub_seq += 1
+            headers = dict(msg.properties.headers or {})
+            headers[PUB_SEQ_HEADER] = self._pub_seq
+            msg.properties.headers = headers
+            self._pending[self._pub_seq] = rec
+            self._pub_channel.basic_publish(msg.exchange, msg.routing_key, msg.body, msg.properties, mandatory=True)
+
+    def _on_return(self, _channel: Any, method: Any, props: Any, _body: bytes) -> None:
+        seq = (props.headers or {}).get(PUB_SEQ_HEADER)
+        rec = self._pending.get(seq) if isinstance(seq, int) else None
+        self._log.error("publish_returned", exchange=method.exchange, routing_key=method.routing_key,
+                        reply_text=method.reply_text)
+        if rec is not None:
+            rec.failed = True
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        for tag in tags:
+            rec = self._pending.pop(tag, None)
+            if rec is None:
+                continue
+            if not acked:
+                rec.failed = True
+            rec.remaining -= 1
+            if rec.remaining == 0:
+                if rec.outcome is not None and rec.outcome.crash_after_confirm:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                self._settle(rec, requeue=rec.failed)
+
+    def _settle(self, rec: _InFlight, *, requeue: bool) -> None:
+        if rec.generation != self._generation or not rec.channel.is_open:
+            return
+        self._unacked -= 1
+        stats = self.stats[rec.runner.name]
+        if requeue:
+            rec.channel.basic_nack(rec.delivery_tag, requeue=True)
+            stats.requeued += 1
+        else:
+            rec.channel.basic_ack(rec.delivery_tag)
+            stats.acked += 1
+            if self._crash_after_ack:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- stopping ------------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if self._stop_requested.is_set() and not self._stopping:
+            self._begin_stop()
+        if self._stopping:
+            self._maybe_finish_stop()
+        if not self._ioloop_stopped:
+            self._ioloop.call_later(0.2, self._tick)
+
+    _ioloop_stopped = False
+
+    def _begin_stop(self) -> None:
+        self._stopping = True
+        self._drain_deadline = time.monotonic() + self._drain_timeout
+        self._log.info("stopping", in_flight=self._running, unconfirmed=len(self._pending))
+        for name, tag in list(self._consumer_tags.items()):
+            channel = self._channels.get(name)
+            if channel is not None and channel.is_open:
+                channel.basic_cancel(tag)
+
+    def _maybe_finish_stop(self) -> None:
+        drained = self._running == 0 and not self._pending
+        if not drained and time.monotonic() < self._drain_deadline:
+            return
+        if not drained:
+            self._log.warning("drain_timeout", in_flight=self._running, unconfirmed=len(self._pending))
+        open_conns = [c for c in (self._consume_conn, self._publish_conn) if c is not None and not c.is_closed]
+        for conn in open_conns:
+            if not conn.is_closing:
+                conn.close()
+        if not open_conns and not self._ioloop_stopped:
+            if self._running and time.monotonic() < self._drain_deadline:
+                return
+            self._ioloop_stopped = True
+            self._ioloop.stop()

@@ -1,0 +1,83 @@
+"""Shared fixtures: a fresh vhost on the real RabbitMQ per test, a fresh PostgreSQL database, a SQLite file.
+
+The broker fixture fails (never skips) when the broker is down and CI is set, as dramatiq's does; locally it
+fails too, because every route test needs the real broker: `.ci/run` starts the services first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pika
+import pytest
+
+AMQP_HOST = os.environ.get("IGATE_BUS_TEST_AMQP_HOST", "127.0.0.1")
+AMQP_PORT = int(os.environ.get("IGATE_BUS_TEST_AMQP_PORT", "5672"))
+PG_ADMIN_URL = os.environ.get("IGATE_BUS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _rabbitmqctl(*args: str) -> None:
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def _broker_up() -> None:
+    params = pika.ConnectionParameters(AMQP_HOST, AMQP_PORT, socket_timeout=3, blocked_connection_timeout=3)
+    try:
+        pika.BlockingConnection(params).close()
+    except pika.exceptions.AMQPError as exc:
+        pytest.fail(f"RabbitMQ is not reachable at {AMQP_HOST}:{AMQP_PORT} ({exc!r}); run `make services`")
+
+
+@pytest.fixture
+def amqp_url() -> Iterator[str]:
+    """A fresh vhost on the shared broker (nameko's rabbit_config), deleted afterwards."""
+    _broker_up()
+    vhost = f"igb-test-{uuid.uuid4().hex[:10]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A store URL for a SQLite file private to the test."""
+    return f"sqlite:///{tmp_path / 'store.sqlite3'}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the shared server, dropped afterwards."""
+    import sqlalchemy as sa
+
+    name = f"igb_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc.orig!r}); run `make services`")
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each store test runs on both back ends."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    else:
+        yield request.getfixturevalue("pg_url")
