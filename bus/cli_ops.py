@@ -312,16 +312,17 @@ def topology(config: Path | None, as_json: bool, do_declare: bool) -> None:
 
     app = _load(config)
     topo = topology_of(app.routes)
-    data = {
-        "exchanges": {EVENTS_EXCHANGE: "topic, AE bus.unrouted", RESULTS_EXCHANGE: "topic, AE bus.unrouted",
-                      UNROUTED_EXCHANGE: "fanout"},
+    exchanges = {EVENTS_EXCHANGE: "topic, AE bus.unrouted", RESULTS_EXCHANGE: "topic, AE bus.unrouted",
+                 UNROUTED_EXCHANGE: "fanout"}
+    data: dict[str, Any] = {
+        "exchanges": exchanges,
         "queues": [{"name": q.name, "arguments": q.arguments, "bindings": [list(b) for b in q.bindings]}
                    for q in topo.queues],
     }
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        for name, kind in data["exchanges"].items():
+        for name, kind in exchanges.items():
             click.echo(f"exchange {name}: {kind}")
         for q in topo.queues:
             binds = ", ".join(f"{e}:{k}" for e, k in q.bindings) or "-"

@@ -227,17 +227,19 @@ class RouteRunner:
         if self._emits is None:
             return Outcome(outcome)
         env = event.envelope
+        rid = result_event_id(self.name, str(env.event_id))
+        correlation = env.correlation_id or str(env.event_id)
         result = {
-            "event_id": result_event_id(self.name, str(env.event_id)),
+            "event_id": rid,
             "event_type": self._emits,
             "occurred_at": self.clock().astimezone(VN_TZ).isoformat(),
             "source": f"igate-bus/{self.name}",
             "dossier_code": env.dossier_code,
-            "correlation_id": env.correlation_id or str(env.event_id),
+            "correlation_id": correlation,
             "payload": reply,
         }
         props = event_properties(
-            event_id=result["event_id"], event_type=self._emits, correlation_id=result["correlation_id"],
+            event_id=rid, event_type=self._emits, correlation_id=correlation,
             headers={"x-route": self.name, "x-cause": str(env.event_id)},
         )
         body = json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()

@@ -115,8 +115,14 @@ _INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)' for (?:queue|exchange) '
 
 
 def declare_exchanges(channel: Any) -> None:
-    """Declare the exchanges (idempotent); publishers call this before publishing."""
+    """Declare the exchanges and the unrouted queue (idempotent); publishers call this before publishing.
+
+    The unrouted queue comes with the exchanges: an alternate exchange with no queue behind it would make
+    every event no route binds unroutable, which a mandatory publish then refuses.
+    """
     channel.exchange_declare(UNROUTED_EXCHANGE, exchange_type="fanout", durable=True)
+    channel.queue_declare(UNROUTED_QUEUE, durable=True, arguments={"x-queue-type": "classic"})
+    channel.queue_bind(UNROUTED_QUEUE, UNROUTED_EXCHANGE, routing_key="")
     for name in (EVENTS_EXCHANGE, RESULTS_EXCHANGE):
         channel.exchange_declare(
             name, exchange_type="topic", durable=True, arguments={"alternate-exchange": UNROUTED_EXCHANGE}

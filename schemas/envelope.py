@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -124,7 +125,7 @@ def format_validation_error(exc: ValidationError, *, prefix: str = "") -> str:
 def parse_event(
     body: bytes,
     *,
-    payload_models: dict[str, type[BaseModel]],
+    payload_models: Mapping[str, type[BaseModel]],
     content_type: str | None = "application/json",
     message_id: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,

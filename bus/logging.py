@@ -1,0 +1,256 @@
+"""The one logging chain of the process: structlog JSON lines (or console text) with personal data masked.
+
+Every step of a message's path logs through here: the ingress, the worker's pipeline (which binds
+``event_id``, ``route``, ``dossier_code``, ``connector`` and ``attempt`` once per delivery), the connectors,
+and the libraries that log through the standard ``logging`` module (pika, httpx, zeep), which are routed
+into the same chain. The chain, in order:
+
+1. merge the context variables, add the level, an ISO timestamp (UTC) and the logger's name;
+2. render ``exc_info``: a structured traceback **without local variables** (structlog's ``dict_tracebacks``
+   shows them by default: a CCCD, a phone and an ``api_key`` in a frame's locals all reached the logs,
+   RELIABILITY.md "Logs"), or plain traceback text on the console;
+3. :class:`MaskPersonalData`: mask every value logged under a personal field name
+   (:data:`schemas.events.SENSITIVE_FIELDS`, and the target systems' names for the same data) or a
+   credential's name, at any depth, and run :func:`schemas.pii.scrub_text` over every string left, the
+   rendered exception included;
+4. render one JSON object per line (``ensure_ascii=False``: Vietnamese stays readable) or console text.
+
+Masking happens here only, driven by the schemas' markers; call sites never redact by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING, Any, Final, TextIO, cast
+
+import structlog
+from pydantic import BaseModel
+from structlog.dev import ConsoleRenderer, plain_traceback
+from structlog.processors import ExceptionRenderer, JSONRenderer, TimeStamper
+from structlog.tracebacks import ExceptionDictTransformer
+
+from schemas.errors import ConfigError
+from schemas.events import SENSITIVE_FIELDS
+from schemas.pii import TARGET_PERSONAL_FIELDS, mask, scrub_text
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+#: keys whose values are credentials, wherever they are logged (matched case-insensitively)
+SECRET_KEYS: Final = frozenset(
+    {
+        "password", "passwd", "acpass", "userpass", "apipass", "secret", "secretkey", "secret_key",
+        "client_secret", "api_key", "apikey", "access_token", "refresh_token", "token", "authorization",
+        "session", "maxacthuc",
+    }
+)  # fmt: skip
+#: what :class:`MaskPersonalData` masks by key: the schemas' personal fields, the target systems' names
+#: for the same data, and credentials
+MASKED_KEYS: Final = SENSITIVE_FIELDS | TARGET_PERSONAL_FIELDS | SECRET_KEYS
+#: accepted ``level`` names
+LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+#: accepted ``fmt`` names
+FORMATS: Final = ("json", "console")
+#: the key structlog renders an exception into; its nested keys (``name`` of a frame) are not payload fields
+EXCEPTION_KEY: Final = "exception"
+#: nesting deeper than this is logged as scrubbed text, not walked: a cycle must not crash a log call
+MAX_DEPTH: Final = 16
+#: cap on the text a too-deep value is rendered to
+MAX_DEEP_TEXT: Final = 2000
+
+
+class MaskPersonalData:
+    """Processor that masks personal data in an event dict; configured once, then called for every event.
+
+    A value whose key (any case) is a personal field name or a credential is masked whole (every leaf of a
+    dict or list under it); every other string is scrubbed for ids, phones and e-mails
+    (:func:`schemas.pii.scrub_text`, which also masks ``name='…'``-style pairs inside text). Pydantic
+    models are dumped and walked like dicts; any other object is logged as its scrubbed ``str()``, since its
+    repr could carry anything. The rendered ``exception`` is scrubbed only: its keys are structlog's.
+
+    Args:
+        keys: the names to mask by; defaults to :data:`MASKED_KEYS`.
+    """
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: Iterable[str] = MASKED_KEYS) -> None:
+        self._keys = frozenset(k.lower() for k in keys)
+
+    def __call__(self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
+        """Return a masked copy of ``event_dict``."""
+        return {
+            key: self._scrub(value, 0) if key == EXCEPTION_KEY else self._field(key, value, 0)
+            for key, value in event_dict.items()
+        }
+
+    def _field(self, key: Any, value: Any, depth: int) -> Any:
+        if isinstance(key, str) and key.lower() in self._keys:
+            return self._mask(value, depth)
+        return self._walk(value, depth)
+
+    def _text(self, value: Any) -> str:
+        return scrub_text(str(value), keys=self._keys)
+
+    def _walk(self, value: Any, depth: int) -> Any:
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if depth >= MAX_DEPTH:
+            return self._text(value)[:MAX_DEEP_TEXT]
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        if isinstance(value, dict):
+            return {k: self._field(k, v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._walk(v, depth + 1) for v in value]
+        return self._text(value)
+
+    def _mask(self, value: Any, depth: int) -> Any:
+        if value is None:
+            return None
+        if depth >= MAX_DEPTH:
+            return mask(str(value)[:MAX_DEEP_TEXT])
+        if isinstance(value, BaseModel):
+            return self._mask(value.model_dump(mode="json"), depth + 1)
+        if isinstance(value, dict):
+            return {k: self._mask(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._mask(v, depth + 1) for v in value]
+        return mask(str(value))
+
+    def _scrub(self, value: Any, depth: int) -> Any:
+        if isinstance(value, str):
+            return self._text(value)
+        if depth >= MAX_DEPTH:
+            return self._text(value)[:MAX_DEEP_TEXT]
+        if isinstance(value, dict):
+            return {k: self._scrub(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v, depth + 1) for v in value]
+        return value
+
+
+class _NamedWriteLogger(structlog.WriteLogger):
+    """structlog's ``WriteLogger`` that remembers the name it was asked for."""
+
+    def __init__(self, file: TextIO | None = None, name: str | None = None) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _NamedWriteLoggerFactory:
+    """Makes :class:`_NamedWriteLogger` s on one stream; ``structlog.get_logger("x")`` passes ``"x"`` here."""
+
+    __slots__ = ("_file",)
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> _NamedWriteLogger:
+        name = args[0] if args and isinstance(args[0], str) else None
+        return _NamedWriteLogger(self._file, name)
+
+
+class _BusHandler(logging.StreamHandler[TextIO]):
+    """The root handler this module installs; a second configuration finds it by its class."""
+
+
+def _add_logger_name(logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
+    name = getattr(logger, "name", None)
+    if name and "logger" not in event_dict:
+        event_dict["logger"] = name
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Configure structlog, and route the standard ``logging`` module into the same chain.
+
+    Safe to call again: the new configuration replaces the old one (processors, level, stream) and the
+    root handler installed by a previous call is swapped, never duplicated. Loggers are not cached, so a
+    module-level ``log = get_logger()`` follows a later reconfiguration; a logger already bound keeps the
+    configuration it was bound under.
+
+    Args:
+        level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``.
+        fmt: ``json`` (one object per line, for files and collectors) or ``console`` (for a terminal).
+        stream: where lines go; standard error when not given, so a CLI's own output stays clean.
+
+    Raises:
+        ConfigError: on an unknown level or format.
+    """
+    min_level = LEVELS.get(level.lower())
+    if min_level is None:
+        raise ConfigError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown log format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    out = stream if stream is not None else sys.stderr
+
+    timestamper = TimeStamper(fmt="iso", utc=True)
+    masker = MaskPersonalData()
+    renderer: Processor
+    if fmt == "json":
+        exceptions = ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+        renderer = JSONRenderer(ensure_ascii=False)
+    else:
+        # Plain text rendered before masking, so the masker sees it; ConsoleRenderer's own (rich) formatter
+        # would print locals, after the masker has run.
+        exceptions = ExceptionRenderer()
+        isatty = getattr(out, "isatty", None)
+        renderer = ConsoleRenderer(
+            colors=bool(isatty and isatty()), exception_formatter=plain_traceback, sort_keys=False
+        )
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            timestamper,
+            _add_logger_name,
+            structlog.processors.StackInfoRenderer(),
+            exceptions,
+            masker,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(min_level),
+        context_class=dict,
+        logger_factory=_NamedWriteLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+    handler = _BusHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                timestamper,
+                structlog.stdlib.add_logger_name,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                exceptions,
+                masker,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _BusHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(min_level)
+
+
+def get_logger(name: str | None = None) -> FilteringBoundLogger:
+    """A structlog logger of the configured chain; ``name`` appears as the ``logger`` key of each line."""
+    logger = structlog.get_logger(name) if name else structlog.get_logger()
+    return cast("FilteringBoundLogger", logger)

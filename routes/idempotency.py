@@ -1,0 +1,598 @@
+"""The idempotency store: who claimed which ``(route, event_id)``, and what came of it.
+
+Delivery is at-least-once; effects must be exactly-once. Before a side effect the worker *claims* the event
+in this store, and the claim tells it what an earlier delivery of the same event already did (see
+DESIGN.md, "Delivery guarantees", and RELIABILITY.md, R2/R8/R17):
+
+- ``NEW``: nothing was applied yet, send;
+- ``RECLAIMED``: an earlier attempt took the claim and never finished it, so the effect *may* have been
+  applied: reconcile by looking the idempotency key up at the target before sending again;
+- ``DONE``: applied; the stored reply is returned so the result event can be re-emitted unchanged;
+- ``HELD``: another owner holds a live lease: try later.
+
+A claim is never dropped after an ambiguous failure (Camel's ``removeOnFailure`` trap): ``release`` with
+``maybe_applied=True`` keeps it ``in_progress`` with an expired lease, so the next claim is ``RECLAIMED``.
+
+Claims must be atomic across threads, processes and hosts, on SQLite (the embedded default) and on
+PostgreSQL (several workers). Each call is one short transaction: an ``INSERT ... ON CONFLICT DO NOTHING``
+decides a fresh key (exactly one inserter wins), and an existing row is taken over with a compare-and-set
+``UPDATE ... WHERE`` on the row's state, owner and attempt count, so two claimers that read the same row
+cannot both win; the loser re-reads and decides again. On SQLite the first statement of every write
+transaction is a write, so the transaction holds the single write lock from its start and never has to
+upgrade a read snapshot (which would fail with ``SQLITE_BUSY`` instead of waiting).
+
+Only SQLAlchemy Core is used. Datetimes are stored in UTC (``timestamptz`` on PostgreSQL, fixed-width UTC
+text on SQLite) and always come back UTC-aware.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects import postgresql, sqlite
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy.engine import Connection, Engine
+
+__all__ = [
+    "Claim",
+    "ClaimContentionError",
+    "ClaimOutcome",
+    "ClaimRecord",
+    "IdempotencyStore",
+    "claims_table",
+    "metadata",
+]
+
+#: longest route name, event id and owner the store accepts (the columns' width)
+MAX_KEY_LENGTH: Final = 200
+#: how many times a claim re-reads and re-decides when a concurrent writer changed the row under it
+MAX_CLAIM_ROUNDS: Final = 8
+#: SQLite waits this long for the write lock before giving up with "database is locked"
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+
+IN_PROGRESS: Final = "in_progress"
+DONE: Final = "done"
+FAILED: Final = "failed"
+RETRY: Final = "retry"
+STATES: Final = (IN_PROGRESS, DONE, FAILED, RETRY)
+
+_log = structlog.get_logger("igate_bus.store")
+
+
+class ClaimOutcome(StrEnum):
+    """What a claim found, and so what the worker must do next."""
+
+    NEW = "new"  # nothing was applied yet: go ahead and send
+    RECLAIMED = "reclaimed"  # an earlier attempt may have applied the effect: reconcile by lookup first
+    DONE = "done"  # already applied; `result` holds the stored reply (re-emit it, ack)
+    HELD = "held"  # another owner holds a live lease: try later
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer to :meth:`IdempotencyStore.claim`.
+
+    Attributes:
+        outcome: What the claim found.
+        result: The stored reply when ``outcome`` is ``DONE``, else None.
+        attempts: How many times this ``(route, event_id)`` has been claimed, including this claim when it
+            took the key (``NEW``/``RECLAIMED``); for ``DONE`` and ``HELD`` the count stays as it was.
+    """
+
+    outcome: ClaimOutcome
+    result: dict[str, Any] | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRecord:
+    """One row of the store as it is, for inspection by the CLI and tests.
+
+    Attributes:
+        route: The route's name.
+        event_id: The event's id (the idempotency key within the route).
+        state: ``in_progress``, ``done``, ``failed`` or ``retry``.
+        owner: Who claimed it last.
+        attempts: How many times it has been claimed.
+        claimed_at: When it was claimed last (UTC).
+        lease_until: When the current lease ends (UTC); None unless ``in_progress``.
+        done_at: When the effect was recorded as applied (UTC); None unless ``done``.
+        result: The stored reply, for ``done``.
+        error: The last permanent error recorded by :meth:`IdempotencyStore.fail`.
+    """
+
+    route: str
+    event_id: str
+    state: str
+    owner: str | None
+    attempts: int
+    claimed_at: datetime
+    lease_until: datetime | None
+    done_at: datetime | None
+    result: dict[str, Any] | None
+    error: str | None
+
+
+class ClaimContentionError(RuntimeError):
+    """The row kept changing under a claim for :data:`MAX_CLAIM_ROUNDS` rounds; the caller retries later."""
+
+
+class _UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A datetime stored in UTC and read back UTC-aware on every back end.
+
+    PostgreSQL keeps ``timestamptz`` and psycopg returns it in the session's zone; SQLite keeps naive text,
+    so the value is converted to UTC and stripped of its zone before it is written.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        """Convert an aware datetime to UTC (naive UTC for SQLite); refuse a naive one."""
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"the store keeps only timezone-aware datetimes, got {value!r}")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        """Return the stored value as a UTC-aware datetime."""
+        del dialect
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata: Final = sa.MetaData()
+
+#: one row per (route, event_id) ever claimed
+claims_table: Final = sa.Table(
+    "claims",
+    metadata,
+    sa.Column("route", sa.String(MAX_KEY_LENGTH), primary_key=True),
+    sa.Column("event_id", sa.String(MAX_KEY_LENGTH), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("owner", sa.String(MAX_KEY_LENGTH), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("claimed_at", _UTCDateTime(), nullable=False),
+    sa.Column("lease_until", _UTCDateTime(), nullable=True),
+    sa.Column("done_at", _UTCDateTime(), nullable=True),
+    sa.Column("result", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.CheckConstraint(f"state IN ({', '.join(repr(s) for s in STATES)})", name="claims_state_valid"),
+)
+
+_c = claims_table.c
+
+
+def _key_clause(route: str, event_id: str) -> sa.ColumnElement[bool]:
+    return sa.and_(_c.route == route, _c.event_id == event_id)
+
+
+def _check_key(route: str, event_id: str) -> None:
+    for name, value in (("route", route), ("event_id", event_id)):
+        _check_text(name, value)
+
+
+def _check_text(name: str, value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_KEY_LENGTH:
+        raise ValueError(f"{name} is longer than {MAX_KEY_LENGTH} characters: {value[:40]!r}...")
+
+
+def _utc(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"now must be timezone-aware, got {now!r}")
+    return now.astimezone(UTC)
+
+
+def _dump(result: dict[str, Any]) -> str:
+    if not isinstance(result, dict):
+        raise TypeError(f"result must be a dict, got {type(result).__name__}")
+    return json.dumps(result, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _load(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError(f"stored result is not a JSON object: {text[:80]!r}")
+    return value
+
+
+def _decide(
+    state: str, holder: str | None, lease_until: datetime | None, owner: str, now: datetime
+) -> ClaimOutcome:
+    """What claiming an existing row amounts to; NEW and RECLAIMED still have to win the compare-and-set."""
+    if state == DONE:
+        return ClaimOutcome.DONE
+    if state in {FAILED, RETRY}:
+        return ClaimOutcome.NEW  # nothing was applied: a fresh attempt
+    if state == IN_PROGRESS:
+        if lease_until is None or lease_until <= now or holder == owner:
+            return ClaimOutcome.RECLAIMED  # the holder is gone (or is us): it may have applied the effect
+        return ClaimOutcome.HELD
+    raise RuntimeError(f"a claim has an unknown state {state!r}")
+
+
+class _Statements:
+    """The hot-path statements, built once with bound parameters so each call only binds values.
+
+    Building a Core statement and its cache key costs more than SQLite takes to run it; a prebuilt statement
+    memoises its cache key and finds its compiled form in the engine's cache.
+    """
+
+    def __init__(self, dialect_insert: Any) -> None:
+        key = sa.and_(_c.route == sa.bindparam("k_route"), _c.event_id == sa.bindparam("k_event_id"))
+        when = _UTCDateTime()
+        self.insert_fresh = (
+            dialect_insert(claims_table)
+            .values(
+                route=sa.bindparam("k_route"),
+                event_id=sa.bindparam("k_event_id"),
+                state=IN_PROGRESS,
+                owner=sa.bindparam("n_owner"),
+                attempts=1,
+                claimed_at=sa.bindparam("n_claimed_at", type_=when),
+                lease_until=sa.bindparam("n_lease_until", type_=when),
+            )
+            .on_conflict_do_nothing(index_elements=[_c.route, _c.event_id])
+            .execution_options(preserve_rowcount=True)
+        )
+        self.select_state = sa.select(_c.state, _c.owner, _c.attempts, _c.lease_until, _c.result).where(key)
+        # compare-and-set: the row must still be what we read (attempts grows with every claim)
+        self.take_over = (
+            sa.update(claims_table)
+            .where(
+                key,
+                _c.state == sa.bindparam("k_state"),
+                _c.attempts == sa.bindparam("k_attempts"),
+                _c.owner.is_not_distinct_from(sa.bindparam("k_owner")),
+            )
+            .values(
+                state=IN_PROGRESS,
+                owner=sa.bindparam("n_owner"),
+                attempts=sa.bindparam("n_attempts"),
+                claimed_at=sa.bindparam("n_claimed_at", type_=when),
+                lease_until=sa.bindparam("n_lease_until", type_=when),
+            )
+        )
+        upsert = dialect_insert(claims_table).values(
+            route=sa.bindparam("k_route"),
+            event_id=sa.bindparam("k_event_id"),
+            state=DONE,
+            owner=sa.bindparam("n_owner"),
+            attempts=1,
+            claimed_at=sa.bindparam("n_done_at", type_=when),
+            lease_until=None,
+            done_at=sa.bindparam("n_done_at", type_=when),
+            result=sa.bindparam("n_result"),
+            error=None,
+        )
+        self.complete = upsert.on_conflict_do_update(
+            index_elements=[_c.route, _c.event_id],
+            set_={
+                "state": DONE,
+                "owner": upsert.excluded.owner,
+                "lease_until": None,
+                "done_at": upsert.excluded.done_at,
+                "result": upsert.excluded.result,
+                "error": None,
+            },
+            where=_c.state != DONE,  # done is final: keep the first result, the one already emitted
+        ).execution_options(preserve_rowcount=True)
+        held = sa.update(claims_table).where(
+            key, _c.state == IN_PROGRESS, _c.owner == sa.bindparam("k_owner")
+        )
+        self.fail = held.values(state=FAILED, lease_until=None, error=sa.bindparam("n_error"))
+        self.release_applied = held.values(lease_until=sa.bindparam("n_lease_until", type_=when))
+        self.release_clean = held.values(state=RETRY, lease_until=None)
+
+
+class IdempotencyStore:
+    """Claims and results per ``(route, event_id)`` in SQLite or PostgreSQL; thread-safe.
+
+    One instance is shared by every worker thread of a process; each call checks a pooled connection out
+    for one transaction. Several processes (and hosts, on PostgreSQL) may use the same database at once.
+
+    Args:
+        url: SQLAlchemy URL: ``sqlite:///path/file.sqlite3`` (the parent directory is created) or
+            ``postgresql+psycopg://user@host/db``. ``sqlite://`` (in memory) works for one process only.
+        create: Create the table when it is missing (safe when several processes start at once).
+
+    Raises:
+        ValueError: The URL names a back end other than SQLite or PostgreSQL.
+    """
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        sa_url = sa.make_url(url)
+        backend = sa_url.get_backend_name()
+        # a single shared connection (in-memory SQLite) must not interleave two threads' transactions
+        self._lock: AbstractContextManager[Any] = nullcontext()
+        if backend == "sqlite":
+            self._engine = self._sqlite_engine(sa_url)
+            self._sql = _Statements(sqlite.insert)
+        elif backend == "postgresql":
+            self._engine = sa.create_engine(sa_url, pool_pre_ping=True)
+            self._sql = _Statements(postgresql.insert)
+        else:
+            raise ValueError(f"the idempotency store supports sqlite and postgresql, not {backend!r}")
+        self._closed = False
+        if create:
+            try:
+                self._create()
+            except BaseException:
+                self._engine.dispose()
+                raise
+
+    def _sqlite_engine(self, sa_url: sa.URL) -> Engine:
+        database = sa_url.database or ""
+        in_memory = database in {"", ":memory:"} or "mode=memory" in database
+        if in_memory:
+            self._lock = threading.Lock()
+            engine = sa.create_engine(
+                sa_url, poolclass=sa.pool.StaticPool, connect_args={"check_same_thread": False}
+            )
+        else:
+            if not database.startswith("file:"):
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(
+                sa_url,
+                poolclass=sa.pool.QueuePool,
+                pool_size=16,
+                max_overflow=48,
+                connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            )
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+            del connection_record
+            cursor = dbapi_connection.cursor()
+            try:
+                # busy_timeout first: switching to WAL needs a lock another process may hold
+                cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+            finally:
+                cursor.close()
+
+        return engine
+
+    def _create(self) -> None:
+        try:
+            with self._engine.begin() as conn:
+                metadata.create_all(conn, checkfirst=True)
+        except sa.exc.DBAPIError:
+            # another process created it between our check and our CREATE: fine if it is there now
+            if not sa.inspect(self._engine).has_table(claims_table.name):
+                raise
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        if self._closed:
+            raise RuntimeError("the idempotency store is closed")
+        with self._lock, self._engine.begin() as conn:
+            yield conn
+
+    # -- the claim -----------------------------------------------------------------------------------
+    def claim(
+        self, route: str, event_id: str, *, owner: str, lease_s: float, now: datetime | None = None
+    ) -> Claim:
+        """Claim ``(route, event_id)`` for ``owner`` for ``lease_s`` seconds, atomically.
+
+        Args:
+            route: The route's name.
+            event_id: The event's id.
+            owner: Who claims (unique per attempt, e.g. ``worker-id/random``).
+            lease_s: How long the claim is exclusive; after that another owner may take it over.
+            now: The current time (timezone-aware); the wall clock when None.
+
+        Returns:
+            ``NEW`` (go ahead), ``RECLAIMED`` (reconcile first), ``DONE`` (with the stored result) or
+            ``HELD`` (another owner's lease is live).
+
+        Raises:
+            ValueError: An empty or over-long route, event_id or owner, a lease that is not a positive
+                finite number, or a naive ``now``.
+            ClaimContentionError: Concurrent writers kept changing the row (should not happen in practice).
+        """
+        _check_key(route, event_id)
+        _check_text("owner", owner)
+        if isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not 0 < lease_s < math.inf:
+            raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s!r}")
+        now = _utc(now)
+        lease_until = now + timedelta(seconds=lease_s)
+        params: dict[str, Any] = {
+            "k_route": route,
+            "k_event_id": event_id,
+            "n_owner": owner,
+            "n_claimed_at": now,
+            "n_lease_until": lease_until,
+        }
+        sql = self._sql
+        with self._begin() as conn:
+            for _ in range(MAX_CLAIM_ROUNDS):
+                if conn.execute(sql.insert_fresh, params).rowcount == 1:
+                    return Claim(ClaimOutcome.NEW, None, 1)
+                row = conn.execute(sql.select_state, params).first()
+                if row is None:  # forgotten between our insert and our read: insert again
+                    continue
+                outcome = _decide(row.state, row.owner, row.lease_until, owner, now)
+                if outcome is ClaimOutcome.DONE:
+                    return Claim(outcome, _load(row.result), row.attempts)
+                if outcome is ClaimOutcome.HELD:
+                    return Claim(outcome, None, row.attempts)
+                attempts = row.attempts + 1
+                cas = {
+                    **params,
+                    "k_state": row.state,
+                    "k_attempts": row.attempts,
+                    "k_owner": row.owner,
+                    "n_attempts": attempts,
+                }
+                if conn.execute(sql.take_over, cas).rowcount == 1:
+                    return Claim(outcome, None, attempts)
+                # someone changed the row between our read and our update: read it again
+        raise ClaimContentionError(f"claim {route}/{event_id} kept changing under {MAX_CLAIM_ROUNDS} tries")
+
+    # -- the outcomes --------------------------------------------------------------------------------
+    def complete(self, route: str, event_id: str, *, owner: str, result: dict[str, Any]) -> None:
+        """Record that the effect happened, with the target's reply: the claim becomes ``done``.
+
+        Unconditional: the effect happened whoever holds the lease now (a row is created if there is none).
+        A row that is already ``done`` keeps its first result, the one its result event carried (and a
+        warning is logged).
+
+        Args:
+            route: The route's name.
+            event_id: The event's id.
+            owner: Who applied the effect.
+            result: The reply to store (a JSON object) and re-emit on a duplicate delivery.
+
+        Raises:
+            ValueError: An empty route, event_id or owner, or a float JSON cannot represent (NaN, inf).
+            TypeError: ``result`` is not a dict or holds a value JSON cannot represent.
+        """
+        _check_key(route, event_id)
+        _check_text("owner", owner)
+        params = {
+            "k_route": route,
+            "k_event_id": event_id,
+            "n_owner": owner,
+            "n_done_at": datetime.now(UTC),
+            "n_result": _dump(result),
+        }
+        with self._begin() as conn:
+            if conn.execute(self._sql.complete, params).rowcount != 1:
+                _log.warning("claim_already_done", route=route, event_id=event_id, owner=owner)
+
+    def fail(self, route: str, event_id: str, *, owner: str, error: str) -> None:
+        """Record a permanent rejection (nothing was applied): the claim becomes ``failed``.
+
+        The next claim of the event (a replay after the cause was fixed) is ``NEW``. Only the owner of a
+        claim still ``in_progress`` can fail it; otherwise nothing changes (and a warning is logged).
+
+        Args:
+            route: The route's name.
+            event_id: The event's id.
+            owner: The owner that claimed it.
+            error: Why it was rejected.
+
+        Raises:
+            ValueError: An empty route, event_id or owner.
+        """
+        self._settle(
+            route, event_id, owner=owner, stmt=self._sql.fail, values={"n_error": str(error)}, what="fail"
+        )
+
+    def release(self, route: str, event_id: str, *, owner: str, maybe_applied: bool) -> None:
+        """Give a claim back after a transient failure.
+
+        Only the owner of a claim still ``in_progress`` can release it; otherwise nothing changes (and a
+        warning is logged).
+
+        Args:
+            route: The route's name.
+            event_id: The event's id.
+            owner: The owner that claimed it.
+            maybe_applied: True when the effect may have happened (timeout, reset after sending): the claim
+                stays ``in_progress`` with its lease ended now, so the next claim is ``RECLAIMED`` and
+                reconciles. False when it surely did not (refused before sending): the claim becomes
+                ``retry`` and the next claim is ``NEW``.
+
+        Raises:
+            ValueError: An empty route, event_id or owner.
+        """
+        if maybe_applied:
+            stmt, values = self._sql.release_applied, {"n_lease_until": datetime.now(UTC)}
+        else:
+            stmt, values = self._sql.release_clean, {}
+        self._settle(route, event_id, owner=owner, stmt=stmt, values=values, what="release")
+
+    def _settle(
+        self, route: str, event_id: str, *, owner: str, stmt: sa.Update, values: dict[str, Any], what: str
+    ) -> None:
+        _check_key(route, event_id)
+        _check_text("owner", owner)
+        params = {"k_route": route, "k_event_id": event_id, "k_owner": owner, **values}
+        with self._begin() as conn:
+            if conn.execute(stmt, params).rowcount != 1:
+                _log.warning("claim_not_held", action=what, route=route, event_id=event_id, owner=owner)
+
+    # -- inspection ----------------------------------------------------------------------------------
+    def get(self, route: str, event_id: str) -> ClaimRecord | None:
+        """The stored claim of ``(route, event_id)``, or None.
+
+        Raises:
+            ValueError: An empty route or event_id.
+        """
+        _check_key(route, event_id)
+        with self._begin() as conn:
+            row = conn.execute(sa.select(claims_table).where(_key_clause(route, event_id))).first()
+        if row is None:
+            return None
+        return ClaimRecord(
+            route=row.route,
+            event_id=row.event_id,
+            state=row.state,
+            owner=row.owner,
+            attempts=row.attempts,
+            claimed_at=row.claimed_at,
+            lease_until=row.lease_until,
+            done_at=row.done_at,
+            result=_load(row.result),
+            error=row.error,
+        )
+
+    def counts(self, route: str | None = None) -> dict[str, int]:
+        """How many claims are in each state, for one route or all; states with none are left out.
+
+        Raises:
+            ValueError: An empty route.
+        """
+        stmt = sa.select(_c.state, sa.func.count()).group_by(_c.state)
+        if route is not None:
+            _check_text("route", route)
+            stmt = stmt.where(_c.route == route)
+        with self._begin() as conn:
+            return {state: int(n) for state, n in conn.execute(stmt).all()}
+
+    def forget(self, route: str, event_id: str) -> None:
+        """Delete the claim, so the event is processed afresh (``dlq replay --force`` of a done event).
+
+        Raises:
+            ValueError: An empty route or event_id.
+        """
+        _check_key(route, event_id)
+        with self._begin() as conn:
+            conn.execute(sa.delete(claims_table).where(_key_clause(route, event_id)))
+
+    # -- life cycle ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close every pooled connection; the store cannot be used afterwards. Idempotent."""
+        self._closed = True
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
