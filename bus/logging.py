@@ -248,6 +248,9 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(min_level)
+    # pika narrates every socket step at INFO; its warnings and errors are what an operator needs
+    for chatty in ("pika", "httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(min_level, logging.WARNING))
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:

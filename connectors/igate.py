@@ -80,6 +80,8 @@ DEFAULT_DEGRADED_MS: Final = 2000.0
 _UNAUTHORIZED: Final = 401
 _NOT_FOUND: Final = 404
 _TOKEN_REFUSED: Final = frozenset({400, 401})
+#: longest idempotency key sent as ``clientRequestId``
+MAX_KEY_CHARS: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,9 +287,9 @@ class IGateConnector:
 
     @staticmethod
     def _body(request: BaseModel, idempotency_key: str) -> dict[str, Any]:
-        if not idempotency_key or len(idempotency_key) > 200:  # noqa: PLR2004
+        if not 0 < len(idempotency_key) <= MAX_KEY_CHARS:
             raise MappingError(
-                "an effect needs an idempotency key of 1-200 characters", field="idempotency_key"
+                f"an effect needs an idempotency key of 1-{MAX_KEY_CHARS} characters", field="idempotency_key"
             )
         body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
         body["clientRequestId"] = idempotency_key

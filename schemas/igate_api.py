@@ -22,7 +22,7 @@ Facts and assumptions (DOMAIN.md section 1.4):
 
 from __future__ import annotations
 
-from datetime import datetime  # noqa: TC003 - pydantic reads annotations at runtime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr

@@ -657,6 +657,7 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.sim
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_REQUEST_BYTES:
+            self.close_connection = True  # the unread body would be taken for the next request
             self._send_json(_Answer(413, {"error": "request too large"}))
             return
         call = _Call(self.command, self.path, dict(self.headers.items()), self.rfile.read(length))
