@@ -348,3 +348,15 @@ def simulate(system: str, host: str, port: int) -> None:
 
 
 COMMANDS = [run, publish, map_, dlq, topology, simulate]
+
+
+@click.command()
+@click.option("--dossiers", default=300, show_default=True, help="dossier.received events to publish.")
+def demo(dossiers: int) -> None:
+    """Run the bus against the iGate simulator with a live table, then print a summary."""
+    from bus.demo import Plan, run_demo
+
+    sys.exit(run_demo(Plan(received=dossiers)))
+
+
+COMMANDS.append(demo)

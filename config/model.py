@@ -127,8 +127,8 @@ class TimeoutSpec(_Strict):
 class BreakerSpec(_Strict):
     """Circuit breaker: opens after ``fail_max`` consecutive failures, half-opens after ``reset_timeout``."""
 
-    fail_max: int = Field(default=5, ge=1, le=1000)
-    reset_timeout: Duration = 30.0
+    fail_max: int = Field(default=10, ge=1, le=1000)
+    reset_timeout: Duration = 15.0
 
 
 class ConnectorSpec(_Strict):

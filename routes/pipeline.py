@@ -37,6 +37,7 @@ from routes.topology import RESULTS_EXCHANGE, dlq, retry_queue
 from schemas.envelope import Event, parse_event
 from schemas.errors import (
     AmbiguousOutcome,
+    BreakerOpen,
     BusError,
     ClaimHeld,
     PermanentError,
@@ -247,8 +248,8 @@ class RouteRunner:
         return Outcome(outcome, (msg,), crash_after_confirm="after_result_confirm" in self.crash_points)
 
     def _retry_or_dead(self, delivery: Delivery, exc: TransientError, attempt: int) -> Outcome:
-        # a held claim is not the target failing: do not spend the route's attempts on it
-        next_attempts = attempt - 1 if isinstance(exc, ClaimHeld) else attempt
+        # a held claim or an open breaker sent nothing: waiting for them must not spend the route's attempts
+        next_attempts = attempt - 1 if isinstance(exc, ClaimHeld | BreakerOpen) else attempt
         if next_attempts >= self._max_attempts:
             return self._dead(delivery, exc, attempt, kind=f"exhausted:{exc.kind}")
         delay = self._backoff[min(max(next_attempts - 1, 0), len(self._backoff) - 1)]

@@ -358,11 +358,7 @@ class ChaosBroker:
             raise ChaosBrokerError(f"{self.nodename} is not running")
         os.kill(pid, signal.SIGKILL)
         self._paused = False
-        deadline = time.monotonic() + 10.0
-        while _pid_alive(pid):
-            if time.monotonic() > deadline:
-                raise ChaosBrokerError(f"{self.nodename} (pid {pid}) survived SIGKILL")
-            time.sleep(0.02)
+        self._wait_gone(pid)
         return pid
 
     def pause(self) -> None:
@@ -488,6 +484,26 @@ class ChaosBroker:
             user = pwd.getpwnam(RABBITMQ_USER)
             for path in (base, *base.iterdir()):
                 os.chown(path, user.pw_uid, user.pw_gid)
+
+    def _wait_gone(self, pid: int, timeout: float = 30.0) -> None:
+        """Wait until a killed node has released its ports.
+
+        A SIGKILLed beam turns into a zombie at once, but its threads take a while to exit and its
+        listening sockets (AMQP, distribution) and epmd registration stay open until the last one has:
+        a restart before that fails or finds the old name still registered.
+
+        Args:
+            pid: the killed beam's pid.
+            timeout: seconds to wait.
+
+        Raises:
+            ChaosBrokerError: when the process or its listeners outlive the timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) or _port_open(self.port) or _port_open(self.dist_port):
+            if time.monotonic() > deadline:
+                raise ChaosBrokerError(f"{self.nodename} (pid {pid}) still holds its ports {timeout:.0f} s after SIGKILL")
+            time.sleep(0.05)
 
     def _launch(self) -> float:
         """Run `rabbitmq-server -detached` as rabbitmq and wait for AMQP.

@@ -1,0 +1,247 @@
+"""``igate-bus demo``: the bus doing its job on this machine, shown live, ending with a summary.
+
+It starts the iGate simulator, a worker for the shipped routes, and publishes a province-morning's worth of
+events: dossiers received (each must get exactly one "received by the bus" note at iGate), results from other
+systems flowing back to iGate, diagnostic pings, a few broken events (dead-lettered with their reason) and
+one event no route wants (kept in ``unrouted``). For the first seconds the simulator answers 503 to a third
+of the calls, so the retry queues are seen at work. The table is live; the summary counts effects at the
+simulator by idempotency key: duplicates must be 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pika
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from config.settings import DEFAULT_CONFIG_DIR, Settings
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "events"
+SIM_PORT = 8601
+
+
+@dataclass
+class Plan:
+    """How many of each kind the demo publishes."""
+
+    received: int = 300
+    results: int = 40
+    pings: int = 60
+    broken: int = 3
+    unrouted: int = 1
+    fault_seconds: float = 4.0
+
+
+def _example(event_type: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((EXAMPLES / f"{event_type}.json").read_text(encoding="utf-8"))
+    return data
+
+
+def _fresh(base: dict[str, Any], i: int, *, code: bool = True) -> dict[str, Any]:
+    ev = json.loads(json.dumps(base))
+    ev["event_id"] = str(uuid.uuid4())
+    ev["occurred_at"] = datetime.now(UTC).astimezone().isoformat()
+    if code:
+        ev["dossier_code"] = f"000.00.16.H16-{datetime.now(UTC):%y%m%d}-{i:04d}"
+    return ev
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+#: the demo's backoff, so it ends in seconds; the shipped routes.yaml keeps 5s 30s 2m 10m 1h
+DEMO_BACKOFF = ["1s", "2s", "4s"]
+
+
+@contextmanager
+def _config_for(sim_url: str) -> Iterator[Path]:
+    """A copy of the shipped config with the iGate endpoint on the simulator and the demo's short backoff."""
+    import yaml
+
+    tmp = Path(tempfile.mkdtemp(prefix="igate-bus-demo-"))
+    try:
+        routes = yaml.safe_load((DEFAULT_CONFIG_DIR / "routes.yaml").read_text(encoding="utf-8"))
+        for route in routes["routes"]:
+            route.setdefault("retry", {})["backoff"] = DEMO_BACKOFF
+            route["retry"]["max_attempts"] = 10
+        (tmp / "routes.yaml").write_text(yaml.safe_dump(routes, allow_unicode=True), encoding="utf-8")
+        text = (DEFAULT_CONFIG_DIR / "connectors.yaml").read_text(encoding="utf-8")
+        (tmp / "connectors.yaml").write_text(text.replace(f"http://127.0.0.1:{SIM_PORT}", sim_url), encoding="utf-8")
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _depths(conn: pika.BlockingConnection, queues: list[str]) -> dict[str, int]:
+    out = {}
+    ch = conn.channel()
+    for q in queues:
+        try:
+            out[q] = int(ch.queue_declare(q, passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker:
+            out[q] = 0
+            ch = conn.channel()
+    if ch.is_open:
+        ch.close()
+    return out
+
+
+def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  # noqa: C901, PLR0915 - a script, read top to bottom
+    """Run the demo; returns 0 when every expectation held (no loss, no duplicate), else 1."""
+    from bus.logging import configure_logging
+    from bus.wiring import build_worker, load_app
+    from routes.dlq import DeadLetters
+    from routes.pipeline import idempotency_key
+    from routes.publisher import Publisher
+    from routes.topology import UNROUTED_QUEUE, dlq, route_queue
+    from simulators.igate import DEFAULT_PASSWORD, DEFAULT_USERNAME, IGateSimulator
+
+    plan = plan or Plan()
+    console = console or Console()
+    os.environ.setdefault("IGATE_BUS_IGATE_USERNAME", DEFAULT_USERNAME)
+    os.environ.setdefault("IGATE_BUS_IGATE_PASSWORD", DEFAULT_PASSWORD)
+    Path("var").mkdir(exist_ok=True)
+    log_path = Path("var/demo.log")
+    with log_path.open("w", encoding="utf-8") as log_stream:
+        configure_logging("info", "json", stream=log_stream)
+        sim = IGateSimulator(
+            port=SIM_PORT if _port_free(SIM_PORT) else 0,
+            username=os.environ["IGATE_BUS_IGATE_USERNAME"],
+            password=os.environ["IGATE_BUS_IGATE_PASSWORD"],
+        ).start()
+        try:
+            with _config_for(sim.url) as config_dir:
+                settings = Settings(config_dir=config_dir)
+                app = load_app(settings)
+                worker = build_worker(app)
+                thread = threading.Thread(target=worker.run, name="demo-worker", daemon=True)
+                thread.start()
+                if not worker.wait_ready(30):
+                    console.print("[red]the worker could not start consuming within 30 s; see var/demo.log")
+                    return 1
+                routes = [r.spec.name for r in app.routes if r.spec.enabled]
+                console.print(f"[bold]igate-bus demo[/]: iGate simulator at {sim.url}, routes: {', '.join(routes)}, "
+                              f"broker {settings.amqp_url.split('@')[-1]}, logs in {log_path}\n"
+                              f"(demo backoff {', '.join(DEMO_BACKOFF)}; the shipped routes.yaml uses 5s 30s 2m 10m 1h)")
+
+                received = [_fresh(_example("dossier.received"), i) for i in range(plan.received)]
+                results = [_fresh(_example("vnpost.tracking_updated" if i % 2 else "dvcqg.sync_result"), i)
+                           for i in range(plan.results)]
+                pings = [{"event_id": str(uuid.uuid4()), "event_type": "bus.ping",
+                          "occurred_at": datetime.now(UTC).isoformat(), "source": "demo",
+                          "payload": {"seq": i}} for i in range(plan.pings)]
+                broken = [_fresh(_example("dossier.received"), 9000 + i) for i in range(plan.broken)]
+                for i, ev in enumerate(broken):  # each broken its own way
+                    if i % 3 == 0:
+                        ev["payload"]["applicant"]["id_no"] = "12345"
+                    elif i % 3 == 1:
+                        ev["occurred_at"] = "2026-02-30T10:00:00+07:00"
+                    else:
+                        ev["payload"]["fees"] = [{"kind": "lephi", "code": "LP1", "name": "Lệ phí",
+                                                  "amount_vnd": 50000.5, "collect": "truoc"}]
+                stray = [_fresh(_example("dossier.received"), 9900 + i) for i in range(plan.unrouted)]
+                for ev in stray:
+                    ev["event_type"] = "dossier.archived"
+
+                sim.set_faults(error_rate=0.33, error_status=503, seed=42, only_paths=["/pa/dossier/"])
+                started = time.monotonic()
+                with Publisher(settings.amqp_url) as pub:
+                    for ev in received + pings + broken + stray:
+                        pub.publish_event(ev)
+                    for ev in results:
+                        pub.publish_event(ev, exchange="bus.results")
+                expected_keys = {idempotency_key("bus-ack", e["event_id"]) for e in received} | {
+                    idempotency_key("results-to-igate", e["event_id"]) for e in results}
+                queues = [q for r in routes for q in (route_queue(r), dlq(r))] + [UNROUTED_QUEUE]
+                conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+                faults_on = True
+
+                def table() -> Group:
+                    depths = _depths(conn, queues)
+                    t = Table(title=f"events flowing ({time.monotonic() - started:4.1f}s)"
+                              + ("  [yellow]iGate answering 503 to 1 call in 3[/]" if faults_on else ""))
+                    for col in ("route", "recv", "done", "dup", "retry", "dead", "queue", "DLQ"):
+                        t.add_column(col, justify="right" if col != "route" else "left")
+                    for name in routes:
+                        st = worker.stats[name]
+                        t.add_row(name, str(st.received), str(st.outcomes.get("delivered", 0)),
+                                  str(st.outcomes.get("duplicate", 0)), str(st.outcomes.get("retry", 0)),
+                                  str(st.outcomes.get("dead_lettered", 0)), str(depths[route_queue(name)]),
+                                  str(depths[dlq(name)]))
+                    counts = sim.effect_counts()
+                    mine = {k: v for k, v in counts.items() if k in expected_keys}
+                    s = Table(title="at the iGate simulator")
+                    for col in ("applied", "expected", "duplicates", "503s sent", "unrouted"):
+                        s.add_column(col, justify="right")
+                    s.add_row(str(len(mine)), str(len(expected_keys)), str(sum(v - 1 for v in mine.values())),
+                              str(sum(1 for r in sim.requests("/pa/dossier/") if r.get("status") == 503)),
+                              str(depths[UNROUTED_QUEUE]))
+                    return Group(t, s)
+
+                deadline = started + 120
+                with Live(table(), console=console, refresh_per_second=4) as live:
+                    while time.monotonic() < deadline:
+                        if faults_on and time.monotonic() - started > plan.fault_seconds:
+                            sim.set_faults()
+                            faults_on = False
+                        mine = [k for k in sim.effect_counts() if k in expected_keys]
+                        pongs_done = worker.stats.get("bus-ping") is None or \
+                            worker.stats["bus-ping"].acked >= plan.pings
+                        if len(mine) >= len(expected_keys) and pongs_done and not faults_on:
+                            live.update(table())
+                            break
+                        live.update(table())
+                        time.sleep(0.25)
+                elapsed = time.monotonic() - started
+                worker.stop()
+                thread.join(60)
+                app.close()
+
+                counts = sim.effect_counts()
+                mine = {k: v for k, v in counts.items() if k in expected_keys}
+                lost = len(expected_keys) - len(mine)
+                dupes = sum(v - 1 for v in mine.values())
+                ours = {e["event_id"] for e in broken + stray}
+                dead = DeadLetters(conn)
+                dead_rows = [d for q in ("bus-ack", UNROUTED_QUEUE) for d in dead.browse(q, limit=10_000)
+                             if d.event_id in ours]
+                conn.close()
+
+                console.print()
+                summary = Table(title=f"summary after {elapsed:.1f}s", show_header=False)
+                summary.add_row("published", f"{len(received)} dossier.received, {len(results)} results, "
+                                f"{len(pings)} pings, {len(broken)} broken, {len(stray)} unrouted")
+                summary.add_row("effects at iGate", f"{len(mine)} of {len(expected_keys)} (lost {lost})")
+                summary.add_row("duplicate effects", str(dupes))
+                summary.add_row("retries", str(sum(worker.stats[r].outcomes.get("retry", 0) for r in routes)))
+                summary.add_row("dead letters (this run)", str(len(dead_rows)))
+                console.print(summary)
+                for d in dead_rows:
+                    console.print(f"  {d.queue}: {d.event_type} {d.event_id}  [{d.error_kind}] {d.error[:110]}")
+                console.print("Explore: igate-bus dlq list   |   igate-bus dlq show EVENT_ID   |   "
+                              "igate-bus dlq replay --route bus-ack --event-id EVENT_ID")
+                ok = lost == 0 and dupes == 0 and len(dead_rows) == len(broken) + len(stray)
+                console.print("[green]ok: every event delivered once, every bad one kept with its reason"
+                              if ok else "[red]NOT OK: see the summary and var/demo.log")
+                return 0 if ok else 1
+        finally:
+            sim.stop()
