@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import TYPE_CHECKING
 
 from adapters.registry import adapter
 from schemas.bus import NoopRequest, Ping
-from schemas.envelope import Event
 from schemas.errors import MappingError
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from schemas.envelope import Event
 
 
 @adapter(accepts=("bus.ping",), produces=NoopRequest)

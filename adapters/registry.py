@@ -9,12 +9,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel
 
-from schemas.envelope import Event
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from schemas.envelope import Event
 
 AdapterFn = Callable[..., BaseModel]
 F = TypeVar("F", bound=AdapterFn)

@@ -136,9 +136,7 @@ def _data_value(value: Any) -> str | int | None:
         return _cut(value, MAX_DATA_VALUE_CHARS)
     if isinstance(value, float):
         return repr(value)
-    return _cut(
-        json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True), MAX_DATA_VALUE_CHARS
-    )
+    return _cut(json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True), MAX_DATA_VALUE_CHARS)
 
 
 @adapter(accepts=RESULT_EVENTS, produces=UpdateDossierRequest)
@@ -163,9 +161,7 @@ def status_update(event: Event, *, now: datetime) -> UpdateDossierRequest:
     fields = _without(event.payload.model_dump(mode="json"), personal)
     dossier_code = envelope.dossier_code or fields.get(_CODE_FIELDS.get(envelope.event_type, ""))
     if not isinstance(dossier_code, str) or not dossier_code:
-        raise MappingError(
-            f"a {envelope.event_type} event without a dossier code has no dossier", field="dossier_code"
-        )
+        raise MappingError(f"a {envelope.event_type} event without a dossier code has no dossier", field="dossier_code")
     status = fields.get("status")
     data: dict[str, str | int | None] = {
         "event_type": envelope.event_type,

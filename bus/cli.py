@@ -1,4 +1,3 @@
-# ruff: noqa: CPY001 - the project has no copyright header convention yet (see the report)
 """The ``igate-bus`` command line: the one entry point integrators and operators use.
 
 Where this sits: outside the message path, it starts and inspects it. ``check`` validates the config folder

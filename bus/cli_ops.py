@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -18,6 +17,8 @@ import click
 from config.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from bus.wiring import App
 
 
@@ -45,7 +46,10 @@ def _load(config: Path | None) -> App:
 
 
 config_option = click.option(
-    "--config", "config", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--config",
+    "config",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="Folder with routes.yaml and connectors.yaml (default: IGATE_BUS_CONFIG_DIR or the shipped config).",
 )
 
@@ -96,8 +100,12 @@ def read_events(source: str) -> Iterator[tuple[int, bytes]]:
 
 @click.command()
 @click.argument("source", type=str)
-@click.option("--exchange", type=click.Choice(["igate.events", "bus.results"]), default="igate.events",
-              help="igate.events for iGate's events, bus.results for results of external systems.")
+@click.option(
+    "--exchange",
+    type=click.Choice(["igate.events", "bus.results"]),
+    default="igate.events",
+    help="igate.events for iGate's events, bus.results for results of external systems.",
+)
 @click.option("--no-validate", is_flag=True, help="Publish as is (to test how routes handle bad events).")
 def publish(source: str, exchange: str, no_validate: bool) -> None:
     """Publish events from a JSON file, JSON lines, or - (stdin); prints each confirmed event id.
@@ -212,13 +220,21 @@ def _with_filters(f: Any) -> Any:
 @json_opt
 @_with_filters
 @config_option
-def dlq_list(route: str | None, as_json: bool, event_ids: tuple[str, ...], kind: str | None,
-             dossier: str | None, config: Path | None) -> None:
+def dlq_list(
+    route: str | None,
+    as_json: bool,
+    event_ids: tuple[str, ...],
+    kind: str | None,
+    dossier: str | None,
+    config: Path | None,
+) -> None:
     """List dead letters with their reasons."""
     app = _load(config)
     conn, dl = _dead_letters(app)
     try:
-        rows = [d.summary() for r in _dlq_routes(app, route) for d in dl.browse(r, where=_filter(event_ids, kind, dossier))]
+        rows = [
+            d.summary() for r in _dlq_routes(app, route) for d in dl.browse(r, where=_filter(event_ids, kind, dossier))
+        ]
     finally:
         conn.close()
     if as_json:
@@ -229,8 +245,15 @@ def dlq_list(route: str | None, as_json: bool, event_ids: tuple[str, ...], kind:
 
     table = Table("queue", "event_id", "event_type", "dossier", "kind", "attempts", "error", title="dead letters")
     for row in rows:
-        table.add_row(row["queue"], row["event_id"] or "-", row["event_type"] or "-", row["dossier_code"] or "-",
-                      row["error_kind"], str(row["attempts"] or "-"), (row["error"] or "")[:80])
+        table.add_row(
+            row["queue"],
+            row["event_id"] or "-",
+            row["event_type"] or "-",
+            row["dossier_code"] or "-",
+            row["error_kind"],
+            str(row["attempts"] or "-"),
+            (row["error"] or "")[:80],
+        )
     Console().print(table)
     click.echo(f"{len(rows)} dead letter(s)")
 
@@ -261,8 +284,15 @@ def dlq_show(event_id: str, route: str | None, config: Path | None) -> None:
 @_with_filters
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of the selected queues.")
 @config_option
-def dlq_replay(route: str | None, as_json: bool, event_ids: tuple[str, ...], kind: str | None,
-               dossier: str | None, replay_all: bool, config: Path | None) -> None:
+def dlq_replay(
+    route: str | None,
+    as_json: bool,
+    event_ids: tuple[str, ...],
+    kind: str | None,
+    dossier: str | None,
+    replay_all: bool,
+    config: Path | None,
+) -> None:
     """Send dead letters back to their route, keeping their event_id."""
     if not (replay_all or event_ids or kind or dossier):
         _fail("say what to replay: --all, --event-id, --kind or --dossier")
@@ -283,8 +313,16 @@ def dlq_replay(route: str | None, as_json: bool, event_ids: tuple[str, ...], kin
 @click.option("--all", "purge_all", is_flag=True, help="Delete every dead letter of the selected queues.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @config_option
-def dlq_purge(route: str | None, as_json: bool, event_ids: tuple[str, ...], kind: str | None,
-              dossier: str | None, purge_all: bool, yes: bool, config: Path | None) -> None:
+def dlq_purge(
+    route: str | None,
+    as_json: bool,
+    event_ids: tuple[str, ...],
+    kind: str | None,
+    dossier: str | None,
+    purge_all: bool,
+    yes: bool,
+    config: Path | None,
+) -> None:
     """Delete dead letters (after you have dealt with them)."""
     if not (purge_all or event_ids or kind or dossier):
         _fail("say what to purge: --all, --event-id, --kind or --dossier")
@@ -312,12 +350,16 @@ def topology(config: Path | None, as_json: bool, do_declare: bool) -> None:
 
     app = _load(config)
     topo = topology_of(app.routes)
-    exchanges = {EVENTS_EXCHANGE: "topic, AE bus.unrouted", RESULTS_EXCHANGE: "topic, AE bus.unrouted",
-                 UNROUTED_EXCHANGE: "fanout"}
+    exchanges = {
+        EVENTS_EXCHANGE: "topic, AE bus.unrouted",
+        RESULTS_EXCHANGE: "topic, AE bus.unrouted",
+        UNROUTED_EXCHANGE: "fanout",
+    }
     data: dict[str, Any] = {
         "exchanges": exchanges,
-        "queues": [{"name": q.name, "arguments": q.arguments, "bindings": [list(b) for b in q.bindings]}
-                   for q in topo.queues],
+        "queues": [
+            {"name": q.name, "arguments": q.arguments, "bindings": [list(b) for b in q.bindings]} for q in topo.queues
+        ],
     }
     if as_json:
         click.echo(json.dumps(data, indent=2))

@@ -17,12 +17,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
 from rich.console import Console, Group
@@ -30,6 +29,9 @@ from rich.live import Live
 from rich.table import Table
 
 from config.settings import DEFAULT_CONFIG_DIR, Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "events"
 SIM_PORT = 8601
@@ -53,7 +55,7 @@ def _example(event_type: str) -> dict[str, Any]:
 
 
 def _fresh(base: dict[str, Any], i: int, *, code: bool = True) -> dict[str, Any]:
-    ev = json.loads(json.dumps(base))
+    ev: dict[str, Any] = json.loads(json.dumps(base))
     ev["event_id"] = str(uuid.uuid4())
     ev["occurred_at"] = datetime.now(UTC).astimezone().isoformat()
     if code:
@@ -105,7 +107,7 @@ def _depths(conn: pika.BlockingConnection, queues: list[str]) -> dict[str, int]:
     return out
 
 
-def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  # noqa: C901, PLR0915 - a script, read top to bottom
+def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 - a script read top to bottom
     """Run the demo; returns 0 when every expectation held (no loss, no duplicate), else 1."""
     from bus.logging import configure_logging
     from bus.wiring import build_worker, load_app
@@ -139,16 +141,27 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                     console.print("[red]the worker could not start consuming within 30 s; see var/demo.log")
                     return 1
                 routes = [r.spec.name for r in app.routes if r.spec.enabled]
-                console.print(f"[bold]igate-bus demo[/]: iGate simulator at {sim.url}, routes: {', '.join(routes)}, "
-                              f"broker {settings.amqp_url.split('@')[-1]}, logs in {log_path}\n"
-                              f"(demo backoff {', '.join(DEMO_BACKOFF)}; the shipped routes.yaml uses 5s 30s 2m 10m 1h)")
+                console.print(
+                    f"[bold]igate-bus demo[/]: iGate simulator at {sim.url}, routes: {', '.join(routes)}, "
+                    f"broker {settings.amqp_url.split('@')[-1]}, logs in {log_path}\n"
+                    f"(demo backoff {', '.join(DEMO_BACKOFF)}; the shipped routes.yaml uses 5s 30s 2m 10m 1h)"
+                )
 
                 received = [_fresh(_example("dossier.received"), i) for i in range(plan.received)]
-                results = [_fresh(_example("vnpost.tracking_updated" if i % 2 else "dvcqg.sync_result"), i)
-                           for i in range(plan.results)]
-                pings = [{"event_id": str(uuid.uuid4()), "event_type": "bus.ping",
-                          "occurred_at": datetime.now(UTC).isoformat(), "source": "demo",
-                          "payload": {"seq": i}} for i in range(plan.pings)]
+                results = [
+                    _fresh(_example("vnpost.tracking_updated" if i % 2 else "dvcqg.sync_result"), i)
+                    for i in range(plan.results)
+                ]
+                pings = [
+                    {
+                        "event_id": str(uuid.uuid4()),
+                        "event_type": "bus.ping",
+                        "occurred_at": datetime.now(UTC).isoformat(),
+                        "source": "demo",
+                        "payload": {"seq": i},
+                    }
+                    for i in range(plan.pings)
+                ]
                 broken = [_fresh(_example("dossier.received"), 9000 + i) for i in range(plan.broken)]
                 for i, ev in enumerate(broken):  # each broken its own way
                     if i % 3 == 0:
@@ -156,8 +169,15 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                     elif i % 3 == 1:
                         ev["occurred_at"] = "2026-02-30T10:00:00+07:00"
                     else:
-                        ev["payload"]["fees"] = [{"kind": "lephi", "code": "LP1", "name": "Lệ phí",
-                                                  "amount_vnd": 50000.5, "collect": "truoc"}]
+                        ev["payload"]["fees"] = [
+                            {
+                                "kind": "lephi",
+                                "code": "LP1",
+                                "name": "Lệ phí",
+                                "amount_vnd": 50000.5,
+                                "collect": "truoc",
+                            }
+                        ]
                 stray = [_fresh(_example("dossier.received"), 9900 + i) for i in range(plan.unrouted)]
                 for ev in stray:
                     ev["event_type"] = "dossier.archived"
@@ -170,31 +190,44 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                     for ev in results:
                         pub.publish_event(ev, exchange="bus.results")
                 expected_keys = {idempotency_key("bus-ack", e["event_id"]) for e in received} | {
-                    idempotency_key("results-to-igate", e["event_id"]) for e in results}
+                    idempotency_key("results-to-igate", e["event_id"]) for e in results
+                }
                 queues = [q for r in routes for q in (route_queue(r), dlq(r))] + [UNROUTED_QUEUE]
                 conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
                 faults_on = True
 
                 def table() -> Group:
                     depths = _depths(conn, queues)
-                    t = Table(title=f"events flowing ({time.monotonic() - started:4.1f}s)"
-                              + ("  [yellow]iGate answering 503 to 1 call in 3[/]" if faults_on else ""))
+                    t = Table(
+                        title=f"events flowing ({time.monotonic() - started:4.1f}s)"
+                        + ("  [yellow]iGate answering 503 to 1 call in 3[/]" if faults_on else "")
+                    )
                     for col in ("route", "recv", "done", "dup", "retry", "dead", "queue", "DLQ"):
                         t.add_column(col, justify="right" if col != "route" else "left")
                     for name in routes:
                         st = worker.stats[name]
-                        t.add_row(name, str(st.received), str(st.outcomes.get("delivered", 0)),
-                                  str(st.outcomes.get("duplicate", 0)), str(st.outcomes.get("retry", 0)),
-                                  str(st.outcomes.get("dead_lettered", 0)), str(depths[route_queue(name)]),
-                                  str(depths[dlq(name)]))
+                        t.add_row(
+                            name,
+                            str(st.received),
+                            str(st.outcomes.get("delivered", 0)),
+                            str(st.outcomes.get("duplicate", 0)),
+                            str(st.outcomes.get("retry", 0)),
+                            str(st.outcomes.get("dead_lettered", 0)),
+                            str(depths[route_queue(name)]),
+                            str(depths[dlq(name)]),
+                        )
                     counts = sim.effect_counts()
                     mine = {k: v for k, v in counts.items() if k in expected_keys}
                     s = Table(title="at the iGate simulator")
                     for col in ("applied", "expected", "duplicates", "503s sent", "unrouted"):
                         s.add_column(col, justify="right")
-                    s.add_row(str(len(mine)), str(len(expected_keys)), str(sum(v - 1 for v in mine.values())),
-                              str(sum(1 for r in sim.requests("/pa/dossier/") if r.get("status") == 503)),
-                              str(depths[UNROUTED_QUEUE]))
+                    s.add_row(
+                        str(len(mine)),
+                        str(len(expected_keys)),
+                        str(sum(v - 1 for v in mine.values())),
+                        str(sum(1 for r in sim.requests("/pa/dossier/") if r.get("status") == 503)),
+                        str(depths[UNROUTED_QUEUE]),
+                    )
                     return Group(t, s)
 
                 deadline = started + 120
@@ -203,10 +236,11 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                         if faults_on and time.monotonic() - started > plan.fault_seconds:
                             sim.set_faults()
                             faults_on = False
-                        mine = [k for k in sim.effect_counts() if k in expected_keys]
-                        pongs_done = worker.stats.get("bus-ping") is None or \
-                            worker.stats["bus-ping"].acked >= plan.pings
-                        if len(mine) >= len(expected_keys) and pongs_done and not faults_on:
+                        applied = [k for k in sim.effect_counts() if k in expected_keys]
+                        pongs_done = (
+                            worker.stats.get("bus-ping") is None or worker.stats["bus-ping"].acked >= plan.pings
+                        )
+                        if len(applied) >= len(expected_keys) and pongs_done and not faults_on:
                             live.update(table())
                             break
                         live.update(table())
@@ -222,14 +256,18 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                 dupes = sum(v - 1 for v in mine.values())
                 ours = {e["event_id"] for e in broken + stray}
                 dead = DeadLetters(conn)
-                dead_rows = [d for q in ("bus-ack", UNROUTED_QUEUE) for d in dead.browse(q, limit=10_000)
-                             if d.event_id in ours]
+                dead_rows = [
+                    d for q in ("bus-ack", UNROUTED_QUEUE) for d in dead.browse(q, limit=10_000) if d.event_id in ours
+                ]
                 conn.close()
 
                 console.print()
                 summary = Table(title=f"summary after {elapsed:.1f}s", show_header=False)
-                summary.add_row("published", f"{len(received)} dossier.received, {len(results)} results, "
-                                f"{len(pings)} pings, {len(broken)} broken, {len(stray)} unrouted")
+                summary.add_row(
+                    "published",
+                    f"{len(received)} dossier.received, {len(results)} results, "
+                    f"{len(pings)} pings, {len(broken)} broken, {len(stray)} unrouted",
+                )
                 summary.add_row("effects at iGate", f"{len(mine)} of {len(expected_keys)} (lost {lost})")
                 summary.add_row("duplicate effects", str(dupes))
                 summary.add_row("retries", str(sum(worker.stats[r].outcomes.get("retry", 0) for r in routes)))
@@ -237,11 +275,16 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                 console.print(summary)
                 for d in dead_rows:
                     console.print(f"  {d.queue}: {d.event_type} {d.event_id}  [{d.error_kind}] {d.error[:110]}")
-                console.print("Explore: igate-bus dlq list   |   igate-bus dlq show EVENT_ID   |   "
-                              "igate-bus dlq replay --route bus-ack --event-id EVENT_ID")
+                console.print(
+                    "Explore: igate-bus dlq list   |   igate-bus dlq show EVENT_ID   |   "
+                    "igate-bus dlq replay --route bus-ack --event-id EVENT_ID"
+                )
                 ok = lost == 0 and dupes == 0 and len(dead_rows) == len(broken) + len(stray)
-                console.print("[green]ok: every event delivered once, every bad one kept with its reason"
-                              if ok else "[red]NOT OK: see the summary and var/demo.log")
+                console.print(
+                    "[green]ok: every event delivered once, every bad one kept with its reason"
+                    if ok
+                    else "[red]NOT OK: see the summary and var/demo.log"
+                )
                 return 0 if ok else 1
         finally:
             sim.stop()

@@ -5,7 +5,6 @@ Everything here happens once at start; nothing on the per-message path is decide
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,8 @@ from schemas.errors import ConfigError
 from schemas.events import EVENT_PAYLOADS
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from routes.worker import Worker
 
 #: extra seconds on top of twice the connector's total deadline before a claim may be taken over
@@ -84,8 +85,12 @@ def topology_of(routes: Iterable[Route]) -> Topology:
 
 def declare_topology(settings: Settings, routes: Iterable[Route]) -> None:
     """Declare the topology on a short-lived blocking connection."""
-    params = parameters(settings.amqp_url, name="igate-bus declare", heartbeat=settings.heartbeat,
-                        blocked_connection_timeout=settings.blocked_connection_timeout)
+    params = parameters(
+        settings.amqp_url,
+        name="igate-bus declare",
+        heartbeat=settings.heartbeat,
+        blocked_connection_timeout=settings.blocked_connection_timeout,
+    )
     conn = pika.BlockingConnection(params)
     try:
         declare(conn, topology_of(routes))
@@ -119,8 +124,14 @@ def build_runners(app: App, routes: list[Route], *, worker_id: str) -> list[Rout
         op = connectors[r.connector].operations()[r.operation]
         runners.append(
             RouteRunner(
-                r, op, store=app.store, payload_models=EVENT_PAYLOADS, worker_id=worker_id,
-                lease_s=spec.timeout.total * 2 + LEASE_MARGIN_S, crash_points=crash_points, crash_rate=crash_rate,
+                r,
+                op,
+                store=app.store,
+                payload_models=EVENT_PAYLOADS,
+                worker_id=worker_id,
+                lease_s=spec.timeout.total * 2 + LEASE_MARGIN_S,
+                crash_points=crash_points,
+                crash_rate=crash_rate,
             )
         )
     return runners

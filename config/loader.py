@@ -1,4 +1,3 @@
-# ruff: noqa: CPY001 - the project has no copyright header convention yet (see the report)
 """Load ``routes.yaml`` and ``connectors.yaml`` so that every problem names its file, line, route and field.
 
 Where this sits: before any message moves, the process (``igate-bus run``) and ``igate-bus check`` read the
@@ -110,7 +109,7 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip(" ^"))
 
 
-class ConfigInvalid(Exception):  # noqa: N818 - the name says what the caller learns; it is not an "Error" tree member
+class ConfigInvalid(Exception):
     """The configuration has problems; ``problems`` holds every one found, not only the first."""
 
     def __init__(self, problems: Iterable[ConfigProblem]) -> None:
@@ -182,7 +181,7 @@ def format_field(loc: Sequence[str | int]) -> str:
 # -- reading YAML with lines -----------------------------------------------------------------------------
 
 
-class _TooBig(Exception):  # noqa: N818 - internal signal, never escapes this module
+class _TooBig(Exception):
     def __init__(self, message: str, line: int) -> None:
         super().__init__(message)
         self.message = message
@@ -257,7 +256,7 @@ class _Walk:
 
 
 def _is_route_path(path: LinePath) -> bool:
-    return len(path) == 2 and path[0] == "routes" and isinstance(path[1], int)  # noqa: PLR2004 - ("routes", i)
+    return len(path) == 2 and path[0] == "routes" and isinstance(path[1], int)
 
 
 def _read_text(path: Path) -> tuple[str | None, list[ConfigProblem]]:
@@ -330,10 +329,10 @@ def _owner(
     """The route (routes.yaml) or connector (connectors.yaml) a location belongs to, and the rest of it."""
     loc = tuple(loc)
     if file.name == CONNECTORS_FILE:
-        if len(loc) >= 2 and loc[0] == "connectors":  # noqa: PLR2004 - ("connectors", name, ...)
+        if len(loc) >= 2 and loc[0] == "connectors":
             return None, str(loc[1]), loc[2:]
         return None, None, loc
-    if len(loc) >= 2 and loc[0] == "routes" and isinstance(loc[1], int):  # noqa: PLR2004 - ("routes", i, ...)
+    if len(loc) >= 2 and loc[0] == "routes" and isinstance(loc[1], int):
         return route_names.get(loc[1]) or f"#{loc[1] + 1}", None, loc[2:]
     return None, None, loc
 
@@ -393,7 +392,7 @@ def field_names(model: type[BaseModel]) -> list[str]:
 
 def _short(value: Any) -> str:
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."  # noqa: PLR2004 - one readable line
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _describe(root: type[BaseModel], err: ErrorDetails, loc: LinePath) -> tuple[str, str | None]:
@@ -530,9 +529,7 @@ def load_config(config_dir: Path) -> LoadedConfig:
         OSError: a file cannot be read (missing, a folder, no permission); the CLI reports it in one line.
     """
     routes, routes_source, problems = _load_file(config_dir / ROUTES_FILE, RoutesFile, "routes")
-    connectors, connectors_source, more = _load_file(
-        config_dir / CONNECTORS_FILE, ConnectorsFile, "connectors"
-    )
+    connectors, connectors_source, more = _load_file(config_dir / CONNECTORS_FILE, ConnectorsFile, "connectors")
     problems += more
     if problems or routes is None or connectors is None:
         raise ConfigInvalid(problems)

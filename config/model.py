@@ -20,7 +20,7 @@ EXCHANGES = ("igate.events", "bus.results")
 def parse_duration(value: object) -> float:
     """Seconds from ``"500ms"``, ``"5s"``, ``"2m"``, ``"1h"``, ``"1d"`` or a bare number of seconds."""
     if isinstance(value, bool):
-        raise ValueError("a duration is a number with a unit, e.g. 5s, 2m, 1h")  # noqa: TRY004
+        raise ValueError("a duration is a number with a unit, e.g. 5s, 2m, 1h")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
@@ -159,6 +159,4 @@ class ConnectorSpec(_Strict):
 class ConnectorsFile(_Strict):
     """``connectors.yaml``."""
 
-    connectors: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], ConnectorSpec] = Field(
-        default_factory=dict
-    )
+    connectors: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], ConnectorSpec] = Field(default_factory=dict)

@@ -429,7 +429,7 @@ class HttpClient:
                 headers=headers,
                 accept=accept,
             )
-            if expect is not None and 200 <= reply.status < 300:  # noqa: PLR2004
+            if expect is not None and 200 <= reply.status < 300:
                 reply = replace(reply, parsed=reply.parse(expect))
         except BusError as exc:
             log.warning(
@@ -504,7 +504,7 @@ class HttpClient:
             response = self._client.send(request, stream=True, follow_redirects=method in _SAFE_METHODS)
             ticket = _WATCHDOG.arm(deadline, lambda: _shut_socket(response, fired))
             try:
-                ok = 200 <= response.status_code < 300 or response.status_code in accept  # noqa: PLR2004
+                ok = 200 <= response.status_code < 300 or response.status_code in accept
                 body = self._read_body(response, deadline, effect=effect, whole=ok)
             finally:
                 _WATCHDOG.disarm(ticket)
@@ -536,9 +536,7 @@ class HttpClient:
             raise TargetUnavailable(f"reply is {encoding}-encoded; we ask for identity", maybe_applied=effect)
         declared = response.headers.get("content-length", "")
         if whole and declared.isdigit() and int(declared) > cap:
-            raise TargetUnavailable(
-                f"reply of {declared} bytes is over the {cap}-byte cap", maybe_applied=effect
-            )
+            raise TargetUnavailable(f"reply of {declared} bytes is over the {cap}-byte cap", maybe_applied=effect)
         body = bytearray()
         for chunk in response.iter_raw():
             body += chunk
@@ -554,9 +552,9 @@ class HttpClient:
         status = response.status_code
         if status in _NOT_APPLIED_STATUSES:
             return TargetUnavailable(f"HTTP {status} (not applied): {scrub_snippet(body)}")
-        if status >= 500:  # noqa: PLR2004
+        if status >= 500:
             return TargetUnavailable(f"HTTP {status}: {scrub_snippet(body)}", maybe_applied=effect)
-        if status < 400:  # noqa: PLR2004
+        if status < 400:
             location = httpx.URL(response.headers.get("location", ""))
             return TargetRejected(
                 f"HTTP {status} redirect to {location.host or 'the same host'} not followed", code=str(status)

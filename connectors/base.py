@@ -9,14 +9,15 @@ redelivery whose claim is still in progress can ask the target before anything i
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from pydantic import BaseModel
-
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from datetime import datetime
+
+    from pydantic import BaseModel
+
     from config.model import ConnectorSpec
 
 HealthState = Literal["up", "degraded", "down"]

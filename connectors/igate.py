@@ -145,9 +145,7 @@ class IGateConnector:
         )
         self._username = self._credential("username").get_secret_value()
         self._password = self._credential("password")
-        self._client_secret = (
-            self._credential("client_secret") if "client_secret" in spec.credentials else None
-        )
+        self._client_secret = self._credential("client_secret") if "client_secret" in spec.credentials else None
         self._degraded_ms = float(spec.options.get("degraded_ms", DEFAULT_DEGRADED_MS))
         self._http = HttpClient(name, spec, extra_origins=(self._token_url,))
         self._token: _Token | None = None
@@ -272,9 +270,7 @@ class IGateConnector:
             )
         value = os.environ.get(env)
         if not value:
-            raise ConfigError(
-                f"environment variable {env} (credentials.{key} of connector {self.name!r}) is unset"
-            )
+            raise ConfigError(f"environment variable {env} (credentials.{key} of connector {self.name!r}) is unset")
         return SecretStr(value)
 
     def _typed(self, kind: type[Q], call: Callable[[Q, str], R]) -> Callable[[BaseModel, str], BaseModel]:
@@ -321,8 +317,7 @@ class IGateConnector:
         found = reply.parse(BusRequestLookupReply)
         if found.client_request_id != idempotency_key or found.type != kind:
             raise AmbiguousOutcome(
-                f"lookup of {idempotency_key!r} answered a {found.type} for {found.client_request_id!r}, "
-                f"not a {kind}"
+                f"lookup of {idempotency_key!r} answered a {found.type} for {found.client_request_id!r}, not a {kind}"
             )
         try:
             return model.model_validate(found.result)

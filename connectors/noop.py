@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import BaseModel
-
-from config.model import ConnectorSpec
 from connectors.base import Health, Operation, OperationSpec
 from schemas.bus import NoopReply, NoopRequest
 from schemas.errors import MappingError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pydantic import BaseModel
+
+    from config.model import ConnectorSpec
 
 
 class NoopConnector:
     """Echoes; remembers nothing, so ``lookup`` finds nothing and a reclaimed event is simply sent again."""
 
     OPERATIONS: ClassVar[Mapping[str, OperationSpec]] = {
-        "send": OperationSpec(request=NoopRequest, reply=NoopReply, effect=True, has_lookup=True,
-                              doc="Echo the request back."),
+        "send": OperationSpec(
+            request=NoopRequest, reply=NoopReply, effect=True, has_lookup=True, doc="Echo the request back."
+        ),
     }
 
     def __init__(self, name: str, spec: ConnectorSpec) -> None:

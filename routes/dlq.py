@@ -22,8 +22,17 @@ from routes.topology import UNROUTED_QUEUE, dlq, route_queue
 
 #: headers the failure added; replay removes them so the route starts the message afresh
 FAILURE_HEADERS = (
-    "x-error-kind", "x-error", "x-attempts", "x-failed-at", "x-last-error", "x-death",
-    "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason", "x-delivery-count", "x-pub-seq",
+    "x-error-kind",
+    "x-error",
+    "x-attempts",
+    "x-failed-at",
+    "x-last-error",
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-delivery-count",
+    "x-pub-seq",
 )
 
 
@@ -49,9 +58,16 @@ class DeadLetter:
     def summary(self) -> dict[str, Any]:
         """JSON-ready fields (no body) for ``dlq list --json``."""
         return {
-            "queue": self.queue, "route": self.route, "event_id": self.event_id, "event_type": self.event_type,
-            "dossier_code": self.dossier_code, "error_kind": self.error_kind, "error": self.error,
-            "attempts": self.attempts, "failed_at": self.failed_at, "size": self.size,
+            "queue": self.queue,
+            "route": self.route,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "dossier_code": self.dossier_code,
+            "error_kind": self.error_kind,
+            "error": self.error,
+            "attempts": self.attempts,
+            "failed_at": self.failed_at,
+            "size": self.size,
         }
 
 
@@ -70,11 +86,16 @@ def _decode(queue: str, method: Any, props: Any, body: bytes) -> DeadLetter:
     except (ValueError, RecursionError):
         pass
     death = (headers.get("x-death") or [{}])[0] if isinstance(headers.get("x-death"), list) else {}
-    kind = headers.get("x-error-kind") or (f"broker:{death.get('reason')}" if death else
-                                            ("unrouted" if queue == UNROUTED_QUEUE else "unknown"))
+    kind = headers.get("x-error-kind") or (
+        f"broker:{death.get('reason')}" if death else ("unrouted" if queue == UNROUTED_QUEUE else "unknown")
+    )
     error = headers.get("x-error") or (
-        f"dead-lettered by the broker ({death.get('reason')}) from {death.get('queue')}" if death else
-        "no route binds this event type" if queue == UNROUTED_QUEUE else "")
+        f"dead-lettered by the broker ({death.get('reason')}) from {death.get('queue')}"
+        if death
+        else "no route binds this event type"
+        if queue == UNROUTED_QUEUE
+        else ""
+    )
     attempts = headers.get("x-attempts")
 
     def s(v: Any) -> str | None:
@@ -147,7 +168,7 @@ class DeadLetters:
                 if where is None or where(d):
                     out.append(d)
         except ChannelClosedByBroker as exc:
-            if exc.reply_code != 404:  # noqa: PLR2004 - NOT_FOUND: no such queue, nothing dead-lettered
+            if exc.reply_code != 404:
                 raise
         finally:
             if ch.is_open:
@@ -169,7 +190,7 @@ class DeadLetters:
                     ch.basic_ack(method.delivery_tag)
                     done += 1
         except ChannelClosedByBroker as exc:
-            if exc.reply_code != 404:  # noqa: PLR2004
+            if exc.reply_code != 404:
                 raise
         finally:
             if ch.is_open:
@@ -187,8 +208,13 @@ class DeadLetters:
             headers["x-replayed-at"] = now
             headers["x-replays"] = int(headers.get("x-replays", 0) or 0) + 1
             new = pika.BasicProperties(
-                content_type=props.content_type, delivery_mode=2, message_id=props.message_id, type=props.type,
-                correlation_id=props.correlation_id, timestamp=props.timestamp, headers=headers,
+                content_type=props.content_type,
+                delivery_mode=2,
+                message_id=props.message_id,
+                type=props.type,
+                correlation_id=props.correlation_id,
+                timestamp=props.timestamp,
+                headers=headers,
             )
             if d.queue == UNROUTED_QUEUE:
                 pub.basic_publish(d.exchange, d.routing_key, d.body, new, mandatory=True)

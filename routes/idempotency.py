@@ -218,9 +218,7 @@ def _load(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _decide(
-    state: str, holder: str | None, lease_until: datetime | None, owner: str, now: datetime
-) -> ClaimOutcome:
+def _decide(state: str, holder: str | None, lease_until: datetime | None, owner: str, now: datetime) -> ClaimOutcome:
     """What claiming an existing row amounts to; NEW and RECLAIMED still have to win the compare-and-set."""
     if state == DONE:
         return ClaimOutcome.DONE
@@ -299,9 +297,7 @@ class _Statements:
             },
             where=_c.state != DONE,  # done is final: keep the first result, the one already emitted
         ).execution_options(preserve_rowcount=True)
-        held = sa.update(claims_table).where(
-            key, _c.state == IN_PROGRESS, _c.owner == sa.bindparam("k_owner")
-        )
+        held = sa.update(claims_table).where(key, _c.state == IN_PROGRESS, _c.owner == sa.bindparam("k_owner"))
         self.fail = held.values(state=FAILED, lease_until=None, error=sa.bindparam("n_error"))
         self.release_applied = held.values(lease_until=sa.bindparam("n_lease_until", type_=when))
         self.release_clean = held.values(state=RETRY, lease_until=None)
@@ -348,9 +344,7 @@ class IdempotencyStore:
         in_memory = database in {"", ":memory:"} or "mode=memory" in database
         if in_memory:
             self._lock = threading.Lock()
-            engine = sa.create_engine(
-                sa_url, poolclass=sa.pool.StaticPool, connect_args={"check_same_thread": False}
-            )
+            engine = sa.create_engine(sa_url, poolclass=sa.pool.StaticPool, connect_args={"check_same_thread": False})
         else:
             if not database.startswith("file:"):
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -393,9 +387,7 @@ class IdempotencyStore:
             yield conn
 
     # -- the claim -----------------------------------------------------------------------------------
-    def claim(
-        self, route: str, event_id: str, *, owner: str, lease_s: float, now: datetime | None = None
-    ) -> Claim:
+    def claim(self, route: str, event_id: str, *, owner: str, lease_s: float, now: datetime | None = None) -> Claim:
         """Claim ``(route, event_id)`` for ``owner`` for ``lease_s`` seconds, atomically.
 
         Args:
@@ -499,9 +491,7 @@ class IdempotencyStore:
         Raises:
             ValueError: An empty route, event_id or owner.
         """
-        self._settle(
-            route, event_id, owner=owner, stmt=self._sql.fail, values={"n_error": str(error)}, what="fail"
-        )
+        self._settle(route, event_id, owner=owner, stmt=self._sql.fail, values={"n_error": str(error)}, what="fail")
 
     def release(self, route: str, event_id: str, *, owner: str, maybe_applied: bool) -> None:
         """Give a claim back after a transient failure.

@@ -1,4 +1,3 @@
-# ruff: noqa: CPY001 - the project has no copyright header convention yet (see the report)
 """The runtime route: a ``routes.yaml`` entry joined to its adapter, connector operation and condition.
 
 Where this sits: second step of a message's path (event → **route** → adapter → connector → result/DLQ). The
@@ -182,9 +181,7 @@ class _Check:
     loaded: LoadedConfig
     problems: list[ConfigProblem] = field(default_factory=list)
 
-    def route(
-        self, index: int, spec: RouteSpec, loc: LinePath, message: str, hint: str | None = None
-    ) -> None:
+    def route(self, index: int, spec: RouteSpec, loc: LinePath, message: str, hint: str | None = None) -> None:
         """A problem in route number ``index`` (0-based), at ``loc`` inside it."""
         source = self.loaded.routes_source
         line = source.line_of(("routes", index, *loc))
@@ -194,9 +191,7 @@ class _Check:
         """A problem in connector ``name`` of connectors.yaml."""
         source = self.loaded.connectors_source
         line = source.line_of(("connectors", name, *loc))
-        self.problems.append(
-            ConfigProblem(source.path, line, None, format_field(loc), message, hint, connector=name)
-        )
+        self.problems.append(ConfigProblem(source.path, line, None, format_field(loc), message, hint, connector=name))
 
     def file(self, loc: LinePath, message: str) -> None:
         """A problem of routes.yaml as a whole."""
@@ -227,9 +222,7 @@ def _operation(check: _Check, reg: _Registries, index: int, spec: RouteSpec) -> 
     op_spec = found.OPERATIONS.get(spec.operation)
     if op_spec is None:
         message, hint = _unknown("operation", spec.operation, found.OPERATIONS)
-        check.route(
-            index, spec, ("to",), f"{message} for connector {spec.connector} (type {conn.type})", hint
-        )
+        check.route(index, spec, ("to",), f"{message} for connector {spec.connector} (type {conn.type})", hint)
     return op_spec
 
 
@@ -247,9 +240,7 @@ def _adapter(check: _Check, reg: _Registries, index: int, spec: RouteSpec) -> Ad
     return None
 
 
-def _check_bindings(
-    check: _Check, reg: _Registries, index: int, spec: RouteSpec, adapter: Adapter | None
-) -> None:
+def _check_bindings(check: _Check, reg: _Registries, index: int, spec: RouteSpec, adapter: Adapter | None) -> None:
     for j, key in enumerate(spec.from_.events):
         loc: LinePath = ("from", "events", j)
         matched = sorted(t for t in reg.event_types if binding_matches(key, t))
@@ -303,8 +294,7 @@ def _check_emits(check: _Check, reg: _Registries, index: int, spec: RouteSpec) -
                 index,
                 spec,
                 ("emits",),
-                f"loop: the route emits {emits} on {RESULTS_EXCHANGE} and binds it there "
-                f"({', '.join(loops)})",
+                f"loop: the route emits {emits} on {RESULTS_EXCHANGE} and binds it there ({', '.join(loops)})",
             )
 
 
@@ -365,9 +355,7 @@ def build_routes(
     for index, spec in enumerate(loaded.routes.routes):
         line = loaded.routes_source.line_of(("routes", index, "name"))
         if spec.name in first_line:
-            check.route(
-                index, spec, ("name",), f"duplicate route name (first on line {first_line[spec.name]})"
-            )
+            check.route(index, spec, ("name",), f"duplicate route name (first on line {first_line[spec.name]})")
         first_line.setdefault(spec.name, line)
         adapter = _adapter(check, reg, index, spec)
         op_spec = _operation(check, reg, index, spec)

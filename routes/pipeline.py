@@ -20,7 +20,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,6 @@ from zoneinfo import ZoneInfo
 import jmespath
 import pika
 import structlog
-from pydantic import BaseModel
 
 from routes.amqp import event_properties
 from routes.idempotency import ClaimOutcome, IdempotencyStore
@@ -46,6 +44,10 @@ from schemas.errors import (
 from schemas.pii import scrub_text
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from pydantic import BaseModel
+
     from connectors.base import Operation
     from routes.model import Route
 
@@ -156,7 +158,7 @@ class RouteRunner:
         self._emits = route.spec.emits
 
     # -- the pipeline -------------------------------------------------------------------------------
-    def handle(self, delivery: Delivery) -> Outcome:
+    def handle(self, delivery: Delivery) -> Outcome:  # noqa: C901, PLR0912 - the steps of DESIGN.md, in order
         """Process one delivery; never raises (every failure becomes a retry or a dead letter)."""
         started = time.perf_counter()
         attempt = delivery.attempts_before + 1
@@ -184,7 +186,8 @@ class RouteRunner:
                 if claim.outcome is ClaimOutcome.DONE:
                     return self._done(log, started, self._emit(event, claim.result or {}, "duplicate"))
                 if claim.outcome is ClaimOutcome.HELD:
-                    raise ClaimHeld(f"another attempt holds the claim for {self.lease_s:.0f}s at most")
+                    msg = f"another attempt holds the claim for {self.lease_s:.0f}s at most"
+                    raise ClaimHeld(msg)  # noqa: TRY301 - handled with every other transient error below
                 claimed = True
                 if claim.outcome is ClaimOutcome.RECLAIMED:
                     reply = self._reconcile(key, log)
@@ -199,7 +202,7 @@ class RouteRunner:
             return self._done(log, started, self._emit(event, reply, "delivered"))
         except TransientError as exc:
             if claimed and event is not None:
-                self._safe_release(event, owner, exc.maybe_applied, log)
+                self._safe_release(event, owner, maybe_applied=exc.maybe_applied, log=log)
             return self._done(log, started, self._retry_or_dead(delivery, exc, attempt))
         except PermanentError as exc:
             if claimed and event is not None and not isinstance(exc, AmbiguousOutcome):
@@ -208,7 +211,7 @@ class RouteRunner:
         except Exception as exc:  # a bug or the store being down: never lose the message, retry it
             log.exception("unexpected_error")
             if claimed and event is not None:
-                self._safe_release(event, owner, True, log)
+                self._safe_release(event, owner, maybe_applied=True, log=log)
             wrapped = TransientError(f"internal error: {type(exc).__name__}: {exc}")
             wrapped.kind = "internal"
             return self._done(log, started, self._retry_or_dead(delivery, wrapped, attempt))
@@ -240,7 +243,9 @@ class RouteRunner:
             "payload": reply,
         }
         props = event_properties(
-            event_id=rid, event_type=self._emits, correlation_id=correlation,
+            event_id=rid,
+            event_type=self._emits,
+            correlation_id=correlation,
             headers={"x-route": self.name, "x-cause": str(env.event_id)},
         )
         body = json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
@@ -262,15 +267,17 @@ class RouteRunner:
 
     def _dead(self, delivery: Delivery, exc: BusError, attempt: int, *, kind: str | None = None) -> Outcome:
         headers = delivery.headers
-        headers.update({
-            "x-error-kind": kind or exc.kind,
-            "x-error": _clip(str(exc)),
-            "x-attempts": attempt,
-            "x-route": self.name,
-            "x-failed-at": datetime.now(UTC).isoformat(),
-            "x-original-exchange": delivery.exchange,
-            "x-original-routing-key": delivery.routing_key,
-        })
+        headers.update(
+            {
+                "x-error-kind": kind or exc.kind,
+                "x-error": _clip(str(exc)),
+                "x-attempts": attempt,
+                "x-route": self.name,
+                "x-failed-at": datetime.now(UTC).isoformat(),
+                "x-original-exchange": delivery.exchange,
+                "x-original-routing-key": delivery.routing_key,
+            }
+        )
         props = _copy_props(delivery.properties, headers)
         msg = OutMessage("", dlq(self.name), delivery.body, props)
         return Outcome("dead_lettered", (msg,), fields={"error_kind": kind or exc.kind, "error": _clip(str(exc))})
@@ -282,7 +289,7 @@ class RouteRunner:
         getattr(log, level)("processed", outcome=outcome.outcome, duration_ms=duration_ms, **outcome.fields)
         return outcome
 
-    def _safe_release(self, event: Event, owner: str, maybe_applied: bool, log: Any) -> None:
+    def _safe_release(self, event: Event, owner: str, *, maybe_applied: bool, log: Any) -> None:
         try:
             self.store.release(self.name, str(event.envelope.event_id), owner=owner, maybe_applied=maybe_applied)
         except Exception:  # the lease will expire on its own; the next attempt reconciles
@@ -302,7 +309,7 @@ class RouteRunner:
 def _rand() -> float:
     import random
 
-    return random.random()  # noqa: S311 - chooses when to crash in a test, not a secret
+    return random.random()  # noqa: S311 - chooses when to crash in a test, not a secret  # noqa: S311 - chooses when to crash in a test, not a secret
 
 
 def _truthy(value: Any) -> bool:

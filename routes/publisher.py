@@ -7,16 +7,19 @@ return here means the exchange or queue itself is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 import pika
 from pika.exceptions import AMQPError, NackError, UnroutableError
 
 from routes.amqp import event_properties, parameters
 from routes.topology import EVENTS_EXCHANGE, declare_exchanges
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 
 class PublishFailed(Exception):
@@ -35,10 +38,17 @@ class Published:
 class Publisher:
     """A blocking, confirming publisher on its own connection (never shared with a consumer)."""
 
-    def __init__(self, amqp_url: str, *, name: str = "igate-bus publisher", heartbeat: int = 15,
-                 blocked_connection_timeout: float = 10.0) -> None:
-        self._params = parameters(amqp_url, name=name, heartbeat=heartbeat,
-                                  blocked_connection_timeout=blocked_connection_timeout)
+    def __init__(
+        self,
+        amqp_url: str,
+        *,
+        name: str = "igate-bus publisher",
+        heartbeat: int = 15,
+        blocked_connection_timeout: float = 10.0,
+    ) -> None:
+        self._params = parameters(
+            amqp_url, name=name, heartbeat=heartbeat, blocked_connection_timeout=blocked_connection_timeout
+        )
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
 
@@ -75,9 +85,7 @@ class Publisher:
         event_id = str(event["event_id"])
         event_type = str(event["event_type"])
         body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
-        props = event_properties(
-            event_id=event_id, event_type=event_type, correlation_id=event.get("correlation_id")
-        )
+        props = event_properties(event_id=event_id, event_type=event_type, correlation_id=event.get("correlation_id"))
         self.publish_raw(body, exchange=exchange, routing_key=event_type, properties=props)
         return Published(event_id=event_id, event_type=event_type, exchange=exchange)
 
@@ -90,12 +98,10 @@ class Publisher:
         """Close the connection; safe to call twice."""
         conn, self._connection, self._channel = self._connection, None, None
         if conn is not None and conn.is_open:
-            try:
+            with contextlib.suppress(AMQPError):
                 conn.close()
-            except AMQPError:
-                pass
 
-    def __enter__(self) -> Publisher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

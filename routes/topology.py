@@ -13,14 +13,17 @@ depend on the broker version's defaults (RabbitMQ 3.10 has no default delivery l
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pika
 from pika.exceptions import ChannelClosedByBroker
 
 from schemas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import pika
 
 EVENTS_EXCHANGE = "igate.events"
 RESULTS_EXCHANGE = "bus.results"
@@ -151,7 +154,7 @@ def declare(connection: pika.BlockingConnection, topology: Topology) -> None:
 def _refused(q: QueueDecl, exc: ChannelClosedByBroker) -> ConfigError:
     text = str(exc.reply_text)
     m = _INEQUIVALENT.search(text)
-    if exc.reply_code == 406 and m:  # noqa: PLR2004 - AMQP PRECONDITION_FAILED
+    if exc.reply_code == 406 and m:
         arg, received = m.group(1), m.group(3)
         wanted = q.arguments.get(arg, "(not set)")
         return ConfigError(

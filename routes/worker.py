@@ -1,5 +1,7 @@
-"""The worker process loop: consume each route's queue, run the pipeline off the I/O thread, publish what
-it produced with confirms, and ack only when every one of those publishes is confirmed.
+"""The worker loop: consume, run the pipeline off the I/O thread, publish its output with confirms, then ack.
+
+Each route's queue is consumed; what the pipeline produced is published with confirms, and a delivery is
+acked only when every one of those publishes is confirmed.
 
 One pika ``SelectConnection`` I/O loop owns two connections: one for consuming, one for publishing (an
 alarmed broker blocks publishers, and must not also stop our acks). pika is not thread-safe, so the I/O loop
@@ -21,11 +23,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
 import structlog
@@ -34,6 +35,9 @@ from pika.adapters.select_connection import IOLoop
 from routes.amqp import broker_version, parameters
 from routes.pipeline import Delivery, Outcome, RouteRunner
 from routes.topology import route_queue
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PUB_SEQ_HEADER = "x-pub-seq"
 
@@ -133,8 +137,12 @@ class Worker:
 
     # -- connection lifecycle --------------------------------------------------------------------------
     def _params(self, role: str) -> pika.URLParameters:
-        return parameters(self._url, name=f"igate-bus worker {role} pid {os.getpid()}", heartbeat=self._heartbeat,
-                          blocked_connection_timeout=self._blocked_timeout)
+        return parameters(
+            self._url,
+            name=f"igate-bus worker {role} pid {os.getpid()}",
+            heartbeat=self._heartbeat,
+            blocked_connection_timeout=self._blocked_timeout,
+        )
 
     def _connect(self) -> None:
         if self._stopping:
@@ -206,8 +214,9 @@ class Worker:
         def start(_frame: Any) -> None:
             tag = channel.basic_consume(route_queue(runner.name), partial(self._on_message, gen, runner))
             self._consumer_tags[runner.name] = tag
-            self._log.info("consuming", route=runner.name, queue=route_queue(runner.name),
-                           prefetch=runner.route.spec.prefetch)
+            self._log.info(
+                "consuming", route=runner.name, queue=route_queue(runner.name), prefetch=runner.route.spec.prefetch
+            )
             if len(self._consumer_tags) == len(self._runners):
                 self._reconnect_delay = 1.0
                 self._ready.set()
@@ -302,8 +311,9 @@ class Worker:
     def _on_return(self, _channel: Any, method: Any, props: Any, _body: bytes) -> None:
         seq = (props.headers or {}).get(PUB_SEQ_HEADER)
         rec = self._pending.get(seq) if isinstance(seq, int) else None
-        self._log.error("publish_returned", exchange=method.exchange, routing_key=method.routing_key,
-                        reply_text=method.reply_text)
+        self._log.error(
+            "publish_returned", exchange=method.exchange, routing_key=method.routing_key, reply_text=method.reply_text
+        )
         if rec is not None:
             rec.failed = True
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.errors import InvalidEvent
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 #: 1 MiB: far above any real dossier event (attachments travel as URLs), far below the broker's frame cap.
 DEFAULT_MAX_BYTES = 1_048_576
@@ -98,7 +100,7 @@ def loads_strict(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidEvent(f"body is not UTF-8: byte {exc.start} is {body[exc.start:exc.start + 1]!r}") from None
+        raise InvalidEvent(f"body is not UTF-8: byte {exc.start} is {body[exc.start : exc.start + 1]!r}") from None
     if text.startswith("\ufeff"):
         raise InvalidEvent("body starts with a byte-order mark")
     try:

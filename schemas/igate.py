@@ -87,14 +87,14 @@ S10_PATTERN = r"^[A-Z]{2}[0-9]{9}VN$"
 def _reject_bool(value: Any) -> Any:
     # Literal[1, 2] and lax int accept True as 1; a JSON true where a code belongs is a broken producer.
     if isinstance(value, bool):
-        raise ValueError("a boolean is not a valid code")  # noqa: TRY004 (pydantic wants ValueError)
+        raise ValueError("a boolean is not a valid code")
     return value
 
 
 def _reject_number(value: Any) -> Any:
     # Lax datetime parsing reads a number as Unix seconds in UTC; the contract is ISO 8601 with an offset.
     if isinstance(value, int | float):
-        raise ValueError("expected an ISO 8601 date-time with offset, not a number")  # noqa: TRY004
+        raise ValueError("expected an ISO 8601 date-time with offset, not a number")
     return value
 
 

@@ -206,9 +206,7 @@ def _replace(match: re.Match[str]) -> str:
         return token
     if group == "number" and not _is_personal_number(token):
         return token  # a 9-12 digit amount or counter that no id or phone looks like
-    if group == "spaced" and len(_ascii_digits(token)) != (
-        PHONE_DIGITS if token.startswith("0") else MSISDN_DIGITS
-    ):
+    if group == "spaced" and len(_ascii_digits(token)) != (PHONE_DIGITS if token.startswith("0") else MSISDN_DIGITS):
         return token
     return mask(token)
 
@@ -230,7 +228,7 @@ def _replace_keyed(match: re.Match[str]) -> str:
     if match.group("xlead") is not None:
         return match.group("xlead") + mask(match.group("xvalue"))
     value = match.group("value")
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":  # noqa: PLR2004 (a quote pair)
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         masked = value[0] + mask(value[1:-1]) + value[0]
     else:
         masked = mask(value)

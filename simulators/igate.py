@@ -119,9 +119,7 @@ class Faults(BaseModel):
     malformed_body: Rate = Field(default=0.0, description="Apply, then answer 200 with broken JSON.")
     apply_then_drop_rate: Rate = Field(default=0.0, description="Apply, then reset the connection.")
     oversize_bytes: int = Field(default=0, ge=0, le=2**34, description="Answer 200 with this many bytes.")
-    drip_interval_s: float = Field(
-        default=0.0, ge=0.0, le=60.0, description="Send the body a byte at a time."
-    )
+    drip_interval_s: float = Field(default=0.0, ge=0.0, le=60.0, description="Send the body a byte at a time.")
     only_paths: list[str] = Field(default_factory=list, description="Path prefixes to fault; empty = all.")
     seed: int | None = Field(default=None, description="Seeds the draws, so a run repeats exactly.")
 
@@ -428,9 +426,7 @@ class IGateSimulator:
         if form.get("grant_type") != "password":
             return _Answer(400, {"error": "unsupported_grant_type"})
         if form.get("client_id") != self.client_id:
-            return _Answer(
-                401, {"error": "invalid_client", "error_description": "Invalid client credentials"}
-            )
+            return _Answer(401, {"error": "invalid_client", "error_description": "Invalid client credentials"})
         user_ok = hmac.compare_digest(form.get("username", "").encode(), self.username.encode())
         password_ok = hmac.compare_digest(form.get("password", "").encode(), self._password.encode())
         if not (user_ok and password_ok):
@@ -476,9 +472,7 @@ class IGateSimulator:
     def _dossier(self, call: _Call) -> _Answer:
         key = call.groups[0]
         with self._lock:
-            found = self._dossiers.get(key) or next(
-                (d for d in self._dossiers.values() if d["id"] == key), None
-            )
+            found = self._dossiers.get(key) or next((d for d in self._dossiers.values() if d["id"] == key), None)
         if found is None:
             return _error(404, f"dossier {key} not found", call.path)
         return _Answer(200, found)
@@ -499,9 +493,7 @@ class IGateSimulator:
     def _status(self, call: _Call) -> _Answer:
         return self._apply(call, "status", _StatusBody)
 
-    def _apply(
-        self, call: _Call, kind: Literal["note", "status"], model: type[_NoteBody | _StatusBody]
-    ) -> _Answer:
+    def _apply(self, call: _Call, kind: Literal["note", "status"], model: type[_NoteBody | _StatusBody]) -> _Answer:
         code = call.groups[0]
         try:
             body = model.model_validate(call.json())

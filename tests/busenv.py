@@ -1,3 +1,4 @@
+# mypy: allow-untyped-defs
 """Test harness for route tests: a config folder, a worker (thread or real process), queue depths, waiting.
 
 Everything is real: the broker (a fresh vhost), the store (a SQLite file or PostgreSQL), the simulator (a
@@ -14,14 +15,16 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "events"
@@ -80,31 +83,36 @@ def write_config(
 ) -> Path:
     """Write routes.yaml and connectors.yaml for tests into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "routes.yaml").write_text(ROUTES_YAML.format(
-        backoff=backoff, max_attempts=max_attempts, prefetch=prefetch, concurrency=concurrency))
-    (folder / "connectors.yaml").write_text(CONNECTORS_YAML.format(
-        endpoint=endpoint, read=read, total=total, fail_max=fail_max))
+    (folder / "routes.yaml").write_text(
+        ROUTES_YAML.format(backoff=backoff, max_attempts=max_attempts, prefetch=prefetch, concurrency=concurrency)
+    )
+    (folder / "connectors.yaml").write_text(
+        CONNECTORS_YAML.format(endpoint=endpoint, read=read, total=total, fail_max=fail_max)
+    )
     return folder
 
 
 def env_for(amqp_url: str, store_url: str, config_dir: Path, **extra: str) -> dict[str, str]:
     """The environment a worker process needs."""
     env = dict(os.environ)
-    env.update({
-        "IGATE_BUS_AMQP_URL": amqp_url,
-        "IGATE_BUS_STORE_URL": store_url,
-        "IGATE_BUS_CONFIG_DIR": str(config_dir),
-        "IGATE_BUS_IGATE_USERNAME": SIM_USER,
-        "IGATE_BUS_IGATE_PASSWORD": SIM_PASSWORD,
-        "IGATE_BUS_HEARTBEAT": "10",
-        **extra,
-    })
+    env.update(
+        {
+            "IGATE_BUS_AMQP_URL": amqp_url,
+            "IGATE_BUS_STORE_URL": store_url,
+            "IGATE_BUS_CONFIG_DIR": str(config_dir),
+            "IGATE_BUS_IGATE_USERNAME": SIM_USER,
+            "IGATE_BUS_IGATE_PASSWORD": SIM_PASSWORD,
+            "IGATE_BUS_HEARTBEAT": "10",
+            **extra,
+        }
+    )
     return env
 
 
 def example(event_type: str) -> dict[str, Any]:
     """The shipped example event of a type."""
-    return json.loads((EXAMPLES / f"{event_type}.json").read_text())
+    data: dict[str, Any] = json.loads((EXAMPLES / f"{event_type}.json").read_text())
+    return data
 
 
 def received_events(n: int, *, prefix: str = "T") -> list[dict[str, Any]]:
@@ -122,8 +130,17 @@ def received_events(n: int, *, prefix: str = "T") -> list[dict[str, Any]]:
 def ping_events(n: int) -> list[dict[str, Any]]:
     """``n`` bus.ping events."""
     now = datetime.now(UTC).isoformat()
-    return [{"event_id": str(uuid.uuid4()), "event_type": "bus.ping", "occurred_at": now, "source": "test",
-             "dossier_code": f"PING-{i}", "payload": {"seq": i}} for i in range(n)]
+    return [
+        {
+            "event_id": str(uuid.uuid4()),
+            "event_type": "bus.ping",
+            "occurred_at": now,
+            "source": "test",
+            "dossier_code": f"PING-{i}",
+            "payload": {"seq": i},
+        }
+        for i in range(n)
+    ]
 
 
 def declare_routes(amqp_url: str, config_dir: Path) -> None:
@@ -144,13 +161,19 @@ def publish(amqp_url: str, events: list[dict[str, Any]], *, exchange: str = "iga
             pass
 
 
-def publish_raw(amqp_url: str, body: bytes, *, routing_key: str, content_type: str | None = "application/json",
-                message_id: str | None = None, exchange: str = "igate.events") -> None:
+def publish_raw(
+    amqp_url: str,
+    body: bytes,
+    *,
+    routing_key: str,
+    content_type: str | None = "application/json",
+    message_id: str | None = None,
+    exchange: str = "igate.events",
+) -> None:
     """Publish arbitrary bytes (hostile inputs) with confirms."""
     from routes.publisher import Publisher
 
-    props = pika.BasicProperties(content_type=content_type, delivery_mode=2, message_id=message_id,
-                                 type=routing_key)
+    props = pika.BasicProperties(content_type=content_type, delivery_mode=2, message_id=message_id, type=routing_key)
     with Publisher(amqp_url) as pub:
         pub.publish_raw(body, exchange=exchange, routing_key=routing_key, properties=props)
 
@@ -217,7 +240,9 @@ class ThreadWorker:
 
 
 @contextmanager
-def thread_worker(amqp_url: str, store_url: str, config_dir: Path, routes: list[str] | None = None) -> Iterator[ThreadWorker]:
+def thread_worker(
+    amqp_url: str, store_url: str, config_dir: Path, routes: list[str] | None = None
+) -> Iterator[ThreadWorker]:
     """Run a worker in a thread for the duration of the block, then stop it gracefully."""
     from bus.wiring import build_worker, load_app
     from config.settings import Settings

@@ -10,12 +10,18 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pika
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+#: the private-broker fixture (tests/chaos_broker.py) for tests that stop, kill or pause a broker
+pytest_plugins = ["chaos_broker"]
 
 AMQP_HOST = os.environ.get("IGATE_BUS_TEST_AMQP_HOST", "127.0.0.1")
 AMQP_PORT = int(os.environ.get("IGATE_BUS_TEST_AMQP_PORT", "5672"))

@@ -70,10 +70,7 @@ class TestDossierReceived:
         assert note == AddNoteRequest(
             dossier_code=CODE,
             igate_id=IGATE_ID,
-            text=(
-                f"Hệ thống tích hợp đã nhận hồ sơ {CODE} lúc 08:05 ngày 12/03/2026"
-                " (số biên nhận BN-2026-000123)."
-            ),
+            text=(f"Hệ thống tích hợp đã nhận hồ sơ {CODE} lúc 08:05 ngày 12/03/2026 (số biên nhận BN-2026-000123)."),
             kind="bus_ack",
         )
 
@@ -88,9 +85,7 @@ class TestDossierReceived:
     )
     def test_time_is_shown_in_vietnam_time(self, occurred_at: str, shown: str) -> None:
         """Whatever offset the event carries, the note shows the time in Asia/Ho_Chi_Minh (UTC+7)."""
-        note = dossier_received(
-            event("dossier.received", received_payload(), occurred_at=occurred_at), now=NOW
-        )
+        note = dossier_received(event("dossier.received", received_payload(), occurred_at=occurred_at), now=NOW)
 
         assert f"lúc {shown}" in note.text
 
@@ -166,9 +161,7 @@ class TestStatusUpdate:
             "kind": "ket_thuc",
             "at": "2026-03-20T10:00:00+07:00",
             "status": 9,
-            "tax_notices": [
-                {"owner_name": "Nguyễn Văn A", "tax_kind": "Lệ phí trước bạ", "notice_no": "TB-01"}
-            ],
+            "tax_notices": [{"owner_name": "Nguyễn Văn A", "tax_kind": "Lệ phí trước bạ", "notice_no": "TB-01"}],
         }
 
         update = status_update(event("vilis.status_changed", payload), now=NOW)
@@ -237,9 +230,7 @@ class TestStatusUpdate:
     def test_no_dossier_code_is_a_mapping_error(self) -> None:
         """An SMS report with no dossier code on the envelope cannot be placed: permanent."""
         with pytest.raises(MappingError) as caught:
-            status_update(
-                event("sms.delivery_report", {"sms_id": "x", "send_status": 5}, dossier_code=None), now=NOW
-            )
+            status_update(event("sms.delivery_report", {"sms_id": "x", "send_status": 5}, dossier_code=None), now=NOW)
 
         assert caught.value.field == "dossier_code"
 

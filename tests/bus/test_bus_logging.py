@@ -253,7 +253,5 @@ class TestMaskPersonalData:
     def test_exception_keys_are_not_masked(self) -> None:
         """In a rendered exception, a frame's name is kept; only its text is scrubbed."""
         frames = [{"filename": "x.py", "lineno": 1, "name": "issue_receipt"}]
-        out = MaskPersonalData()(
-            None, "error", {"exception": [{"exc_value": f"bad {PHONE}", "frames": frames}]}
-        )
+        out = MaskPersonalData()(None, "error", {"exception": [{"exc_value": f"bad {PHONE}", "frames": frames}]})
         assert out["exception"] == [{"exc_value": "bad ***78", "frames": frames}]

@@ -1,4 +1,3 @@
-# ruff: noqa: CPY001 - the project has no copyright header convention yet
 """``igate-bus check``: every broken config is reported as ``FILE:LINE: route NAME: FIELD: message``, exit 2.
 
 Each test writes a config folder into ``tmp_path`` and runs the installed CLI as a subprocess, so what is
@@ -156,9 +155,7 @@ class TestYamlProblems:
 
     def test_duplicate_key(self, write_config: WriteConfig) -> None:
         """A key given twice is refused with both lines (YAML would silently keep one)."""
-        cfg = write_config(
-            BASE_ROUTES.replace("    to: noop.send\n", "    to: noop.send\n    adapter: builtin.x\n")
-        )
+        cfg = write_config(BASE_ROUTES.replace("    to: noop.send\n", "    to: noop.send\n    adapter: builtin.x\n"))
         first, again = cfg.line("adapter: builtin.ping"), cfg.line("adapter: builtin.x")
         line = _only_problem(cfg.check())
         assert line.startswith(f"{cfg.routes}:{again}: route bus-ping: adapter: duplicate key 'adapter'")
@@ -167,9 +164,7 @@ class TestYamlProblems:
     def test_top_level_must_be_a_mapping(self, write_config: WriteConfig) -> None:
         """A file that is a list rather than ``routes:`` says what was expected."""
         cfg = write_config("- name: bus-ping\n")
-        assert _only_problem(cfg.check()) == (
-            f"{cfg.routes}:1: expected a mapping with `routes:` at the top, got list"
-        )
+        assert _only_problem(cfg.check()) == (f"{cfg.routes}:1: expected a mapping with `routes:` at the top, got list")
 
 
 class TestShapeProblems:
@@ -186,9 +181,7 @@ class TestShapeProblems:
         """A field nothing like a real one gets the list of known fields instead of a guess."""
         cfg = write_config(BASE_ROUTES.replace("    emits: bus.pong\n", "    colour: blue\n"))
         line = _only_problem(cfg.check())
-        assert line.startswith(
-            f"{cfg.routes}:{cfg.line('colour')}: route bus-ping: colour: unknown field; known"
-        )
+        assert line.startswith(f"{cfg.routes}:{cfg.line('colour')}: route bus-ping: colour: unknown field; known")
         assert "adapter" in line.split("known fields:")[1]
 
     def test_missing_required_field_to(self, write_config: WriteConfig) -> None:
@@ -202,22 +195,17 @@ class TestShapeProblems:
         """``5 sec`` is not a duration; the problem names the list item."""
         cfg = write_config(BASE_ROUTES.replace("backoff: [5s, 30s]", "backoff: [5s, 5 sec]"))
         line = _only_problem(cfg.check())
-        assert line.startswith(
-            f"{cfg.routes}:{cfg.line('backoff:')}: route bus-ping: retry.backoff[1]: '5 sec' "
-        )
+        assert line.startswith(f"{cfg.routes}:{cfg.line('backoff:')}: route bus-ping: retry.backoff[1]: '5 sec' ")
         assert "not a duration" in line
 
     def test_bad_binding_key(self, write_config: WriteConfig) -> None:
         """A binding key with a space and capitals is refused with what a binding key looks like."""
         cfg = write_config(
-            BASE_ROUTES.replace(
-                "      events: [bus.ping]\n", "      events:\n        - bus.ping\n        - Bus Ping\n"
-            )
+            BASE_ROUTES.replace("      events: [bus.ping]\n", "      events:\n        - bus.ping\n        - Bus Ping\n")
         )
         line = _only_problem(cfg.check())
         assert line.startswith(
-            f"{cfg.routes}:{cfg.line('- Bus Ping')}: route bus-ping: from.events[1]: "
-            "'Bus Ping' is not a binding key"
+            f"{cfg.routes}:{cfg.line('- Bus Ping')}: route bus-ping: from.events[1]: 'Bus Ping' is not a binding key"
         )
 
     def test_invalid_jmespath_in_when(self, write_config: WriteConfig) -> None:
@@ -226,17 +214,13 @@ class TestShapeProblems:
             BASE_ROUTES.replace("    emits: bus.pong\n", "    emits: bus.pong\n    when: 'payload.seq >'\n")
         )
         line = _only_problem(cfg.check())
-        assert line.startswith(
-            f"{cfg.routes}:{cfg.line('when:')}: route bus-ping: when: JMESPath does not parse"
-        )
+        assert line.startswith(f"{cfg.routes}:{cfg.line('when:')}: route bus-ping: when: JMESPath does not parse")
 
     def test_unknown_exchange_with_did_you_mean(self, write_config: WriteConfig) -> None:
         """An exchange name one letter off is refused with the real one offered."""
         cfg = write_config(BASE_ROUTES.replace("exchange: igate.events", "exchange: igate.event"))
         line = _only_problem(cfg.check())
-        assert line.startswith(
-            f"{cfg.routes}:{cfg.line('exchange:')}: route bus-ping: from.exchange: 'igate.event'"
-        )
+        assert line.startswith(f"{cfg.routes}:{cfg.line('exchange:')}: route bus-ping: from.exchange: 'igate.event'")
         assert line.endswith("(did you mean igate.events?)")
 
     def test_bad_env_var_name_in_credentials(self, write_config: WriteConfig) -> None:
@@ -350,9 +334,7 @@ class TestRegistryProblems:
         """A delay over one day is refused: such a message belongs in the DLQ, replayed by hand."""
         cfg = write_config(BASE_ROUTES.replace("backoff: [5s, 30s]", "backoff: [5s, 2d]"))
         line = _only_problem(cfg.check())
-        assert line.startswith(
-            f"{cfg.routes}:{cfg.line('backoff:')}: route bus-ping: retry.backoff[1]: 172800s"
-        )
+        assert line.startswith(f"{cfg.routes}:{cfg.line('backoff:')}: route bus-ping: retry.backoff[1]: 172800s")
 
 
 class TestReporting:

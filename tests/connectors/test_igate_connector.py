@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 USER_ENV = "IGATE_BUS_TEST_IGATE_USERNAME"
-PASSWORD_ENV = "IGATE_BUS_TEST_IGATE_PASSWORD"  # noqa: S105 - the variable's name, not a password
+PASSWORD_ENV = "IGATE_BUS_TEST_IGATE_PASSWORD"
 CODE = SEED_DOSSIER_CODES[0]
 NOTES = "/pa/dossier/"
 
@@ -200,9 +200,7 @@ class TestOperations:
         """The engine sees two effects with lookups and one read, matching the class's OPERATIONS."""
         operations = igate.operations()
 
-        assert (
-            set(operations) == set(IGateConnector.OPERATIONS) == {"add_note", "update_dossier", "get_dossier"}
-        )
+        assert set(operations) == set(IGateConnector.OPERATIONS) == {"add_note", "update_dossier", "get_dossier"}
         assert {name: op.effect for name, op in operations.items()} == {
             "add_note": True,
             "update_dossier": True,
@@ -224,9 +222,7 @@ class TestOperations:
             igate.operations()["add_note"].call(GetDossierRequest(dossier_code=CODE), "generic-2")
         assert sim.effect_counts() == {"generic-1": 1}
 
-    def test_effect_without_key_is_refused_before_sending(
-        self, sim: IGateSimulator, igate: IGateConnector
-    ) -> None:
+    def test_effect_without_key_is_refused_before_sending(self, sim: IGateSimulator, igate: IGateConnector) -> None:
         """An empty idempotency key would make the lookup useless: nothing is sent."""
         with pytest.raises(MappingError):
             igate.add_note(note(), "")
@@ -365,14 +361,10 @@ class TestFaults:
         assert caught.value.maybe_applied is True
         assert sim.effect_counts() == {"k-malformed": 1}
 
-    def test_400_is_rejected_with_a_scrubbed_snippet(
-        self, sim: IGateSimulator, igate: IGateConnector
-    ) -> None:
+    def test_400_is_rejected_with_a_scrubbed_snippet(self, sim: IGateSimulator, igate: IGateConnector) -> None:
         """A 4xx is permanent; its message quotes the body briefly, with ids, phones and e-mails masked."""
         body = '{"message": "applicant 066190012345 phone 0912345678 mail an@example.vn invalid", "pad": "'
-        sim.set_faults(
-            error_rate=1.0, error_status=400, error_body=body + "x" * 50_000 + '"}', only_paths=[NOTES]
-        )
+        sim.set_faults(error_rate=1.0, error_status=400, error_body=body + "x" * 50_000 + '"}', only_paths=[NOTES])
 
         with pytest.raises(TargetRejected) as caught:
             igate.add_note(note(), "k400")
@@ -387,9 +379,7 @@ class TestFaults:
         self, sim: IGateSimulator, make_connector: Any
     ) -> None:
         """A 50 MB reply to a 64 KiB cap is cut off at the cap: fast, and without holding the reply."""
-        connector: IGateConnector = make_connector(
-            max_reply_bytes=65_536, timeout={"read": "5s", "total": "10s"}
-        )
+        connector: IGateConnector = make_connector(max_reply_bytes=65_536, timeout={"read": "5s", "total": "10s"})
         connector.probe()  # token fetched before the measurement
         sim.set_faults(oversize_bytes=50_000_000, only_paths=["/pa/dossier/search", f"/pa/dossier/{CODE}"])
 
@@ -417,9 +407,7 @@ class TestFaults:
 class TestBreaker:
     """The circuit breaker opens after fail_max transient failures and then sends nothing."""
 
-    def test_breaker_opens_and_then_nothing_reaches_igate(
-        self, sim: IGateSimulator, make_connector: Any
-    ) -> None:
+    def test_breaker_opens_and_then_nothing_reaches_igate(self, sim: IGateSimulator, make_connector: Any) -> None:
         """Three 503s open the breaker; the fourth call raises BreakerOpen and iGate receives nothing."""
         connector: IGateConnector = make_connector(breaker={"fail_max": 3, "reset_timeout": "60s"})
         sim.set_faults(error_rate=1.0, error_status=503, only_paths=[NOTES])
@@ -435,13 +423,9 @@ class TestBreaker:
         assert connector.breaker_state == "open"
         assert sim.effect_counts() == {}
 
-    def test_open_breaker_fails_fast_even_under_a_rate_limit(
-        self, sim: IGateSimulator, make_connector: Any
-    ) -> None:
+    def test_open_breaker_fails_fast_even_under_a_rate_limit(self, sim: IGateSimulator, make_connector: Any) -> None:
         """With the breaker open, a call does not queue for a rate-limit slot: BreakerOpen at once."""
-        connector: IGateConnector = make_connector(
-            rate_limit=2, breaker={"fail_max": 1, "reset_timeout": "60s"}
-        )
+        connector: IGateConnector = make_connector(rate_limit=2, breaker={"fail_max": 1, "reset_timeout": "60s"})
         sim.set_faults(error_rate=1.0, only_paths=[NOTES])
         with pytest.raises(TargetUnavailable):
             connector.add_note(note(), "fast-0")  # the token grant and this call spend the burst of 2
@@ -570,16 +554,12 @@ class TestProbe:
 
     def test_probe_is_degraded_when_slow(self, sim: IGateSimulator, make_connector: Any) -> None:
         """An answer slower than degraded_ms: degraded."""
-        connector: IGateConnector = make_connector(
-            options={"client_id": DEFAULT_CLIENT_ID, "degraded_ms": 50}
-        )
+        connector: IGateConnector = make_connector(options={"client_id": DEFAULT_CLIENT_ID, "degraded_ms": 50})
         sim.set_faults(latency_s=0.1, only_paths=["/pa/dossier/search"])
 
         assert connector.probe().state == "degraded"
 
-    def test_probe_sees_the_target_through_an_open_breaker(
-        self, sim: IGateSimulator, make_connector: Any
-    ) -> None:
+    def test_probe_sees_the_target_through_an_open_breaker(self, sim: IGateSimulator, make_connector: Any) -> None:
         """With the breaker open, the probe still asks iGate and reports it answers (degraded)."""
         connector: IGateConnector = make_connector(breaker={"fail_max": 1, "reset_timeout": "60s"})
         sim.set_faults(error_rate=1.0, only_paths=[f"/pa/dossier/{CODE}/"])
@@ -648,9 +628,7 @@ class TestScrub:
 
     def test_snippet_masks_ids_phones_emails_and_tokens(self) -> None:
         """CCCD, phone, e-mail and bearer token are masked; the rest of the text stays readable."""
-        body = (
-            b'{"error":\n"bad CCCD 066190012345, phone +84912345678, mail a.b@c.vn, Bearer eyJhbGciOi.x.y"}'
-        )
+        body = b'{"error":\n"bad CCCD 066190012345, phone +84912345678, mail a.b@c.vn, Bearer eyJhbGciOi.x.y"}'
 
         snippet = scrub_snippet(body)
 

@@ -1,3 +1,4 @@
+# mypy: allow-untyped-defs, allow-incomplete-defs
 """The worker against a broker that goes away: a private RabbitMQ node this test starts on its own port.
 
 The shared broker at 5672 is never touched (RELIABILITY.md section 2).
@@ -6,6 +7,7 @@ The shared broker at 5672 is never touched (RELIABILITY.md section 2).
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from busenv import (
     SIM_PASSWORD,
@@ -19,14 +21,18 @@ from busenv import (
     wait_for,
     write_config,
 )
-from chaos_broker import ChaosBroker, chaos_broker  # noqa: F401 - the fixture
 
 from routes.pipeline import idempotency_key
 from simulators.igate import IGateSimulator
 
+if TYPE_CHECKING:
+    from chaos_broker import ChaosBroker
+
 
 def test_broker_stopped_and_started_mid_run_the_worker_resumes_alone_and_loses_nothing(
-    chaos_broker: ChaosBroker, sqlite_url, tmp_path  # noqa: F811 - the fixture
+    chaos_broker: ChaosBroker,
+    sqlite_url,
+    tmp_path,
 ):
     """stop_app then start_app during a run ▶ the worker reconnects by itself; every event applied once."""
     url = chaos_broker.amqp_url
@@ -46,7 +52,9 @@ def test_broker_stopped_and_started_mid_run_the_worker_resumes_alone_and_loses_n
             chaos_broker.start_app()
             wait_for(lambda: len(sim.effect_counts()) >= 1000, timeout=120, what="all notes after the restart")
             lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
-            assert any(x["event"] in {"connection_lost", "channel_closed"} for x in lines), "the worker never saw the outage"
+            assert any(x["event"] in {"connection_lost", "channel_closed"} for x in lines), (
+                "the worker never saw the outage"
+            )
             assert sum(x["event"] == "consuming" for x in lines) >= 2, "the worker did not re-consume"
             assert worker.terminate() == 0
         finally:

@@ -1,3 +1,4 @@
+# mypy: allow-untyped-defs
 """The engine on a route with no external I/O (bus.ping ▶ noop ▶ bus.pong): results, bad input, unrouted.
 
 Given/When/Then against the real broker: every assertion reads queue state or message headers.
@@ -117,6 +118,6 @@ def test_an_event_type_no_route_binds_is_kept_in_unrouted(amqp_url, sqlite_url, 
         ev = _ping(0, event_type="dossier.nobody_binds_this")
         publish_raw(amqp_url, json.dumps(ev).encode(), routing_key="dossier.nobody_binds_this")
         wait_for(lambda: depth(amqp_url, "unrouted") == 1, timeout=5, what="unrouted event")
-    [(props, body)] = get_all(amqp_url, "unrouted")
+    [(_, body)] = get_all(amqp_url, "unrouted")
     assert json.loads(body)["event_type"] == "dossier.nobody_binds_this"
     assert depth(amqp_url, "dlq.bus-ping") == 0

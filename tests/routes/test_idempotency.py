@@ -400,9 +400,7 @@ def _check_race(outcomes: list[Outcome], keys: list[str], taken: ClaimOutcome) -
     """One claimer won each key, with the expected outcome; the others were held off or saw it done."""
     assert _winners(outcomes) == dict.fromkeys(keys, 1)
     winner = {
-        key: owner
-        for key, owner, outcome, _ in outcomes
-        if outcome in {ClaimOutcome.NEW, ClaimOutcome.RECLAIMED}
+        key: owner for key, owner, outcome, _ in outcomes if outcome in {ClaimOutcome.NEW, ClaimOutcome.RECLAIMED}
     }
     for key, _owner, outcome, result in outcomes:
         assert outcome in {taken, ClaimOutcome.HELD, ClaimOutcome.DONE}
@@ -457,10 +455,7 @@ def test_processes_racing_for_the_same_keys_get_one_winner_each(store_url: str) 
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(4)
     queue = ctx.Queue()
-    procs = [
-        ctx.Process(target=_process_main, args=(store_url, keys, f"proc-{n}", barrier, queue))
-        for n in range(4)
-    ]
+    procs = [ctx.Process(target=_process_main, args=(store_url, keys, f"proc-{n}", barrier, queue)) for n in range(4)]
     try:
         for p in procs:
             p.start()
@@ -486,9 +481,7 @@ def test_processes_racing_for_the_same_keys_get_one_winner_each(store_url: str) 
 
 
 # -- throughput ------------------------------------------------------------------------------------------
-def test_claim_complete_throughput(
-    store: IdempotencyStore, store_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_claim_complete_throughput(store: IdempotencyStore, store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Prints claim+complete pairs per second, one thread and eight (a figure to watch, not an assertion)."""
     backend = store_url.split(":", 1)[0]
     n = 3000 if backend == "sqlite" else 1000
@@ -516,7 +509,4 @@ def test_claim_complete_throughput(
     threaded = 8 * per_thread / (time.perf_counter() - started)
     assert store.counts("bench") == {"done": n + 8 * per_thread}
     with capsys.disabled():
-        print(
-            f"\n[idempotency] {backend}: {single:,.0f} claim+complete/s (1 thread), "
-            f"{threaded:,.0f}/s (8 threads)"
-        )
+        print(f"\n[idempotency] {backend}: {single:,.0f} claim+complete/s (1 thread), {threaded:,.0f}/s (8 threads)")

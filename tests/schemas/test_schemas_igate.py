@@ -352,7 +352,5 @@ class TestModels:
 
     def test_applicant_roundtrip(self) -> None:
         """An applicant dumped to JSON validates back to an equal model."""
-        applicant = Applicant.model_validate(
-            copy.deepcopy(example("dossier.received")["payload"]["applicant"])
-        )
+        applicant = Applicant.model_validate(copy.deepcopy(example("dossier.received")["payload"]["applicant"]))
         assert Applicant.model_validate_json(applicant.model_dump_json()) == applicant

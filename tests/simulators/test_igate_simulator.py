@@ -23,7 +23,7 @@ from simulators.igate import (
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-TOKEN_PATH = "/auth/realms/digo/protocol/openid-connect/token"  # noqa: S105 - a path
+TOKEN_PATH = "/auth/realms/digo/protocol/openid-connect/token"
 CODE = SEED_DOSSIER_CODES[0]
 
 
@@ -80,7 +80,7 @@ class TestKeycloak:
 
         assert reply.status_code == 200
         body = reply.json()
-        assert body["token_type"] == "Bearer"  # noqa: S105 - the scheme's name
+        assert body["token_type"] == "Bearer"
         assert body["expires_in"] == 300
         assert len(body["access_token"]) >= 32
 
@@ -93,9 +93,7 @@ class TestKeycloak:
             ({"grant_type": "client_credentials"}, 400, "unsupported_grant_type"),
         ],
     )
-    def test_bad_grants_are_refused(
-        self, http: httpx.Client, form: dict[str, str], status: int, error: str
-    ) -> None:
+    def test_bad_grants_are_refused(self, http: httpx.Client, form: dict[str, str], status: int, error: str) -> None:
         """Wrong password, user, client or grant type: Keycloak's status and error code."""
         reply = grant(http, **form)
 
@@ -107,9 +105,7 @@ class TestKeycloak:
         reply = http.post("/auth/realms/other/protocol/openid-connect/token", data={"grant_type": "password"})
         assert reply.status_code == 404
 
-    def test_calls_without_or_with_expired_token_are_401(
-        self, sim: IGateSimulator, http: httpx.Client
-    ) -> None:
+    def test_calls_without_or_with_expired_token_are_401(self, sim: IGateSimulator, http: httpx.Client) -> None:
         """No token, a made-up token and an expired token all get 401 with WWW-Authenticate: Bearer."""
         headers = bearer(http)
         assert http.get("/pa/dossier/search", headers=headers).status_code == 200
@@ -217,9 +213,7 @@ class TestIGateApi:
         """By default a note creates the dossier (for demos); strict_dossiers answers 404 as iGate would."""
         code = "000.00.16.H16-260101-0042"
         headers = bearer(http)
-        assert http.post(
-            f"/pa/dossier/{code}/--bus-note", json=note_body("c1", code), headers=headers
-        ).is_success
+        assert http.post(f"/pa/dossier/{code}/--bus-note", json=note_body("c1", code), headers=headers).is_success
         assert sim.dossier(code) is not None
 
         sim.strict_dossiers = True
@@ -244,7 +238,7 @@ class TestRecord:
 
         assert [r["path"] for r in recorded] == [TOKEN_PATH, f"/pa/dossier/{CODE}/--bus-note"]
         token_call, note_call = recorded
-        assert token_call["body"]["password"] == "***"  # noqa: S105 - the mask
+        assert token_call["body"]["password"] == "***"
         assert DEFAULT_PASSWORD not in str(recorded)
         assert headers["Authorization"].split()[1] not in str(recorded)
         assert "authorization" not in note_call["headers"]
@@ -295,9 +289,7 @@ class TestFaults:
 
     def test_faults_round_trip_and_bad_faults_are_400(self, http: httpx.Client) -> None:
         """POST /_sim/faults replaces the faults, GET reads them back; an invalid field is refused."""
-        posted = http.post(
-            "/_sim/faults", json={"error_rate": 0.25, "error_status": 502, "only_paths": ["/pa/"]}
-        )
+        posted = http.post("/_sim/faults", json={"error_rate": 0.25, "error_status": 502, "only_paths": ["/pa/"]})
 
         assert posted.status_code == 200
         current = http.get("/_sim/faults").json()
@@ -311,9 +303,7 @@ class TestFaults:
 
     def test_only_paths_limits_faults(self, http: httpx.Client) -> None:
         """Faults on the search leave the token endpoint and dossier reads alone."""
-        http.post(
-            "/_sim/faults", json={"error_rate": 1, "error_status": 503, "only_paths": ["/pa/dossier/search"]}
-        )
+        http.post("/_sim/faults", json={"error_rate": 1, "error_status": 503, "only_paths": ["/pa/dossier/search"]})
         headers = bearer(http)
 
         assert http.get("/pa/dossier/search", headers=headers).status_code == 503
@@ -341,9 +331,7 @@ class TestFaults:
         assert http.get("/pa/dossier/search", headers=headers).status_code == 200
         assert time.monotonic() - started >= 0.3
 
-    def test_drop_connection_answers_nothing_and_applies_nothing(
-        self, sim: IGateSimulator, http: httpx.Client
-    ) -> None:
+    def test_drop_connection_answers_nothing_and_applies_nothing(self, sim: IGateSimulator, http: httpx.Client) -> None:
         """The connection is closed without a reply; the note is not applied; the record says dropped."""
         headers = bearer(http)
         http.post("/_sim/faults", json={"drop_connection": True, "only_paths": ["/pa/"]})
@@ -354,9 +342,7 @@ class TestFaults:
         assert sim.effect_counts() == {}
         assert sim.requests("/pa/")[-1]["status"] == "dropped"
 
-    def test_apply_then_drop_applies_and_answers_nothing(
-        self, sim: IGateSimulator, http: httpx.Client
-    ) -> None:
+    def test_apply_then_drop_applies_and_answers_nothing(self, sim: IGateSimulator, http: httpx.Client) -> None:
         """The ambiguous outcome: the note is applied, the client gets no answer."""
         headers = bearer(http)
         http.post("/_sim/faults", json={"apply_then_drop_rate": 1, "only_paths": ["/pa/"]})
