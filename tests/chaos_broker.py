@@ -211,23 +211,39 @@ class ChaosBroker:
     def os_pid(self) -> int | None:
         """The pid of this node's `beam.smp`, or None when it is not running.
 
-        Only a pid whose environment names this node is returned, so callers can signal it safely.
+        Read from the pid file; before the node has written it (early in boot), found by scanning /proc.
+        Only a pid whose environment names this node is ever returned, so callers can signal it safely.
         """
         if self._dir is None:
             return None
         try:
             pid = int(self.pid_file.read_text(encoding="ascii").strip())
         except (OSError, ValueError):
-            return None
+            pid = None
+        if pid is not None and self._is_this_node(pid):
+            return pid
+        return next((p for p in self._scan_beams() if self._is_this_node(p)), None)
+
+    def _is_this_node(self, pid: int) -> bool:
+        """Whether `pid` is a live process whose environment names this node (never the shared one)."""
         if not _pid_alive(pid):
-            return None
+            return False
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
-            return None
-        if f"RABBITMQ_NODENAME={self.nodename}".encode() not in environ:
-            return None  # a stale pid file whose pid was reused by another process
-        return pid
+            return False
+        return f"RABBITMQ_NODENAME={self.nodename}".encode() in environ
+
+    @staticmethod
+    def _scan_beams() -> list[int]:
+        """The pids of every `beam.smp` process (to be filtered by `_is_this_node`)."""
+        pids: list[int] = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if (entry / "comm").read_text(encoding="ascii", errors="replace").strip() == "beam.smp":
+                        pids.append(int(entry.name))
+        return pids
 
     def start(self) -> float:
         """Create the directory, start the node and wait until an AMQP connection succeeds.

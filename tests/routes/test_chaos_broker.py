@@ -156,12 +156,13 @@ def test_close_all_connections_stop_app_start_app_pause_and_the_pid_guard(
         chaos_broker.resume()
     assert chaos_broker.amqp_ok()
 
-    # The signal guard: a pid file naming another process (here pytest itself) is ignored, so kill9,
-    # pause and stop can never signal anything but this node.
-    real = chaos_broker.pid_file.read_text(encoding="ascii")
+    # The signal guard: a pid file naming another process (here pytest itself) is ignored and the node's
+    # own beam is found instead, so kill9, pause and stop can never signal anything but this node.
+    real = int(chaos_broker.pid_file.read_text(encoding="ascii"))
     try:
         chaos_broker.pid_file.write_text(str(os.getpid()), encoding="ascii")
-        assert chaos_broker.os_pid is None
+        assert chaos_broker.os_pid == real
+        chaos_broker.pid_file.unlink()  # early in boot there is no pid file yet
+        assert chaos_broker.os_pid == real
     finally:
-        chaos_broker.pid_file.write_text(real, encoding="ascii")
-    assert chaos_broker.os_pid == int(real)
+        chaos_broker.pid_file.write_text(str(real), encoding="ascii")

@@ -67,11 +67,11 @@ def _queues_empty(amqp_url: str) -> None:
         assert depth(amqp_url, q) == 0, f"{q} is not empty"
 
 
-def test_2000_events_are_each_applied_exactly_once(amqp_url, sqlite_url, tmp_path, sim):
-    """2,000 dossier.received ▶ 2,000 notes at iGate, one per idempotency key; every route queue empty."""
+def test_2000_events_are_each_applied_exactly_once(amqp_url, store_url, tmp_path, sim):
+    """2,000 dossier.received ▶ 2,000 notes at iGate, one per key, on SQLite and PostgreSQL; queues empty."""
     cfg = write_config(tmp_path / "cfg", endpoint=sim.url)
     events = received_events(2000)
-    with thread_worker(amqp_url, sqlite_url, cfg, routes=[ROUTE]):
+    with thread_worker(amqp_url, store_url, cfg, routes=[ROUTE]):
         publish(amqp_url, events)
         wait_for(lambda: _all_applied(sim, 2000), timeout=120, what="2,000 notes")
     _assert_exactly_once(sim, events)
