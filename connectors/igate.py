@@ -46,7 +46,6 @@ from schemas.errors import (
     BusError,
     ConfigError,
     MappingError,
-    TargetRejected,
     TargetUnavailable,
 )
 from schemas.igate_api import (
@@ -361,7 +360,10 @@ class IGateConnector:
                 if self._token is token:
                     self._token = None
             log.info("igate.token_refused", connector=self.name, attempt=attempt)
-        raise TargetRejected("iGate refused a freshly issued token (HTTP 401)", code="401")
+        # The bus's own credentials are wrong, not the message: wait in the delay queues for an operator to
+        # fix them (a password rotation must not dead-letter every dossier), and say so loudly.
+        log.error("igate.credentials_refused", connector=self.name)
+        raise TargetUnavailable("iGate refused a freshly issued token (HTTP 401): check the bus's iGate account")
 
     def _bearer(self, deadline: float, *, guard: bool) -> _Token:
         """The cached token, or a new one; one thread fetches while the others wait for it."""
@@ -391,11 +393,11 @@ class IGateConnector:
             guard=guard,
         )
         if reply.status in _TOKEN_REFUSED:
+            # A credentials problem is the operator's to fix, not the message's: transient, so every event
+            # waits in the delay queues instead of being dead-lettered during a password rotation.
             snippet = scrub_snippet(reply.body)
-            raise TargetRejected(
-                f"iGate's Keycloak refused the bus's credentials (HTTP {reply.status}): {snippet}",
-                code=str(reply.status),
-            )
+            log.error("igate.credentials_refused", connector=self.name, status=reply.status)
+            raise TargetUnavailable(f"iGate's Keycloak refused the bus's credentials (HTTP {reply.status}): {snippet}")
         granted = reply.parse(TokenReply)
         lifetime = float(granted.expires_in)
         log.info("igate.token_issued", connector=self.name, expires_in=granted.expires_in)

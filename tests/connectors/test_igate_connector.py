@@ -266,16 +266,17 @@ class TestToken:
         assert len(sim.requests("/auth/")) == 2
         assert sim.effect_counts() == {"before": 1, "after-401": 1}
 
-    def test_wrong_password_is_rejected_without_revealing_it(
+    def test_wrong_password_waits_as_transient_without_revealing_it(
         self, sim: IGateSimulator, make_connector: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Keycloak refuses the grant: permanent, with the status, never the password; nothing sent on."""
+        """Keycloak refuses the grant: transient (events wait for the fix), status shown, password never."""
         monkeypatch.setenv(PASSWORD_ENV, "wrong-password-zz9")
         connector: IGateConnector = make_connector()
 
-        with pytest.raises(TargetRejected) as caught:
+        with pytest.raises(TargetUnavailable) as caught:
             connector.add_note(note(), "bad-creds")
-        assert caught.value.code == "401"
+        assert not caught.value.maybe_applied
+        assert "HTTP 401" in str(caught.value)
         assert "wrong-password-zz9" not in str(caught.value)
         assert "invalid_grant" in str(caught.value)
         assert sim.requests(NOTES) == []
