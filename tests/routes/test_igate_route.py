@@ -62,6 +62,15 @@ def _all_applied(sim: IGateSimulator, n: int) -> bool:
     return len(sim.effect_counts()) >= n
 
 
+def _drained(amqp_url: str) -> bool:
+    """No message waits in the route or its retry queues (twice, a second apart: one may be in flight)."""
+    for _ in range(2):
+        if any(depth(amqp_url, q) for q in QUEUES[:3]):
+            return False
+        time.sleep(1)
+    return True
+
+
 def _queues_empty(amqp_url: str) -> None:
     for q in QUEUES:
         assert depth(amqp_url, q) == 0, f"{q} is not empty"
@@ -91,6 +100,7 @@ def test_half_the_calls_failing_503_for_a_while_still_delivers_everything_once(a
         time.sleep(4)
         sim.set_faults()
         wait_for(lambda: _all_applied(sim, 300), timeout=60, what="300 notes after the 503 storm")
+        wait_for(lambda: _drained(amqp_url), timeout=60, what="the queues to drain")
         assert worker.terminate() == 0
     finally:
         worker.stop()
@@ -176,6 +186,8 @@ def test_a_worker_sigkilled_mid_run_loses_nothing_and_duplicates_nothing(amqp_ur
     try:
         second.wait_consuming(2)
         wait_for(lambda: _all_applied(sim, 2000), timeout=180, what="all 2,000 notes after restart")
+        # redeliveries whose effect the killed worker applied wait out its lease, then reconcile by lookup
+        wait_for(lambda: _drained(amqp_url), timeout=60, what="the queues to drain")
         assert second.terminate() == 0
     finally:
         second.stop()
