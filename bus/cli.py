@@ -64,8 +64,9 @@ def check(config_dir: Path | None) -> None:
 # -------------------------------------------------------------------------------------------------------
 def _register() -> None:
     from bus.cli_ops import COMMANDS
+    from bus.cli_status import COMMANDS as STATUS_COMMANDS
 
-    for command in COMMANDS:
+    for command in [*COMMANDS, *STATUS_COMMANDS]:
         main.add_command(command)
 
 

@@ -24,6 +24,8 @@ from schemas.events import EVENT_PAYLOADS
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from bus.ops_api import Ops
+    from routes.observer import Observer
     from routes.worker import Worker
 
 #: extra seconds on top of twice the connector's total deadline before a claim may be taken over
@@ -39,9 +41,13 @@ class App:
     routes: list[Route]
     connectors: dict[str, Connector] = field(default_factory=dict)
     store: IdempotencyStore | None = None
+    #: health monitor, metrics and ops HTTP server of this process (bus/ops_api.py), once a worker built them
+    ops: Ops | None = None
 
     def close(self) -> None:
-        """Close connectors and the store."""
+        """Stop the ops (probes use the connectors), then close connectors and the store."""
+        if self.ops is not None:
+            self.ops.stop()
         for conn in self.connectors.values():
             conn.close()
         if self.store is not None:
@@ -109,8 +115,10 @@ def build_connectors(app: App, names: Iterable[str]) -> dict[str, Connector]:
     return {n: app.connectors[n] for n in names}
 
 
-def build_runners(app: App, routes: list[Route], *, worker_id: str) -> list[RouteRunner]:
-    """One pipeline runner per route, sharing connectors and the store."""
+def build_runners(
+    app: App, routes: list[Route], *, worker_id: str, observer: Observer | None = None
+) -> list[RouteRunner]:
+    """One pipeline runner per route, sharing connectors, the store and the observer (metrics, health)."""
     if app.store is None:
         app.store = IdempotencyStore(app.settings.store_url)
     connectors = build_connectors(app, sorted({r.connector for r in routes}))
@@ -132,20 +140,36 @@ def build_runners(app: App, routes: list[Route], *, worker_id: str) -> list[Rout
                 lease_s=spec.timeout.total * 2 + LEASE_MARGIN_S,
                 crash_points=crash_points,
                 crash_rate=crash_rate,
+                observer=observer,
             )
         )
     return runners
 
 
-def build_worker(app: App, route_names: Iterable[str] | None = None, *, worker_id: str | None = None) -> Worker:
-    """A worker for the selected routes, declaring their topology on every (re)connect."""
+def build_worker(
+    app: App, route_names: Iterable[str] | None = None, *, worker_id: str | None = None, observe: bool = True
+) -> Worker:
+    """A worker for the selected routes, declaring their topology on every (re)connect.
+
+    With ``observe`` (the default) the worker also gets the process's observability (``app.ops``, see
+    bus/ops_api.py): metrics and connector health fed by its routes, probes on schedule while it runs, and
+    ``GET /health`` and ``GET /metrics`` on ``IGATE_BUS_OPS_PORT`` (default 8610, 0 disables the server).
+    """
     from routes.amqp import worker_id as make_worker_id
     from routes.worker import Worker
 
     routes = select_routes(app.routes, route_names)
     if not routes:
         raise ConfigError("no route to run: every route is disabled or none was selected")
-    runners = build_runners(app, routes, worker_id=worker_id or app.settings.worker_id or make_worker_id())
+    observer = None
+    if observe:
+        from bus.ops_api import make_ops
+
+        app.ops = make_ops(app, routes=routes)
+        observer = app.ops.observer
+    runners = build_runners(
+        app, routes, worker_id=worker_id or app.settings.worker_id or make_worker_id(), observer=observer
+    )
     return Worker(
         app.settings.amqp_url,
         runners,
@@ -153,4 +177,5 @@ def build_worker(app: App, route_names: Iterable[str] | None = None, *, worker_i
         heartbeat=app.settings.heartbeat,
         blocked_connection_timeout=app.settings.blocked_connection_timeout,
         crash_points=crash_points_from_env(),
+        observer=observer,
     )

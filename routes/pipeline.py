@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import jmespath
@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 
     from connectors.base import Operation
     from routes.model import Route
+    from routes.observer import Observer
+
+T = TypeVar("T")
 
 VN_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 #: names result event ids: uuid5(RESULT_NS, "<route>/<event_id>") is the same on every re-emit
@@ -138,6 +141,7 @@ class RouteRunner:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         crash_points: frozenset[str] = frozenset(),
         crash_rate: float = 1.0,
+        observer: Observer | None = None,
     ) -> None:
         self.route = route
         self.name = route.spec.name
@@ -149,6 +153,8 @@ class RouteRunner:
         self.clock = clock
         self.crash_points = crash_points
         self.crash_rate = crash_rate
+        #: told of each outcome and each call to the target (metrics, connector health); None costs nothing
+        self.observer = observer
         self._log = structlog.get_logger("igate_bus.route").bind(
             route=self.name, connector=route.connector, operation=route.operation
         )
@@ -194,7 +200,7 @@ class RouteRunner:
                 self._crash("after_claim")
             if reply is None:
                 request = self.route.adapter(event, now=self.clock())
-                reply = self.operation.call(request, key).model_dump(mode="json")
+                reply = self._observed(self.route.operation, self.operation.call, request, key).model_dump(mode="json")
                 self._crash("after_send")
             if self.operation.effect:
                 self.store.complete(self.name, event_id, owner=owner, result=reply)
@@ -223,7 +229,7 @@ class RouteRunner:
             raise AmbiguousOutcome(
                 f"an earlier attempt may have applied {self.route.spec.to} and the target has no lookup"
             )
-        found = self.operation.lookup(key)
+        found = self._observed(f"{self.route.operation}.lookup", self.operation.lookup, key)
         log.info("reconciled", found=found is not None)
         return None if found is None else found.model_dump(mode="json")
 
@@ -284,10 +290,37 @@ class RouteRunner:
 
     # -- helpers -------------------------------------------------------------------------------------
     def _done(self, log: Any, started: float, outcome: Outcome) -> Outcome:
-        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        duration_s = time.perf_counter() - started
+        duration_ms = round(duration_s * 1000, 2)
         level = "warning" if outcome.outcome in {"retry", "dead_lettered"} else "info"
         getattr(log, level)("processed", outcome=outcome.outcome, duration_ms=duration_ms, **outcome.fields)
+        if self.observer is not None:
+            kind = outcome.fields.get("error_kind")
+            self._tell(self.observer.after_process, self.name, outcome.outcome, duration_s, kind)
         return outcome
+
+    def _observed(self, operation: str, call: Callable[..., T], *args: Any) -> T:
+        """Call the target, telling the observer how long the call took and what it raised."""
+        observer = self.observer
+        if observer is None:
+            return call(*args)
+        started = time.perf_counter()
+        try:
+            result = call(*args)
+        except BaseException as exc:
+            elapsed = time.perf_counter() - started
+            self._tell(observer.after_connector_call, self.route.connector, operation, elapsed, exc)
+            raise
+        elapsed = time.perf_counter() - started
+        self._tell(observer.after_connector_call, self.route.connector, operation, elapsed, None)
+        return result
+
+    def _tell(self, hook: Callable[..., None], *args: Any) -> None:
+        """Run an observer hook; a broken observer is logged and never changes what happens to a message."""
+        try:
+            hook(*args)
+        except Exception as exc:
+            self._log.warning("observer_failed", hook=getattr(hook, "__name__", "?"), error=repr(exc))
 
     def _safe_release(self, event: Event, owner: str, *, maybe_applied: bool, log: Any) -> None:
         try:

@@ -39,6 +39,8 @@ from routes.topology import route_queue
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from routes.observer import Observer
+
 PUB_SEQ_HEADER = "x-pub-seq"
 
 
@@ -79,6 +81,7 @@ class Worker:
         drain_timeout: float = 60.0,
         reconnect_max_delay: float = 15.0,
         crash_points: frozenset[str] = frozenset(),
+        observer: Observer | None = None,
     ) -> None:
         self._url = amqp_url
         self._runners = runners
@@ -107,6 +110,8 @@ class Worker:
         self._reconnect_delay = 1.0
         self._ready = threading.Event()
         self.stats = {r.name: RouteStats() for r in runners}
+        #: told when the worker boots and stops and when a consumer takes a message (metrics, health)
+        self.observer = observer
 
     # -- public --------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -114,6 +119,8 @@ class Worker:
         self._ioloop = IOLoop()
         self._ioloop.add_callback_threadsafe(self._connect)
         self._ioloop.call_later(0.2, self._tick)
+        if self.observer is not None:
+            self._tell(self.observer.before_worker_boot, self)
         try:
             self._ioloop.start()
         finally:
@@ -121,6 +128,8 @@ class Worker:
                 ex.shutdown(wait=True)
             self._ioloop.close()
             self._log.info("worker_stopped", stats={k: v.outcomes for k, v in self.stats.items()})
+            if self.observer is not None:
+                self._tell(self.observer.after_worker_shutdown, self)
 
     def stop(self) -> None:
         """Ask the worker to stop gracefully; safe from signal handlers and other threads."""
@@ -134,6 +143,13 @@ class Worker:
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the worker consumes from every route (for tests and the demo)."""
         return self._ready.wait(timeout)
+
+    def _tell(self, hook: Callable[..., None], *args: Any) -> None:
+        """Run an observer hook; a broken observer is logged and never stops the worker."""
+        try:
+            hook(*args)
+        except Exception as exc:
+            self._log.warning("observer_failed", hook=getattr(hook, "__name__", "?"), error=repr(exc))
 
     # -- connection lifecycle --------------------------------------------------------------------------
     def _params(self, role: str) -> pika.URLParameters:
@@ -269,6 +285,8 @@ class Worker:
         if gen != self._generation:
             return
         self.stats[runner.name].received += 1
+        if self.observer is not None:
+            self._tell(self.observer.after_receive, runner.name, props.timestamp)
         rec = _InFlight(runner, gen, channel, method.delivery_tag)
         delivery = Delivery(body, props, method.exchange, method.routing_key, method.redelivered)
         self._running += 1
