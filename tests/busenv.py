@@ -249,7 +249,7 @@ def thread_worker(
 
     os.environ["IGATE_BUS_IGATE_USERNAME"] = SIM_USER
     os.environ["IGATE_BUS_IGATE_PASSWORD"] = SIM_PASSWORD
-    os.environ["IGATE_BUS_OPS_PORT"] = "0"
+    os.environ.setdefault("IGATE_BUS_OPS_PORT", "0")
     settings = Settings(amqp_url=amqp_url, store_url=store_url, config_dir=config_dir, heartbeat=10)
     app = load_app(settings)
     tw = ThreadWorker(build_worker(app, routes), app).start()
