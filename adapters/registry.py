@@ -22,7 +22,12 @@ AdapterFn = Callable[..., BaseModel]
 F = TypeVar("F", bound=AdapterFn)
 
 #: modules whose adapters are registered; a new system adds its module here
-ADAPTER_MODULES: tuple[str, ...] = ("adapters.builtin", "adapters.igate_ack", "adapters.results_to_igate")
+ADAPTER_MODULES: tuple[str, ...] = (
+    "adapters.builtin",
+    "adapters.igate_ack",
+    "adapters.results_to_igate",
+    "adapters.igate_to_nps",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,8 +163,25 @@ def map_(route_name: str, event_file: Path, config: Path | None) -> None:
     except BusError as exc:
         _fail(f"{event_file}: {exc.kind}: {exc}")
     click.echo(f"# route {route_name}: {route.spec.adapter} -> {route.spec.to} ({type(request).__name__})")
-    render = getattr(route, "render", None)
-    click.echo(render(request) if callable(render) else request.model_dump_json(indent=2))
+    click.echo(_render(app, route.connector, route.operation, request))
+
+
+def _render(app: App, connector: str, operation: str, request: Any) -> str:
+    """What the connector would put on the wire, when its module can say without I/O; else the request."""
+    import importlib
+
+    from connectors.base import CONNECTOR_TYPES
+
+    spec = app.config.connectors.connectors[connector]
+    module = importlib.import_module(CONNECTOR_TYPES[spec.type].partition(":")[0])
+    render = getattr(module, "render", None)
+    if callable(render):
+        text: str = render(
+            operation, request, **({"madonvi": str(spec.options["madonvi"])} if "madonvi" in spec.options else {})
+        )
+        return text
+    dumped: str = request.model_dump_json(indent=2)
+    return dumped
 
 
 @click.group()
@@ -378,15 +395,19 @@ def topology(config: Path | None, as_json: bool, do_declare: bool) -> None:
 
 
 @click.command()
-@click.argument("system", type=click.Choice(["igate"]))
+@click.argument("system", type=click.Choice(["igate", "nps"]))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8601, show_default=True, type=int)
-def simulate(system: str, host: str, port: int) -> None:
+@click.option("--port", default=None, type=int, help="Default: 8601 for igate, 8602 for nps.")
+def simulate(system: str, host: str, port: int | None) -> None:
     """Run a system's simulator in the foreground (record at /_sim/requests, faults at /_sim/faults)."""
-    del system
-    from simulators.igate import serve
+    if system == "nps":
+        from simulators.nps import serve as serve_nps
 
-    serve(host, port)
+        serve_nps(host, port or 8602)
+    else:
+        from simulators.igate import serve
+
+        serve(host, port or 8601)
 
 
 COMMANDS = [run, publish, map_, dlq, topology, simulate]

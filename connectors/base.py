@@ -90,6 +90,7 @@ class ConnectorType(Protocol):
 CONNECTOR_TYPES: dict[str, str] = {
     "igate": "connectors.igate:IGateConnector",
     "noop": "connectors.noop:NoopConnector",
+    "nps": "connectors.nps:NpsConnector",
 }
 
 

@@ -100,3 +100,15 @@ def test_topology_json_lists_every_queue_with_explicit_arguments(tmp_path):
     assert args["x-dead-letter-strategy"] == "at-least-once"
     assert args["x-overflow"] == "reject-publish"
     assert queues["route.bus-ack"]["bindings"] == [["igate.events", "dossier.received"]]
+
+
+def test_map_on_a_portal_route_prints_the_soap_envelope_zeep_would_send(tmp_path):
+    """`map --route nps-dossier-received` ▶ a SOAP 1.1 envelope with the session header and the record."""
+    env = env_for("amqp://x@127.0.0.1:1/%2F", "sqlite:///x.db", ROOT / "config")
+    result = _cli("map", "--route", "nps-dossier-received", str(EXAMPLES / "dossier.received.json"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert 'xmlns:soap-env="http://schemas.xmlsoap.org/soap/envelope/"' in result.stdout
+    assert "<ns0:madonvi>000.00.16.H16</ns0:madonvi>" in result.stdout
+    assert "<ns0:DongBoHoSoMC " in result.stdout
+    assert f"<ns0:MaHoSo>{_event()['dossier_code']}</ns0:MaHoSo>" in result.stdout
+    assert "<ns0:TrangThaiHoSo>2</ns0:TrangThaiHoSo>" in result.stdout

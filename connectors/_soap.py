@@ -1,0 +1,433 @@
+"""The one hardened SOAP client factory: zeep with safe XML settings and a transport that cannot hang or flood.
+
+Where it sits: inside the connector step (event → route → adapter → **connector** → result/DLQ). A SOAP
+connector (``connectors/nps.py``, ...) builds its zeep client once with :func:`build_client` and calls its
+operations inside :meth:`SoapTransport.call`, which sets the operation's total deadline; everything below
+is decided here once, so no SOAP connector can forget it (DESIGN.md Security, RELIABILITY.md XML):
+
+- **XML settings**: ``Settings(strict=True, forbid_dtd=True, forbid_entities=True, xml_huge_tree=False)``
+  (and ``forbid_external=True``). zeep's parser already runs with ``resolve_entities=False``; libxml2 then
+  refuses billion laughs, a quadratic blowup, trees deeper than 256 and text nodes over 10 MB. A reply with
+  any ``<!DOCTYPE>`` is refused (zeep's default accepts ``<!DOCTYPE r SYSTEM "file:…">``).
+- **The WSDL and its XSDs come from local files only** (:meth:`SoapTransport.load`): an ``http(s)`` or a
+  file outside the allowed folders is a :class:`~schemas.errors.ConfigError`, never a fetch.
+- **A total deadline** per operation (``timeout.total``) on top of per-read timeouts: zeep's POST has none
+  by default, and requests' read timeout is per read, so a reply dripped one byte at a time would never
+  trip it. Once the headers are in, a watchdog thread shuts the socket's read side at the deadline. The
+  header phase is bounded by the read timeout of each read (as ``connectors/_http.py``).
+- **A reply size cap** (``max_reply_bytes``): a declared ``Content-Length`` over it is refused unread, and a
+  streamed body is cut as soon as it passes the cap. zeep reads the body whole into memory and lxml builds a
+  tree from it, so the cap is what bounds memory. Compressed replies are refused (we ask for ``identity``).
+- **The status and content type are checked before zeep sees the body**: 200 and the SOAP fault statuses
+  (500, 400) with an XML content type go to zeep; HTML or anything else is refused with a short scrubbed
+  snippet.
+- **Translation into the error tree** (:func:`translate`), so routes never see zeep or requests:
+
+  ===================================================  =========================================================
+  what happened                                        raised
+  ===================================================  =========================================================
+  connection refused, DNS failure, connect timeout     ``TargetUnavailable(maybe_applied=False)``
+  read timeout, deadline passed mid-reply              ``TargetTimeout`` (``maybe_applied``)
+  connection lost after sending, truncated reply       ``TargetUnavailable(maybe_applied=effect)``
+  503, 429, 408, 425                                   ``TargetUnavailable(maybe_applied=False)``
+  other 5xx without a SOAP envelope                    ``TargetUnavailable(maybe_applied=effect)``
+  reply over the cap, HTML, compressed, not XML,       ``TargetUnavailable(maybe_applied=effect)``: the target
+  DOCTYPE, entities, too deep, wrong namespace,        answered garbage; the effect may have been applied
+  not the WSDL's shape
+  SOAP fault ``Server``/``Server.*``                   ``TargetUnavailable(maybe_applied=effect)``
+  SOAP fault ``Client``/``Client.*``, ``MustUnder-     ``TargetRejected(code="soap:Client…")``
+  stand``, ``VersionMismatch``
+  other 4xx, redirects (never followed)                ``TargetRejected(code=str(status))``
+  ===================================================  =========================================================
+
+**No reply body ever reaches a log or an error message.** zeep's ``TransportError`` embeds the whole reply
+(personal data, hostile payloads) and its ``Fault("Unknown fault occured")`` the whole document; they are
+translated from their class and status alone, and exceptions are raised ``from None`` so no traceback
+chains back to them. Fault strings are quoted only after :func:`schemas.pii.scrub_text`, clipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlparse
+
+import requests
+import structlog
+import urllib3
+import zeep
+import zeep.exceptions
+
+from connectors._http import _WATCHDOG, ERROR_BODY_BYTES, USER_AGENT, scrub_snippet
+from schemas.errors import (
+    BusError,
+    ConfigError,
+    TargetRejected,
+    TargetTimeout,
+    TargetUnavailable,
+)
+from schemas.pii import TARGET_PERSONAL_FIELDS, scrub_text
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from requests.structures import CaseInsensitiveDict
+
+    from config.model import ConnectorSpec
+
+log = structlog.get_logger(__name__)
+
+#: the folder of the WSDL and XSD files shipped with the package
+WSDL_DIR: Final = Path(__file__).resolve().parent.parent / "schemas" / "wsdl"
+#: characters of a fault string quoted in an error
+FAULT_CHARS: Final = 200
+#: largest WSDL or XSD file read from disk
+MAX_SCHEMA_BYTES: Final = 2_097_152
+#: statuses whose XML body zeep parses: a reply, and the statuses SOAP 1.1 faults come with
+_SOAP_STATUSES: Final = frozenset({200, 400, 500})
+#: statuses that say the target did not act on the request
+_NOT_APPLIED_STATUSES: Final = frozenset({408, 425, 429, 503})
+_XML_MEDIA_TYPES: Final = frozenset({"text/xml", "application/xml", "application/soap+xml"})
+_READ_CHUNK: Final = 65536
+_CLIENT_FAULTS: Final = frozenset({"Client", "MustUnderstand", "VersionMismatch"})
+
+
+def hardened_settings() -> zeep.Settings:
+    """The zeep settings of DESIGN.md: strict parsing, no DTD, no entities, no huge trees, no external fetches."""
+    return zeep.Settings(
+        strict=True,
+        forbid_dtd=True,
+        forbid_entities=True,
+        forbid_external=True,
+        xml_huge_tree=False,
+        raw_response=False,
+    )
+
+
+def scrub_fault(text: str | None, *, keys: Iterable[str] = (), limit: int = FAULT_CHARS) -> str:
+    """A target's fault string made fit for an error message, the DLQ headers and the logs.
+
+    Whitespace is collapsed, ids, phones and e-mails are masked, values of ``keys`` (and of the target
+    systems' own personal field names) written ``<Key>value</Key>`` or ``Key=value`` are masked, and the
+    result is clipped to ``limit`` characters.
+    """
+    if not text:
+        return ""
+    flat = "".join(ch for ch in " ".join(text.split()) if ch.isprintable())
+    flat = flat[: limit * 4]  # the scrub's cost is linear; no need to run it over a hostile megabyte
+    clean = scrub_text(flat, keys=TARGET_PERSONAL_FIELDS | frozenset(keys))
+    return clean if len(clean) <= limit else clean[:limit] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class SoapReply:
+    """The reply zeep parses: what it reads of a ``requests.Response``, after the cap and the checks."""
+
+    status_code: int
+    headers: CaseInsensitiveDict[str]
+    content: bytes
+    elapsed_ms: float
+    encoding: str | None = None
+
+
+@dataclass(slots=True)
+class CallState:
+    """One operation's call in flight: its deadline, whether it has an effect, and whether a POST went out.
+
+    ``sent`` tells a request zeep could not even serialise (a mapping problem: permanent) from a reply it
+    could not read (the target's problem: transient).
+    """
+
+    deadline: float
+    effect: bool
+    sent: bool = False
+
+
+def _media_type(headers: CaseInsensitiveDict[str]) -> str:
+    return headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether a requests ``ConnectionError`` happened before the request could have been sent."""
+    seen: BaseException | None = exc
+    for _ in range(6):  # requests wraps urllib3's MaxRetryError, which holds the socket error as `reason`
+        if seen is None:
+            return False
+        if isinstance(seen, urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError):
+            return True
+        if isinstance(seen, urllib3.exceptions.MaxRetryError):
+            seen = seen.reason
+        elif seen.args and isinstance(seen.args[0], BaseException):
+            seen = seen.args[0]
+        else:
+            seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class SoapTransport(zeep.Transport):
+    """zeep's transport with local-only schema loading, a total deadline, a reply cap and error translation.
+
+    Thread-safe: the deadline and the effect flag of the operation in flight live in a thread-local set by
+    :meth:`call`, so one client serves every worker thread.
+
+    Args:
+        name: the connector's name (logs).
+        spec: its ``connectors.yaml`` entry: timeouts, ``max_reply_bytes``; option ``ca_file`` (PEM bundle
+            to trust instead of the system's).
+        schema_dirs: folders the WSDL and its XSDs may be read from; defaults to :data:`WSDL_DIR`.
+    """
+
+    def __init__(self, name: str, spec: ConnectorSpec, *, schema_dirs: Iterable[Path] = (WSDL_DIR,)) -> None:
+        session = requests.Session()
+        # Proxies and .netrc from the environment would send our traffic somewhere the config does not say.
+        session.trust_env = False
+        ca_file = spec.options.get("ca_file")
+        session.verify = str(ca_file) if ca_file else True
+        session.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "text/xml"})
+        super().__init__(  # type: ignore[no-untyped-call]  # zeep's own signatures are untyped
+            cache=None, timeout=spec.timeout.connect, operation_timeout=spec.timeout.read, session=session
+        )
+        self.name = name
+        self.spec = spec
+        self._dirs = tuple(d.resolve() for d in schema_dirs)
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def call(self, deadline: float, *, effect: bool) -> Iterator[CallState]:
+        """Run the zeep calls inside under this deadline (monotonic time); ``effect`` as the operation says."""
+        previous = getattr(self._local, "ctx", None)
+        state = self._local.ctx = CallState(deadline, effect)
+        try:
+            yield state
+        finally:
+            self._local.ctx = previous
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.session.close()
+
+    # -- zeep's transport interface -----------------------------------------------------------------------
+
+    def load(self, url: str) -> bytes:
+        """Read a WSDL or XSD from an allowed local folder; anything else is a configuration error."""
+        parsed = urlparse(url)
+        if parsed.scheme not in {"", "file"}:
+            raise ConfigError(f"connector {self.name!r}: the WSDL refers to {url!r}; only local files are loaded")
+        path = Path(parsed.path if parsed.scheme == "file" else url).expanduser().resolve()
+        if not any(path.is_relative_to(d) for d in self._dirs):
+            raise ConfigError(f"connector {self.name!r}: {path} is outside the allowed schema folders")
+        try:
+            with path.open("rb") as fh:
+                data = fh.read(MAX_SCHEMA_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"connector {self.name!r}: cannot read {path}: {exc.strerror}") from None
+        if len(data) > MAX_SCHEMA_BYTES:
+            raise ConfigError(f"connector {self.name!r}: {path} is over {MAX_SCHEMA_BYTES} bytes")
+        return data
+
+    def get(self, address: str, params: Any, headers: Any) -> Any:
+        """Never used by a document/literal SOAP 1.1 binding; refused rather than left unguarded."""
+        del params, headers
+        raise ConfigError(f"connector {self.name!r}: zeep asked for a GET of {address!r}; only POST is allowed")
+
+    def post(self, address: str, message: bytes | str, headers: dict[str, str]) -> SoapReply:
+        """POST one envelope under the current deadline; the reply capped and checked, or a bus error."""
+        ctx: CallState | None = getattr(self._local, "ctx", None)
+        if ctx is None:
+            ctx = CallState(time.monotonic() + self.spec.timeout.total, effect=True)
+        started = time.monotonic()
+        remaining = ctx.deadline - started
+        if remaining <= 0:
+            raise TargetUnavailable("the operation's deadline passed before this request was sent")
+        timeout = (min(self.spec.timeout.connect, remaining), min(self.spec.timeout.read, remaining))
+        ctx.sent = True
+        try:
+            response = self.session.post(
+                address, data=message, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+            )
+        except requests.ConnectTimeout:
+            raise TargetUnavailable(f"cannot reach {urlparse(address).hostname}: connect timeout") from None
+        except requests.ReadTimeout:
+            raise TargetTimeout("no answer within the read timeout") from None
+        except requests.ConnectionError as exc:
+            if _never_connected(exc):
+                raise TargetUnavailable(f"cannot reach {urlparse(address).hostname}: connection refused") from None
+            raise TargetUnavailable("connection lost after sending", maybe_applied=ctx.effect) from None
+        except requests.RequestException as exc:
+            raise TargetUnavailable(f"request failed ({type(exc).__name__})", maybe_applied=ctx.effect) from None
+        fired = threading.Event()
+        ticket = _WATCHDOG.arm(ctx.deadline, lambda: _shut_read(response, fired))
+        whole = False
+        try:
+            reply = self._reply(response, ctx, started, fired)
+            whole = True
+            return reply
+        finally:
+            _WATCHDOG.disarm(ticket)
+            if whole and not fired.is_set():
+                response.raw.release_conn()  # read to its end: the connection may serve the next call
+            else:
+                response.close()  # a refused, cut or timed-out reply: the connection is not reused
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _reply(self, response: requests.Response, ctx: CallState, started: float, fired: threading.Event) -> SoapReply:
+        status = response.status_code
+        headers = response.headers
+        if status not in _SOAP_STATUSES:
+            body = self._read(response, ctx, fired, cap=ERROR_BODY_BYTES, whole=False)
+            raise _status_error(status, body, headers, effect=ctx.effect)
+        encoding = headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in {"", "identity"}:
+            raise TargetUnavailable(f"reply is {encoding}-encoded; we ask for identity", maybe_applied=ctx.effect)
+        media = _media_type(headers)
+        if media not in _XML_MEDIA_TYPES:
+            if status == 200:
+                # A page where an envelope belongs (a portal, a proxy's login form) says nothing about the
+                # call and may carry anything: it is not quoted.
+                raise TargetUnavailable(
+                    f"HTTP 200 reply is {media or 'untyped'}, not a SOAP envelope", maybe_applied=ctx.effect
+                )
+            body = self._read(response, ctx, fired, cap=ERROR_BODY_BYTES, whole=False)
+            raise TargetUnavailable(
+                f"HTTP {status} reply is {media or 'untyped'}, not a SOAP envelope: {scrub_snippet(body)}",
+                maybe_applied=ctx.effect,
+            )
+        body = self._read(response, ctx, fired, cap=self.spec.max_reply_bytes, whole=True)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        return SoapReply(status, headers, body, elapsed_ms, encoding=response.encoding)
+
+    def _read(
+        self, response: requests.Response, ctx: CallState, fired: threading.Event, *, cap: int, whole: bool
+    ) -> bytes:
+        """The body within ``cap``; an error reply (``whole`` False) is read only as far as its snippet needs."""
+        declared = response.headers.get("Content-Length", "")
+        if whole and declared.isdigit() and int(declared) > cap:
+            raise TargetUnavailable(f"reply of {declared} bytes is over the {cap}-byte cap", maybe_applied=ctx.effect)
+        body = bytearray()
+        try:
+            for chunk in response.raw.stream(_READ_CHUNK, decode_content=False):
+                body += chunk
+                if len(body) > cap:
+                    if not whole:
+                        break
+                    raise TargetUnavailable(f"reply passed the {cap}-byte cap", maybe_applied=ctx.effect)
+                if time.monotonic() > ctx.deadline:
+                    fired.set()
+                    break
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            if fired.is_set():
+                raise self._deadline_error(ctx) from None
+            if whole:
+                raise TargetUnavailable(
+                    f"connection lost mid-reply ({type(exc).__name__})", maybe_applied=ctx.effect
+                ) from None
+        if fired.is_set():
+            raise self._deadline_error(ctx)
+        return bytes(body[:cap])
+
+    def _deadline_error(self, ctx: CallState) -> TargetTimeout:
+        del ctx
+        return TargetTimeout(f"the {self.spec.timeout.total:g}s deadline passed mid-reply")
+
+
+def _shut_read(response: requests.Response, fired: threading.Event) -> None:
+    """Wake a read blocked on ``response``'s socket: the deadline has passed."""
+    fired.set()
+    with contextlib.suppress(OSError, ValueError, RuntimeError, AttributeError):
+        response.raw.shutdown()  # urllib3 2.x: shuts the socket's read side; the blocked read sees EOF
+
+
+def _status_error(status: int, body: bytes, headers: CaseInsensitiveDict[str], *, effect: bool) -> BusError:
+    if status in _NOT_APPLIED_STATUSES:
+        return TargetUnavailable(f"HTTP {status} (not applied): {scrub_snippet(body)}")
+    if status >= 500:
+        return TargetUnavailable(f"HTTP {status}: {scrub_snippet(body)}", maybe_applied=effect)
+    if 300 <= status < 400:
+        location = urlparse(headers.get("Location", ""))
+        return TargetRejected(
+            f"HTTP {status} redirect to {location.hostname or 'the same host'} not followed", code=str(status)
+        )
+    return TargetRejected(f"HTTP {status}: {scrub_snippet(body)}", code=str(status))
+
+
+def fault_code(fault: zeep.exceptions.Fault) -> str:
+    """The fault's code without its namespace prefix: ``Client``, ``Server.Timeout``, or ``""``."""
+    code = fault.code if isinstance(fault.code, str) else ""
+    return code.strip().rpartition(":")[2]
+
+
+def translate(exc: Exception, *, effect: bool, keys: Iterable[str] = ()) -> BusError:
+    """The bus error for an exception a zeep call raised; never quotes a reply body.
+
+    Args:
+        exc: what the zeep call raised (a :class:`BusError` from the transport is returned as it is).
+        effect: whether the operation changes something at the target (decides ``maybe_applied``).
+        keys: personal field names whose values a fault string may echo (masked).
+    """
+    if isinstance(exc, BusError):
+        return exc
+    if isinstance(exc, zeep.exceptions.Fault):
+        code = fault_code(exc)
+        head = code.split(".", 1)[0]
+        text = scrub_fault(exc.message if isinstance(exc.message, str) else None, keys=keys)
+        if head in _CLIENT_FAULTS:
+            return TargetRejected(f"SOAP fault {code}: {text}", code=f"soap:{code}")
+        if head == "Server":
+            return TargetUnavailable(f"SOAP fault {code}: {text}", maybe_applied=effect)
+        # zeep's "Unknown fault occured": a non-200 envelope without a Fault; its detail is the whole reply
+        return TargetUnavailable(f"SOAP fault without a code ({code or 'none'})", maybe_applied=effect)
+    reason = _garbage_reason(exc)
+    return TargetUnavailable(f"reply refused: {reason}", maybe_applied=effect)
+
+
+#: why a reply was refused, by the class zeep raised (most specific first)
+_REASONS: Final[tuple[tuple[type[Exception], str], ...]] = (
+    (zeep.exceptions.DTDForbidden, "it carries a DOCTYPE (DTDs are forbidden)"),
+    (zeep.exceptions.EntitiesForbidden, "it declares XML entities"),
+    (zeep.exceptions.ExternalReferenceForbidden, "it refers to an external resource"),
+    (zeep.exceptions.XMLSyntaxError, "not a SOAP 1.1 envelope (wrong root element or namespace)"),
+)
+
+
+def _garbage_reason(exc: Exception) -> str:
+    """Why a reply was refused, from the exception's class and status only (its text may hold the body)."""
+    if isinstance(exc, zeep.exceptions.TransportError):
+        return f"HTTP {exc.status_code} body is not well-formed XML (or exceeds the parser's limits)"
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason
+    if isinstance(exc, zeep.exceptions.Error):
+        return f"it does not match the WSDL ({type(exc).__name__})"
+    return f"it could not be read ({type(exc).__name__})"
+
+
+def build_client(name: str, spec: ConnectorSpec, wsdl: Path, *, schema_dirs: Iterable[Path] = ()) -> zeep.Client:
+    """A zeep client built once from a local WSDL, with :func:`hardened_settings` and a :class:`SoapTransport`.
+
+    Args:
+        name: the connector's name.
+        spec: its ``connectors.yaml`` entry.
+        wsdl: the WSDL file; it and the XSDs it imports must sit in :data:`WSDL_DIR`, the WSDL's own folder
+            or ``schema_dirs``.
+        schema_dirs: further folders the schemas may be read from.
+
+    Raises:
+        ConfigError: the WSDL is missing, refers to anything not local, or does not parse.
+    """
+    wsdl = wsdl.resolve()
+    transport = SoapTransport(name, spec, schema_dirs=(WSDL_DIR, wsdl.parent, *schema_dirs))
+    try:
+        return zeep.Client(  # type: ignore[no-untyped-call]  # zeep's own signatures are untyped
+            wsdl=str(wsdl), transport=transport, settings=hardened_settings()
+        )
+    except ConfigError:
+        transport.close()
+        raise
+    except (zeep.exceptions.Error, OSError, ValueError) as exc:
+        transport.close()
+        raise ConfigError(f"connector {name!r}: the WSDL {wsdl.name} does not load ({type(exc).__name__})") from None
