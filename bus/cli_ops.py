@@ -418,8 +418,13 @@ COMMANDS = [run, publish, map_, dlq, topology, simulate]
 def demo(dossiers: int) -> None:
     """Run the bus against the iGate simulator with a live table, then print a summary."""
     from bus.demo import Plan, run_demo
+    from schemas.errors import ConfigError
 
-    sys.exit(run_demo(Plan(received=dossiers)))
+    try:
+        code = run_demo(Plan(received=dossiers))
+    except ConfigError as exc:
+        _fail(str(exc))
+    sys.exit(code)
 
 
 COMMANDS.append(demo)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "events"
 SIM_PORT = 8601
+NPS_PORT = 8602
 
 
 @dataclass
@@ -75,8 +76,8 @@ DEMO_BACKOFF = ["1s", "2s", "4s"]
 
 
 @contextmanager
-def _config_for(sim_url: str) -> Iterator[Path]:
-    """A copy of the shipped config with the iGate endpoint on the simulator and the demo's short backoff."""
+def _config_for(sim_url: str, nps_url: str) -> Iterator[Path]:
+    """A copy of the shipped config with endpoints on the simulators and the demo's short backoff."""
     import yaml
 
     tmp = Path(tempfile.mkdtemp(prefix="igate-bus-demo-"))
@@ -87,10 +88,21 @@ def _config_for(sim_url: str) -> Iterator[Path]:
             route["retry"]["max_attempts"] = 10
         (tmp / "routes.yaml").write_text(yaml.safe_dump(routes, allow_unicode=True), encoding="utf-8")
         text = (DEFAULT_CONFIG_DIR / "connectors.yaml").read_text(encoding="utf-8")
-        (tmp / "connectors.yaml").write_text(text.replace(f"http://127.0.0.1:{SIM_PORT}", sim_url), encoding="utf-8")
+        text = text.replace(f"http://127.0.0.1:{SIM_PORT}", sim_url).replace(f"http://127.0.0.1:{NPS_PORT}", nps_url)
+        (tmp / "connectors.yaml").write_text(text, encoding="utf-8")
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _portal_counts(portal: Any, keys: set[str]) -> dict[str, int]:
+    """Effects at the portal simulator per request key (maYeuCau), for the keys this run sent."""
+    counts: dict[str, int] = {}
+    for effect in portal.effects():
+        key = effect.get("maYeuCau")
+        if key in keys:
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _depths(conn: pika.BlockingConnection, queues: list[str]) -> dict[str, int]:
@@ -112,15 +124,18 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
     from bus.logging import configure_logging
     from bus.wiring import build_worker, load_app
     from routes.dlq import DeadLetters
-    from routes.pipeline import idempotency_key
+    from routes.pipeline import idempotency_key, result_event_id
     from routes.publisher import Publisher
     from routes.topology import UNROUTED_QUEUE, dlq, route_queue
+    from simulators import nps
     from simulators.igate import DEFAULT_PASSWORD, DEFAULT_USERNAME, IGateSimulator
 
     plan = plan or Plan()
     console = console or Console()
     os.environ.setdefault("IGATE_BUS_IGATE_USERNAME", DEFAULT_USERNAME)
     os.environ.setdefault("IGATE_BUS_IGATE_PASSWORD", DEFAULT_PASSWORD)
+    os.environ.setdefault("IGATE_BUS_NPS_USERNAME", nps.DEFAULT_USERNAME)
+    os.environ.setdefault("IGATE_BUS_NPS_PASSWORD", nps.DEFAULT_PASSWORD)
     Path("var").mkdir(exist_ok=True)
     log_path = Path("var/demo.log")
     with log_path.open("w", encoding="utf-8") as log_stream:
@@ -130,8 +145,13 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
             username=os.environ["IGATE_BUS_IGATE_USERNAME"],
             password=os.environ["IGATE_BUS_IGATE_PASSWORD"],
         ).start()
+        portal = nps.NpsSimulator(
+            port=NPS_PORT if _port_free(NPS_PORT) else 0,
+            username=os.environ["IGATE_BUS_NPS_USERNAME"],
+            password=os.environ["IGATE_BUS_NPS_PASSWORD"],
+        ).start()
         try:
-            with _config_for(sim.url) as config_dir:
+            with _config_for(sim.url, portal.url) as config_dir:
                 settings = Settings(config_dir=config_dir)
                 app = load_app(settings)
                 worker = build_worker(app)
@@ -142,7 +162,8 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                     return 1
                 routes = [r.spec.name for r in app.routes if r.spec.enabled]
                 console.print(
-                    f"[bold]igate-bus demo[/]: iGate simulator at {sim.url}, routes: {', '.join(routes)}, "
+                    f"[bold]igate-bus demo[/]: iGate simulator at {sim.url}, portal simulator at {portal.url}, "
+                    f"{len(routes)} routes, "
                     f"broker {settings.amqp_url.split('@')[-1]}, logs in {log_path}\n"
                     f"(demo backoff {', '.join(DEMO_BACKOFF)}; the shipped routes.yaml uses 5s 30s 2m 10m 1h)"
                 )
@@ -189,9 +210,15 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                         pub.publish_event(ev)
                     for ev in results:
                         pub.publish_event(ev, exchange="bus.results")
-                expected_keys = {idempotency_key("bus-ack", e["event_id"]) for e in received} | {
-                    idempotency_key("results-to-igate", e["event_id"]) for e in results
-                }
+                # at iGate: a note per dossier, an update per result published, and an update per portal sync
+                # (nps-dossier-received emits dvcqg.sync_result, which results-to-igate carries back to iGate)
+                chained = {result_event_id("nps-dossier-received", e["event_id"]) for e in received}
+                expected_keys = (
+                    {idempotency_key("bus-ack", e["event_id"]) for e in received}
+                    | {idempotency_key("results-to-igate", e["event_id"]) for e in results}
+                    | {idempotency_key("results-to-igate", rid) for rid in chained}
+                )
+                portal_keys = {idempotency_key("nps-dossier-received", e["event_id"]) for e in received}
                 queues = [q for r in routes for q in (route_queue(r), dlq(r))] + [UNROUTED_QUEUE]
                 conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
                 faults_on = True
@@ -199,13 +226,15 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                 def table() -> Group:
                     depths = _depths(conn, queues)
                     t = Table(
-                        title=f"events flowing ({time.monotonic() - started:4.1f}s)"
+                        title=f"events flowing ({time.monotonic() - started:4.1f}s), busy routes"
                         + ("  [yellow]iGate answering 503 to 1 call in 3[/]" if faults_on else "")
                     )
                     for col in ("route", "recv", "done", "dup", "retry", "dead", "queue", "DLQ"):
                         t.add_column(col, justify="right" if col != "route" else "left")
                     for name in routes:
                         st = worker.stats[name]
+                        if not st.received:
+                            continue
                         t.add_row(
                             name,
                             str(st.received),
@@ -218,15 +247,15 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                         )
                     counts = sim.effect_counts()
                     mine = {k: v for k, v in counts.items() if k in expected_keys}
-                    s = Table(title="at the iGate simulator")
-                    for col in ("applied", "expected", "duplicates", "503s sent", "unrouted"):
+                    s = Table(title=f"at the simulators (unrouted queue: {depths[UNROUTED_QUEUE]})")
+                    for col in ("system", "applied", "expected", "duplicates", "503s sent"):
                         s.add_column(col, justify="right")
+                    answered_503 = sum(1 for r in sim.requests("/pa/dossier/") if r.get("status") == 503)
+                    dupes_now = sum(v - 1 for v in mine.values())
+                    s.add_row("iGate", str(len(mine)), str(len(expected_keys)), str(dupes_now), str(answered_503))
+                    p_now = _portal_counts(portal, portal_keys)
                     s.add_row(
-                        str(len(mine)),
-                        str(len(expected_keys)),
-                        str(sum(v - 1 for v in mine.values())),
-                        str(sum(1 for r in sim.requests("/pa/dossier/") if r.get("status") == 503)),
-                        str(depths[UNROUTED_QUEUE]),
+                        "portal", str(len(p_now)), str(len(portal_keys)), str(sum(v - 1 for v in p_now.values())), "-"
                     )
                     return Group(t, s)
 
@@ -240,7 +269,8 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                         pongs_done = (
                             worker.stats.get("bus-ping") is None or worker.stats["bus-ping"].acked >= plan.pings
                         )
-                        if len(applied) >= len(expected_keys) and pongs_done and not faults_on:
+                        portal_done = len(_portal_counts(portal, portal_keys)) >= len(portal_keys)
+                        if portal_done and len(applied) >= len(expected_keys) and pongs_done and not faults_on:
                             live.update(table())
                             break
                         live.update(table())
@@ -252,8 +282,9 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
 
                 counts = sim.effect_counts()
                 mine = {k: v for k, v in counts.items() if k in expected_keys}
-                lost = len(expected_keys) - len(mine)
-                dupes = sum(v - 1 for v in mine.values())
+                p_counts = _portal_counts(portal, portal_keys)
+                lost = len(expected_keys) - len(mine) + len(portal_keys) - len(p_counts)
+                dupes = sum(v - 1 for v in mine.values()) + sum(v - 1 for v in p_counts.values())
                 ours = {e["event_id"] for e in broken + stray}
                 dead = DeadLetters(conn)
                 dead_rows = [
@@ -268,7 +299,9 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                     f"{len(received)} dossier.received, {len(results)} results, "
                     f"{len(pings)} pings, {len(broken)} broken, {len(stray)} unrouted",
                 )
-                summary.add_row("effects at iGate", f"{len(mine)} of {len(expected_keys)} (lost {lost})")
+                summary.add_row("effects at iGate", f"{len(mine)} of {len(expected_keys)}")
+                summary.add_row("records at the portal", f"{len(p_counts)} of {len(portal_keys)}")
+                summary.add_row("lost", str(lost))
                 summary.add_row("duplicate effects", str(dupes))
                 summary.add_row("retries", str(sum(worker.stats[r].outcomes.get("retry", 0) for r in routes)))
                 summary.add_row("dead letters (this run)", str(len(dead_rows)))
@@ -288,3 +321,4 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                 return 0 if ok else 1
         finally:
             sim.stop()
+            portal.stop()
