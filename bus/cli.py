@@ -64,9 +64,10 @@ def check(config_dir: Path | None) -> None:
 # -------------------------------------------------------------------------------------------------------
 def _register() -> None:
     from bus.cli_ops import COMMANDS
+    from bus.cli_serve import COMMANDS as SERVE_COMMANDS
     from bus.cli_status import COMMANDS as STATUS_COMMANDS
 
-    for command in [*COMMANDS, *STATUS_COMMANDS]:
+    for command in [*COMMANDS, *STATUS_COMMANDS, *SERVE_COMMANDS]:
         main.add_command(command)
 
 

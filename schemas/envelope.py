@@ -111,7 +111,10 @@ def loads_strict(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
         raise InvalidEvent("JSON nested too deeply") from None
     except ValueError as exc:  # e.g. an integer over Python's digit limit
         raise InvalidEvent(f"JSON value refused: {exc}") from None
-    return nfc(data)
+    try:
+        return nfc(data)
+    except RecursionError:  # json's C parser nests deeper than Python recursion can walk back
+        raise InvalidEvent("JSON nested too deeply") from None
 
 
 def format_validation_error(exc: ValidationError, *, prefix: str = "") -> str:

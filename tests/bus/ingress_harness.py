@@ -1,4 +1,4 @@
-# mypy: allow-untyped-defs
+# mypy: allow-untyped-defs, allow-incomplete-defs
 """Test harness for the HTTP ingress: the app served by a real uvicorn on a socket, signed requests, queues.
 
 Everything is real: uvicorn in a thread on a free port (httpx's ``serve_in_thread``), an httpx client, the
@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
 import httpx
@@ -61,7 +61,7 @@ class ServerThread:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 15
         while not self.server.started:
@@ -76,7 +76,7 @@ class ServerThread:
         self.sock.close()
 
 
-def make_app(amqp_url: str, *, env: dict[str, str] | None = None, observe: bool = False, **ingress: Any):
+def make_app(amqp_url: str, *, env: dict[str, str] | None = None, observe: bool = False, **ingress: Any) -> FastAPI:
     """The ingress app on ``amqp_url`` with test secrets; ``ingress`` overrides IngressSettings fields."""
     settings = Settings(amqp_url=amqp_url, heartbeat=10, blocked_connection_timeout=10)
     factory = ingress.pop("publisher_factory", None)
@@ -153,7 +153,7 @@ def bind_capture(amqp_url: str, exchange: str, *, queue: str = CAPTURE, quorum: 
 def drain(amqp_url: str, queue: str = CAPTURE) -> list[tuple[Any, Any, bytes]]:
     """Take every message out of ``queue``: (method, properties, body) triples."""
     conn = _connection(amqp_url)
-    out = []
+    out: list[tuple[Any, Any, bytes]] = []
     try:
         ch = conn.channel()
         while True:

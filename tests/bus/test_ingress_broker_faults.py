@@ -1,4 +1,4 @@
-# mypy: allow-untyped-defs
+# mypy: allow-untyped-defs, allow-incomplete-defs
 """The ingress against a broker that goes away, dies or blocks: a private RabbitMQ node per test.
 
 The promise under test: ``202`` only for a message the broker confirmed, ``503`` (quickly, with
@@ -14,9 +14,10 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
 from busenv import example, received_events, wait_for
 from ingress_harness import bind_capture, client, drain, dumps, serve, signed
 
@@ -29,14 +30,14 @@ SLACK_S = 1.0
 UNAVAILABLE = {"broker_unavailable", "publish_timeout", "broker_blocked"}
 
 
-def fresh() -> dict:
+def fresh() -> dict[str, Any]:
     """The shipped dossier.received with a new event_id."""
-    event = example("dossier.received")
+    event: dict[str, Any] = example("dossier.received")
     event["event_id"] = str(uuid.uuid4())
     return event
 
 
-def post(c: httpx.Client, event: dict) -> tuple[httpx.Response, float]:
+def post(c: httpx.Client, event: dict[str, Any]) -> tuple[httpx.Response, float]:
     """Post an event signed now; the response and the seconds it took."""
     body = dumps(event)
     started = time.monotonic()
@@ -44,7 +45,7 @@ def post(c: httpx.Client, event: dict) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - started
 
 
-def test_broker_stopped_503_within_the_timeout_nothing_half_stored_then_202(chaos_broker: ChaosBroker):
+def test_broker_stopped_503_within_the_timeout_nothing_half_stored_then_202(chaos_broker: ChaosBroker) -> None:
     """stop_app ▶ every post 503 with Retry-After within the timeout; start_app ▶ 202 again by itself.
 
     Only what got a 202 is in the queue afterwards: the events refused during the outage (and not
@@ -103,7 +104,8 @@ class Ledger:
             return False
 
 
-def test_2000_signed_posts_through_a_broker_kill_every_202_is_delivered(chaos_broker: ChaosBroker):
+@pytest.mark.slow
+def test_2000_signed_posts_through_a_broker_kill_every_202_is_delivered(chaos_broker: ChaosBroker) -> None:
     """2,000 events from 16 clients, kill -9 of the broker after 500 accepted, restarted: 0 lost.
 
     Each client retries a refused event (re-signed) until it is accepted. Afterwards the queue must hold
@@ -124,29 +126,32 @@ def test_2000_signed_posts_through_a_broker_kill_every_202_is_delivered(chaos_br
         chaos_broker.restart_after_kill()
         outage["broker_down_s"] = time.monotonic() - started
 
-    with serve(url, publish_timeout_s=PUBLISH_TIMEOUT_S, reconnect_delay_s=0.2) as srv:
-        with httpx.Client(base_url=srv.url, timeout=10, limits=httpx.Limits(max_connections=16)) as c:
+    limits = httpx.Limits(max_connections=16)
+    with (
+        serve(url, publish_timeout_s=PUBLISH_TIMEOUT_S, reconnect_delay_s=0.2) as srv,
+        httpx.Client(base_url=srv.url, timeout=10, limits=limits) as c,
+    ):
 
-            def send(event: dict) -> None:
-                deadline = time.monotonic() + 90
-                while time.monotonic() < deadline:
-                    started = time.monotonic()
-                    try:
-                        response: httpx.Response | None = post(c, event)[0]
-                    except httpx.TransportError:
-                        response = None
-                    if ledger.record(event["event_id"], response, time.monotonic() - started):
-                        return
-                    time.sleep(0.2)
-                ledger.gave_up.append(event["event_id"])
+        def send(event: dict[str, Any]) -> None:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                try:
+                    response: httpx.Response | None = post(c, event)[0]
+                except httpx.TransportError:
+                    response = None
+                if ledger.record(event["event_id"], response, time.monotonic() - started):
+                    return
+                time.sleep(0.2)
+            ledger.gave_up.append(event["event_id"])
 
-            killer = threading.Thread(target=kill_and_restart, daemon=True)
-            killer.start()
-            started = time.monotonic()
-            with ThreadPoolExecutor(16) as pool:
-                list(pool.map(send, events))
-            elapsed = time.monotonic() - started
-            killer.join(60)
+        killer = threading.Thread(target=kill_and_restart, daemon=True)
+        killer.start()
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(send, events))
+        elapsed = time.monotonic() - started
+        killer.join(60)
     delivered = Counter(p.message_id for _, p, _ in drain(url))
     settled = ledger.accepted | ledger.duplicates
     lost = settled - set(delivered)
@@ -168,7 +173,7 @@ def test_2000_signed_posts_through_a_broker_kill_every_202_is_delivered(chaos_br
     assert ledger.slowest_refusal_s < PUBLISH_TIMEOUT_S + SLACK_S
 
 
-def test_memory_alarm_503_then_202_when_it_clears(chaos_broker: ChaosBroker):
+def test_memory_alarm_503_then_202_when_it_clears(chaos_broker: ChaosBroker) -> None:
     """Memory alarm ▶ 503 within the publish timeout, then at once (broker_blocked); cleared ▶ 202 again.
 
     Every event answered 202 is in the queue afterwards.

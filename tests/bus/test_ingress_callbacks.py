@@ -1,4 +1,4 @@
-# mypy: allow-untyped-defs
+# mypy: allow-untyped-defs, allow-incomplete-defs
 """Callbacks: the land system (security code in the path) and eSMS (token in a GET), onto ``bus.results``.
 
 The mappers (bus/callbacks.py) are tested by direct call; the endpoints against a real uvicorn and the real
@@ -8,9 +8,8 @@ broker, reading a capture queue bound to ``bus.results``.
 from __future__ import annotations
 
 import json
-from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from ingress_harness import ESMS_TOKEN, SECRET, VILIS_CODE, bind_capture, client, drain, private_vhost, serve
@@ -21,12 +20,13 @@ from schemas.events import EVENT_PAYLOADS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from concurrent.futures import Future
 
 NOW = datetime(2026, 12, 3, 9, 45, tzinfo=UTC)
 CODE = "000.00.16.H16-261126-0001"
 FILE = {"TenGiayTo": "Giấy chứng nhận", "KieuFile": "pdf", "LinkFile": "https://vbdlis.example/gcn.pdf"}
 #: one body per land-system action (TH's request classes), and what each must become
-VILIS_BODIES = {
+VILIS_BODIES: dict[str, tuple[dict[str, Any], str, int | None]] = {
     "TiepNhanHoSoChoMotCua": (
         {
             "SoBienNhan": CODE,
@@ -261,11 +261,17 @@ def test_refused_land_system_calls_get_result_0_and_nothing_is_published(http, b
     assert drain(broker_url) == []
 
 
-def test_land_system_invalid_json_is_400(http, broker_url):
-    """Malformed JSON from the land system ▶ 400 invalid_json, Result 0."""
-    response = http.post(vilis_url("KetThucHoSo"), content=b"{", headers={"Content-Type": "application/json"})
+@pytest.mark.parametrize(
+    "body",
+    [b"{", b'{"SoBienNhan": "x", "a": 1, "a": 2}', b'{"SoBienNhan": "x", "X": ' + b"[" * 600 + b"]" * 600 + b"}"],
+    ids=["truncated", "duplicate-keys", "nested-600-deep"],
+)
+def test_land_system_invalid_json_is_400(http, broker_url, body):
+    """Malformed, duplicate-key or too deeply nested JSON from the land system ▶ 400 invalid_json, Result 0."""
+    response = http.post(vilis_url("KetThucHoSo"), content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_json"
+    assert response.json()["Result"] == 0
     assert drain(broker_url) == []
 
 

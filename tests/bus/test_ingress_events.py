@@ -1,4 +1,4 @@
-# mypy: allow-untyped-defs
+# mypy: allow-untyped-defs, allow-incomplete-defs
 """POST /events against a real uvicorn and the real broker: what is accepted is stored, nothing else is.
 
 One server for the module, on a private vhost, with a capture queue bound to ``igate.events``; each test
@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from busenv import example, received_events
@@ -57,9 +57,9 @@ def http(server, broker_url):
         yield c
 
 
-def fresh(event_type: str = "dossier.received") -> dict:
+def fresh(event_type: str = "dossier.received") -> dict[str, Any]:
     """A shipped example with a new event_id."""
-    event = example(event_type)
+    event: dict[str, Any] = example(event_type)
     event["event_id"] = str(uuid.uuid4())
     return event
 
@@ -80,12 +80,15 @@ def test_valid_event_is_confirmed_and_stored_as_sent(http, broker_url):
     assert props.correlation_id == event["correlation_id"]
 
 
-def _forged(body: bytes) -> tuple[bytes, dict]:
-    headers = signed(body, secret="an-attackers-guess-of-the-secret-0123456789")
+ATTACKER_GUESS = "an-attackers-guess-of-the-secret-0123456789"
+
+
+def _forged(body: bytes) -> tuple[bytes, dict[str, Any]]:
+    headers = signed(body, secret=ATTACKER_GUESS)
     return body, headers
 
 
-def _one_byte_changed(body: bytes) -> tuple[bytes, dict]:
+def _one_byte_changed(body: bytes) -> tuple[bytes, dict[str, Any]]:
     headers = signed(body)
     altered = body.replace(b"261126-0001", b"261126-0002", 1)
     assert len(altered) == len(body)
@@ -93,12 +96,12 @@ def _one_byte_changed(body: bytes) -> tuple[bytes, dict]:
     return altered, headers
 
 
-def _signed_at(delta: int) -> Callable[[bytes], tuple[bytes, dict]]:
+def _signed_at(delta: int) -> Callable[[bytes], tuple[bytes, dict[str, Any]]]:
     return lambda body: (body, signed(body, ts=int(time.time()) + delta))
 
 
-def _without(header: str) -> Callable[[bytes], tuple[bytes, dict]]:
-    def build(body: bytes) -> tuple[bytes, dict]:
+def _without(header: str) -> Callable[[bytes], tuple[bytes, dict[str, Any]]]:
+    def build(body: bytes) -> tuple[bytes, dict[str, Any]]:
         headers = signed(body)
         del headers[header]
         return body, headers
@@ -106,12 +109,12 @@ def _without(header: str) -> Callable[[bytes], tuple[bytes, dict]]:
     return build
 
 
-def _replace_body(new: bytes) -> Callable[[bytes], tuple[bytes, dict]]:
+def _replace_body(new: bytes) -> Callable[[bytes], tuple[bytes, dict[str, Any]]]:
     return lambda _body: (new, signed(new))
 
 
-def _retype(event_type: str) -> Callable[[bytes], tuple[bytes, dict]]:
-    def build(body: bytes) -> tuple[bytes, dict]:
+def _retype(event_type: str) -> Callable[[bytes], tuple[bytes, dict[str, Any]]]:
+    def build(body: bytes) -> tuple[bytes, dict[str, Any]]:
         data = json.loads(body)
         data["event_type"] = event_type
         new = dumps(data)
@@ -120,15 +123,15 @@ def _retype(event_type: str) -> Callable[[bytes], tuple[bytes, dict]]:
     return build
 
 
-def _bad_payload(body: bytes) -> tuple[bytes, dict]:
+def _bad_payload(body: bytes) -> tuple[bytes, dict[str, Any]]:
     data = json.loads(body)
     data["payload"]["applicant"]["id_no"] = "123"
     new = dumps(data)
     return new, signed(new)
 
 
-def _content_type(value: str) -> Callable[[bytes], tuple[bytes, dict]]:
-    def build(body: bytes) -> tuple[bytes, dict]:
+def _content_type(value: str) -> Callable[[bytes], tuple[bytes, dict[str, Any]]]:
+    def build(body: bytes) -> tuple[bytes, dict[str, Any]]:
         headers = signed(body)
         headers["Content-Type"] = value
         return body, headers
@@ -136,7 +139,7 @@ def _content_type(value: str) -> Callable[[bytes], tuple[bytes, dict]]:
     return build
 
 
-def _oversized(_body: bytes) -> tuple[bytes, dict]:
+def _oversized(_body: bytes) -> tuple[bytes, dict[str, Any]]:
     big = b'{"pad": "' + b"x" * LIMIT + b'"}'
     return big, signed(big)
 
@@ -154,6 +157,8 @@ BAD_REQUESTS = [
     ("nan", _replace_body(b'{"a": NaN}'), 400, "invalid_json", "NaN is not allowed"),
     ("not-utf8", _replace_body(b'{"a": "\xff"}'), 400, "invalid_json", "not UTF-8"),
     ("empty-body", _replace_body(b""), 400, "empty_body", "empty"),
+    ("nested-600-deep", _replace_body(b"[" * 600 + b"]" * 600), 400, "invalid_json", "nested too deeply"),
+    ("nested-100k-deep", _replace_body(b"[" * 100_000), 400, "invalid_json", "nested too deeply"),
     ("json-array", _replace_body(b"[]"), 422, "invalid_event", "must be a JSON object"),
     ("unknown-event-type", _retype("dossier.recieved"), 422, "unknown_event_type", "did you mean 'dossier.received'"),
     ("result-event-type", _retype("vilis.status_changed"), 422, "event_type_not_accepted", "callback"),
@@ -182,7 +187,7 @@ def test_oversized_chunked_body_is_refused_while_streaming(http, broker_url):
     """A chunked body (no Content-Length) past the limit ▶ 413 once the cap is crossed; nothing stored."""
     sent = []
 
-    def chunks():
+    def chunks() -> Iterator[bytes]:
         for _ in range(64):  # 4 MiB in 64 KiB chunks
             sent.append(1)
             yield b"x" * 65536
@@ -198,7 +203,7 @@ def test_oversized_chunked_body_is_refused_while_streaming(http, broker_url):
 def test_slow_body_times_out(http, broker_url):
     """A body that stalls past body_timeout_s (1 s here) ▶ 408 body_timeout; nothing stored."""
 
-    def stalling():
+    def stalling() -> Iterator[bytes]:
         yield b'{"event_id": '
         time.sleep(1.5)
         yield b"1}"

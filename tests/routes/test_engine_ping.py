@@ -76,6 +76,8 @@ def test_bad_inputs_are_dead_lettered_with_a_reason_and_the_worker_keeps_running
         "duplicate_keys": (b'{"seq": 1, "seq": 2}', "application/json", None, "duplicate key"),
         "nan": (b'{"seq": NaN}', "application/json", None, "NaN"),
         "deep": (b"[" * 100_000 + b"]" * 100_000, "application/json", None, "nested too deeply"),
+        # parses in C, then too deep for Python to walk back (the NFC pass): still a dead letter at once
+        "deep_parsed": (b'{"a":' * 900 + b"1" + b"}" * 900, "application/json", None, "nested too deeply"),
         "not_object": (b"[]", "application/json", None, "must be a JSON object"),
     }
     with thread_worker(amqp_url, sqlite_url, cfg, routes=["bus-ping"]) as tw:
