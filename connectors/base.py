@@ -9,18 +9,22 @@ redelivery whose claim is still in progress can ask the target before anything i
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, SecretStr
+
+from schemas.errors import ConfigError, MappingError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from datetime import datetime
 
-    from pydantic import BaseModel
-
     from config.model import ConnectorSpec
 
 HealthState = Literal["up", "degraded", "down"]
+Q = TypeVar("Q", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +112,32 @@ def connector_type(type_name: str) -> ConnectorType:
         module_name, _, attr = CONNECTOR_TYPES[type_name].partition(":")
         _cache.loaded[type_name] = getattr(importlib.import_module(module_name), attr)
     return _cache.loaded[type_name]
+
+
+def credential(connector: str, spec: ConnectorSpec, key: str) -> SecretStr:
+    """The secret ``key`` of a connector, read from the environment variable its spec names.
+
+    Raises:
+        ConfigError: the spec names no variable for ``key``, or the variable is unset or empty.
+    """
+    env = spec.credentials.get(key)
+    if env is None:
+        raise ConfigError(
+            f"connector {connector!r} needs credentials.{key}: the environment variable that holds it",
+            field=f"credentials.{key}",
+        )
+    value = os.environ.get(env)
+    if not value:
+        raise ConfigError(f"environment variable {env} (credentials.{key} of connector {connector!r}) is unset")
+    return SecretStr(value)
+
+
+def typed(connector: str, kind: type[Q], call: Callable[[Q, str], BaseModel]) -> Callable[[BaseModel, str], BaseModel]:
+    """Wrap a typed operation for :class:`Operation`: a request of the wrong model is a mapping error."""
+
+    def operation(request: BaseModel, idempotency_key: str) -> BaseModel:
+        if not isinstance(request, kind):
+            raise MappingError(f"{connector} takes {kind.__name__}, got {type(request).__name__}")
+        return call(request, idempotency_key)
+
+    return operation

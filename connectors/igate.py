@@ -28,7 +28,6 @@ Credentials: ``username`` and ``password`` (required), ``client_secret`` (for a 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ import structlog
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from connectors._http import HttpClient, HttpReply, scrub_snippet
-from connectors.base import Health, Operation, OperationSpec
+from connectors.base import Health, Operation, OperationSpec, credential, typed
 from schemas.errors import (
     AmbiguousOutcome,
     BusError,
@@ -63,7 +62,7 @@ from schemas.igate_api import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from config.model import ConnectorSpec
 
@@ -142,9 +141,11 @@ class IGateConnector:
             spec.options.get("token_url")
             or f"{spec.endpoint.rstrip('/')}/auth/realms/{_segment(realm)}/protocol/openid-connect/token"
         )
-        self._username = self._credential("username").get_secret_value()
-        self._password = self._credential("password")
-        self._client_secret = self._credential("client_secret") if "client_secret" in spec.credentials else None
+        self._username = credential(self.name, self.spec, "username").get_secret_value()
+        self._password = credential(self.name, self.spec, "password")
+        self._client_secret = (
+            credential(self.name, self.spec, "client_secret") if "client_secret" in spec.credentials else None
+        )
         self._degraded_ms = float(spec.options.get("degraded_ms", DEFAULT_DEGRADED_MS))
         self._http = HttpClient(name, spec, extra_origins=(self._token_url,))
         self._token: _Token | None = None
@@ -154,21 +155,21 @@ class IGateConnector:
                 "add_note",
                 AddNoteRequest,
                 AddNoteReply,
-                self._typed(AddNoteRequest, self.add_note),
+                typed(self.name, AddNoteRequest, self.add_note),
                 self.lookup_note,
             ),
             "update_dossier": Operation(
                 "update_dossier",
                 UpdateDossierRequest,
                 UpdateDossierReply,
-                self._typed(UpdateDossierRequest, self.update_dossier),
+                typed(self.name, UpdateDossierRequest, self.update_dossier),
                 self.lookup_update,
             ),
             "get_dossier": Operation(
                 "get_dossier",
                 GetDossierRequest,
                 DossierReply,
-                self._typed(GetDossierRequest, self.get_dossier),
+                typed(self.name, GetDossierRequest, self.get_dossier),
                 None,
                 effect=False,
             ),
@@ -259,26 +260,6 @@ class IGateConnector:
         return self._lookup("status", idempotency_key, UpdateDossierReply)
 
     # -- internals --------------------------------------------------------------------------------------
-
-    def _credential(self, key: str) -> SecretStr:
-        env = self.spec.credentials.get(key)
-        if env is None:
-            raise ConfigError(
-                f"connector {self.name!r} needs credentials.{key}: the environment variable that holds it",
-                field=f"credentials.{key}",
-            )
-        value = os.environ.get(env)
-        if not value:
-            raise ConfigError(f"environment variable {env} (credentials.{key} of connector {self.name!r}) is unset")
-        return SecretStr(value)
-
-    def _typed(self, kind: type[Q], call: Callable[[Q, str], R]) -> Callable[[BaseModel, str], BaseModel]:
-        def operation(request: BaseModel, idempotency_key: str) -> BaseModel:
-            if not isinstance(request, kind):
-                raise MappingError(f"{self.name} takes {kind.__name__}, got {type(request).__name__}")
-            return call(request, idempotency_key)
-
-        return operation
 
     @staticmethod
     def _body(request: BaseModel, idempotency_key: str) -> dict[str, Any]:

@@ -45,7 +45,6 @@ which health is ``degraded``, default 2000), ``ca_file``.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -62,7 +61,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from connectors._http import TokenBucket, _Breaker
 from connectors._soap import WSDL_DIR, CallState, build_client, scrub_fault, translate
-from connectors.base import Health, Operation, OperationSpec
+from connectors.base import Health, Operation, OperationSpec, credential, typed
 from schemas.errors import (
     AmbiguousOutcome,
     BusError,
@@ -89,7 +88,7 @@ from schemas.nps import (
 from schemas.pii import sensitive_field_names
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from config.model import ConnectorSpec
 
@@ -196,8 +195,8 @@ class NpsConnector:
         if not 1 <= self._chunk <= DEFAULT_CHUNK:
             raise ConfigError(f"connector {name!r}: options.chunk_size must be 1-{DEFAULT_CHUNK}")
         self._degraded_ms = float(spec.options.get("degraded_ms", DEFAULT_DEGRADED_MS))
-        self._username = self._credential("username").get_secret_value()
-        self._password = self._credential("password")
+        self._username = credential(self.name, self.spec, "username").get_secret_value()
+        self._password = credential(self.name, self.spec, "password")
         wsdl = Path(str(spec.options["wsdl"])) if "wsdl" in spec.options else WSDL_FILE
         self._client = build_client(name, spec, wsdl)
         self._transport = self._client.transport
@@ -211,28 +210,28 @@ class NpsConnector:
                 "dong_bo_ho_so",
                 DongBoHoSoMCRequest,
                 SyncResult,
-                self._typed(DongBoHoSoMCRequest, self.dong_bo_ho_so),
+                typed(self.name, DongBoHoSoMCRequest, self.dong_bo_ho_so),
                 self.lookup_ho_so,
             ),
             "cap_nhat_tien_do": Operation(
                 "cap_nhat_tien_do",
                 CapNhatTienDoHoSoMCRequest,
                 SyncResult,
-                self._typed(CapNhatTienDoHoSoMCRequest, self.cap_nhat_tien_do),
+                typed(self.name, CapNhatTienDoHoSoMCRequest, self.cap_nhat_tien_do),
                 self.lookup_tien_do,
             ),
             "dong_bo_danh_gia": Operation(
                 "dong_bo_danh_gia",
                 DongBoDanhGiaRequest,
                 SyncResult,
-                self._typed(DongBoDanhGiaRequest, self.dong_bo_danh_gia),
+                typed(self.name, DongBoDanhGiaRequest, self.dong_bo_danh_gia),
                 self.lookup_danh_gia,
             ),
             "tra_cuu_ho_so": Operation(
                 "tra_cuu_ho_so",
                 TraCuuHoSoRequest,
                 TraCuuHoSoReply,
-                self._typed(TraCuuHoSoRequest, self.tra_cuu_ho_so),
+                typed(self.name, TraCuuHoSoRequest, self.tra_cuu_ho_so),
                 None,
                 effect=False,
             ),
@@ -371,26 +370,6 @@ class NpsConnector:
         return self._lookup("DongBoDanhGia", idempotency_key)
 
     # -- internals --------------------------------------------------------------------------------------
-
-    def _credential(self, key: str) -> SecretStr:
-        env = self.spec.credentials.get(key)
-        if env is None:
-            raise ConfigError(
-                f"connector {self.name!r} needs credentials.{key}: the environment variable that holds it",
-                field=f"credentials.{key}",
-            )
-        value = os.environ.get(env)
-        if not value:
-            raise ConfigError(f"environment variable {env} (credentials.{key} of connector {self.name!r}) is unset")
-        return SecretStr(value)
-
-    def _typed(self, kind: type[Q], call: Callable[[Q, str], BaseModel]) -> Callable[[BaseModel, str], BaseModel]:
-        def operation(request: BaseModel, idempotency_key: str) -> BaseModel:
-            if not isinstance(request, kind):
-                raise MappingError(f"{self.name} takes {kind.__name__}, got {type(request).__name__}")
-            return call(request, idempotency_key)
-
-        return operation
 
     @staticmethod
     def _check_key(idempotency_key: str) -> str:
@@ -581,6 +560,6 @@ def render(operation: str, request: BaseModel, *, madonvi: str = "000.00.16.H16"
     wire = getattr(request, "wire", None)
     body = wire() if callable(wire) else request.model_dump(mode="json", exclude_none=True)
     header = {"session": "(session)", "madonvi": madonvi, "maYeuCau": "KEY"}
-    message = client.create_message(proxy, service, **body, _soapheaders={"header": header})
+    message = client.create_message(proxy, service, **body, _soapheaders={"header": header})  # type: ignore[no-untyped-call]
     text: str = etree.tostring(message, pretty_print=True, encoding="unicode")
     return text

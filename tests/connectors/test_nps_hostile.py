@@ -229,8 +229,10 @@ def test_hostile_reply_is_refused_fast_with_bounded_memory(
     assert cost.py_peak < MAX_PY_PEAK_BYTES
     if cost.rss_growth_kib is not None:
         assert cost.rss_growth_kib < MAX_RSS_GROWTH_KIB
-    assert [e["event"] for e in logs] == ["nps.call_failed"]
-    assert logs[0]["error_kind"] == error.kind
+    # the simulator may log its side of a connection the client cut; the connector logs exactly one failure
+    mine = [e for e in logs if not e["event"].startswith("nps_sim.")]
+    assert [e["event"] for e in mine] == ["nps.call_failed"]
+    assert mine[0]["error_kind"] == error.kind
     assert_no_personal_data(str(error), repr(logs), stdlib_logs.text)
     # The simulator did receive the personal data: it was sent, only never logged.
     assert sim.requests("DongBoHoSoMC")[0]["body"]["data"][0]["SoGiayToChuHoSo"] == SEEDED_CCCD
