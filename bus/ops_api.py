@@ -328,7 +328,9 @@ class Ops:
                 if self._own_store is None:
                     from routes.idempotency import IdempotencyStore
 
-                    self._own_store = IdempotencyStore(self.app.settings.store_url, create=False)
+                    # create=True: a reachable store whose table no worker has made yet is ready, not broken
+                    # (creating it is idempotent and is what the first worker would do anyway)
+                    self._own_store = IdempotencyStore(self.app.settings.store_url, create=True)
                 store = self._own_store
         store.get(*STORE_PROBE_KEY)
         return "answered"
