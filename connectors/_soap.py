@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlparse
 
 import requests
+import requests.adapters
 import structlog
 import urllib3
 import zeep
@@ -85,6 +86,8 @@ log = structlog.get_logger(__name__)
 WSDL_DIR: Final = Path(__file__).resolve().parent.parent / "schemas" / "wsdl"
 #: characters of a fault string quoted in an error
 FAULT_CHARS: Final = 200
+#: HTTP connections kept per connector: enough for every route thread that may call it at once
+POOL_SIZE: Final = 128
 #: largest WSDL or XSD file read from disk
 MAX_SCHEMA_BYTES: Final = 2_097_152
 #: statuses whose XML body zeep parses: a reply, and the statuses SOAP 1.1 faults come with
@@ -183,6 +186,11 @@ class SoapTransport(zeep.Transport):
 
     def __init__(self, name: str, spec: ConnectorSpec, *, schema_dirs: Iterable[Path] = (WSDL_DIR,)) -> None:
         session = requests.Session()
+        # One connector serves every route that names it, each with its own worker threads: urllib3's default
+        # pool of 10 would discard connections under that load and reconnect for every call.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         # Proxies and .netrc from the environment would send our traffic somewhere the config does not say.
         session.trust_env = False
         ca_file = spec.options.get("ca_file")

@@ -613,6 +613,8 @@ class _Call:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # a bus opens many connections at once; the default backlog of 5 drops bursts of them
+    request_queue_size = 128
     sim: IGateSimulator
 
     def handle_error(self, request: Any, client_address: Any) -> None:

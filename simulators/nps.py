@@ -797,6 +797,8 @@ def hostile_body(mode: FaultMode) -> bytes:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # a bus opens many connections at once; the default backlog of 5 drops bursts of them
+    request_queue_size = 128
     sim: NpsSimulator
 
     def handle_error(self, request: Any, client_address: Any) -> None:
