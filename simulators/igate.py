@@ -51,14 +51,15 @@ import struct
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.igate_api import AddNoteRequest, UpdateDossierRequest
+from simulators._server import ServedSimulator, SimServer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -167,7 +168,7 @@ def _error(status: int, message: str, path: str, **extra: Any) -> _Answer:
     return _Answer(status, {**body, "path": path, **extra})
 
 
-class IGateSimulator:
+class IGateSimulator(ServedSimulator):
     """iGate in a thread: ``start()``, ``stop()``, ``url``, usable as a context manager.
 
     Args:
@@ -181,6 +182,8 @@ class IGateSimulator:
         strict_dossiers: answer 404 to a note or update on an unknown dossier instead of creating it.
     """
 
+    thread_name = "igate-sim"
+
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -193,8 +196,6 @@ class IGateSimulator:
         token_ttl_s: float = 300.0,
         strict_dossiers: bool = False,
     ) -> None:
-        self.host = host
-        self.port = port
         self.username = username
         self.client_id = client_id
         self.realm = realm
@@ -203,9 +204,7 @@ class IGateSimulator:
         self._default_ttl = token_ttl_s
         self.token_ttl_s = token_ttl_s
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._init_server(host, port)
         self._faults = Faults()
         self._rng = random.Random()
         self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECORDED)
@@ -231,34 +230,8 @@ class IGateSimulator:
         """``http://host:port`` of the running server."""
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> Self:
-        """Bind and serve in a daemon thread."""
-        self._wake.clear()
-        self._server = _Server((self.host, self.port), _Handler)
-        self._server.sim = self
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="igate-sim", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, wake hanging requests and close the socket."""
-        self._wake.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _make_server(self) -> SimServer:
+        return _Server((self.host, self.port), _Handler)
 
     # -- control ----------------------------------------------------------------------------------------
 
@@ -610,17 +583,9 @@ class _Call:
         return self.param("clientRequestId")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    # a bus opens many connections at once; the default backlog of 5 drops bursts of them
-    request_queue_size = 128
+class _Server(SimServer):
+    error_event = "igate_sim.connection_error"
     sim: IGateSimulator
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients hang up on purpose in fault tests; note it quietly instead of printing a traceback."""
-        del request
-        log.debug("igate_sim.connection_error", client=str(client_address))
 
 
 class _Handler(BaseHTTPRequestHandler):

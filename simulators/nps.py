@@ -63,9 +63,9 @@ import struct
 import threading
 import time
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -82,6 +82,7 @@ from schemas.nps import (
     HoSoMC,
     TienDoHoSo,
 )
+from simulators._server import ServedSimulator, SimServer
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -308,7 +309,7 @@ class _Dossier:
         }
 
 
-class NpsSimulator:
+class NpsSimulator(ServedSimulator):
     """The portal's SOAP proxy in a thread: ``start()``, ``stop()``, ``url``, ``endpoint``; a context manager.
 
     Args:
@@ -321,6 +322,8 @@ class NpsSimulator:
         strict_dossiers: refuse progress steps and ratings for dossiers never synced (error_code "4").
     """
 
+    thread_name = "nps-sim"
+
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -332,17 +335,13 @@ class NpsSimulator:
         session_ttl_s: float = 3600.0,
         strict_dossiers: bool = False,
     ) -> None:
-        self.host = host
-        self.port = port
         self.username = username
         self.madonvi = madonvi
         self.session_ttl_s = session_ttl_s
         self.strict_dossiers = strict_dossiers
         self._password = password
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._init_server(host, port)
         self._faults = Faults()
         self._rng = random.Random()
         self._counter = itertools.count(1)
@@ -368,34 +367,8 @@ class NpsSimulator:
         """The SOAP endpoint (what ``connectors.yaml`` names as the connector's ``endpoint``)."""
         return self.url + SOAP_PATH
 
-    def start(self) -> Self:
-        """Bind and serve in a daemon thread."""
-        self._wake.clear()
-        self._server = _Server((self.host, self.port), _Handler)
-        self._server.sim = self
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="nps-sim", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, wake hanging requests and close the socket."""
-        self._wake.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _make_server(self) -> SimServer:
+        return _Server((self.host, self.port), _Handler)
 
     # -- control ----------------------------------------------------------------------------------------
 
@@ -794,17 +767,9 @@ def hostile_body(mode: FaultMode) -> bytes:
     raise ValueError(f"{mode} is not a small hostile reply")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    # a bus opens many connections at once; the default backlog of 5 drops bursts of them
-    request_queue_size = 128
+class _Server(SimServer):
+    error_event = "nps_sim.connection_error"
     sim: NpsSimulator
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients hang up on purpose in fault tests; note it quietly instead of printing a traceback."""
-        del request
-        log.debug("nps_sim.connection_error", client=str(client_address))
 
 
 class _Handler(BaseHTTPRequestHandler):
