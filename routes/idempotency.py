@@ -21,8 +21,8 @@ cannot both win; the loser re-reads and decides again. On SQLite the first state
 transaction is a write, so the transaction holds the single write lock from its start and never has to
 upgrade a read snapshot (which would fail with ``SQLITE_BUSY`` instead of waiting).
 
-Only SQLAlchemy Core is used. Datetimes are stored in UTC (``timestamptz`` on PostgreSQL, fixed-width UTC
-text on SQLite) and always come back UTC-aware.
+SQLAlchemy Core builds every statement but the two a batch runs (:class:`_DriverSQL`). Datetimes are stored
+in UTC (``timestamptz`` on PostgreSQL, fixed-width UTC text on SQLite) and always come back UTC-aware.
 """
 
 from __future__ import annotations
@@ -195,6 +195,11 @@ def _check_text(name: str, value: str) -> None:
         raise ValueError(f"{name} is longer than {MAX_KEY_LENGTH} characters: {value[:40]!r}...")
 
 
+def _check_lease(lease_s: float) -> None:
+    if isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not 0 < lease_s < math.inf:
+        raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s!r}")
+
+
 def _utc(now: datetime | None) -> datetime:
     if now is None:
         return datetime.now(UTC)
@@ -303,6 +308,38 @@ class _Statements:
         self.release_clean = held.values(state=RETRY, lease_until=None)
 
 
+class _DriverSQL:
+    """The two statements a batch runs, as driver SQL on the transaction's own connection.
+
+    Why: SQLAlchemy's per-execution work (parameter processing, result set-up) costs more than SQLite
+    takes to run these statements, and a batch claim must learn which keys it inserted (``RETURNING``),
+    which Core only offers through its slower insertmanyvalues path. Same columns, same conflict rules and
+    the same stored forms (datetimes go through :class:`_UTCDateTime`'s own bind processor) as the Core
+    statements of :class:`_Statements`, so every other method reads these rows as its own.
+    """
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        ph = "?" if dialect.paramstyle == "qmark" else "%s"
+        bind = _UTCDateTime().bind_processor(dialect)
+        self.when: Any = bind if bind is not None else (lambda value: value)
+        table = claims_table.name
+        self._row = "(" + ", ".join([ph] * 7) + ")"
+        # the table name and placeholders are ours; every value is a bound parameter
+        columns = "route, event_id, state, owner, attempts, claimed_at, lease_until"
+        self._insert = f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608
+        self._fresh_tail = " ON CONFLICT (route, event_id) DO NOTHING RETURNING event_id"
+        self.complete = (
+            f"INSERT INTO {table} (route, event_id, state, owner, attempts, claimed_at, lease_until, done_at, result,"  # noqa: S608
+            f" error) VALUES ({', '.join([ph] * 10)}) ON CONFLICT (route, event_id) DO UPDATE SET"
+            " state = excluded.state, owner = excluded.owner, lease_until = NULL, done_at = excluded.done_at,"
+            f" result = excluded.result, error = NULL WHERE {table}.state <> '{DONE}'"
+        )
+
+    def insert_fresh(self, rows: int) -> str:
+        """``INSERT`` of ``rows`` fresh claims that skips existing keys and returns the inserted ones."""
+        return self._insert + ", ".join([self._row] * rows) + self._fresh_tail
+
+
 class IdempotencyStore:
     """Claims and results per ``(route, event_id)`` in SQLite or PostgreSQL; thread-safe.
 
@@ -331,6 +368,7 @@ class IdempotencyStore:
             self._sql = _Statements(postgresql.insert)
         else:
             raise ValueError(f"the idempotency store supports sqlite and postgresql, not {backend!r}")
+        self._driver = _DriverSQL(self._engine.dialect)
         self._closed = False
         if create:
             try:
@@ -408,8 +446,7 @@ class IdempotencyStore:
         """
         _check_key(route, event_id)
         _check_text("owner", owner)
-        if isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not 0 < lease_s < math.inf:
-            raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s!r}")
+        _check_lease(lease_s)
         now = _utc(now)
         lease_until = now + timedelta(seconds=lease_s)
         params: dict[str, Any] = {
@@ -419,31 +456,94 @@ class IdempotencyStore:
             "n_claimed_at": now,
             "n_lease_until": lease_until,
         }
-        sql = self._sql
         with self._begin() as conn:
-            for _ in range(MAX_CLAIM_ROUNDS):
-                if conn.execute(sql.insert_fresh, params).rowcount == 1:
-                    return Claim(ClaimOutcome.NEW, None, 1)
-                row = conn.execute(sql.select_state, params).first()
-                if row is None:  # forgotten between our insert and our read: insert again
-                    continue
-                outcome = _decide(row.state, row.owner, row.lease_until, owner, now)
-                if outcome is ClaimOutcome.DONE:
-                    return Claim(outcome, _load(row.result), row.attempts)
-                if outcome is ClaimOutcome.HELD:
-                    return Claim(outcome, None, row.attempts)
-                attempts = row.attempts + 1
-                cas = {
-                    **params,
-                    "k_state": row.state,
-                    "k_attempts": row.attempts,
-                    "k_owner": row.owner,
-                    "n_attempts": attempts,
+            return self._claim_in(conn, params, now)
+
+    def claim_many(
+        self, route: str, owners: dict[str, str], *, lease_s: float, now: datetime | None = None
+    ) -> dict[str, Claim]:
+        """Claim many events of one route in one transaction: :meth:`claim` for each, at the cost of about one.
+
+        Why: under load every message of a batch is new, and one multi-row ``INSERT ... ON CONFLICT DO NOTHING
+        RETURNING`` decides them all; only the keys it did not insert take :meth:`claim`'s per-row path (in
+        the same transaction, so the outcome per key is exactly what :meth:`claim` would have said).
+
+        Args:
+            route: The route's name.
+            owners: ``event_id`` ▶ owner of that attempt.
+            lease_s: How long each claim is exclusive.
+            now: The current time (timezone-aware); the wall clock when None.
+
+        Returns:
+            ``event_id`` ▶ :class:`Claim`, for every key of ``owners``.
+
+        Raises:
+            ValueError: As :meth:`claim`, for any key.
+            ClaimContentionError: As :meth:`claim`.
+        """
+        _check_lease(lease_s)
+        now = _utc(now)
+        lease_until = now + timedelta(seconds=lease_s)
+        rows: list[dict[str, Any]] = []
+        flat: list[Any] = []
+        claimed_at, until = self._driver.when(now), self._driver.when(lease_until)
+        for event_id, owner in owners.items():
+            _check_key(route, event_id)
+            _check_text("owner", owner)
+            rows.append(
+                {
+                    "k_route": route,
+                    "k_event_id": event_id,
+                    "n_owner": owner,
+                    "n_claimed_at": now,
+                    "n_lease_until": lease_until,
                 }
-                if conn.execute(sql.take_over, cas).rowcount == 1:
-                    return Claim(outcome, None, attempts)
-                # someone changed the row between our read and our update: read it again
-        raise ClaimContentionError(f"claim {route}/{event_id} kept changing under {MAX_CLAIM_ROUNDS} tries")
+            )
+            flat += (route, event_id, IN_PROGRESS, owner, 1, claimed_at, until)
+        if not rows:
+            return {}
+        with self._begin() as conn:
+            cursor = conn.connection.cursor()
+            try:
+                cursor.execute(self._driver.insert_fresh(len(rows)), flat)
+                fresh = {row[0] for row in cursor.fetchall()}
+            finally:
+                cursor.close()
+            return {
+                p["k_event_id"]: Claim(ClaimOutcome.NEW, None, 1)
+                if p["k_event_id"] in fresh
+                else self._claim_in(conn, p, now)
+                for p in rows
+            }
+
+    def _claim_in(self, conn: Connection, params: dict[str, Any], now: datetime) -> Claim:
+        """One key's claim inside an open transaction: insert, else read and compare-and-set."""
+        sql = self._sql
+        owner = params["n_owner"]
+        for _ in range(MAX_CLAIM_ROUNDS):
+            if conn.execute(sql.insert_fresh, params).rowcount == 1:
+                return Claim(ClaimOutcome.NEW, None, 1)
+            row = conn.execute(sql.select_state, params).first()
+            if row is None:  # forgotten between our insert and our read: insert again
+                continue
+            outcome = _decide(row.state, row.owner, row.lease_until, owner, now)
+            if outcome is ClaimOutcome.DONE:
+                return Claim(outcome, _load(row.result), row.attempts)
+            if outcome is ClaimOutcome.HELD:
+                return Claim(outcome, None, row.attempts)
+            attempts = row.attempts + 1
+            cas = {
+                **params,
+                "k_state": row.state,
+                "k_attempts": row.attempts,
+                "k_owner": row.owner,
+                "n_attempts": attempts,
+            }
+            if conn.execute(sql.take_over, cas).rowcount == 1:
+                return Claim(outcome, None, attempts)
+            # someone changed the row between our read and our update: read it again
+        key = f"{params['k_route']}/{params['k_event_id']}"
+        raise ClaimContentionError(f"claim {key} kept changing under {MAX_CLAIM_ROUNDS} tries")
 
     # -- the outcomes --------------------------------------------------------------------------------
     def complete(self, route: str, event_id: str, *, owner: str, result: dict[str, Any]) -> None:
@@ -475,6 +575,34 @@ class IdempotencyStore:
         with self._begin() as conn:
             if conn.execute(self._sql.complete, params).rowcount != 1:
                 _log.warning("claim_already_done", route=route, event_id=event_id, owner=owner)
+
+    def complete_many(self, route: str, results: dict[str, tuple[str, dict[str, Any]]]) -> None:
+        """:meth:`complete` for many events of one route, in one transaction.
+
+        Args:
+            route: The route's name.
+            results: ``event_id`` ▶ (owner, result).
+
+        Raises:
+            ValueError, TypeError: As :meth:`complete`, for any key (then nothing is recorded).
+        """
+        done_at = self._driver.when(datetime.now(UTC))
+        rows: list[tuple[Any, ...]] = []
+        for event_id, (owner, result) in results.items():
+            _check_key(route, event_id)
+            _check_text("owner", owner)
+            rows.append((route, event_id, DONE, owner, 1, done_at, None, done_at, _dump(result), None))
+        if not rows:
+            return
+        with self._begin() as conn:
+            cursor = conn.connection.cursor()
+            try:
+                cursor.executemany(self._driver.complete, rows)
+                changed = cursor.rowcount
+            finally:
+                cursor.close()
+        if 0 <= changed < len(rows):
+            _log.warning("claim_already_done", route=route, already_done=len(rows) - changed, of=len(rows))
 
     def fail(self, route: str, event_id: str, *, owner: str, error: str) -> None:
         """Record a permanent rejection (nothing was applied): the claim becomes ``failed``.

@@ -30,7 +30,7 @@ import pika
 import structlog
 
 from routes.amqp import event_properties
-from routes.idempotency import ClaimOutcome, IdempotencyStore
+from routes.idempotency import Claim, ClaimOutcome, IdempotencyStore
 from routes.topology import RESULTS_EXCHANGE, dlq, retry_queue
 from schemas.envelope import Event, parse_event
 from schemas.errors import (
@@ -44,7 +44,7 @@ from schemas.errors import (
 from schemas.pii import scrub_text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from pydantic import BaseModel
 
@@ -106,6 +106,28 @@ class Outcome:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Job:
+    """One delivery on its way through :meth:`RouteRunner.handle_batch`; ``outcome`` set ends its way."""
+
+    delivery: Delivery
+    started: float
+    attempt: int
+    log: Any
+    event: Event | None = None
+    event_id: str = ""
+    owner: str = ""
+    claimed: bool = False
+    reply: dict[str, Any] | None = None
+    outcome: Outcome | None = None
+    route: str = ""
+
+    @property
+    def key(self) -> str:
+        """The idempotency key the target gets for this route's effect of this event."""
+        return idempotency_key(self.route, self.event_id)
+
+
 def idempotency_key(route: str, event_id: str) -> str:
     """The key a connector sends to its target for this route's effect of this event."""
     return str(uuid.uuid5(KEY_NS, f"{route}/{event_id}"))
@@ -164,63 +186,138 @@ class RouteRunner:
         self._emits = route.spec.emits
 
     # -- the pipeline -------------------------------------------------------------------------------
-    def handle(self, delivery: Delivery) -> Outcome:  # noqa: C901, PLR0912 - the steps of DESIGN.md, in order
+    def handle(self, delivery: Delivery) -> Outcome:
         """Process one delivery; never raises (every failure becomes a retry or a dead letter)."""
-        started = time.perf_counter()
+        return self.handle_batch([delivery])[0]
+
+    def handle_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        """Process deliveries of this route in order, one outcome each; never raises.
+
+        Why a batch: under load the worker hands a pipeline thread every message that waited for it, and
+        the store then claims them all in one transaction before the first send and completes them all in
+        one after the last, instead of two transactions per message. A message's own failure (invalid,
+        refused, timed out) touches only its own outcome; the guarantees are those of a single message,
+        since every effect is still claimed before it is sent and recorded before its result is emitted.
+        """
+        jobs = [self._job(d) for d in deliveries]
+        for job in jobs:
+            self._guard(job, self._validate)
+        if self.operation.effect:
+            self._claim_all([j for j in jobs if j.outcome is None])
+        for job in jobs:
+            if job.outcome is None:
+                self._guard(job, self._send)
+        if self.operation.effect:
+            self._complete_all([j for j in jobs if j.outcome is None])
+        for job in jobs:
+            if job.outcome is None:
+                self._guard(job, self._deliver)
+        return [self._done(job) for job in jobs]
+
+    def _job(self, delivery: Delivery) -> _Job:
         attempt = delivery.attempts_before + 1
         log = self._log.bind(event_id=delivery.properties.message_id, attempt=attempt)
-        event: Event | None = None
-        claimed = False
+        return _Job(delivery, time.perf_counter(), attempt, log, route=self.name)
+
+    def _validate(self, job: _Job) -> None:
+        delivery = job.delivery
+        event = parse_event(
+            delivery.body,
+            payload_models=self.payload_models,
+            content_type=delivery.properties.content_type,
+            message_id=delivery.properties.message_id,
+            max_bytes=self.route.spec.max_bytes,
+        )
+        env = event.envelope
+        job.log = job.log.bind(event_id=str(env.event_id), dossier_code=env.dossier_code, event_type=env.event_type)
+        if self._when is not None and not _truthy(self._when.search(event.as_dict())):
+            job.outcome = Outcome("skipped")
+            return
+        job.event = event
+        job.event_id = str(env.event_id)
+
+    def _claim_all(self, jobs: list[_Job]) -> None:
+        """Claim every job's event in one transaction; a key met twice in a batch is claimed once, then held."""
+        if not jobs:
+            return
+        first: dict[str, _Job] = {}
+        for job in jobs:
+            job.owner = f"{self.worker_id}/{uuid.uuid4().hex[:8]}"
+            first.setdefault(job.event_id, job)
         try:
-            event = parse_event(
-                delivery.body,
-                payload_models=self.payload_models,
-                content_type=delivery.properties.content_type,
-                message_id=delivery.properties.message_id,
-                max_bytes=self.route.spec.max_bytes,
+            claims = self.store.claim_many(
+                self.name, {eid: job.owner for eid, job in first.items()}, lease_s=self.lease_s
             )
-            env = event.envelope
-            log = log.bind(event_id=str(env.event_id), dossier_code=env.dossier_code, event_type=env.event_type)
-            if self._when is not None and not _truthy(self._when.search(event.as_dict())):
-                return self._done(log, started, Outcome("skipped"))
-            event_id = str(env.event_id)
-            key = idempotency_key(self.name, event_id)
-            reply: dict[str, Any] | None = None
-            if self.operation.effect:
-                owner = f"{self.worker_id}/{uuid.uuid4().hex[:8]}"
-                claim = self.store.claim(self.name, event_id, owner=owner, lease_s=self.lease_s)
-                if claim.outcome is ClaimOutcome.DONE:
-                    return self._done(log, started, self._emit(event, claim.result or {}, "duplicate"))
-                if claim.outcome is ClaimOutcome.HELD:
-                    msg = f"another attempt holds the claim for {self.lease_s:.0f}s at most"
-                    raise ClaimHeld(msg)  # noqa: TRY301 - handled with every other transient error below
-                claimed = True
-                if claim.outcome is ClaimOutcome.RECLAIMED:
-                    reply = self._reconcile(key, log)
-                self._crash("after_claim")
-            if reply is None:
-                request = self.route.adapter(event, now=self.clock())
-                reply = self._observed(self.route.operation, self.operation.call, request, key).model_dump(mode="json")
-                self._crash("after_send")
-            if self.operation.effect:
-                self.store.complete(self.name, event_id, owner=owner, result=reply)
-                self._crash("after_done")
-            return self._done(log, started, self._emit(event, reply, "delivered"))
-        except TransientError as exc:
-            if claimed and event is not None:
-                self._safe_release(event, owner, maybe_applied=exc.maybe_applied, log=log)
-            return self._done(log, started, self._retry_or_dead(delivery, exc, attempt))
-        except PermanentError as exc:
-            if claimed and event is not None and not isinstance(exc, AmbiguousOutcome):
-                self._safe_fail(event, owner, exc, log)
-            return self._done(log, started, self._dead(delivery, exc, attempt))
-        except Exception as exc:  # a bug or the store being down: never lose the message, retry it
-            log.exception("unexpected_error")
-            if claimed and event is not None:
-                self._safe_release(event, owner, maybe_applied=True, log=log)
+        except Exception as exc:  # the store is down: nothing was claimed, nothing sent; retry every one
+            for job in jobs:
+                self._fail(job, exc)
+            return
+        for job in jobs:
+            claim = claims[job.event_id] if first[job.event_id] is job else None
+            self._guard(job, self._take_claim, claim)
+        self._crash("after_claim")
+
+    def _take_claim(self, job: _Job, claim: Claim | None) -> None:
+        if claim is None or claim.outcome is ClaimOutcome.HELD:
+            msg = f"another attempt holds the claim for {self.lease_s:.0f}s at most"
+            raise ClaimHeld(msg)
+        assert job.event is not None  # noqa: S101 - validated before any claim
+        if claim.outcome is ClaimOutcome.DONE:
+            job.outcome = self._emit(job.event, claim.result or {}, "duplicate")
+            return
+        job.claimed = True
+        if claim.outcome is ClaimOutcome.RECLAIMED:
+            job.reply = self._reconcile(job.key, job.log)
+
+    def _send(self, job: _Job) -> None:
+        if job.reply is None:
+            assert job.event is not None  # noqa: S101 - validated before any send
+            request = self.route.adapter(job.event, now=self.clock())
+            job.reply = self._observed(self.route.operation, self.operation.call, request, job.key).model_dump(
+                mode="json"
+            )
+            self._crash("after_send")
+
+    def _complete_all(self, jobs: list[_Job]) -> None:
+        """Record every applied effect in one transaction before any result is emitted."""
+        if not jobs:
+            return
+        try:
+            self.store.complete_many(self.name, {j.event_id: (j.owner, j.reply or {}) for j in jobs})
+        except Exception as exc:  # a bug or the store being down: the effects may be applied, reconcile later
+            for job in jobs:
+                self._fail(job, exc)
+            return
+        self._crash("after_done")
+
+    def _deliver(self, job: _Job) -> None:
+        assert job.event is not None  # noqa: S101 - validated before delivery
+        job.outcome = self._emit(job.event, job.reply or {}, "delivered")
+
+    def _guard(self, job: _Job, step: Callable[..., None], *args: Any) -> None:
+        """Run one step for one job; its failure becomes that job's retry or dead letter, never an exception."""
+        try:
+            step(job, *args)
+        except Exception as exc:
+            self._fail(job, exc)
+
+    def _fail(self, job: _Job, exc: Exception) -> None:
+        if isinstance(exc, TransientError):
+            if job.claimed:
+                self._safe_release(job, maybe_applied=exc.maybe_applied)
+            job.outcome = self._retry_or_dead(job.delivery, exc, job.attempt)
+        elif isinstance(exc, PermanentError):
+            if job.claimed and not isinstance(exc, AmbiguousOutcome):
+                self._safe_fail(job, exc)
+            job.outcome = self._dead(job.delivery, exc, job.attempt)
+        else:  # a bug or the store being down: never lose the message, retry it
+            job.log.error("unexpected_error", exc_info=exc)
+            if job.claimed:
+                self._safe_release(job, maybe_applied=True)
             wrapped = TransientError(f"internal error: {type(exc).__name__}: {exc}")
             wrapped.kind = "internal"
-            return self._done(log, started, self._retry_or_dead(delivery, wrapped, attempt))
+            job.outcome = self._retry_or_dead(job.delivery, wrapped, job.attempt)
+        job.claimed = False
 
     # -- steps ---------------------------------------------------------------------------------------
     def _reconcile(self, key: str, log: Any) -> dict[str, Any] | None:
@@ -289,11 +386,14 @@ class RouteRunner:
         return Outcome("dead_lettered", (msg,), fields={"error_kind": kind or exc.kind, "error": _clip(str(exc))})
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _done(self, log: Any, started: float, outcome: Outcome) -> Outcome:
-        duration_s = time.perf_counter() - started
+    def _done(self, job: _Job) -> Outcome:
+        outcome = job.outcome
+        if outcome is None:  # every step ran and none decided: cannot happen, but never ack on a guess
+            outcome = self._retry_or_dead(job.delivery, TransientError("internal error: no outcome"), job.attempt)
+        duration_s = time.perf_counter() - job.started
         duration_ms = round(duration_s * 1000, 2)
         level = "warning" if outcome.outcome in {"retry", "dead_lettered"} else "info"
-        getattr(log, level)("processed", outcome=outcome.outcome, duration_ms=duration_ms, **outcome.fields)
+        getattr(job.log, level)("processed", outcome=outcome.outcome, duration_ms=duration_ms, **outcome.fields)
         if self.observer is not None:
             kind = outcome.fields.get("error_kind")
             self._tell(self.observer.after_process, self.name, outcome.outcome, duration_s, kind)
@@ -322,17 +422,17 @@ class RouteRunner:
         except Exception as exc:
             self._log.warning("observer_failed", hook=getattr(hook, "__name__", "?"), error=repr(exc))
 
-    def _safe_release(self, event: Event, owner: str, *, maybe_applied: bool, log: Any) -> None:
+    def _safe_release(self, job: _Job, *, maybe_applied: bool) -> None:
         try:
-            self.store.release(self.name, str(event.envelope.event_id), owner=owner, maybe_applied=maybe_applied)
+            self.store.release(self.name, job.event_id, owner=job.owner, maybe_applied=maybe_applied)
         except Exception:  # the lease will expire on its own; the next attempt reconciles
-            log.exception("store_release_failed")
+            job.log.exception("store_release_failed")
 
-    def _safe_fail(self, event: Event, owner: str, exc: BusError, log: Any) -> None:
+    def _safe_fail(self, job: _Job, exc: BusError) -> None:
         try:
-            self.store.fail(self.name, str(event.envelope.event_id), owner=owner, error=_clip(str(exc)))
+            self.store.fail(self.name, job.event_id, owner=job.owner, error=_clip(str(exc)))
         except Exception:
-            log.exception("store_fail_failed")
+            job.log.exception("store_fail_failed")
 
     def _crash(self, point: str) -> None:
         if point in self.crash_points and (self.crash_rate >= 1.0 or _rand() < self.crash_rate):

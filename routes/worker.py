@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from routes.observer import Observer
 
 PUB_SEQ_HEADER = "x-pub-seq"
+#: most deliveries one pipeline thread takes at once (their claims and completions share a transaction)
+MAX_BATCH = 32
 
 
 @dataclass(slots=True)
@@ -102,7 +105,10 @@ class Worker:
         self._channels: dict[str, Any] = {}
         self._consumer_tags: dict[str, str] = {}
         self._executors = {r.name: ThreadPoolExecutor(r.route.spec.concurrency, f"route-{r.name}") for r in runners}
-        self._running = 0  # pipeline tasks not yet handed back
+        self._waiting: dict[str, deque[tuple[_InFlight, Delivery]]] = {r.name: deque() for r in runners}
+        self._busy = {r.name: 0 for r in runners}  # batches in a pipeline thread, per route
+        self._dispatch_due: set[str] = set()
+        self._running = 0  # deliveries taken and not yet handed back from the pipeline
         self._unacked = 0  # deliveries of the live generation not yet acked
         self._stop_requested = threading.Event()
         self._stopping = False
@@ -262,6 +268,9 @@ class Worker:
     def _teardown(self) -> None:
         """Forget the current generation: its deliveries go back to the broker, its outcomes are dropped."""
         self._generation += 1
+        for waiting in self._waiting.values():  # never started: the broker redelivers them
+            self._running -= len(waiting)
+            waiting.clear()
         self._pending.clear()
         self._channels.clear()
         self._consumer_tags.clear()
@@ -291,23 +300,53 @@ class Worker:
         delivery = Delivery(body, props, method.exchange, method.routing_key, method.redelivered)
         self._running += 1
         self._unacked += 1
-        future = self._executors[runner.name].submit(runner.handle, delivery)
-        future.add_done_callback(partial(self._handoff, rec))
+        self._waiting[runner.name].append((rec, delivery))
+        if runner.name not in self._dispatch_due:
+            # dispatch after pika has handed over every delivery of this read, so they can share a batch
+            self._dispatch_due.add(runner.name)
+            self._ioloop.call_later(0, partial(self._dispatch, runner))
 
-    def _handoff(self, rec: _InFlight, future: Future[Outcome]) -> None:
-        """Runs in a pipeline thread: pass the outcome to the I/O loop, the only thread that may use pika."""
-        self._ioloop.add_callback_threadsafe(partial(self._on_processed, rec, future))
+    def _dispatch(self, runner: RouteRunner) -> None:
+        """Hand waiting deliveries to free pipeline threads, spread evenly, at most ``MAX_BATCH`` per thread.
 
-    def _on_processed(self, rec: _InFlight, future: Future[Outcome]) -> None:
-        self._running -= 1
-        if rec.generation != self._generation:
-            return  # its channel is gone: the broker redelivers it, and the store makes that cheap
+        A thread busy with one batch gets nothing more: what arrives meanwhile waits here (as it would have
+        in the executor's queue) and goes out as the next batch when a thread frees up.
+        """
+        name = runner.name
+        self._dispatch_due.discard(name)
+        waiting = self._waiting[name]
+        free = runner.route.spec.concurrency - self._busy[name]
+        while waiting and free > 0:
+            size = min(MAX_BATCH, -(-len(waiting) // free))
+            batch = [waiting.popleft() for _ in range(size)]
+            self._busy[name] += 1
+            free -= 1
+            future = self._executors[name].submit(runner.handle_batch, [d for _, d in batch])
+            future.add_done_callback(partial(self._handoff, runner, [r for r, _ in batch]))
+
+    def _handoff(self, runner: RouteRunner, recs: list[_InFlight], future: Future[list[Outcome]]) -> None:
+        """Runs in a pipeline thread: pass the outcomes to the I/O loop, the only thread that may use pika."""
+        self._ioloop.add_callback_threadsafe(partial(self._on_processed, runner, recs, future))
+
+    def _on_processed(self, runner: RouteRunner, recs: list[_InFlight], future: Future[list[Outcome]]) -> None:
+        self._running -= len(recs)
+        self._busy[runner.name] -= 1
         exc = future.exception()
-        if exc is not None:  # handle() never raises; if it did, let the broker redeliver
-            self._log.error("pipeline_crashed", route=rec.runner.name, error=repr(exc))
-            self._settle(rec, requeue=True)
-            return
-        outcome = future.result()
+        outcomes = future.result() if exc is None else None
+        if exc is not None or outcomes is None or len(outcomes) != len(recs):
+            # handle_batch() never raises; if it did, let the broker redeliver
+            self._log.error("pipeline_crashed", route=runner.name, error=repr(exc))
+        for i, rec in enumerate(recs):
+            if rec.generation != self._generation:
+                continue  # its channel is gone: the broker redelivers it, and the store makes that cheap
+            if outcomes is None or len(outcomes) != len(recs):
+                self._settle(rec, requeue=True)
+            else:
+                self._publish_outcome(rec, outcomes[i])
+        if self._waiting[runner.name]:
+            self._dispatch(runner)
+
+    def _publish_outcome(self, rec: _InFlight, outcome: Outcome) -> None:
         rec.outcome = outcome
         stats = self.stats[rec.runner.name].outcomes
         stats[outcome.outcome] = stats.get(outcome.outcome, 0) + 1
