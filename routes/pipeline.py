@@ -241,8 +241,9 @@ class RouteRunner:
         if not jobs:
             return
         first: dict[str, _Job] = {}
+        owner = f"{self.worker_id}/{uuid.uuid4().hex[:8]}"  # this attempt of every event of the batch
         for job in jobs:
-            job.owner = f"{self.worker_id}/{uuid.uuid4().hex[:8]}"
+            job.owner = owner
             first.setdefault(job.event_id, job)
         try:
             claims = self.store.claim_many(

@@ -299,12 +299,26 @@ class ChaosBroker:
                 if self.os_pid is not None:
                     self.kill9()
         finally:
+            self._sweep()
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
             self.timings["stop"] = time.monotonic() - started
             if self._atexit_registered:
                 atexit.unregister(self.stop)
                 self._atexit_registered = False
+
+    def _sweep(self, settle_s: float = 2.0) -> None:
+        """SIGKILL any beam of this node still alive, for ``settle_s``: a node caught mid-boot has no pid file
+        yet and would outlive a plain stop (one was found running after a test run, its directory deleted)."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            for pid in self._scan_beams():
+                if self._is_this_node(pid):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.2)
 
     def __enter__(self) -> Self:
         self.start()

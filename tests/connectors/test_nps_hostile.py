@@ -420,3 +420,41 @@ def test_record_the_portal_rejects_is_dead_lettered_at_once_not_retried(sim: Nps
     assert "NgayTiepNhan" in headers["x-error"]
     assert len(sim.requests("DongBoHoSoMC")) == 1
     assert sim.effects() == []
+
+
+def test_a_batch_keeps_each_message_to_itself(sim: NpsSimulator, runner: RouteRunner) -> None:
+    """One batch: two dossiers, a copy of the first, a body that is not JSON, and one the portal rejects.
+
+    Each gets its own outcome, in order; only the two dossiers reach the portal, once each; the copy waits
+    for the claim its twin holds (a retry that spends no attempt) and is a duplicate once that is done.
+    """
+    body, event = _example()
+    second = {**event, "event_id": "9a7b5c3d-1e2f-4a6b-8c9d-0e1f2a3b4c5d", "dossier_code": "000.00.16.H16-261126-0002"}
+    rejected = json.loads(body)
+    rejected["event_id"] = "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
+    rejected["dossier_code"] = "000.00.16.H16-261126-0003"
+    rejected["payload"]["dates"]["received"] = "2026-11-26T07:00:00+07:00"  # before it was submitted
+    deliveries = [
+        _delivery(body, event["event_id"]),
+        _delivery(json.dumps(second, ensure_ascii=False).encode(), second["event_id"]),
+        _delivery(body, event["event_id"]),
+        _delivery(b"{not json", "c4a3b2d1-0000-4000-8000-000000000000"),
+        _delivery(json.dumps(rejected, ensure_ascii=False).encode(), rejected["event_id"]),
+    ]
+
+    outcomes = runner.handle_batch(deliveries)
+
+    assert [o.outcome for o in outcomes] == ["delivered", "delivered", "retry", "dead_lettered", "dead_lettered"]
+    assert outcomes[2].messages[0].properties.headers["x-attempts"] == 0  # waiting for a claim costs nothing
+    assert outcomes[3].messages[0].properties.headers["x-error-kind"] == "invalid"
+    assert outcomes[4].messages[0].properties.headers["x-error-kind"] == "rejected"
+    sent = [json.dumps(r["body"], ensure_ascii=False) for r in sim.requests("DongBoHoSoMC")]
+    codes = [event["dossier_code"], second["dossier_code"], rejected["dossier_code"]]
+    assert [sum(code in s for s in sent) for code in codes] == [1, 1, 1]
+    assert len(sent) == 3
+    assert sorted(e["MaHoSo"] for e in sim.effects()) == [event["dossier_code"], second["dossier_code"]]
+
+    [again] = runner.handle_batch([_delivery(body, event["event_id"])])
+    assert again.outcome == "duplicate"
+    assert again.messages[0].body == outcomes[0].messages[0].body  # the same result event, re-emitted
+    assert len(sim.requests("DongBoHoSoMC")) == 3

@@ -205,6 +205,59 @@ def test_complete_is_unconditional(store: IdempotencyStore) -> None:
     assert record.claimed_at == record.done_at
 
 
+def test_claim_many_says_per_key_what_claim_would_say(store: IdempotencyStore) -> None:
+    """One batch meets every state: fresh, done, held, expired, failed; each gets claim()'s answer and row."""
+    store.claim(ROUTE, "done", owner="w0/a", lease_s=30, now=T0)
+    store.complete(ROUTE, "done", owner="w0/a", result={"n": 1})
+    store.claim(ROUTE, "held", owner="w0/a", lease_s=3600, now=T0)
+    store.claim(ROUTE, "expired", owner="w0/a", lease_s=1, now=T0)
+    store.claim(ROUTE, "failed", owner="w0/a", lease_s=30, now=T0)
+    store.fail(ROUTE, "failed", owner="w0/a", error="x")
+    now = T0 + timedelta(seconds=5)
+    keys = ["fresh", "done", "held", "expired", "failed", "fresh2"]
+
+    claims = store.claim_many(ROUTE, dict.fromkeys(keys, "w1/b"), lease_s=30, now=now)
+
+    assert list(claims) == keys
+    assert claims == {
+        "fresh": Claim(ClaimOutcome.NEW, None, 1),
+        "done": Claim(ClaimOutcome.DONE, {"n": 1}, 1),
+        "held": Claim(ClaimOutcome.HELD, None, 1),
+        "expired": Claim(ClaimOutcome.RECLAIMED, None, 2),
+        "failed": Claim(ClaimOutcome.NEW, None, 2),
+        "fresh2": Claim(ClaimOutcome.NEW, None, 1),
+    }
+    fresh = _record(store, "fresh")
+    assert (fresh.state, fresh.owner, fresh.claimed_at, fresh.lease_until) == (
+        "in_progress",
+        "w1/b",
+        now,
+        now + timedelta(seconds=30),
+    )
+    assert _record(store, "held").owner == "w0/a"
+    assert _record(store, "expired").owner == "w1/b"
+    assert store.claim_many(ROUTE, {}, lease_s=30) == {}
+
+
+def test_complete_many_records_each_and_keeps_a_first_result(store: IdempotencyStore) -> None:
+    """complete_many is complete() per key in one transaction: done rows keep their first result."""
+    store.claim_many(ROUTE, {"a": "w1/x", "b": "w1/x"}, lease_s=30, now=T0)
+    store.complete(ROUTE, "b", owner="w1/x", result={"n": "first"})
+
+    store.complete_many(ROUTE, {"a": ("w1/x", {"n": "a"}), "b": ("w2/y", {"n": "second"}), "c": ("w1/x", {})})
+
+    assert [(_record(store, k).state, _record(store, k).result) for k in "abc"] == [
+        ("done", {"n": "a"}),
+        ("done", {"n": "first"}),
+        ("done", {}),
+    ]
+    assert _record(store, "b").owner == "w1/x"
+    assert store.claim(ROUTE, "a", owner="w3/z", lease_s=30) == Claim(ClaimOutcome.DONE, {"n": "a"}, 1)
+    with pytest.raises(ValueError, match=r"NaN|JSON"):
+        store.complete_many(ROUTE, {"d": ("w1/x", {"ok": True}), "e": ("w1/x", {"bad": math.nan})})
+    assert store.get(ROUTE, "d") is None  # a bad result anywhere records nothing
+
+
 def test_forget_lets_a_done_event_run_again(store: IdempotencyStore) -> None:
     """forget (dlq replay --force) deletes the claim: the next claim starts afresh."""
     store.claim(ROUTE, "e1", owner="w1/a", lease_s=30)
