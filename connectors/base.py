@@ -49,6 +49,9 @@ class Operation:
     lookup: Callable[[str], BaseModel | None] | None = None
     #: False for reads, which need no claim
     effect: bool = True
+    #: False when a call waits on no network or disk (the noop connector): such a route's batches are pure
+    #: interpreter work, so the worker runs at most two at once; more threads would only contend for the GIL
+    waits_on_io: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,9 @@ class NoopConnector:
 
     def operations(self) -> Mapping[str, Operation]:
         """The one ``send`` operation."""
-        return {"send": Operation("send", NoopRequest, NoopReply, self._send, self._lookup, effect=True)}
+        return {
+            "send": Operation("send", NoopRequest, NoopReply, self._send, self._lookup, effect=True, waits_on_io=False)
+        }
 
     def probe(self) -> Health:
         """Always up: there is nothing to reach."""

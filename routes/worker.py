@@ -27,6 +27,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import takewhile
 from typing import TYPE_CHECKING, Any
 
 import pika
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 PUB_SEQ_HEADER = "x-pub-seq"
 #: most deliveries one pipeline thread takes at once (their claims and completions share a transaction)
 MAX_BATCH = 32
+#: batches at once for a route whose operation waits on no I/O: one runs while the next is handed over
+CPU_ONLY_THREADS = 2
 
 
 @dataclass(slots=True)
@@ -315,7 +318,10 @@ class Worker:
         name = runner.name
         self._dispatch_due.discard(name)
         waiting = self._waiting[name]
-        free = runner.route.spec.concurrency - self._busy[name]
+        threads = runner.route.spec.concurrency
+        if not runner.operation.waits_on_io:  # nothing to overlap: more threads only contend for the GIL
+            threads = min(threads, CPU_ONLY_THREADS)
+        free = threads - self._busy[name]
         while waiting and free > 0:
             size = min(MAX_BATCH, -(-len(waiting) // free))
             batch = [waiting.popleft() for _ in range(size)]
@@ -377,7 +383,10 @@ class Worker:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         acked = isinstance(method, pika.spec.Basic.Ack)
-        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        if method.multiple:  # _pending is in publish order: the confirmed ones are a prefix of it
+            tags = list(takewhile(lambda t: t <= method.delivery_tag, self._pending))
+        else:
+            tags = [method.delivery_tag]
         for tag in tags:
             rec = self._pending.pop(tag, None)
             if rec is None:
