@@ -49,8 +49,9 @@ class Operation:
     lookup: Callable[[str], BaseModel | None] | None = None
     #: False for reads, which need no claim
     effect: bool = True
-    #: False when a call waits on no network or disk (the noop connector): such a route's batches are pure
-    #: interpreter work, so the worker runs at most two at once; more threads would only contend for the GIL
+    #: False when a call waits on no network or disk (the noop connector): the worker then hands such a
+    #: route's messages out in batches to at most two threads (more would only contend for the GIL); True
+    #: (every real target): one message per thread, the route's ``concurrency`` overlapping the waits
     waits_on_io: bool = True
 
 

@@ -193,9 +193,10 @@ class RouteRunner:
     def handle_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """Process deliveries of this route in order, one outcome each; never raises.
 
-        Why a batch: under load the worker hands a pipeline thread every message that waited for it, and
-        the store then claims them all in one transaction before the first send and completes them all in
-        one after the last, instead of two transactions per message. A message's own failure (invalid,
+        Why a batch: on a route that waits on no I/O the worker hands a pipeline thread every message that
+        waited for it, and the store then claims them all in one transaction before the first send and
+        completes them all in one after the last, instead of two transactions per message (routes to real
+        targets get batches of one: see ``Worker._dispatch``). A message's own failure (invalid,
         refused, timed out) touches only its own outcome; the guarantees are those of a single message,
         since every effect is still claimed before it is sent and recorded before its result is emitted.
         """

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from routes.observer import Observer
 
 PUB_SEQ_HEADER = "x-pub-seq"
-#: most deliveries one pipeline thread takes at once (their claims and completions share a transaction)
+#: most deliveries one pipeline thread takes at once on a route that waits on no I/O (one transaction each
+#: for their claims and completions)
 MAX_BATCH = 32
 #: batches at once for a route whose operation waits on no I/O: one runs while the next is handed over
 CPU_ONLY_THREADS = 2
@@ -310,20 +311,24 @@ class Worker:
             self._ioloop.call_later(0, partial(self._dispatch, runner))
 
     def _dispatch(self, runner: RouteRunner) -> None:
-        """Hand waiting deliveries to free pipeline threads, spread evenly, at most ``MAX_BATCH`` per thread.
+        """Hand waiting deliveries to free pipeline threads.
 
-        A thread busy with one batch gets nothing more: what arrives meanwhile waits here (as it would have
-        in the executor's queue) and goes out as the next batch when a thread frees up.
+        A route whose operation waits on I/O (every real target) gets one delivery per thread, so a claim
+        never waits behind other sends in its batch and its lease (2 × the connector's total timeout + 5 s)
+        cannot run out before its own send starts; its threads overlap the waiting. A route that waits on
+        nothing gets batches spread evenly over at most two threads, ``MAX_BATCH`` each at most: its claims
+        and completions share a transaction per batch, and more threads would only contend for the GIL.
+        What arrives while every thread is busy waits here (as it would have in the executor's queue).
         """
         name = runner.name
         self._dispatch_due.discard(name)
         waiting = self._waiting[name]
-        threads = runner.route.spec.concurrency
-        if not runner.operation.waits_on_io:  # nothing to overlap: more threads only contend for the GIL
-            threads = min(threads, CPU_ONLY_THREADS)
+        threads, most = runner.route.spec.concurrency, 1
+        if not runner.operation.waits_on_io:
+            threads, most = min(threads, CPU_ONLY_THREADS), MAX_BATCH
         free = threads - self._busy[name]
         while waiting and free > 0:
-            size = min(MAX_BATCH, -(-len(waiting) // free))
+            size = min(most, -(-len(waiting) // free))
             batch = [waiting.popleft() for _ in range(size)]
             self._busy[name] += 1
             free -= 1
