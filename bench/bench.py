@@ -621,9 +621,7 @@ class Bench:
             ]
             env = dict(os.environ)
         else:
-            # IGATE_BUS_BENCH_WRAP="py-spy record -o prof.txt -f raw --" profiles the subject
-            wrap = os.environ.get("IGATE_BUS_BENCH_WRAP", "").split()
-            args = [*wrap, sys.executable, "-m", "bus.cli", "run", "--routes", BUS_ROUTE]
+            args = [sys.executable, "-m", "bus.cli", "run", "--routes", BUS_ROUTE]
             env = dict(os.environ)
             env.update(
                 {
