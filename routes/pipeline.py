@@ -120,12 +120,6 @@ class _Job:
     claimed: bool = False
     reply: dict[str, Any] | None = None
     outcome: Outcome | None = None
-    route: str = ""
-
-    @property
-    def key(self) -> str:
-        """The idempotency key the target gets for this route's effect of this event."""
-        return idempotency_key(self.route, self.event_id)
 
 
 def idempotency_key(route: str, event_id: str) -> str:
@@ -218,7 +212,7 @@ class RouteRunner:
     def _job(self, delivery: Delivery) -> _Job:
         attempt = delivery.attempts_before + 1
         log = self._log.bind(event_id=delivery.properties.message_id, attempt=attempt)
-        return _Job(delivery, time.perf_counter(), attempt, log, route=self.name)
+        return _Job(delivery, time.perf_counter(), attempt, log)
 
     def _validate(self, job: _Job) -> None:
         delivery = job.delivery
@@ -269,15 +263,15 @@ class RouteRunner:
             return
         job.claimed = True
         if claim.outcome is ClaimOutcome.RECLAIMED:
-            job.reply = self._reconcile(job.key, job.log)
+            job.reply = self._reconcile(idempotency_key(self.name, job.event_id), job.log)
 
     def _send(self, job: _Job) -> None:
         if job.reply is None:
             assert job.event is not None  # noqa: S101 - validated before any send
             request = self.route.adapter(job.event, now=self.clock())
-            job.reply = self._observed(self.route.operation, self.operation.call, request, job.key).model_dump(
-                mode="json"
-            )
+            job.reply = self._observed(
+                self.route.operation, self.operation.call, request, idempotency_key(self.name, job.event_id)
+            ).model_dump(mode="json")
             self._crash("after_send")
 
     def _complete_all(self, jobs: list[_Job]) -> None:

@@ -343,17 +343,18 @@ class Worker:
         self._running -= len(recs)
         self._busy[runner.name] -= 1
         exc = future.exception()
-        outcomes = future.result() if exc is None else None
-        if exc is not None or outcomes is None or len(outcomes) != len(recs):
-            # handle_batch() never raises; if it did, let the broker redeliver
+        outcomes: list[Outcome | None] = [None] * len(recs)
+        if exc is None and len(result := future.result()) == len(recs):
+            outcomes = list(result)
+        else:  # handle_batch() never raises; if it did, let the broker redeliver
             self._log.error("pipeline_crashed", route=runner.name, error=repr(exc))
-        for i, rec in enumerate(recs):
+        for rec, outcome in zip(recs, outcomes, strict=True):
             if rec.generation != self._generation:
                 continue  # its channel is gone: the broker redelivers it, and the store makes that cheap
-            if outcomes is None or len(outcomes) != len(recs):
+            if outcome is None:
                 self._settle(rec, requeue=True)
             else:
-                self._publish_outcome(rec, outcomes[i])
+                self._publish_outcome(rec, outcome)
         if self._waiting[runner.name]:
             self._dispatch(runner)
 
