@@ -1,19 +1,29 @@
-"""What every simulator shares: a threaded HTTP server on a real socket, started, stopped and used in ``with``.
+"""What every simulator shares: its server on a real socket, its record of effects, its fault switches.
 
-A simulator module defines its handler and a :class:`SimServer` subclass naming its log event, and its
-simulator class subclasses :class:`ServedSimulator` with ``_make_server``; the record, the faults and the
-protocol stay in the module.
+The server is threaded, started, stopped and used in ``with``; faults are drawn from a seeded generator.
+A simulator module defines its handler, a :class:`SimServer` subclass naming its log event and its
+``Faults`` model (a pydantic model with a ``seed`` field); its simulator class subclasses
+``ServedSimulator[Faults]`` with ``_make_server``. The protocol, and what a request records, stay in the
+module.
 """
 
 from __future__ import annotations
 
+import collections
+import random
 import threading
 from http.server import ThreadingHTTPServer
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar
 
 import structlog
+from pydantic import BaseModel
 
 log = structlog.get_logger(__name__)
+
+#: requests a simulator keeps (the oldest are dropped): a soak must not grow its memory without end
+MAX_RECORDED: Final = 100_000
+
+F = TypeVar("F", bound=BaseModel)
 
 
 class SimServer(ThreadingHTTPServer):
@@ -33,19 +43,58 @@ class SimServer(ThreadingHTTPServer):
         log.debug(self.error_event, client=str(client_address))
 
 
-class ServedSimulator:
-    """Start, stop and ``with`` for a simulator whose server runs in a daemon thread."""
+class ServedSimulator(Generic[F]):
+    """Start, stop and ``with`` for a simulator whose server runs in a daemon thread; its record and faults."""
 
     #: names the serving thread
     thread_name: ClassVar[str] = "sim"
 
-    def _init_server(self, host: str, port: int) -> None:
-        """Call from ``__init__``: where to listen (port 0: a free one, known after :meth:`start`)."""
+    def _init_server(self, host: str, port: int, faults: F) -> None:
+        """Call from ``__init__``: where to listen (port 0: a free one, known after :meth:`start`), no faults."""
         self.host = host
         self.port = port
         self._wake = threading.Event()
         self._server: SimServer | None = None
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._no_faults = faults
+        self._faults = faults
+        self._rng = random.Random()
+        self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECORDED)
+        self._effects: list[dict[str, Any]] = []
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the running server."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def faults(self) -> F:
+        """The faults in force."""
+        return self._faults
+
+    def set_faults(self, faults: F | None = None, **switches: Any) -> F:
+        """Replace the faults (a ``Faults``, or its fields as keywords); a seed restarts the draws."""
+        new = faults if faults is not None else type(self._no_faults).model_validate(switches)
+        with self._lock:
+            self._faults = new
+            self._rng = random.Random(getattr(new, "seed", None))
+        return new
+
+    def effects(self) -> list[dict[str, Any]]:
+        """Every call that changed the target's state, in order."""
+        with self._lock:
+            return [dict(e) for e in self._effects]
+
+    def _reset_record(self) -> None:
+        """Wake hanging requests, then forget requests, effects and faults; call under no lock."""
+        self._wake.set()
+        self._wake.clear()
+        with self._lock:
+            self._faults = self._no_faults
+            self._rng = random.Random()
+            self._requests.clear()
+            self._effects.clear()
 
     def _make_server(self) -> SimServer:
         """The module's server bound to ``(host, port)`` with its handler."""

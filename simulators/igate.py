@@ -43,7 +43,6 @@ import hmac
 import itertools
 import json
 import os
-import random
 import re
 import secrets
 import socket
@@ -77,7 +76,6 @@ PASSWORD_ENV: Final = "IGATE_BUS_IGATE_PASSWORD"  # noqa: S105 - a variable's na
 #: Vietnam has kept UTC+7 since 1975; a fixed offset needs no tz database
 ICT: Final = timezone(timedelta(hours=7), "ICT")
 MAX_REQUEST_BYTES: Final = 1_048_576
-MAX_RECORDED: Final = 100_000
 CONTROL_PREFIX: Final = "/_sim/"
 
 #: [F] national status names (DOMAIN.md 1.1), used for ``dossierStatus.name``
@@ -168,7 +166,7 @@ def _error(status: int, message: str, path: str, **extra: Any) -> _Answer:
     return _Answer(status, {**body, "path": path, **extra})
 
 
-class IGateSimulator(ServedSimulator):
+class IGateSimulator(ServedSimulator[Faults]):
     """iGate in a thread: ``start()``, ``stop()``, ``url``, usable as a context manager.
 
     Args:
@@ -203,12 +201,7 @@ class IGateSimulator(ServedSimulator):
         self._password = password
         self._default_ttl = token_ttl_s
         self.token_ttl_s = token_ttl_s
-        self._lock = threading.Lock()
-        self._init_server(host, port)
-        self._faults = Faults()
-        self._rng = random.Random()
-        self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECORDED)
-        self._effects: list[dict[str, Any]] = []
+        self._init_server(host, port, Faults())
         self._tokens: dict[str, tuple[int, float]] = {}
         self._dossiers: dict[str, dict[str, Any]] = {}
         self._counter = itertools.count(1)
@@ -225,38 +218,15 @@ class IGateSimulator(ServedSimulator):
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        """``http://host:port`` of the running server."""
-        return f"http://{self.host}:{self.port}"
-
     def _make_server(self) -> SimServer:
         return _Server((self.host, self.port), _Handler)
 
     # -- control ----------------------------------------------------------------------------------------
 
-    @property
-    def faults(self) -> Faults:
-        """The faults in force."""
-        return self._faults
-
-    def set_faults(self, faults: Faults | None = None, **switches: Any) -> Faults:
-        """Replace the faults (a :class:`Faults`, or its fields as keywords); a seed restarts the draws."""
-        new = faults if faults is not None else Faults.model_validate(switches)
-        with self._lock:
-            self._faults = new
-            self._rng = random.Random(new.seed)
-        return new
-
     def reset(self) -> None:
         """Forget requests, effects, tokens and faults, restore the seed dossiers, wake hanging requests."""
-        self._wake.set()
-        self._wake.clear()
+        self._reset_record()
         with self._lock:
-            self._faults = Faults()
-            self._rng = random.Random()
-            self._requests.clear()
-            self._effects.clear()
             self._tokens.clear()
             self._dossiers.clear()
             self.token_ttl_s = self._default_ttl
@@ -295,11 +265,6 @@ class IGateSimulator(ServedSimulator):
         """The iGate requests received (oldest first), optionally only those under ``path_prefix``."""
         with self._lock:
             return [dict(r) for r in self._requests if r["path"].startswith(path_prefix)]
-
-    def effects(self) -> list[dict[str, Any]]:
-        """Every note and update applied, in order, each with its ``client_request_id``."""
-        with self._lock:
-            return [dict(e) for e in self._effects]
 
     def effect_counts(self) -> dict[str, int]:
         """``clientRequestId`` → times an effect with it was applied (more than 1 is a duplicate effect)."""

@@ -50,13 +50,11 @@ endpoints (never recorded, never faulted): ``GET/POST /_sim/faults``, ``GET /_si
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import hmac
 import itertools
 import json
 import os
-import random
 import secrets
 import socket
 import struct
@@ -103,7 +101,6 @@ SOAP11_ENV: Final = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_ENV: Final = "http://www.w3.org/2003/05/soap-envelope"
 WSDL_DIR: Final = Path(__file__).resolve().parent.parent / "schemas" / "wsdl"
 MAX_REQUEST_BYTES: Final = 2_097_152
-MAX_RECORDED: Final = 100_000
 HUGE_BYTES: Final = 50 * 1024 * 1024
 #: the personal data the hostile replies carry, so tests can grep the logs for it (made up: a CCCD of the
 #: Đắk Lắk form and a Viettel number)
@@ -309,7 +306,7 @@ class _Dossier:
         }
 
 
-class NpsSimulator(ServedSimulator):
+class NpsSimulator(ServedSimulator[Faults]):
     """The portal's SOAP proxy in a thread: ``start()``, ``stop()``, ``url``, ``endpoint``; a context manager.
 
     Args:
@@ -340,13 +337,8 @@ class NpsSimulator(ServedSimulator):
         self.session_ttl_s = session_ttl_s
         self.strict_dossiers = strict_dossiers
         self._password = password
-        self._lock = threading.Lock()
-        self._init_server(host, port)
-        self._faults = Faults()
-        self._rng = random.Random()
+        self._init_server(host, port, Faults())
         self._counter = itertools.count(1)
-        self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECORDED)
-        self._effects: list[dict[str, Any]] = []
         self._request_log: dict[str, list[dict[str, Any]]] = {}
         self._sessions: dict[str, float] = {}
         self._dossiers: dict[str, _Dossier] = {}
@@ -358,11 +350,6 @@ class NpsSimulator(ServedSimulator):
     # -- lifecycle --------------------------------------------------------------------------------------
 
     @property
-    def url(self) -> str:
-        """``http://host:port`` of the running server."""
-        return f"http://{self.host}:{self.port}"
-
-    @property
     def endpoint(self) -> str:
         """The SOAP endpoint (what ``connectors.yaml`` names as the connector's ``endpoint``)."""
         return self.url + SOAP_PATH
@@ -372,28 +359,10 @@ class NpsSimulator(ServedSimulator):
 
     # -- control ----------------------------------------------------------------------------------------
 
-    @property
-    def faults(self) -> Faults:
-        """The faults in force."""
-        return self._faults
-
-    def set_faults(self, faults: Faults | None = None, **switches: Any) -> Faults:
-        """Replace the faults (a :class:`Faults`, or its fields as keywords); a seed restarts the draws."""
-        new = faults if faults is not None else Faults.model_validate(switches)
-        with self._lock:
-            self._faults = new
-            self._rng = random.Random(new.seed)
-        return new
-
     def reset(self) -> None:
         """Forget requests, effects, sessions, dossiers and faults; wake hanging requests."""
-        self._wake.set()
-        self._wake.clear()
+        self._reset_record()
         with self._lock:
-            self._faults = Faults()
-            self._rng = random.Random()
-            self._requests.clear()
-            self._effects.clear()
             self._request_log.clear()
             self._sessions.clear()
             self._dossiers.clear()
@@ -411,11 +380,6 @@ class NpsSimulator(ServedSimulator):
         """The SOAP requests received (oldest first), optionally only those of ``operation``."""
         with self._lock:
             return [json.loads(json.dumps(r)) for r in self._requests if operation in {None, r["operation"]}]
-
-    def effects(self) -> list[dict[str, Any]]:
-        """Every call that changed the portal's state, in order (service, MaHoSo, maYeuCau, what it did)."""
-        with self._lock:
-            return [dict(e) for e in self._effects]
 
     def request_log(self, key: str) -> list[dict[str, Any]]:
         """The proxy's log of the calls that carried ``maYeuCau`` = ``key``."""
