@@ -61,6 +61,7 @@ import pybreaker
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from connectors.base import endpoint
 from schemas.errors import (
     BreakerOpen,
     BusError,
@@ -335,9 +336,8 @@ class HttpClient:
     def __init__(self, name: str, spec: ConnectorSpec, *, extra_origins: tuple[str, ...] = ()) -> None:
         self.name = name
         self.spec = spec
-        if not spec.endpoint:
-            raise ConfigError(f"connector {name!r} needs an endpoint", field="endpoint")
-        urls = [httpx.URL(spec.endpoint), *(httpx.URL(u) for u in extra_origins)]
+        base = endpoint(name, spec)
+        urls = [httpx.URL(base), *(httpx.URL(u) for u in extra_origins)]
         for url in urls:
             if url.scheme not in {"http", "https"} or not url.host:
                 raise ConfigError(f"connector {name!r}: {url} is not an http(s) URL", field="endpoint")
@@ -347,7 +347,7 @@ class HttpClient:
         ca_file = spec.options.get("ca_file")
         max_connections = int(spec.options.get("max_connections", 20))
         self._client = httpx.Client(
-            base_url=spec.endpoint,
+            base_url=base,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json", "Accept-Encoding": "identity"},
             verify=ssl.create_default_context(cafile=str(ca_file)) if ca_file else True,
             follow_redirects=False,

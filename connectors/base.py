@@ -118,6 +118,35 @@ def connector_type(type_name: str) -> ConnectorType:
     return _cache.loaded[type_name]
 
 
+def endpoint(connector: str, spec: ConnectorSpec) -> str:
+    """The connector's endpoint, which every network connector needs.
+
+    Raises:
+        ConfigError: the spec has none.
+    """
+    if not spec.endpoint:
+        raise ConfigError(f"connector {connector!r} needs an endpoint", field="endpoint")
+    return spec.endpoint
+
+
+def required_option(connector: str, spec: ConnectorSpec, key: str, what: str) -> str:
+    """The option ``key`` of a connector, which it cannot work without.
+
+    Args:
+        connector: the connector's name, for the message.
+        spec: its entry in connectors.yaml.
+        key: the option's name.
+        what: what the option is, shown in parentheses (e.g. ``iGate's Keycloak client``).
+
+    Raises:
+        ConfigError: the option is missing or empty.
+    """
+    value = spec.options.get(key)
+    if not value:
+        raise ConfigError(f"connector {connector!r} needs options.{key} ({what})", field=f"options.{key}")
+    return str(value)
+
+
 def credential(connector: str, spec: ConnectorSpec, key: str) -> SecretStr:
     """The secret ``key`` of a connector, read from the environment variable its spec names.
 

@@ -39,11 +39,10 @@ import structlog
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from connectors._http import HttpClient, HttpReply, scrub_snippet
-from connectors.base import Health, Operation, OperationSpec, credential, typed
+from connectors.base import Health, Operation, OperationSpec, credential, endpoint, required_option, typed
 from schemas.errors import (
     AmbiguousOutcome,
     BusError,
-    ConfigError,
     MappingError,
     TargetUnavailable,
 )
@@ -130,16 +129,12 @@ class IGateConnector:
     def __init__(self, name: str, spec: ConnectorSpec) -> None:
         self.name = name
         self.spec = spec
-        if not spec.endpoint:
-            raise ConfigError(f"connector {name!r} needs an endpoint", field="endpoint")
-        client_id = spec.options.get("client_id")
-        if not client_id:
-            raise ConfigError(f"connector {name!r} needs options.client_id (iGate's Keycloak client)")
-        self._client_id = str(client_id)
+        url = endpoint(name, spec)
+        self._client_id = required_option(name, spec, "client_id", "iGate's Keycloak client")
         realm = str(spec.options.get("realm", DEFAULT_REALM))
         self._token_url = str(
             spec.options.get("token_url")
-            or f"{spec.endpoint.rstrip('/')}/auth/realms/{_segment(realm)}/protocol/openid-connect/token"
+            or f"{url.rstrip('/')}/auth/realms/{_segment(realm)}/protocol/openid-connect/token"
         )
         self._username = credential(self.name, self.spec, "username").get_secret_value()
         self._password = credential(self.name, self.spec, "password")

@@ -61,7 +61,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from connectors._http import TokenBucket, _Breaker
 from connectors._soap import WSDL_DIR, CallState, build_client, scrub_fault, translate
-from connectors.base import Health, Operation, OperationSpec, credential, typed
+from connectors.base import Health, Operation, OperationSpec, credential, endpoint, required_option, typed
 from schemas.errors import (
     AmbiguousOutcome,
     BusError,
@@ -185,12 +185,8 @@ class NpsConnector:
     def __init__(self, name: str, spec: ConnectorSpec) -> None:
         self.name = name
         self.spec = spec
-        if not spec.endpoint:
-            raise ConfigError(f"connector {name!r} needs an endpoint", field="endpoint")
-        madonvi = spec.options.get("madonvi")
-        if not madonvi:
-            raise ConfigError(f"connector {name!r} needs options.madonvi (the province's agency code, QĐ 20)")
-        self._madonvi = str(madonvi)
+        url = endpoint(name, spec)
+        self._madonvi = required_option(name, spec, "madonvi", "the province's agency code, QĐ 20")
         self._chunk = int(spec.options.get("chunk_size", DEFAULT_CHUNK))
         if not 1 <= self._chunk <= DEFAULT_CHUNK:
             raise ConfigError(f"connector {name!r}: options.chunk_size must be 1-{DEFAULT_CHUNK}")
@@ -200,7 +196,7 @@ class NpsConnector:
         wsdl = Path(str(spec.options["wsdl"])) if "wsdl" in spec.options else WSDL_FILE
         self._client = build_client(name, spec, wsdl)
         self._transport = self._client.transport
-        self._service = self._client.create_service(BINDING, spec.endpoint)  # type: ignore[no-untyped-call]
+        self._service = self._client.create_service(BINDING, url)  # type: ignore[no-untyped-call]
         self._breaker = _Breaker(name, spec.breaker)
         self._limiter = TokenBucket(spec.rate_limit) if spec.rate_limit else None
         self._session: _Session | None = None
