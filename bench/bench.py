@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import signal
@@ -48,6 +47,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pika
+from _common import create_pg_database, drop_pg_database, percentile, proc_cpu_s, rabbitmqctl
 from pika.adapters.select_connection import IOLoop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,22 +81,6 @@ CONNECTORS_YAML = "connectors:\n  noop:\n    type: noop\n"
 def now() -> float:
     """The one clock of the bench (publish times and arrival times are read in the same process)."""
     return time.perf_counter()
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..1) of a non-empty list."""
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
-
-
-def proc_cpu_s(pid: int, *, main_thread: bool = False) -> float:
-    """User + system CPU seconds of a process, all its threads or its main thread only (0 when it is gone)."""
-    path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
-    try:
-        fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_peak_mib(pid: int) -> float:
@@ -171,12 +155,6 @@ def busy_cpus(window: float = 1.0) -> float:
     except (OSError, ValueError, IndexError):
         return 0.0
     return (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
-
-
-def rabbitmqctl(*args: str) -> None:
-    """Run ``rabbitmqctl -q ARGS`` (vhost setup and teardown only)."""
-    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=120)  # noqa: S603
 
 
 def blocking(url: str) -> pika.BlockingConnection:
@@ -839,31 +817,6 @@ class Bench:
 
 
 # -- setup and teardown -------------------------------------------------------------------------------------
-def create_pg_database(admin_url: str) -> tuple[str, str]:
-    """A fresh database on the server of ``admin_url``: (its name, its URL)."""
-    import sqlalchemy as sa
-
-    name = f"igb_bench_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return name, admin_url.rsplit("/", 1)[0] + f"/{name}"
-
-
-def drop_pg_database(admin_url: str, name: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--messages", type=int, default=20_000, help="messages per throughput run (default 20000)")
@@ -915,7 +868,7 @@ def build_subjects(args: argparse.Namespace, tmp: Path, pg_dbs: list[tuple[str, 
             store, url = "sqlite", f"sqlite:///{tmp / f'store-{i}.sqlite3'}"
         else:
             admin = DEFAULT_PG if spec == "pg" else spec
-            name, url = create_pg_database(admin)
+            name, url = create_pg_database(admin, "igb_bench")
             pg_dbs.append((admin, name))
             store = "postgresql"
         levels = args.log_level or ["info", "warning"]

@@ -22,7 +22,7 @@ so every call is a create the portal accepts at once):
 3. **profile**: ``--messages`` again with ``cProfile`` (timer: the thread's CPU time) enabled in every pipeline
    call; zeep's share is the CPU time inside zeep's operation call and ``zeep.helpers.serialize_object``
    minus the CPU time inside our transport's HTTP ``post`` (requests, urllib3, sockets), over the CPU time of
-   the whole pipeline (``RouteRunner.handle``). The breakdown table attributes each function's own time to
+   the whole pipeline (``RouteRunner.handle_batch``). The breakdown table attributes each function's own time to
    a package (time of builtins and stdlib helpers goes to the package that called them).
 
 Usage::
@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import yaml
+from _common import create_pg_database, drop_pg_database, percentile, proc_cpu_s, rabbitmqctl
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -78,11 +79,6 @@ PG_ADMIN_URL = os.environ.get("IGATE_BUS_TEST_PG", "postgresql+psycopg://postgre
 
 
 # -- environment ---------------------------------------------------------------------------------------------
-
-
-def rabbitmqctl(*args: str) -> None:
-    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=60)  # noqa: S603 - fixed argv
 
 
 @contextlib.contextmanager
@@ -194,7 +190,8 @@ def received_events(n: int, tag: str) -> list[dict[str, Any]]:
 
 @dataclass
 class PipelineClock:
-    """Wall and CPU seconds spent in the pipeline (``RouteRunner.handle``), and optional per-thread profiles."""
+    """Wall and CPU seconds in the pipeline (``RouteRunner.handle_batch``), messages through it, and optional
+    per-thread profiles."""
 
     profile: bool = False
     wall: float = 0.0
@@ -205,7 +202,7 @@ class PipelineClock:
     _local: threading.local = field(default_factory=threading.local)
 
     def wrap(self, handle: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def timed(delivery: Any) -> Any:
+        def timed(deliveries: Any) -> Any:
             prof: cProfile.Profile | None = None
             if self.profile:
                 prof = getattr(self._local, "prof", None)
@@ -217,7 +214,7 @@ class PipelineClock:
             if prof is not None:
                 prof.enable()
             try:
-                return handle(delivery)
+                return handle(deliveries)
             finally:
                 if prof is not None:
                     prof.disable()
@@ -225,7 +222,7 @@ class PipelineClock:
                 with self._lock:
                     self.wall += w
                     self.cpu += c
-                    self.calls += 1
+                    self.calls += len(deliveries)
 
         return timed
 
@@ -274,16 +271,14 @@ class Probe:
         self._wrap(zeep.helpers, "serialize_object", "serialize")
         self._wrap(IdempotencyStore, "claim", "store")
         self._wrap(IdempotencyStore, "complete", "store")
+        self._wrap(IdempotencyStore, "claim_many", "store")
+        self._wrap(IdempotencyStore, "complete_many", "store")
         try:
             yield self
         finally:
             for undo in reversed(self._undo):
                 undo()
             self._undo.clear()
-
-
-def _ticks(path: str, fields: slice) -> int:
-    return sum(int(v) for v in Path(path).read_text().rsplit(")", 1)[1].split()[fields])
 
 
 @dataclass
@@ -300,8 +295,8 @@ class CpuMeter:
         idle = machine[3] + machine[4]
         return {
             "wall": time.monotonic(),
-            "bench": _ticks("/proc/self/stat", slice(11, 13)) / self.hz,
-            "simulator": _ticks(f"/proc/{self.sim_pid}/stat", slice(11, 13)) / self.hz,
+            "bench": proc_cpu_s("self"),
+            "simulator": proc_cpu_s(self.sim_pid),
             "machine": (sum(machine) - idle) / self.hz,
         }
 
@@ -326,7 +321,7 @@ def running_worker(amqp_url: str, store_url: str, config_dir: Path, clock: Pipel
     app = load_app(settings)
     runners = build_runners(app, app.routes, worker_id=f"bench-{os.getpid()}")
     for runner in runners:
-        runner.handle = clock.wrap(runner.handle)  # type: ignore[method-assign,assignment]  # instrumented, not replaced
+        runner.handle_batch = clock.wrap(runner.handle_batch)  # type: ignore[method-assign,assignment]  # instrumented, not replaced
     worker = Worker(
         amqp_url,
         runners,
@@ -403,13 +398,6 @@ class Pass:
     @property
     def rate(self) -> float:
         return (self.messages - 1) / self.seconds if self.seconds > 0 else float("nan")
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
 def run_burst(name: str, amqp_url: str, sim: Simulator, store_url: str, cfg: Path, n: int, *, profile: bool) -> Pass:
@@ -519,7 +507,7 @@ def cum(stats: pstats.Stats, match: Callable[[Func], bool]) -> float:
 
 def zeep_share(stats: pstats.Stats) -> dict[str, float]:
     """Pipeline CPU, CPU inside zeep (operation call + serialize_object) and inside the HTTP post under it."""
-    total = cum(stats, lambda f: f[2] == "handle" and f[0].endswith("routes/pipeline.py"))
+    total = cum(stats, lambda f: f[2] == "handle_batch" and f[0].endswith("routes/pipeline.py"))
     zeep_call = cum(stats, lambda f: f[0].endswith("zeep/proxy.py") and f[2] == "__call__")
     serialize = cum(stats, lambda f: f[0].endswith("zeep/helpers.py") and f[2] == "serialize_object")
     http = cum(stats, lambda f: f[0].endswith("connectors/_soap.py") and f[2] == "post")
@@ -556,7 +544,7 @@ def report(burst: Pass, paced: Pass, profiled: Pass, args: argparse.Namespace) -
     print("-" * len(header))
     for p in (burst, paced):
         lat = p.latencies_ms
-        cells = [pct(lat, 50), pct(lat, 90), pct(lat, 99), max(lat)] if lat else []
+        cells = [percentile(lat, 0.5), percentile(lat, 0.9), percentile(lat, 0.99), max(lat)] if lat else []
         row = "".join(f"{c:>9.1f}" for c in cells) if cells else f"{'(all queued before start)':>36}"
         print(f"{p.name:<18}{p.messages:>7}{p.seconds:>9.2f}{p.rate:>9.1f}{row}")
     print()
@@ -571,8 +559,8 @@ def report(burst: Pass, paced: Pass, profiled: Pass, args: argparse.Namespace) -
     prof_share = _print_profile(profiled, args)
     print()
     print(
-        f"RESULT msg/s={burst.rate:.1f} p50_ms={pct(paced.latencies_ms, 50):.1f} "
-        f"p99_ms={pct(paced.latencies_ms, 99):.1f} zeep_cpu_share={zeep_cpu_share:.1%} "
+        f"RESULT msg/s={burst.rate:.1f} p50_ms={percentile(paced.latencies_ms, 0.5):.1f} "
+        f"p99_ms={percentile(paced.latencies_ms, 0.99):.1f} zeep_cpu_share={zeep_cpu_share:.1%} "
         f"zeep_cpu_share_cprofile={prof_share:.1%}"
     )
 
@@ -589,7 +577,7 @@ def _print_probe(burst: Pass) -> float:
     print(f"per message, throughput pass (wrappers at 5 points, no profiler; {n} messages):")
     print(f"  {'':<46}{'wall':>10}{'':>3}{'CPU':>10}{'':>3}{'CPU share':>10}")
     rows = [
-        ("pipeline (RouteRunner.handle)", c.wall, c.cpu),
+        ("pipeline (RouteRunner.handle_batch)", c.wall, c.cpu),
         ("  zeep operation call (inclusive)", probe.wall["zeep_call"], probe.cpu["zeep_call"]),
         ("    HTTP post under it (requests, socket)", probe.wall["http_post"], probe.cpu["http_post"]),
         ("  zeep.helpers.serialize_object (reply)", probe.wall["serialize"], probe.cpu["serialize"]),
@@ -646,20 +634,12 @@ def temp_store(kind: str, work: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{work / 'store.sqlite3'}"
         return
-    import sqlalchemy as sa
 
-    name = f"igb_bench_soap_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name, url = create_pg_database(PG_ADMIN_URL, "igb_bench_soap")
     try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-        finally:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        yield url
     finally:
-        admin.dispose()
+        drop_pg_database(PG_ADMIN_URL, name)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

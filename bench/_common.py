@@ -1,0 +1,65 @@
+"""What both benchmarks need: rabbitmqctl for their temporary vhost, a temporary PostgreSQL database, CPU time
+from ``/proc``, and one percentile, so ``bench.py`` and ``bench_soap.py`` measure and clean up alike.
+
+Imported as ``_common``: the scripts run as ``python bench/NAME.py``, which puts this folder on the path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+
+def rabbitmqctl(*args: str) -> None:
+    """Run ``rabbitmqctl -q ARGS`` (vhost setup and teardown only)."""
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=120)  # noqa: S603 - fixed argv
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..1); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
+def proc_cpu_s(pid: int | str, *, main_thread: bool = False) -> float:
+    """User + system CPU seconds of a process (``"self"`` for this one), all its threads or its main thread
+    only; 0 when it is gone."""
+    path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def create_pg_database(admin_url: str, prefix: str) -> tuple[str, str]:
+    """A fresh database on the server of ``admin_url``: (its name, its URL)."""
+    import sqlalchemy as sa
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return name, admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_pg_database(admin_url: str, name: str) -> None:
+    """Drop a database made by :func:`create_pg_database`, closing its sessions."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
