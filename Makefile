@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench services venv clean
+.PHONY: demo test chaos lint typecheck unit bench services venv clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -30,6 +30,10 @@ typecheck: $(STAMP)
 
 test: venv services lint typecheck
 	$(BIN)/pytest -q
+
+# the long runs (thousands of events, fault schedules, soaks); each has a smaller version in `make test`
+chaos: venv services
+	$(BIN)/pytest -q -m chaos
 
 demo: venv services
 	$(BIN)/igate-bus demo
