@@ -1,12 +1,15 @@
 """Prometheus metrics of the bus, the observer that feeds them, and the queue inspection behind depth and age.
 
-Where it sits: beside the whole path (event → route → adapter → connector → result/DLQ). Each process has
-one :class:`BusMetrics` with its own ``CollectorRegistry`` (never the global one, so two workers in one test
-process do not collide). :class:`MetricsObserver` is the :class:`routes.observer.Observer` that wiring hands
-to the worker and its route runners: it counts outcomes, times the pipeline and the connector calls, tells
-the :class:`bus.health.HealthMonitor` of every call, and notes the timestamp of each message a consumer
-takes (:class:`HeadAges`). Queue depths, connector health and the worker's counters are read when
-Prometheus scrapes, by custom collectors, so they cost nothing per message.
+Where it sits: beside the whole path (event → route → adapter → connector → result/DLQ). This module defines
+the series a **worker** exports (the ingress defines its own in ``bus/ingress/metrics.py``: each process
+exports what it does). Each worker process has one :class:`BusMetrics` with its own ``CollectorRegistry``
+(never the global one, so two workers in one test process do not collide), and
+:func:`register_worker_collectors` adds the series read at scrape time. :class:`MetricsObserver` is the
+:class:`routes.observer.Observer` that wiring hands to the worker and its route runners: it counts outcomes,
+times the pipeline and the connector calls, tells the :class:`bus.health.HealthMonitor` of every call, and
+notes the timestamp of each message a consumer takes (:class:`HeadAges`). Queue depths, connector health and
+the worker's counters are read when Prometheus scrapes, by custom collectors, so they cost nothing per
+message.
 
 Series (prefix ``igate_bus_``): ``messages_processed_total{route,outcome}``,
 ``messages_failed_total{route,error_kind}``, ``messages_retried_total{route}``,
@@ -471,6 +474,22 @@ class QueueCollector:
             if i.oldest_age_s is not None:
                 age.add_metric(values, i.oldest_age_s)
         yield from (depth, consumers, age)
+
+
+def register_worker_collectors(
+    registry: CollectorRegistry, monitor: HealthMonitor, inspector: QueueInspector, worker: Callable[[], Worker | None]
+) -> None:
+    """Add what a worker process exports besides :class:`BusMetrics`, all read when Prometheus scrapes.
+
+    Args:
+        registry: the worker's registry (:attr:`BusMetrics.registry`).
+        monitor: connector health (:class:`HealthCollector`).
+        inspector: the routes' queues (:class:`QueueCollector`).
+        worker: the process's worker once it booted (:class:`WorkerCollector`).
+    """
+    registry.register(HealthCollector(monitor))
+    registry.register(QueueCollector(inspector))
+    registry.register(WorkerCollector(worker))
 
 
 class WorkerCollector:

@@ -23,7 +23,10 @@ Endpoints:
   body either way. A connector that is ``down`` makes the process not ready (``Ops.ready_needs_connectors``):
   the bus cannot do its work, although its queues keep every message; set it False for an ingress whose
   only job is to accept events.
-- ``GET /metrics``: the Prometheus text exposition of the process's registry.
+- ``GET /metrics``: the Prometheus text exposition of the process's own series: a worker's are defined in
+  ``bus/metrics.py`` (per route outcomes, latencies, queues, connectors, its consumer), the ingress's in
+  ``bus/ingress/metrics.py`` (requests, refusals, 503s, latencies, replay cache). Each process exports what
+  it does, never another role's series at zero.
 
 A worker's server listens on ``IGATE_BUS_OPS_HOST`` (default 127.0.0.1) port ``IGATE_BUS_OPS_PORT`` (default
 8610; 0 disables it). A port already taken is logged and the worker runs on without it.
@@ -44,20 +47,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
 from bus.health import PROBE_MARGIN_S, STATES, HealthMonitor
 from bus.metrics import (
     BusMetrics,
     HeadAges,
-    HealthCollector,
     MetricsObserver,
-    QueueCollector,
     QueueInfo,
     QueueInspector,
-    WorkerCollector,
     group_by_route,
+    register_worker_collectors,
 )
 from connectors.base import Health
 from schemas.errors import ConfigError
@@ -220,9 +221,10 @@ class Ops:
         app: the loaded config and built objects (its ``store`` is used when there is one).
         routes: the routes whose queues are reported.
         monitor: connector health.
-        metrics: the registry and its per-message metrics.
+        metrics: the worker's per-message metrics; None in a process that runs no routes (the ingress).
         head_ages: the consumers' view of route queue heads.
         inspector: reads the routes' queues.
+        registry: what ``GET /metrics`` serves: this process's own series.
         worker: the worker of this process, once it booted.
         ready_needs_connectors: a ``down`` connector makes readiness fail.
     """
@@ -230,14 +232,15 @@ class Ops:
     app: App
     routes: list[Route]
     monitor: HealthMonitor
-    metrics: BusMetrics
+    metrics: BusMetrics | None
     head_ages: HeadAges
     inspector: QueueInspector
+    registry: CollectorRegistry
     worker: Worker | None = None
     ready_needs_connectors: bool = True
     server: OpsServer | None = None
     started_at: float = field(default_factory=time.monotonic)
-    observer: _OpsObserver = field(init=False)
+    observer: _OpsObserver | None = field(init=False)
     _own_store: IdempotencyStore | None = field(default=None, init=False)
     _pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="igate-bus-ops"), init=False
@@ -246,10 +249,7 @@ class Ops:
     _stopped: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        self.observer = _OpsObserver(self)
-        self.metrics.registry.register(HealthCollector(self.monitor))
-        self.metrics.registry.register(QueueCollector(self.inspector))
-        self.metrics.registry.register(WorkerCollector(lambda: self.worker))
+        self.observer = _OpsObserver(self, self.metrics) if self.metrics is not None else None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self, *, worker: Worker | None = None, serve: bool = False) -> None:
@@ -351,8 +351,8 @@ def _finish(future: Any, describe: Callable[[Any], str]) -> tuple[Any, Check]:
 class _OpsObserver(MetricsObserver):
     """The observer wiring hands to the worker: metrics and health, plus starting and stopping :class:`Ops`."""
 
-    def __init__(self, ops: Ops) -> None:
-        super().__init__(ops.metrics, ops.monitor, ops.head_ages)
+    def __init__(self, ops: Ops, metrics: BusMetrics) -> None:
+        super().__init__(metrics, ops.monitor, ops.head_ages)
         self._ops = ops
 
     def before_worker_boot(self, worker: Worker) -> None:
@@ -371,6 +371,7 @@ def make_ops(
     routes: Sequence[Route] | None = None,
     connectors: Iterable[str] | None = None,
     ready_needs_connectors: bool = True,
+    registry: CollectorRegistry | None = None,
 ) -> Ops:
     """Build the observability of a process from its loaded config.
 
@@ -380,6 +381,9 @@ def make_ops(
         connectors: which connectors to watch; those of ``routes`` by default. One that cannot be built here
             (an unset credential) is reported ``down`` with the reason, never raised.
         ready_needs_connectors: a ``down`` connector makes readiness fail.
+        registry: the series of a process that runs no routes (the ingress passes its own), served as they
+            are by ``GET /metrics``. None: a worker's (``bus/metrics.py``): per-route counters fed by
+            :attr:`Ops.observer`, connector health, queues and the worker's counters read at scrape time.
     """
     from bus.wiring import build_connectors, select_routes
 
@@ -395,15 +399,25 @@ def make_ops(
     intervals = {n: specs[n].probe_interval for n in names if n in specs}
     timeouts = {n: specs[n].timeout.total + PROBE_MARGIN_S for n in names if n in specs}
     head_ages = HeadAges()
-    return Ops(
+    monitor = HealthMonitor(watched, intervals=intervals, probe_timeouts=timeouts)
+    inspector = QueueInspector(app.settings.amqp_url, chosen, head_ages=head_ages)
+    metrics: BusMetrics | None = None
+    if registry is None:
+        metrics = BusMetrics(r.spec.name for r in chosen)
+        registry = metrics.registry
+    ops = Ops(
         app=app,
         routes=chosen,
-        monitor=HealthMonitor(watched, intervals=intervals, probe_timeouts=timeouts),
-        metrics=BusMetrics(r.spec.name for r in chosen),
+        monitor=monitor,
+        metrics=metrics,
         head_ages=head_ages,
-        inspector=QueueInspector(app.settings.amqp_url, chosen, head_ages=head_ages),
+        inspector=inspector,
+        registry=registry,
         ready_needs_connectors=ready_needs_connectors,
     )
+    if metrics is not None:
+        register_worker_collectors(metrics.registry, monitor, inspector, lambda: ops.worker)
+    return ops
 
 
 def attach_ops(fastapi_app: FastAPI, ops: Ops) -> None:
@@ -427,6 +441,15 @@ router = APIRouter(tags=["operations"])
 _READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": HealthReport, "description": "Not ready: a check failed (the body says which)."}
 }
+#: how ``GET /metrics`` is documented, wherever it is served
+METRICS_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}
+}
+
+
+def exposition(registry: CollectorRegistry) -> Response:
+    """``registry`` in the Prometheus text exposition format."""
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _ready_response(ops: Ops) -> JSONResponse:
@@ -456,15 +479,10 @@ def health_ready(ops: OpsDep) -> Any:
     return _ready_response(ops)
 
 
-@router.get(
-    "/metrics",
-    response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}},
-    summary="Prometheus metrics",
-)
+@router.get("/metrics", response_class=Response, responses=METRICS_RESPONSES, summary="Prometheus metrics")
 def metrics(ops: OpsDep) -> Response:
     """Every metric of the process in the Prometheus text exposition format."""
-    return Response(generate_latest(ops.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return exposition(ops.registry)
 
 
 # -- the worker's own HTTP server ------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Confirmed publishing for the HTTP ingress: a few publisher threads, each owning its own connection.
 
 Where it sits: the last step of the ingress (signed request → validated envelope → **confirmed publish** on
-``igate.events`` or ``bus.results`` → ``202``). An HTTP request is answered ``202`` only after the broker
-confirmed its message, so each request hands its message to this pool and waits, with a deadline, for its
-own :class:`concurrent.futures.Future`.
+``igate.events`` or ``bus.results`` → ``202``), behind ``bus/ingress/publish.py``. An HTTP request is
+answered ``202`` only after the broker confirmed its message, so each request hands its message to this pool
+and waits, with a deadline, for its own :class:`concurrent.futures.Future`.
 
 Why threads and a queue: pika is not thread-safe (RELIABILITY.md section 5: one connection per thread), and
 a ``BlockingConnection`` waits for each confirm. So each of ``size`` threads owns one connection and one
@@ -101,6 +101,12 @@ class _PublisherThread(threading.Thread):
         self._retry_at = 0.0
         self._last_error = ""
         self.blocked = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether this thread holds an open connection now (read from other threads, for a gauge)."""
+        connection = self._connection
+        return connection is not None and bool(connection.is_open)
 
     # -- loop --------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -279,6 +285,16 @@ class PublisherPool:
     def blocked(self) -> bool:
         """True while the broker has told one of the connections it blocks publishers."""
         return any(t.blocked for t in self._threads)
+
+    @property
+    def waiting(self) -> int:
+        """Messages waiting for a publisher thread (approximate, for a gauge)."""
+        return self.queue.qsize()
+
+    @property
+    def connected(self) -> int:
+        """Publisher threads holding an open connection (for a gauge)."""
+        return sum(1 for t in self._threads if t.connected)
 
     def submit(self, message: Outbound) -> Future[None]:
         """Queue ``message``; the future completes when the broker confirmed it, or fails with the reason.
