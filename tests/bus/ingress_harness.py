@@ -9,9 +9,11 @@ reading a capture queue bound to the exchange, never on what they sent.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,6 +24,8 @@ from urllib.parse import quote
 import httpx
 import pika
 import uvicorn
+from busenv import ROOT, wait_for
+from opsenv import free_port
 
 from bus.ingress import IngressSettings, create_app
 from bus.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -29,6 +33,7 @@ from config.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from fastapi import FastAPI
 
@@ -42,6 +47,8 @@ ENV = {
 }
 AMQP_HOST, AMQP_PORT = "127.0.0.1", 5672
 CAPTURE = "test.capture"
+#: ``igate-bus serve`` as its own process runs it
+RUN_SERVE = "from bus.cli_serve import serve; serve()"
 
 
 class ServerThread:
@@ -135,8 +142,14 @@ def _connection(amqp_url: str) -> pika.BlockingConnection:
     return pika.BlockingConnection(params)
 
 
-def bind_capture(amqp_url: str, exchange: str, *, queue: str = CAPTURE, quorum: bool = False) -> None:
-    """Declare the exchanges (as the ingress does) and a queue bound to ``exchange`` with ``#``."""
+def bind_capture(
+    amqp_url: str, exchange: str, *, queue: str = CAPTURE, quorum: bool = False, routing_key: str = "#"
+) -> None:
+    """Declare the exchanges (as the ingress does) and a queue bound to ``exchange`` with ``routing_key``.
+
+    With a narrower key than ``#``, an event of another type is unroutable: the broker refuses the ingress's
+    mandatory publish (503 ``broker_refused``).
+    """
     from routes.topology import declare_exchanges
 
     conn = _connection(amqp_url)
@@ -145,7 +158,7 @@ def bind_capture(amqp_url: str, exchange: str, *, queue: str = CAPTURE, quorum: 
         declare_exchanges(ch)
         args = {"x-queue-type": "quorum"} if quorum else {"x-queue-type": "classic"}
         ch.queue_declare(queue, durable=True, arguments=args)
-        ch.queue_bind(queue, exchange, routing_key="#")
+        ch.queue_bind(queue, exchange, routing_key=routing_key)
     finally:
         conn.close()
 
@@ -168,3 +181,34 @@ def drain(amqp_url: str, queue: str = CAPTURE) -> list[tuple[Any, Any, bytes]]:
 def client(server: ServerThread, *, timeout: float = 10.0) -> httpx.Client:
     """An httpx client for the server."""
     return httpx.Client(base_url=server.url, timeout=timeout)
+
+
+@contextmanager
+def serve_process(env: dict[str, str], log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``igate-bus serve`` in its own process with ``env`` on a free port, output to ``log_path``.
+
+    Yields (the process, its base URL) once ``/openapi.json`` answers; kills it after the block if it still
+    runs.
+    """
+    port = free_port()
+    full_env = {**os.environ, **env, "IGATE_BUS_INGRESS_PORT": str(port)}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUN_SERVE], env=full_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def up() -> bool:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    return httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(up, timeout=30, interval=0.2, what="serve listening")
+            yield proc, url
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

@@ -1,5 +1,6 @@
 # mypy: allow-untyped-defs
-"""Helpers for the health, metrics and status tests: free ports, a simulator crash, status run in-process."""
+"""Helpers for the health, metrics and status tests: free ports, a simulator crash, status run in-process,
+scraped metrics read back."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from bus.cli_status import status
 
@@ -29,6 +31,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """Every sample of a text exposition by (name, labels)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    """One sample's value, None when absent."""
+    return samples.get((name, frozenset(labels.items())))
+
+
+def families(text: str) -> set[str]:
+    """The metric family names of a text exposition (counters without their ``_total``)."""
+    return {family.name for family in text_string_to_metric_families(text)}
 
 
 def stop_hard(sim: IGateSimulator) -> None:

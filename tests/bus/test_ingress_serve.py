@@ -7,31 +7,28 @@ Also the logs: what the ingress writes never holds a body's personal data or a c
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 
 import httpx
-from busenv import ROOT, example, wait_for
+from busenv import example
 from click.testing import CliRunner
-from ingress_harness import SECRET, VILIS_CODE, bind_capture, client, drain, dumps, serve, signed
+from ingress_harness import (
+    SECRET,
+    VILIS_CODE,
+    bind_capture,
+    client,
+    drain,
+    dumps,
+    serve,
+    serve_process,
+    signed,
+)
 from structlog.testing import capture_logs
 
 from bus.cli_serve import COMMANDS
 from bus.cli_serve import serve as serve_command
-
-RUN_SERVE = "from bus.cli_serve import serve; serve()"
-
-
-def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_commands_exported_for_the_cli():
@@ -60,28 +57,13 @@ def test_serve_bad_setting_is_one_line_and_exit_2(monkeypatch):
 def test_serve_process_accepts_a_signed_event_and_stops_on_sigterm(amqp_url, tmp_path):
     """`serve` in its own process: 202 for a signed event (stored on the broker), then SIGTERM ▶ graceful stop."""
     bind_capture(amqp_url, "igate.events")
-    port = free_port()
     env = {
-        **os.environ,
         "IGATE_BUS_AMQP_URL": amqp_url,
         "IGATE_BUS_INGRESS_HMAC_SECRET": SECRET,
-        "IGATE_BUS_INGRESS_PORT": str(port),
         "IGATE_BUS_OPS_PORT": "0",
         "IGATE_BUS_STORE_URL": f"sqlite:///{tmp_path / 'store.sqlite3'}",
     }
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-c", RUN_SERVE], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                return httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, timeout=30, interval=0.2, what="serve listening")
+    with serve_process(env, tmp_path / "serve.log") as (proc, url):
         event = example("dossier.received")
         event["event_id"] = str(uuid.uuid4())
         body = dumps(event)
@@ -91,11 +73,6 @@ def test_serve_process_accepts_a_signed_event_and_stops_on_sigterm(amqp_url, tmp
         proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught (exit by SIGTERM, as systemd expects)
         assert proc.wait(30) in {0, -signal.SIGTERM}
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        log.close()
     assert [p.message_id for _, p, _ in drain(amqp_url)] == [event["event_id"]]
     lines = [json.loads(x) for x in (tmp_path / "serve.log").read_text().splitlines() if x.startswith("{")]
     accepted = [x for x in lines if x.get("event") == "ingress_request" and x.get("outcome") == "accepted"]

@@ -27,8 +27,16 @@ from busenv import (
     write_config,
 )
 from fastapi import FastAPI
-from opsenv import cli_logging, free_port, status_json, stop_hard, with_probe_interval
-from prometheus_client.parser import text_string_to_metric_families
+from opsenv import (
+    cli_logging,
+    families,
+    free_port,
+    metric_samples,
+    sample,
+    status_json,
+    stop_hard,
+    with_probe_interval,
+)
 from structlog.testing import capture_logs
 
 from bus.ops_api import OpsServer, attach_ops, make_ops, ops_address, router
@@ -49,20 +57,6 @@ SLACK_S = 1.0
 def config_with_probe_interval(folder: Path, endpoint: str, interval: str = "500ms") -> Path:
     """The test config (busenv) with the igate connector probed every ``interval``."""
     return with_probe_interval(write_config(folder, endpoint=endpoint), interval)
-
-
-def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of a text exposition by (name, labels)."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
-    """One sample's value, None when absent."""
-    return samples.get((name, frozenset(labels.items())))
 
 
 @pytest.fixture
@@ -207,7 +201,8 @@ def test_metrics_count_real_traffic_per_route_and_readiness_reports_queues(
             )
 
         wait_for(lambda: scraped_dlq_depth() == 1.0, timeout=5, what="the dead letter in the queue gauges")
-        after = metric_samples(httpx.get(f"{base}/metrics", timeout=5).text)
+        text = httpx.get(f"{base}/metrics", timeout=5).text
+        after = metric_samples(text)
 
     def value(name: str, **labels: str) -> float | None:
         return sample(after, name, **labels)
@@ -240,6 +235,8 @@ def test_metrics_count_real_traffic_per_route_and_readiness_reports_queues(
     assert value("igate_bus_connector_state", connector="igate", state="down") == 0.0
     assert value("igate_bus_connector_breaker_state", connector="igate", state="closed") == 1.0
     assert value("igate_bus_connector_error_rate", connector="igate") == 0.0
+    # a worker exports what it does: none of the ingress's series
+    assert [f for f in families(text) if f.startswith("igate_bus_ingress_")] == []
     p95 = value("igate_bus_connector_latency_p95_seconds", connector="igate")
     assert p95 is not None and 0 < p95 < 3
     # the peek that measured the DLQ's age put the dead letter back
