@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from adapters.esms_to_bus import esms_event
 from bus.ingress.callbacks import Callback
-from bus.ingress.openapi import ERROR, RETRY_AFTER, Responses
+from bus.ingress.openapi import ERROR, RETRY_AFTER, Responses, unavailable
 from schemas.esms import ESMS_REQUIRED, EsmsCallback
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ RESPONSES: Final[Responses] = {
     404: {**ERROR, "description": "eSMS callbacks are not enabled."},
     409: {**ERROR, "description": "The same report is still being published.", "headers": RETRY_AFTER},
     422: {**ERROR, "description": "A parameter is missing or invalid."},
-    503: {**ERROR, "description": "The broker is unreachable, blocked or did not confirm.", "headers": RETRY_AFTER},
+    503: unavailable(ERROR),
 }
 PARAMETERS: Final = [
     {

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from adapters.to_bus import canonical_json
 from bus.ingress.handling import handle
-from bus.ingress.openapi import ERROR, RETRY_AFTER, Responses
+from bus.ingress.openapi import ERROR, RETRY_AFTER, Responses, unavailable
 from bus.ingress.problems import Problem
 from bus.ingress.publish import publish, raise_for_verdict
 from bus.ingress.publisher import Outbound
@@ -165,7 +165,7 @@ RESPONSES: Final[Responses] = {
     413: {**ERROR, "description": "Body over the size limit."},
     415: {**ERROR, "description": "Not application/json."},
     422: {**ERROR, "description": "Unknown or not accepted event type, or the envelope/payload is invalid."},
-    503: {**ERROR, "description": "The broker is unreachable, blocked or did not confirm.", "headers": RETRY_AFTER},
+    503: unavailable(ERROR),
 }
 SIGNATURE_PARAMETERS: Final = [
     {

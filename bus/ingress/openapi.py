@@ -30,6 +30,11 @@ RETRY_AFTER: Final[dict[str, Any]] = {
 }
 
 
+def unavailable(model: dict[str, Any]) -> dict[str, Any]:
+    """The documented 503 of a door whose refusals have the body ``model``."""
+    return {**model, "description": "The broker is unreachable, blocked or did not confirm.", "headers": RETRY_AFTER}
+
+
 def _envelope_schema(accepted: frozenset[str]) -> dict[str, Any]:
     schema = Envelope.model_json_schema(ref_template="#/components/schemas/{model}")
     schema["title"] = "EventEnvelope"

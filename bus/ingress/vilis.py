@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from adapters.vilis_to_bus import VILIS_ACTIONS, vilis_action, vilis_event
 from bus.ingress.callbacks import Callback
-from bus.ingress.openapi import RETRY_AFTER, Responses
+from bus.ingress.openapi import RETRY_AFTER, Responses, unavailable
 from bus.ingress.problems import ErrorCode, Problem
 from bus.ingress.requests import JSON_TYPE, read_json
 
@@ -85,7 +85,7 @@ RESPONSES: Final[Responses] = {
     413: {**_V, "description": "Body over the size limit."},
     415: {**_V, "description": "Not application/json."},
     422: {**_V, "description": "The body does not fit the action, or the result event would be invalid."},
-    503: {**_V, "description": "The broker is unreachable, blocked or did not confirm.", "headers": RETRY_AFTER},
+    503: unavailable(_V),
 }
 _ACTION = "The land system's call, e.g. KetThucHoSo."
 _CODE = "The land system's shared security code."

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pika
@@ -32,6 +32,9 @@ from ingress_harness import (
     signed,
 )
 from opsenv import families, metric_samples, sample
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 EVENTS = "/events"
 VILIS = "/callbacks/vilis/{action}/{security_code}"
@@ -58,6 +61,16 @@ def fresh(event_type: str = "dossier.received") -> dict[str, Any]:
     event = example(event_type)
     event["event_id"] = str(uuid.uuid4())
     return event
+
+
+def ingress_values(text: str) -> Callable[..., float | None]:
+    """Reads one ``igate_bus_ingress_<name>`` sample of a scrape by its labels (None when absent)."""
+    samples = metric_samples(text)
+
+    def value(name: str, **labels: str) -> float | None:
+        return sample(samples, f"igate_bus_ingress_{name}", **labels)
+
+    return value
 
 
 def worker_families(text: str) -> list[str]:
@@ -111,11 +124,7 @@ def test_every_answer_is_counted_by_endpoint_outcome_and_reason(amqp_url):
     assert sorted(p.message_id for _, p, _ in drain(amqp_url, CAPTURE)) == sorted(e["event_id"] for e in accepted)
     assert len(drain(amqp_url, RESULTS)) == 1
 
-    samples = metric_samples(text)
-
-    def value(name: str, **labels: str) -> float | None:
-        return sample(samples, f"igate_bus_ingress_{name}", **labels)
-
+    value = ingress_values(text)
     assert value("requests_total", endpoint=EVENTS, outcome="accepted") == 3
     assert value("requests_total", endpoint=EVENTS, outcome="duplicate") == 1
     assert value("requests_total", endpoint=EVENTS, outcome="refused") == 7
@@ -205,11 +214,7 @@ def test_serve_process_exports_ingress_series_and_no_worker_series(amqp_url, sql
     assert health.status_code == 200 and "igate" in health.json()["connectors"], "the ops router is mounted"
     assert scrape.headers["content-type"].startswith("text/plain; version=")
     assert [p.message_id for _, p, _ in drain(amqp_url, CAPTURE)] == [json.loads(good)["event_id"]]
-    samples = metric_samples(scrape.text)
-
-    def value(name: str, **labels: str) -> float | None:
-        return sample(samples, f"igate_bus_ingress_{name}", **labels)
-
+    value = ingress_values(scrape.text)
     assert value("requests_total", endpoint=EVENTS, outcome="accepted") == 1
     assert value("refusals_total", endpoint=EVENTS, reason="bad_signature") == 1
     assert value("unavailable_total", endpoint=EVENTS, reason="broker_refused") == 1
