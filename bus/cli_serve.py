@@ -1,6 +1,6 @@
 """``igate-bus serve`` (the HTTP ingress) and ``igate-bus sign`` (what iGate integrators sign requests with).
 
-Where it sits: outside the message path, it starts its HTTP door (``bus/ingress.py``): signed events from
+Where it sits: outside the message path, it starts its HTTP door (``bus/ingress/``): signed events from
 iGate onto ``igate.events``, external systems' callbacks onto ``bus.results``. Registered in
 ``bus/cli.py`` through :data:`COMMANDS`. Expected failures (a missing secret, a bad setting, a port in use)
 are one line on stderr and exit code 2, never a traceback.

@@ -2,10 +2,10 @@
 
 Where it sits: outside the message path (event → route → adapter → connector → result/DLQ), watching all
 of it. :class:`Ops` gathers what a process knows of itself: the :class:`bus.health.HealthMonitor` of its
-connectors, its :class:`bus.metrics.BusMetrics`, the broker and the store it uses, and its worker when it
-runs one. :data:`router` serves it; the HTTP ingress (``bus/ingress.py``) includes the router, and a worker
-(``igate-bus run``) serves it on its own small HTTP server (:class:`OpsServer`), so a worker without an
-ingress is still observable.
+connectors, its own metrics (a worker's :class:`bus.metrics.BusMetrics`, or the registry the ingress passes),
+the broker and the store it uses, and its worker when it runs one. :data:`router` serves it; the HTTP
+ingress (``bus/ingress/``) includes the router, and a worker (``igate-bus run``) serves it on its own small
+HTTP server (:class:`OpsServer`), so a worker without an ingress is still observable.
 
 Using it from another FastAPI app::
 
