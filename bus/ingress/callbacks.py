@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from fastapi import FastAPI
 
+    from bus.ingress.handling import Work
     from bus.ingress.openapi import Responses
     from bus.ingress.settings import IngressSettings
     from bus.ingress.state import IngressState
@@ -170,7 +171,7 @@ async def publish_callback(state: IngressState, event_data: dict[str, Any]) -> t
     return event, False
 
 
-def _work(cb: Callback) -> Callable[[Request, IngressState, dict[str, Any]], Awaitable[JSONResponse]]:
+def _work(cb: Callback) -> Work:
     """The steps every callback goes through, in the order the module docstring gives."""
 
     async def work(request: Request, state: IngressState, fields: dict[str, Any]) -> JSONResponse:
@@ -208,9 +209,7 @@ def _endpoint(cb: Callback) -> Callable[[Request], Awaitable[JSONResponse]]:
     return endpoint
 
 
-def _misdirected(
-    callbacks: Sequence[Callback], not_accepted: Mapping[str, str]
-) -> Callable[[Request, IngressState, dict[str, Any]], Awaitable[JSONResponse]]:
+def _misdirected(callbacks: Sequence[Callback], not_accepted: Mapping[str, str]) -> Work:
     """A call to ``/callbacks/{system}`` that no callback's route matched: 404 or 405, saying what would."""
     by_system = {cb.system: cb for cb in callbacks}
 

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
     from bus.ingress.state import IngressState
 
+    #: what an endpoint does: read, check, publish, answer; it sets log fields as it learns them
+    Work = Callable[[Request, IngressState, dict[str, Any]], Awaitable[JSONResponse]]
+
 log = get_logger("igate_bus.ingress")
 
 
@@ -51,7 +54,7 @@ def _finish(request: Request, *, started: float, status: int, error: str | None,
 
 async def handle(
     request: Request,
-    work: Callable[[Request, IngressState, dict[str, Any]], Awaitable[JSONResponse]],
+    work: Work,
     *,
     render: Callable[[Problem], JSONResponse] = Problem.response,
     **fields: Any,
