@@ -29,6 +29,7 @@ from schemas.envelope import Event, format_validation_error
 from schemas.errors import MappingError
 from schemas.igate_api import MAX_DATA_VALUE_CHARS, MAX_NOTE_CHARS, SourceSystem, UpdateDossierRequest
 from schemas.pii import sensitive_field_names
+from schemas.results import PORTAL_OK_CODES
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,8 +42,6 @@ RESULT_EVENTS: Final = (
     "receipt.issued",
     "sms.delivery_report",
 )
-#: the portal's "no error" codes ("0" in TH's deployments, "00" in OC's)
-_PORTAL_OK: Final = frozenset({"0", "00"})
 #: payload fields that carry the dossier code when the envelope lacks it
 _CODE_FIELDS: Final = {"vilis.status_changed": "so_bien_nhan", "vnpost.tracking_updated": "order_number"}
 _LAND_KINDS: Final = {
@@ -77,7 +76,7 @@ def _text(fields: dict[str, Any], name: str) -> str:
 
 def _portal_note(f: dict[str, Any]) -> str:
     service = _text(f, "service")
-    if str(f.get("error_code", "")) in _PORTAL_OK:
+    if str(f.get("error_code", "")) in PORTAL_OK_CODES:
         return f"Cổng DVCQG ({service}): đồng bộ thành công"
     return f"Cổng DVCQG ({service}): lỗi {_text(f, 'error_code')}: {_text(f, 'message')}"
 

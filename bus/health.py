@@ -18,7 +18,10 @@ up        otherwise
 ========  =====================================================================================
 
 So a target that stops answering reads ``degraded`` after one probe interval and ``down`` after
-``down_after``; one good probe brings it back to ``up`` (unless live calls still fail). A failed live
+``down_after``; one good probe brings it back to ``up`` (unless live calls still fail). A breaker that
+opens or closes is a change of its own: a connector that offers ``watch(listener)`` (every connector on the
+kit, ``connectors/kit/connector.py``) tells the monitor at that moment, and the state is derived and
+logged then, not at the next probe. A failed live
 call is one that raised a :class:`schemas.errors.TransientError` (timeout, refused, 5xx): a 4xx or a SOAP
 client fault is the target answering, and :class:`schemas.errors.BreakerOpen` sent nothing at all.
 
@@ -133,6 +136,7 @@ def derive_state(  # noqa: PLR0911 - one return per row of the table in the modu
     calls: int,
     down_after: int = DEFAULT_DOWN_AFTER,
     degraded_error_rate: float = DEFAULT_DEGRADED_ERROR_RATE,
+    breaker_reason: str = "",
 ) -> tuple[State, str]:
     """The state and its reason from what is known of a connector (pure; the table in the module docstring).
 
@@ -144,10 +148,11 @@ def derive_state(  # noqa: PLR0911 - one return per row of the table in the modu
         calls: live calls in the window.
         down_after: failed probes in a row that make it down.
         degraded_error_rate: failed share above which it is degraded.
+        breaker_reason: why the breaker opened (the failure that tripped it), shown with an open breaker.
     """
     last = probe.detail if probe is not None else ""
     if breaker == "open":
-        return "down", "the circuit breaker is open"
+        return "down", "the circuit breaker is open" + (f" ({breaker_reason})" if breaker_reason else "")
     if probe_failures >= down_after:
         return "down", f"{probe_failures} probes failed in a row: {last}"
     if probe_failures > 0:
@@ -254,6 +259,14 @@ class HealthMonitor:
         self._evaluating = threading.Lock()  # one evaluation at a time, so each change is logged once
         self._probes = ThreadPoolExecutor(max(1, len(self._entries)), thread_name_prefix="igate-bus-probe")
         self._scheduler: Any = None
+        for conn in connectors.values():
+            watch = getattr(conn, "watch", None)
+            if callable(watch):
+                watch(self._changed)
+
+    def _changed(self) -> None:
+        """A connector's breaker opened or closed: derive and log every state now, not at the next probe."""
+        self.evaluate()
 
     @property
     def names(self) -> list[str]:
@@ -338,6 +351,7 @@ class HealthMonitor:
                     probe, failures = entry.probe, entry.probe_failures
                     last_success, last_failure = entry.last_success, entry.last_failure
                 breaker = _breaker_of(entry.connector)
+                reason = getattr(entry.connector, "breaker_reason", "") if breaker == "open" else ""
                 calls = len(samples)
                 failed = sum(1 for s in samples if s[1])
                 error_rate = round(failed / calls, 4) if calls >= self.min_calls else None
@@ -350,6 +364,7 @@ class HealthMonitor:
                     calls=calls,
                     down_after=self.down_after,
                     degraded_error_rate=self.degraded_error_rate,
+                    breaker_reason=reason if isinstance(reason, str) else "",
                 )
                 with self._lock:
                     old = entry.state

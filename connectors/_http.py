@@ -13,8 +13,9 @@ connector (``connectors/igate.py``, ...) builds one :class:`HttpClient` from its
   ``identity``), because a small gzip body can expand past any cap in one decompression step.
 - **No redirects to other hosts**: GET/HEAD follow at most 3 redirects to the configured origins; any
   other redirect is refused.
-- **A circuit breaker** (pybreaker) counting only transient failures, and an optional **rate limit** (a
-  thread-safe token bucket).
+- **The kit's guard** (:mod:`connectors.kit.guard`): the breaker, the rate limit and the total deadline,
+  exactly as the SOAP path applies them; a status the caller names in ``refused`` (401 to a request
+  carrying a token) is raised as :class:`connectors.kit.Refused` for the credential helper, no verdict.
 - **Translation into the error tree** (:mod:`schemas.errors`), so routes never see httpx:
 
   ============================================  ===============================================
@@ -38,16 +39,12 @@ connector (``connectors/igate.py``, ...) builds one :class:`HttpClient` from its
 
   ``effect`` is what the caller says of the request: a read can never have applied anything.
 
-Thread-safe: the engine calls one client from several worker threads. pybreaker's own ``call`` holds its
-lock for the whole guarded call, which would queue every worker behind one slow request, so the breaker is
-consulted before sending and told the outcome afterwards instead.
+Thread-safe: the engine calls one client from several worker threads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import re
 import socket
 import ssl
@@ -57,28 +54,24 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import httpx
-import pybreaker
-import structlog
 from pydantic import BaseModel, ValidationError
 
 from connectors.base import endpoint
+from connectors.kit.credential import Refused
+from connectors.kit.guard import WATCHDOG, Guard
 from schemas.errors import (
-    BreakerOpen,
     BusError,
     ConfigError,
     TargetRejected,
     TargetTimeout,
     TargetUnavailable,
-    TransientError,
 )
 from schemas.pii import scrub_text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
-    from config.model import BreakerSpec, ConnectorSpec
-
-log = structlog.get_logger(__name__)
+    from config.model import ConnectorSpec
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -127,52 +120,6 @@ class _ForeignRedirectError(Exception):
     """Raised by the request hook when a redirect leaves the configured origins."""
 
 
-class _Watchdog:
-    """One daemon thread that runs an action (shutting a socket) when a deadline passes, unless disarmed."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int]] = []
-        self._actions: dict[int, Callable[[], None]] = {}
-        self._tickets = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def arm(self, at: float, action: Callable[[], None]) -> int:
-        """Run ``action`` at monotonic time ``at``; returns the ticket to disarm it."""
-        with self._cond:
-            ticket = next(self._tickets)
-            self._actions[ticket] = action
-            heapq.heappush(self._heap, (at, ticket))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="igate-bus-http-watchdog", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-            return ticket
-
-    def disarm(self, ticket: int) -> None:
-        """Cancel the action (its heap entry is dropped when its time comes)."""
-        with self._cond:
-            self._actions.pop(ticket, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                at, ticket = self._heap[0]
-                wait = at - time.monotonic()
-                if wait > 0 and ticket in self._actions:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-                action = self._actions.pop(ticket, None)
-            if action is not None:
-                action()
-
-
-_WATCHDOG = _Watchdog()
-
-
 def _shut_socket(response: httpx.Response, fired: threading.Event) -> None:
     """Wake a read blocked on ``response``'s socket: the deadline has passed."""
     fired.set()
@@ -182,110 +129,6 @@ def _shut_socket(response: httpx.Response, fired: threading.Event) -> None:
         # socket.socket.shutdown, not SSLSocket.shutdown: the latter tears down TLS state under the reader.
         with contextlib.suppress(OSError):
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-class TokenBucket:
-    """At most ``rate`` requests a second on average, in bursts of up to ``burst``; shared by every thread.
-
-    A caller reserves a token under the lock (the count may go negative) and sleeps off its debt outside
-    it, so waiting callers are served in order and never hold the lock while they wait.
-    """
-
-    def __init__(self, rate: float, burst: float | None = None) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, burst if burst is not None else rate)
-        self._tokens = self.capacity
-        self._stamp = time.monotonic()
-        self._lock = threading.Lock()
-
-    def acquire(self, deadline: float) -> None:
-        """Take one token, waiting for it if need be.
-
-        Raises:
-            TargetUnavailable: the token would come after ``deadline`` (nothing was sent).
-        """
-        with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            wait = 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
-            if now + wait > deadline:
-                raise TargetUnavailable(f"rate limit of {self.rate:g}/s leaves no slot before the deadline")
-            self._tokens -= 1.0
-        if wait > 0:
-            time.sleep(wait)
-
-
-class _Breaker(pybreaker.CircuitBreakerListener):
-    """pybreaker's state machine, consulted before a call and told its outcome after, outside its lock."""
-
-    def __init__(self, name: str, spec: BreakerSpec) -> None:
-        self.reset_timeout = spec.reset_timeout
-        self._cb = pybreaker.CircuitBreaker(
-            fail_max=spec.fail_max,
-            reset_timeout=spec.reset_timeout,
-            name=name,
-            listeners=[self],
-            throw_new_error_on_trip=False,
-        )
-        self._lock = threading.Lock()
-        self._opened_at = 0.0
-        self._trial_in_flight = False
-
-    @property
-    def state(self) -> str:
-        """``closed``, ``open`` or ``half-open``."""
-        return str(self._cb.current_state)
-
-    def state_change(
-        self,
-        cb: pybreaker.CircuitBreaker,
-        old_state: pybreaker.CircuitBreakerState | None,
-        new_state: pybreaker.CircuitBreakerState,
-    ) -> None:
-        """Note when the breaker opens (our clock, for :meth:`admit`) and log every change."""
-        if new_state.name == pybreaker.STATE_OPEN:
-            self._opened_at = time.monotonic()
-        log.warning(
-            "breaker.state_changed",
-            connector=cb.name,
-            old=old_state.name if old_state is not None else None,
-            new=new_state.name,
-        )
-
-    def admit(self) -> bool:
-        """Let a call through, or raise :class:`BreakerOpen`; True when the call is the half-open trial."""
-        with self._lock:
-            state = self._cb.current_state
-            if state == pybreaker.STATE_CLOSED:
-                return False
-            left = self._opened_at + self.reset_timeout - time.monotonic()
-            if state == pybreaker.STATE_OPEN and left > 0:
-                raise BreakerOpen(f"circuit breaker {self._cb.name!r} is open for another {left:.1f}s")
-            if self._trial_in_flight:
-                raise BreakerOpen(f"circuit breaker {self._cb.name!r} is half-open and its trial call is out")
-            self._trial_in_flight = True
-            return True
-
-    def release(self, *, trial: bool) -> None:
-        """A call that was admitted but never sent: free the trial slot, record nothing."""
-        if trial:
-            with self._lock:
-                self._trial_in_flight = False
-
-    def record(self, failure: TransientError | None, *, trial: bool) -> None:
-        """Feed the outcome through pybreaker's state machine (a no-op call that succeeds or re-raises)."""
-
-        def replay() -> None:
-            if failure is not None:
-                raise failure
-
-        try:
-            self._cb.call(replay)
-        except (pybreaker.CircuitBreakerError, TransientError):
-            pass  # the breaker counted it (or was opened meanwhile by another thread); the caller raises
-        finally:
-            self.release(trial=trial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,8 +185,7 @@ class HttpClient:
             if url.scheme not in {"http", "https"} or not url.host:
                 raise ConfigError(f"connector {name!r}: {url} is not an http(s) URL", field="endpoint")
         self._origins = frozenset(_origin(u) for u in urls)
-        self._breaker = _Breaker(name, spec.breaker)
-        self._limiter = TokenBucket(spec.rate_limit) if spec.rate_limit else None
+        self.guard = Guard(name, spec, log_as="http")
         ca_file = spec.options.get("ca_file")
         max_connections = int(spec.options.get("max_connections", 20))
         self._client = httpx.Client(
@@ -359,15 +201,6 @@ class HttpClient:
             event_hooks={"request": [self._check_origin]},
         )
 
-    @property
-    def breaker_state(self) -> str:
-        """The breaker's state: ``closed``, ``open`` or ``half-open``."""
-        return self._breaker.state
-
-    def deadline(self) -> float:
-        """The monotonic time by which an operation starting now must be over (``timeout.total``)."""
-        return time.monotonic() + self.spec.timeout.total
-
     def request(
         self,
         method: str,
@@ -380,8 +213,10 @@ class HttpClient:
         params: Mapping[str, str | int] | None = None,
         headers: Mapping[str, str] | None = None,
         accept: frozenset[int] = frozenset(),
+        refused: frozenset[int] = frozenset(),
         expect: type[BaseModel] | None = None,
         guard: bool = True,
+        judge: bool = True,
     ) -> HttpReply:
         """Send one request and return its reply, or raise an error from :mod:`schemas.errors`.
 
@@ -390,34 +225,29 @@ class HttpClient:
         Args:
             method: HTTP method.
             url: a path under the endpoint, or an absolute URL on one of the allowed origins.
-            deadline: monotonic time by which the whole operation must be over (see :meth:`deadline`).
+            deadline: monotonic time by which the whole operation must be over (``guard.deadline()``).
             effect: True when the request changes something at the target (decides ``maybe_applied``).
             json_body: sent as JSON.
             form: sent as ``application/x-www-form-urlencoded`` (the token grant).
             params: query parameters.
             headers: extra headers (``Authorization``).
-            accept: non-2xx statuses returned as replies instead of raised (401 to renew a token, 404
-                for a lookup miss).
+            accept: non-2xx statuses returned as replies instead of raised (404 for a lookup miss).
+            refused: statuses that mean the target refused the credential the request carried (401, or
+                400/401 from a token endpoint): raised as :class:`connectors.kit.Refused`, no verdict.
             expect: the model a 2xx body must be; validated here, so a garbage 200 counts as a failure
                 for the breaker, and kept in :attr:`HttpReply.parsed`.
             guard: False to bypass the breaker (health probes must see the target, not the breaker).
+            judge: False when a success says nothing of the target (a login): only failures count.
 
         Raises:
             BreakerOpen: the breaker is open; nothing was sent.
             TargetUnavailable: see the module's table.
             TargetTimeout: no (complete) answer before the read timeout or the deadline.
             TargetRejected: a 4xx or a refused redirect.
+            Refused: a status in ``refused``.
         """
-        # The breaker first: with it open, a call must fail at once, not after queueing for a rate slot.
-        trial = self._breaker.admit() if guard else False
-        if self._limiter is not None:
-            try:
-                self._limiter.acquire(deadline)
-            except TargetUnavailable:
-                self._breaker.release(trial=trial)  # nothing was sent: no verdict on the target
-                raise
-        started = time.monotonic()
-        try:
+        path = httpx.URL(url).path
+        with self.guard.call(deadline, guard=guard, judge=judge, method=method, path=path) as note:
             reply = self._send(
                 method,
                 url,
@@ -427,33 +257,13 @@ class HttpClient:
                 form=form,
                 params=params,
                 headers=headers,
-                accept=accept,
+                accept=accept | refused,
             )
+            if reply.status in refused:
+                raise Refused(f"HTTP {reply.status}: {scrub_snippet(reply.body)}")
             if expect is not None and 200 <= reply.status < 300:
                 reply = replace(reply, parsed=reply.parse(expect))
-        except BusError as exc:
-            log.warning(
-                "http.failed",
-                connector=self.name,
-                method=method,
-                path=httpx.URL(url).path,
-                error_kind=exc.kind,
-                maybe_applied=getattr(exc, "maybe_applied", None),
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
-            )
-            if guard:
-                self._breaker.record(exc if isinstance(exc, TransientError) else None, trial=trial)
-            raise
-        if guard:
-            self._breaker.record(None, trial=trial)
-        log.debug(
-            "http.call",
-            connector=self.name,
-            method=method,
-            path=httpx.URL(url).path,
-            status=reply.status,
-            duration_ms=round(reply.elapsed_ms, 1),
-        )
+            note["status"] = reply.status
         return reply
 
     def close(self) -> None:
@@ -502,12 +312,12 @@ class HttpClient:
         fired = threading.Event()
         try:
             response = self._client.send(request, stream=True, follow_redirects=method in _SAFE_METHODS)
-            ticket = _WATCHDOG.arm(deadline, lambda: _shut_socket(response, fired))
+            ticket = WATCHDOG.arm(deadline, lambda: _shut_socket(response, fired))
             try:
                 ok = 200 <= response.status_code < 300 or response.status_code in accept
                 body = self._read_body(response, deadline, effect=effect, whole=ok)
             finally:
-                _WATCHDOG.disarm(ticket)
+                WATCHDOG.disarm(ticket)
                 response.close()
         except (_ForeignRedirectError, httpx.TooManyRedirects) as exc:
             raise TargetRejected(f"redirect refused: {exc}", code="redirect") from None

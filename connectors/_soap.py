@@ -1,9 +1,11 @@
 """The one hardened SOAP client factory: zeep with safe XML settings and a transport that cannot hang or flood.
 
 Where it sits: inside the connector step (event → route → adapter → **connector** → result/DLQ). A SOAP
-connector (``connectors/nps.py``, ...) builds its zeep client once with :func:`build_client` and calls its
-operations inside :meth:`SoapTransport.call`, which sets the operation's total deadline; everything below
-is decided here once, so no SOAP connector can forget it (DESIGN.md Security, RELIABILITY.md XML):
+connector (``connectors/nps.py``, ...) builds one :class:`SoapClient` from its local WSDL and calls each
+operation with :meth:`SoapClient.call`: through the kit's guard (:mod:`connectors.kit.guard`: breaker, rate
+limit, total deadline, as the REST path), inside :meth:`SoapTransport.call`, which sets the operation's
+deadline for the transport, and with the reply validated as the caller's model. Everything below is decided
+here once, so no SOAP connector can forget it (DESIGN.md Security, RELIABILITY.md XML):
 
 - **XML settings**: ``Settings(strict=True, forbid_dtd=True, forbid_entities=True, xml_huge_tree=False)``
   (and ``forbid_external=True``). zeep's parser already runs with ``resolve_entities=False``; libxml2 then
@@ -21,7 +23,8 @@ is decided here once, so no SOAP connector can forget it (DESIGN.md Security, RE
 - **The status and content type are checked before zeep sees the body**: 200 and the SOAP fault statuses
   (500, 400) with an XML content type go to zeep; HTML or anything else is refused with a short scrubbed
   snippet.
-- **Translation into the error tree** (:func:`translate`), so routes never see zeep or requests:
+- **Translation into the error tree** (:func:`translate`, and :func:`parse_answer` for a reply that is not
+  the caller's model), so routes never see zeep or requests:
 
   ===================================================  =========================================================
   what happened                                        raised
@@ -38,6 +41,8 @@ is decided here once, so no SOAP connector can forget it (DESIGN.md Security, RE
   SOAP fault ``Client``/``Client.*``, ``MustUnder-     ``TargetRejected(code="soap:Client…")``
   stand``, ``VersionMismatch``
   other 4xx, redirects (never followed)                ``TargetRejected(code=str(status))``
+  a fault code the caller names in ``refused``         :class:`connectors.kit.Refused` (a session refused:
+                                                       the credential helper renews it), no verdict
   ===================================================  =========================================================
 
 **No reply body ever reaches a log or an error message.** zeep's ``TransportError`` embeds the whole reply
@@ -53,20 +58,25 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlparse
 
 import requests
 import requests.adapters
-import structlog
 import urllib3
 import zeep
 import zeep.exceptions
+import zeep.helpers
+from lxml import etree  # type: ignore[import-untyped]  # lxml ships no type hints
+from pydantic import BaseModel, ValidationError
 
-from connectors._http import _WATCHDOG, ERROR_BODY_BYTES, USER_AGENT, scrub_snippet
+from connectors._http import ERROR_BODY_BYTES, USER_AGENT, scrub_snippet
+from connectors.kit.credential import Refused
+from connectors.kit.guard import WATCHDOG, Guard
 from schemas.errors import (
     BusError,
     ConfigError,
+    MappingError,
     TargetRejected,
     TargetTimeout,
     TargetUnavailable,
@@ -74,13 +84,13 @@ from schemas.errors import (
 from schemas.pii import TARGET_PERSONAL_FIELDS, scrub_text
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Mapping
 
     from requests.structures import CaseInsensitiveDict
 
     from config.model import ConnectorSpec
 
-log = structlog.get_logger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 #: the folder of the WSDL and XSD files shipped with the package
 WSDL_DIR: Final = Path(__file__).resolve().parent.parent / "schemas" / "wsdl"
@@ -268,14 +278,14 @@ class SoapTransport(zeep.Transport):
         except requests.RequestException as exc:
             raise TargetUnavailable(f"request failed ({type(exc).__name__})", maybe_applied=ctx.effect) from None
         fired = threading.Event()
-        ticket = _WATCHDOG.arm(ctx.deadline, lambda: _shut_read(response, fired))
+        ticket = WATCHDOG.arm(ctx.deadline, lambda: _shut_read(response, fired))
         whole = False
         try:
             reply = self._reply(response, ctx, started, fired)
             whole = True
             return reply
         finally:
-            _WATCHDOG.disarm(ticket)
+            WATCHDOG.disarm(ticket)
             if whole and not fired.is_set():
                 response.raw.release_conn()  # read to its end: the connection may serve the next call
             else:
@@ -439,3 +449,125 @@ def build_client(name: str, spec: ConnectorSpec, wsdl: Path, *, schema_dirs: Ite
     except (zeep.exceptions.Error, OSError, ValueError) as exc:
         transport.close()
         raise ConfigError(f"connector {name!r}: the WSDL {wsdl.name} does not load ({type(exc).__name__})") from None
+
+
+def _drop_none(value: Any) -> Any:
+    """Absent optional elements come back from zeep as None; the reply models want them absent."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def parse_answer(answer: Any, model: type[M], *, effect: bool) -> M:
+    """What zeep returned, validated as ``model``; a reply of another shape is the target answering garbage.
+
+    Raises:
+        TargetUnavailable: the reply does not fit ``model`` (``maybe_applied`` as ``effect`` says).
+    """
+    data = _drop_none(zeep.helpers.serialize_object(answer, dict))  # type: ignore[no-untyped-call]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "reply"
+        raise TargetUnavailable(
+            f"reply is not a valid {model.__name__}: {where}: {first['msg']}", maybe_applied=effect
+        ) from None
+
+
+class SoapClient:
+    """One SOAP service from a local WSDL, each call guarded, under its deadline, its reply validated.
+
+    Args:
+        name: the connector's name (logs, breaker).
+        spec: its ``connectors.yaml`` entry (timeouts, breaker, rate limit, reply cap, ``ca_file``).
+        wsdl: the local WSDL file (see :func:`build_client`).
+        binding: the qualified name of the WSDL binding to call, e.g. ``{urn:dvcqg:lgsp:v1}DvcqgHoSoBinding``.
+        address: the endpoint the binding is called at.
+        log_as: the prefix of the call events (``nps`` gives ``nps.call`` and ``nps.call_failed``).
+        keys: personal field names whose values a fault string may echo (masked in errors).
+
+    Raises:
+        ConfigError: the WSDL is missing, refers to anything not local, or does not parse.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        spec: ConnectorSpec,
+        wsdl: Path,
+        *,
+        binding: str,
+        address: str,
+        log_as: str = "soap",
+        keys: Iterable[str] = (),
+    ) -> None:
+        self.name = name
+        self.guard = Guard(name, spec, log_as=log_as)
+        self._keys = frozenset(keys)
+        self._client = build_client(name, spec, wsdl)
+        self._transport: SoapTransport = self._client.transport
+        self._service = self._client.create_service(binding, address)  # type: ignore[no-untyped-call]
+
+    def call(
+        self,
+        operation: str,
+        body: Mapping[str, Any],
+        model: type[M],
+        *,
+        deadline: float,
+        effect: bool,
+        soap_headers: Mapping[str, Any] | None = None,
+        refused: frozenset[str] = frozenset(),
+        guard: bool = True,
+        judge: bool = True,
+    ) -> M:
+        """Call one operation of the binding and return its reply as ``model``, or raise a bus error.
+
+        Args:
+            operation: the WSDL operation.
+            body: its body's elements.
+            model: the reply's model; a reply that does not fit is ``TargetUnavailable``.
+            deadline: the operation's deadline (``guard.deadline()``).
+            effect: whether the operation changes something at the target (decides ``maybe_applied``).
+            soap_headers: header parts by name (zeep's ``_soapheaders``).
+            refused: fault codes (``soap:Client.Session``) that mean the target refused the credential
+                the call carried: raised as :class:`connectors.kit.Refused`, no verdict on the target.
+            guard: False to bypass the breaker (probes).
+            judge: False when success says nothing of the target (a login): only failures count.
+
+        Raises:
+            BusError: see the module's table; ``MappingError`` when zeep cannot even serialise the request.
+            Refused: a fault code in ``refused``.
+        """
+        kwargs: dict[str, Any] = dict(body)
+        if soap_headers is not None:
+            kwargs["_soapheaders"] = dict(soap_headers)
+        with self.guard.call(deadline, guard=guard, judge=judge, operation=operation):
+            state: CallState | None = None
+            try:
+                with self._transport.call(deadline, effect=effect) as state:
+                    answer = getattr(self._service, operation)(**kwargs)
+                return parse_answer(answer, model, effect=effect)
+            except (BusError, zeep.exceptions.Error, etree.LxmlError, ValueError, TypeError) as exc:
+                if isinstance(exc, BusError) or (state is not None and state.sent):
+                    error = translate(exc, effect=effect, keys=self._keys)
+                else:  # zeep could not serialise the request: nothing was sent, and resending cannot help
+                    error = MappingError(f"the {operation} request does not fit the WSDL ({type(exc).__name__})")
+                if isinstance(error, TargetRejected) and error.code in refused:
+                    raise Refused(str(error)) from None
+                raise error from None
+
+    def render(self, operation: str, body: Mapping[str, Any], *, soap_headers: Mapping[str, Any]) -> str:
+        """The envelope :meth:`call` would send, pretty-printed, without sending it (``igate-bus map``)."""
+        message = self._client.create_message(  # type: ignore[no-untyped-call]
+            self._service, operation, **body, _soapheaders=dict(soap_headers)
+        )
+        text: str = etree.tostring(message, pretty_print=True, encoding="unicode")
+        return text
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._transport.close()

@@ -7,19 +7,23 @@ request model of :mod:`schemas.nps` and returns a :class:`schemas.nps.SyncResult
 that event's payload unchanged.
 
 The protocol is DOMAIN.md section 2: the portal's services wrapped in SOAP 1.1 document/literal by an LGSP
-proxy ([A]: no public SOAP contract exists; the contract is ``schemas/wsdl/nps.wsdl``). The zeep client is
-built once from that local WSDL by :func:`connectors._soap.build_client` (hardened XML settings, total
-deadline, reply cap, error translation); this module adds what is particular to the portal:
+proxy ([A]: no public SOAP contract exists; the contract is ``schemas/wsdl/nps.wsdl``). It is built on the
+connector kit (:mod:`connectors.kit`): a :class:`connectors._soap.SoapClient` built once from that local
+WSDL (hardened XML settings, breaker, rate limit, total deadline, reply cap, error translation), the kit's
+cached credential, probe and operation declarations; this module adds what is particular to the portal:
 
 - **The session** ([F] the adapter's login ``{username, password}`` → ``session``): fetched by ``XacThuc``
   on first use, cached until ``expires_in`` (less a margin) when the portal says, and renewed once when a
   call is refused with the fault ``Client.Session`` (the proxy refuses before the portal handles anything,
   so the call is safely sent again). Every other call carries ``session``, ``madonvi`` and our idempotency
-  key as ``maYeuCau`` in the ``PhienLamViec`` header.
-- **Error codes** ([F] "0" in TH's deployments, "00" in OC's): success becomes a ``SyncResult``; any other
-  code is the portal rejecting the record, a :class:`~schemas.errors.TargetRejected` (dead-lettered at once,
-  never retried) with the code and the portal's message, scrubbed. **"đã tồn tại"** ([F] TH): a create
-  refused because the record exists is sent again at once as an update (``isUpdating=true``).
+  key as ``maYeuCau`` in the ``PhienLamViec`` header. The portal refusing the login, or a fresh session,
+  is the bus's account at fault, not the record: :class:`~schemas.errors.CredentialsRefused` (events wait,
+  the breaker opens, ``credentials_refused`` is logged once), never a dead letter.
+- **Error codes** (:data:`schemas.nps.OK_CODES`: [F] "0" in TH's deployments, "00" in OC's, and "3"/"-3",
+  which TH also takes as success): success becomes a ``SyncResult``; any other code is the portal rejecting
+  the record, a :class:`~schemas.errors.TargetRejected` (dead-lettered at once, never retried) with the code
+  and the portal's message, scrubbed. **"đã tồn tại"** ([F] TH): a create refused because the record exists
+  is sent again at once as an update (``isUpdating=true``).
 - **Progress in chunks of 10** ([F] TH). Each chunk but the last carries ``{key}.{n}`` as its request id
   and the last carries the key itself, and chunks go out in order, stopping at the first failure: when the
   portal knows the key, every chunk was applied.
@@ -39,37 +43,28 @@ deadline, reply cap, error translation); this module adds what is particular to 
       options: {madonvi: 000.00.16.H16}
 
 Options: ``madonvi`` (required: the province's agency code, QĐ 20), ``wsdl`` (another local WSDL of the
-same contract), ``chunk_size`` (progress steps a call, default 10), ``degraded_ms`` (probe latency above
-which health is ``degraded``, default 2000), ``ca_file``.
+same contract), ``chunk_size`` (progress steps a call, default 10), plus the kit's ``degraded_ms`` (probe
+latency above which health is ``degraded``, default 2000) and ``ca_file``.
 """
 
 from __future__ import annotations
 
 import re
-import threading
-import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import structlog
-import zeep.exceptions
-import zeep.helpers
-from lxml import etree  # type: ignore[import-untyped]  # lxml ships no type hints
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
-from connectors._http import TokenBucket, _Breaker
-from connectors._soap import WSDL_DIR, CallState, build_client, scrub_fault, translate
-from connectors.base import Health, Operation, OperationSpec, credential, endpoint, required_option, typed
+from connectors._soap import WSDL_DIR, SoapClient, scrub_fault
+from connectors.base import credential, endpoint, required_option
+from connectors.kit import CachedCredential, Credential, KitConnector, Refused, operation
 from schemas.errors import (
     AmbiguousOutcome,
-    BusError,
     ConfigError,
     MappingError,
     TargetRejected,
     TargetUnavailable,
-    TransientError,
 )
 from schemas.nps import (
     MA_YEU_CAU_PATTERN,
@@ -88,14 +83,11 @@ from schemas.nps import (
 from schemas.pii import sensitive_field_names
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from config.model import ConnectorSpec
 
 log = structlog.get_logger(__name__)
 
 R = TypeVar("R", bound=NpsReply)
-Q = TypeVar("Q", bound=BaseModel)
 
 #: the WSDL's target namespace and binding
 NAMESPACE: Final = "urn:dvcqg:lgsp:v1"
@@ -103,40 +95,21 @@ BINDING: Final = f"{{{NAMESPACE}}}DvcqgHoSoBinding"
 WSDL_FILE: Final = WSDL_DIR / "nps.wsdl"
 #: [F] TH sends progress steps in chunks of 10
 DEFAULT_CHUNK: Final = 10
-DEFAULT_DEGRADED_MS: Final = 2000.0
-#: renew a session this long before the portal says it expires, at most (a tenth of its life when short)
-SESSION_MARGIN_S: Final = 30.0
 #: [A] the fault code with which the proxy refuses an unknown or expired session
 SESSION_FAULT: Final = "soap:Client.Session"
 #: the dossier code the probe asks for: a lookup of it is harmless whatever the portal answers
 PROBE_CODE: Final = "PROBE-0"
 #: longest idempotency key accepted (chunk suffixes must still fit the header's 100 characters)
 MAX_KEY_CHARS: Final = 90
-#: characters of the portal's ``message`` kept from a reply
-MAX_MESSAGE_CHARS: Final = 2000
 #: the portal's field names whose values its faults and messages may echo
 PERSONAL_KEYS: Final = sensitive_field_names(
     [DongBoHoSoMCRequest, CapNhatTienDoHoSoMCRequest, DongBoDanhGiaRequest, XacThucRequest]
 )
 _KEY = re.compile(MA_YEU_CAU_PATTERN)
+_SESSION_REFUSED: Final = frozenset({SESSION_FAULT})
 
 
-@dataclass(frozen=True, slots=True)
-class _Session:
-    value: SecretStr
-    renew_at: float  # monotonic; inf when the portal gives no lifetime
-
-
-def _drop_none(value: Any) -> Any:
-    """Absent optional elements come back from zeep as None; the reply models want them absent."""
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_none(v) for v in value]
-    return value
-
-
-class NpsConnector:
+class NpsConnector(KitConnector):
     """The national portal over SOAP: three effects, each with a lookup, and a read.
 
     The effects are ``dong_bo_ho_so``, ``cap_nhat_tien_do`` and ``dong_bo_danh_gia``; the read is
@@ -151,146 +124,54 @@ class NpsConnector:
             does not load.
     """
 
-    OPERATIONS: ClassVar[Mapping[str, OperationSpec]] = {
-        "dong_bo_ho_so": OperationSpec(
-            request=DongBoHoSoMCRequest,
-            reply=SyncResult,
-            effect=True,
-            has_lookup=True,
-            doc="Create or update dossier records (DongBoHoSoMC); an existing record is updated.",
-        ),
-        "cap_nhat_tien_do": OperationSpec(
-            request=CapNhatTienDoHoSoMCRequest,
-            reply=SyncResult,
-            effect=True,
-            has_lookup=True,
-            doc="Add processing steps (CapNhatTienDoHoSoMC), in chunks of 10.",
-        ),
-        "dong_bo_danh_gia": OperationSpec(
-            request=DongBoDanhGiaRequest,
-            reply=SyncResult,
-            effect=True,
-            has_lookup=True,
-            doc="[A] Send the citizen's rating of a dossier (DongBoDanhGia).",
-        ),
-        "tra_cuu_ho_so": OperationSpec(
-            request=TraCuuHoSoRequest,
-            reply=TraCuuHoSoReply,
-            effect=False,
-            has_lookup=False,
-            doc="Read a dossier's state at the portal (TraCuuHoSo).",
-        ),
-    }
+    PROBE_ANSWERED = "TraCuuHoSo answered"
 
     def __init__(self, name: str, spec: ConnectorSpec) -> None:
-        self.name = name
-        self.spec = spec
         url = endpoint(name, spec)
         self._madonvi = required_option(name, spec, "madonvi", "the province's agency code, QĐ 20")
         self._chunk = int(spec.options.get("chunk_size", DEFAULT_CHUNK))
         if not 1 <= self._chunk <= DEFAULT_CHUNK:
             raise ConfigError(f"connector {name!r}: options.chunk_size must be 1-{DEFAULT_CHUNK}")
-        self._degraded_ms = float(spec.options.get("degraded_ms", DEFAULT_DEGRADED_MS))
-        self._username = credential(self.name, self.spec, "username").get_secret_value()
-        self._password = credential(self.name, self.spec, "password")
+        self._username = credential(name, spec, "username").get_secret_value()
+        self._password = credential(name, spec, "password")
         wsdl = Path(str(spec.options["wsdl"])) if "wsdl" in spec.options else WSDL_FILE
-        self._client = build_client(name, spec, wsdl)
-        self._transport = self._client.transport
-        self._service = self._client.create_service(BINDING, url)  # type: ignore[no-untyped-call]
-        self._breaker = _Breaker(name, spec.breaker)
-        self._limiter = TokenBucket(spec.rate_limit) if spec.rate_limit else None
-        self._session: _Session | None = None
-        self._session_lock = threading.Lock()
-        self._operations: Mapping[str, Operation] = {
-            "dong_bo_ho_so": Operation(
-                "dong_bo_ho_so",
-                DongBoHoSoMCRequest,
-                SyncResult,
-                typed(self.name, DongBoHoSoMCRequest, self.dong_bo_ho_so),
-                self.lookup_ho_so,
-            ),
-            "cap_nhat_tien_do": Operation(
-                "cap_nhat_tien_do",
-                CapNhatTienDoHoSoMCRequest,
-                SyncResult,
-                typed(self.name, CapNhatTienDoHoSoMCRequest, self.cap_nhat_tien_do),
-                self.lookup_tien_do,
-            ),
-            "dong_bo_danh_gia": Operation(
-                "dong_bo_danh_gia",
-                DongBoDanhGiaRequest,
-                SyncResult,
-                typed(self.name, DongBoDanhGiaRequest, self.dong_bo_danh_gia),
-                self.lookup_danh_gia,
-            ),
-            "tra_cuu_ho_so": Operation(
-                "tra_cuu_ho_so",
-                TraCuuHoSoRequest,
-                TraCuuHoSoReply,
-                typed(self.name, TraCuuHoSoRequest, self.tra_cuu_ho_so),
-                None,
-                effect=False,
-            ),
-        }
+        self._soap = SoapClient(name, spec, wsdl, binding=BINDING, address=url, log_as="nps", keys=PERSONAL_KEYS)
+        super().__init__(name, spec, guard=self._soap.guard)
+        self._session = CachedCredential(
+            name, self._login, breaker=self.guard.breaker, what="session", issuer="the portal", target="the portal"
+        )
 
     # -- the Connector protocol -------------------------------------------------------------------------
 
-    def operations(self) -> Mapping[str, Operation]:
-        """The four operations by name."""
-        return self._operations
-
-    def probe(self) -> Health:
-        """Look up a dossier that does not exist (no side effects), bypassing the breaker; never raises.
-
-        ``up`` when the portal answers in time, ``degraded`` when it answers slowly or the breaker is not
-        closed, ``down`` when it does not answer properly.
-        """
-        started = time.monotonic()
-        try:
-            self._service_call(
-                "TraCuuHoSo",
-                {"MaHoSo": PROBE_CODE},
-                TraCuuHoSoReply,
-                deadline=self._deadline(),
-                effect=False,
-                key=None,
-                guard=False,
-            )
-        except BusError as exc:
-            return Health(
-                state="down",
-                detail=f"{exc.kind}: {exc}",
-                latency_ms=round((time.monotonic() - started) * 1000, 1),
-                checked_at=datetime.now(UTC),
-            )
-        latency_ms = round((time.monotonic() - started) * 1000, 1)
-        if self._breaker.state != "closed":
-            detail = f"answers, but the breaker is {self._breaker.state}"
-            return Health("degraded", detail, latency_ms, datetime.now(UTC))
-        if latency_ms > self._degraded_ms:
-            return Health("degraded", f"slow: over {self._degraded_ms:g} ms", latency_ms, datetime.now(UTC))
-        return Health("up", "TraCuuHoSo answered", latency_ms, datetime.now(UTC))
+    def check(self) -> float | None:
+        """Look up a dossier that does not exist (no side effects), bypassing the breaker."""
+        self._service_call(
+            "TraCuuHoSo",
+            {"MaHoSo": PROBE_CODE},
+            TraCuuHoSoReply,
+            deadline=self.guard.deadline(),
+            effect=False,
+            key=None,
+            guard=False,
+        )
+        return None
 
     def close(self) -> None:
         """Close the pooled connections."""
-        self._transport.close()
-
-    @property
-    def breaker_state(self) -> str:
-        """The breaker's state (for ``igate-bus status``)."""
-        return self._breaker.state
+        self._soap.close()
 
     # -- operations -------------------------------------------------------------------------------------
 
+    @operation(DongBoHoSoMCRequest, SyncResult, lookup="lookup_ho_so")
     def dong_bo_ho_so(self, request: DongBoHoSoMCRequest, idempotency_key: str) -> SyncResult:
-        """Send dossier records; a create the portal refuses as existing ("đã tồn tại") is sent as an update.
+        """Create or update dossier records (DongBoHoSoMC); an existing record ("đã tồn tại") is updated.
 
         Raises:
             TargetRejected: the portal refused the records (their code and its message in the error).
             TransientError: see :mod:`connectors._soap`.
         """
         key = self._check_key(idempotency_key)
-        deadline = self._deadline()
+        deadline = self.guard.deadline()
         body = request.wire()
         reply = self._service_call("DongBoHoSoMC", body, NpsReply, deadline=deadline, effect=True, key=key)
         if reply.already_exists and not request.isUpdating:
@@ -299,8 +180,9 @@ class NpsConnector:
             reply = self._service_call("DongBoHoSoMC", body, NpsReply, deadline=deadline, effect=True, key=key)
         return self._settle("DongBoHoSoMC", reply)
 
+    @operation(CapNhatTienDoHoSoMCRequest, SyncResult, lookup="lookup_tien_do")
     def cap_nhat_tien_do(self, request: CapNhatTienDoHoSoMCRequest, idempotency_key: str) -> SyncResult:
-        """Send processing steps in chunks, in order, stopping at the first the portal refuses.
+        """Add processing steps (CapNhatTienDoHoSoMC), in chunks of 10, in order, stopping at the first refused.
 
         Raises:
             TargetRejected: the portal refused a chunk (the chunks before it were applied; sending them
@@ -308,7 +190,7 @@ class NpsConnector:
             TransientError: see :mod:`connectors._soap`.
         """
         key = self._check_key(idempotency_key)
-        deadline = self._deadline()
+        deadline = self.guard.deadline()
         steps = request.wire()["data"]
         chunks = [steps[i : i + self._chunk] for i in range(0, len(steps), self._chunk)]
         result: SyncResult | None = None
@@ -322,8 +204,9 @@ class NpsConnector:
             raise MappingError("no progress steps to send", field="data")
         return result
 
+    @operation(DongBoDanhGiaRequest, SyncResult, lookup="lookup_danh_gia")
     def dong_bo_danh_gia(self, request: DongBoDanhGiaRequest, idempotency_key: str) -> SyncResult:
-        """Send the citizen's rating of a dossier.
+        """[A] Send the citizen's rating of a dossier (DongBoDanhGia).
 
         Raises:
             TargetRejected: the portal refused it.
@@ -331,12 +214,13 @@ class NpsConnector:
         """
         key = self._check_key(idempotency_key)
         reply = self._service_call(
-            "DongBoDanhGia", request.wire(), NpsReply, deadline=self._deadline(), effect=True, key=key
+            "DongBoDanhGia", request.wire(), NpsReply, deadline=self.guard.deadline(), effect=True, key=key
         )
         return self._settle("DongBoDanhGia", reply)
 
+    @operation(TraCuuHoSoRequest, TraCuuHoSoReply, effect=False)
     def tra_cuu_ho_so(self, request: TraCuuHoSoRequest, idempotency_key: str = "") -> TraCuuHoSoReply:
-        """Read a dossier's state; an unknown dossier is a reply with no ``result`` (``found`` False).
+        """Read a dossier's state at the portal (TraCuuHoSo); an unknown dossier is a reply without ``result``.
 
         Raises:
             TargetRejected: the portal refused the question (an error code other than "not found").
@@ -344,7 +228,7 @@ class NpsConnector:
         """
         del idempotency_key  # a read needs no key
         reply = self._service_call(
-            "TraCuuHoSo", request.wire(), TraCuuHoSoReply, deadline=self._deadline(), effect=False, key=None
+            "TraCuuHoSo", request.wire(), TraCuuHoSoReply, deadline=self.guard.deadline(), effect=False, key=None
         )
         if not reply.ok and reply.error_code != NOT_FOUND_CODE:
             raise TargetRejected(
@@ -376,9 +260,6 @@ class NpsConnector:
             )
         return idempotency_key
 
-    def _deadline(self) -> float:
-        return time.monotonic() + self.spec.timeout.total
-
     def _settle(self, service: str, reply: NpsReply) -> SyncResult:
         """The ``SyncResult`` of an accepted call; a refused one is a permanent error."""
         message = scrub_fault(reply.message, keys=PERSONAL_KEYS, limit=1000)
@@ -389,7 +270,7 @@ class NpsConnector:
     def _lookup(self, service: str, idempotency_key: str) -> SyncResult | None:
         key = self._check_key(idempotency_key)
         reply = self._service_call(
-            "TraCuuHoSo", {"MaYeuCau": key}, TraCuuHoSoReply, deadline=self._deadline(), effect=False, key=None
+            "TraCuuHoSo", {"MaYeuCau": key}, TraCuuHoSoReply, deadline=self.guard.deadline(), effect=False, key=None
         )
         if not reply.ok and reply.error_code != NOT_FOUND_CODE:
             raise TargetUnavailable(
@@ -419,116 +300,34 @@ class NpsConnector:
         key: str | None,
         guard: bool = True,
     ) -> R:
-        """One portal call with a session, renewing the session once if the proxy refuses it."""
-        for attempt in (1, 2):
-            session = self._current_session(deadline, guard=guard)
+        """One portal call with the session, renewed once if the proxy refuses it (the kit's credential)."""
+
+        def send(session: Credential) -> R:
             header = {"session": session.value.get_secret_value(), "madonvi": self._madonvi}
             if key is not None:
                 header["maYeuCau"] = key
-            try:
-                return self._invoke(
-                    operation, body, model, header=header, deadline=deadline, effect=effect, guard=guard
-                )
-            except TargetRejected as exc:
-                if exc.code != SESSION_FAULT or attempt == 2:
-                    raise
-                with self._session_lock:
-                    if self._session is session:
-                        self._session = None
-                log.info("nps.session_refused", connector=self.name, attempt=attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
+            return self._soap.call(
+                operation,
+                body,
+                model,
+                deadline=deadline,
+                effect=effect,
+                soap_headers={"header": header},
+                refused=_SESSION_REFUSED,
+                guard=guard,
+            )
 
-    def _current_session(self, deadline: float, *, guard: bool) -> _Session:
-        """The cached session, or a new one; one thread logs in while the others wait for it."""
-        with self._session_lock:
-            session = self._session
-            if session is None or time.monotonic() >= session.renew_at:
-                session = self._session = self._login(deadline, guard=guard)
-            return session
+        return self._session.use(deadline, send, guard=guard)
 
-    def _login(self, deadline: float, *, guard: bool) -> _Session:
+    def _login(self, deadline: float, guard: bool) -> Credential:
+        """``XacThuc``: a session, or :class:`Refused` when the portal refuses the bus's user and password."""
         body = {"username": self._username, "password": self._password.get_secret_value()}
-        reply = self._invoke("XacThuc", body, XacThucReply, header=None, deadline=deadline, effect=False, guard=guard)
-        if not reply.ok or not reply.session:
-            raise TargetRejected(
-                f"the portal refused the bus's credentials: error_code {reply.error_code}: "
-                f"{scrub_fault(reply.message, keys=PERSONAL_KEYS)}",
-                code=reply.error_code,
-            )
-        lifetime = float(reply.expires_in) if reply.expires_in else float("inf")
-        log.info("nps.session_issued", connector=self.name, expires_in=reply.expires_in)
-        renew_at = time.monotonic() + lifetime - min(SESSION_MARGIN_S, lifetime / 10)
-        return _Session(SecretStr(reply.session), renew_at)
-
-    def _invoke(
-        self,
-        operation: str,
-        body: dict[str, Any],
-        model: type[R],
-        *,
-        header: dict[str, str] | None,
-        deadline: float,
-        effect: bool,
-        guard: bool,
-    ) -> R:
-        """One SOAP call through the breaker and the rate limit, its reply validated, its errors translated."""
-        trial = self._breaker.admit() if guard else False
-        if self._limiter is not None:
-            try:
-                self._limiter.acquire(deadline)
-            except TargetUnavailable:
-                self._breaker.release(trial=trial)
-                raise
-        started = time.monotonic()
-        kwargs: dict[str, Any] = dict(body)
-        if header is not None:
-            kwargs["_soapheaders"] = {"header": header}
-        state: CallState | None = None
-        try:
-            with self._transport.call(deadline, effect=effect) as state:
-                answer = getattr(self._service, operation)(**kwargs)
-            reply = self._parse(answer, model, effect=effect)
-        except (BusError, zeep.exceptions.Error, etree.LxmlError, ValueError, TypeError) as exc:
-            if isinstance(exc, BusError) or (state is not None and state.sent):
-                error = translate(exc, effect=effect, keys=PERSONAL_KEYS)
-            else:  # zeep could not serialise the request: nothing was sent, and resending cannot help
-                error = MappingError(f"the {operation} request does not fit the WSDL ({type(exc).__name__})")
-            log.warning(
-                "nps.call_failed",
-                connector=self.name,
-                operation=operation,
-                error_kind=error.kind,
-                error=str(error),
-                maybe_applied=getattr(error, "maybe_applied", None),
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
-            )
-            if guard:
-                self._breaker.record(error if isinstance(error, TransientError) else None, trial=trial)
-            raise error from None
-        if guard:
-            self._breaker.record(None, trial=trial)
-        log.debug(
-            "nps.call",
-            connector=self.name,
-            operation=operation,
-            error_code=reply.error_code,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        reply = self._soap.call(
+            "XacThuc", body, XacThucReply, deadline=deadline, effect=False, guard=guard, judge=False
         )
-        return reply
-
-    @staticmethod
-    def _parse(answer: Any, model: type[R], *, effect: bool) -> R:
-        data = _drop_none(zeep.helpers.serialize_object(answer, dict))  # type: ignore[no-untyped-call]
-        if isinstance(data, dict) and isinstance(data.get("message"), str):
-            data["message"] = data["message"][:MAX_MESSAGE_CHARS]  # a chatty portal is not a broken one
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "reply"
-            raise TargetUnavailable(
-                f"reply is not a valid {model.__name__}: {where}: {first['msg']}", maybe_applied=effect
-            ) from None
+        if not reply.ok or not reply.session:
+            raise Refused(f"error_code {reply.error_code}: {scrub_fault(reply.message, keys=PERSONAL_KEYS)}")
+        return Credential.lasting(SecretStr(reply.session), reply.expires_in)
 
 
 #: the connector's operations by the portal service each one calls
@@ -549,13 +348,12 @@ def render(operation: str, request: BaseModel, *, madonvi: str = "000.00.16.H16"
     """
     from config.model import ConnectorSpec
 
-    service = SERVICES[operation]
     spec = ConnectorSpec(type="nps", endpoint="http://render.invalid/lgsp/dvcqg")
-    client = build_client("render", spec, WSDL_FILE)
-    proxy = client.create_service(BINDING, spec.endpoint)  # type: ignore[no-untyped-call]
-    wire = getattr(request, "wire", None)
-    body = wire() if callable(wire) else request.model_dump(mode="json", exclude_none=True)
-    header = {"session": "(session)", "madonvi": madonvi, "maYeuCau": "KEY"}
-    message = client.create_message(proxy, service, **body, _soapheaders={"header": header})  # type: ignore[no-untyped-call]
-    text: str = etree.tostring(message, pretty_print=True, encoding="unicode")
-    return text
+    client = SoapClient("render", spec, WSDL_FILE, binding=BINDING, address=str(spec.endpoint))
+    try:
+        wire = getattr(request, "wire", None)
+        body = wire() if callable(wire) else request.model_dump(mode="json", exclude_none=True)
+        header = {"session": "(session)", "madonvi": madonvi, "maYeuCau": "KEY"}
+        return client.render(SERVICES[operation], body, soap_headers={"header": header})
+    finally:
+        client.close()

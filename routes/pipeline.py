@@ -31,11 +31,11 @@ import structlog
 
 from routes.amqp import event_properties
 from routes.idempotency import Claim, ClaimOutcome, IdempotencyStore
+from routes.parking import PARKS_HEADER, park_delay, parks_before
 from routes.topology import RESULTS_EXCHANGE, dlq, retry_queue
 from schemas.envelope import Event, parse_event
 from schemas.errors import (
     AmbiguousOutcome,
-    BreakerOpen,
     BusError,
     ClaimHeld,
     PermanentError,
@@ -352,17 +352,32 @@ class RouteRunner:
         return Outcome(outcome, (msg,), crash_after_confirm="after_result_confirm" in self.crash_points)
 
     def _retry_or_dead(self, delivery: Delivery, exc: TransientError, attempt: int) -> Outcome:
-        # a held claim or an open breaker sent nothing: waiting for them must not spend the route's attempts
-        next_attempts = attempt - 1 if isinstance(exc, ClaimHeld | BreakerOpen) else attempt
+        # a held claim, an open breaker or refused credentials sent nothing of this message: waiting for them
+        # must not spend the route's attempts
+        next_attempts = attempt - 1 if isinstance(exc, ClaimHeld) or exc.waits_on_connector else attempt
         if next_attempts >= self._max_attempts:
             return self._dead(delivery, exc, attempt, kind=f"exhausted:{exc.kind}")
-        delay = self._backoff[min(max(next_attempts - 1, 0), len(self._backoff) - 1)]
         headers = delivery.headers
+        delay, parked = self._delay(exc, headers, next_attempts)
         headers[ATTEMPTS_HEADER] = next_attempts
         headers["x-last-error"] = _clip(f"{exc.kind}: {exc}")
         props = _copy_props(delivery.properties, headers)
         msg = OutMessage("", retry_queue(self.name, delay), delivery.body, props)
-        return Outcome("retry", (msg,), fields={"error_kind": exc.kind, "error": _clip(str(exc)), "delay_s": delay})
+        fields = {"error_kind": exc.kind, "error": _clip(str(exc)), "delay_s": delay}
+        return Outcome("retry", (msg,), fields=fields | ({"parked": parked} if parked else {}))
+
+    def _delay(self, exc: TransientError, headers: dict[str, Any], next_attempts: int) -> tuple[float, int]:
+        """The delay queue to wait in, and the park's number when the connector turned the message away.
+
+        A parked message climbs the backoff by its parks in a row (``x-parked``, routes/parking.py), never
+        sooner than the connector's ``retry_after``; any other retry by its attempts, and clears the parks.
+        """
+        if not exc.waits_on_connector:
+            headers.pop(PARKS_HEADER, None)
+            return self._backoff[min(max(next_attempts - 1, 0), len(self._backoff) - 1)], 0
+        parks = parks_before(headers) + 1
+        headers[PARKS_HEADER] = parks
+        return park_delay(self._backoff, parks, exc.retry_after), parks
 
     def _dead(self, delivery: Delivery, exc: BusError, attempt: int, *, kind: str | None = None) -> Outcome:
         headers = delivery.headers
@@ -389,6 +404,8 @@ class RouteRunner:
         duration_s = time.perf_counter() - job.started
         duration_ms = round(duration_s * 1000, 2)
         level = "warning" if outcome.outcome in {"retry", "dead_lettered"} else "info"
+        if outcome.fields.get("parked"):  # the connector's breaker says it once per change, with a count
+            level = "debug"
         getattr(job.log, level)("processed", outcome=outcome.outcome, duration_ms=duration_ms, **outcome.fields)
         if self.observer is not None:
             kind = outcome.fields.get("error_kind")

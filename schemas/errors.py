@@ -13,8 +13,13 @@ engine decides retry versus dead letter from the class alone::
     └── TransientError            retried through the per-route delay queues
         ├── TargetTimeout         no answer within the deadline (the effect may have happened)
         ├── TargetUnavailable     refused connection, 5xx, malformed reply
+        │   └── CredentialsRefused   the target refused the bus's own credentials; an operator must act
         ├── BreakerOpen           the connector's breaker is open; nothing was sent
         └── ClaimHeld             another worker holds a live claim on this event
+
+An open breaker and refused credentials say nothing about the message: they ``wait_on_connector``, so the
+engine parks the message without spending one of its route's attempts (``retry_after`` says how long the
+connector expects to stay unusable), and a password rotation never dead-letters a queue of events.
 """
 
 from __future__ import annotations
@@ -83,6 +88,11 @@ class TransientError(BusError):
     #: True when the request may have reached the target and taken effect (a timeout after sending);
     #: the next attempt then reconciles by lookup before sending again.
     maybe_applied: bool = False
+    #: True when nothing of the message was sent because its connector cannot be used now (an open breaker,
+    #: the bus's credentials refused): the message waits on the connector and spends none of its attempts.
+    waits_on_connector: bool = False
+    #: seconds until the connector may be usable again (an open breaker's time left), when it knows
+    retry_after: float | None = None
 
 
 class TargetTimeout(TransientError):
@@ -102,10 +112,30 @@ class TargetUnavailable(TransientError):
         self.maybe_applied = maybe_applied
 
 
+class CredentialsRefused(TargetUnavailable):
+    """The target (or its login) refused the bus's own credentials: nothing of the message was applied.
+
+    An operator problem (a password rotated at the target), not the message's: transient, and it waits on
+    the connector without spending attempts, so every event waits for the fix instead of being dead-lettered.
+    """
+
+    kind = "credentials_refused"
+    waits_on_connector = True
+
+    def __init__(self, message: str, *, field: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, field=field, maybe_applied=False)
+        self.retry_after = retry_after
+
+
 class BreakerOpen(TransientError):
     """The connector's circuit breaker is open; nothing was sent."""
 
     kind = "breaker_open"
+    waits_on_connector = True
+
+    def __init__(self, message: str, *, field: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
 
 
 class ClaimHeld(TransientError):

@@ -36,15 +36,18 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from schemas.pii import sensitive
-from schemas.results import DvcqgSyncResult
+from schemas.results import PORTAL_OK_CODES, DvcqgSyncResult
 
 #: the portal's date form ([F] OC ``DVCQGIntegrationActionTerm``, TH)
 PORTAL_TIME_FORMAT: Final = "%Y%m%d%H%M%S"
 PORTAL_TIME_PATTERN: Final = r"^[0-9]{14}$"
 #: Vietnam has kept UTC+7 since 1975; a fixed offset needs no tz database
 ICT: Final = timezone(timedelta(hours=7), "ICT")
-#: error codes that mean success: "0" in TH's deployments, "00" in OC's
-OK_CODES: Final = frozenset({"0", "00"})
+#: error codes that mean success (DOMAIN.md section 2, [F]): "0" in TH's deployments, "00" in OC's, and "3" and
+#: "-3", which TH also accepts as success; one list for the bus, kept in :mod:`schemas.results`
+OK_CODES: Final = PORTAL_OK_CODES
+#: characters of the portal's ``message`` kept from a reply: a chatty portal is not a broken one
+MAX_MESSAGE_CHARS: Final = 2000
 #: [F] the words in ``message`` with which the portal refuses to create a record it already has (TH resends
 #: the body as an update when it sees them)
 ALREADY_EXISTS: Final = "đã tồn tại"
@@ -362,13 +365,17 @@ class PhienLamViec(NpsModel):
 # -- replies -------------------------------------------------------------------------------------------------
 
 
+def _clip_message(value: Any) -> Any:
+    return value[:MAX_MESSAGE_CHARS] if isinstance(value, str) else value
+
+
 class NpsReply(NpsModel):
-    """The portal's answer to any service: ``error_code`` "0"/"00" is success ([F])."""
+    """The portal's answer to any service: an ``error_code`` in :data:`OK_CODES` is success ([F])."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, str_max_length=MAX_TEXT)
 
     error_code: str = Field(pattern=r"^-?[0-9A-Za-z]{1,10}$")
-    message: str = Field(default="", max_length=MAX_TEXT)
+    message: Annotated[str, BeforeValidator(_clip_message)] = Field(default="", max_length=MAX_TEXT)
 
     @property
     def ok(self) -> bool:

@@ -9,7 +9,7 @@ that carry them back to iGate get validated models too.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, Field, StrictInt
 
@@ -75,8 +75,14 @@ class VilisStatusChanged(IgateModel):
     result_docs: tuple[Document, ...] = Field(default=(), max_length=50)
 
 
+#: the portal's answer codes that mean success (DOMAIN.md section 2, [F]): "0" in TH's deployments, "00" in
+#: OC's (OC ``DVCQGIntegrationActionImpl.java``); TH also accepts "3" and "-3" as success. The bus's one list:
+#: the connector, its lookup, this result's ``ok`` and the note written back to iGate all read it.
+PORTAL_OK_CODES: Final = frozenset({"0", "00", "3", "-3"})
+
+
 class DvcqgSyncResult(IgateModel):
-    """``dvcqg.sync_result``: the national portal's answer to a sync call (``error_code`` "0"/"00" is OK)."""
+    """``dvcqg.sync_result``: the national portal's answer to a sync call (:data:`PORTAL_OK_CODES` are OK)."""
 
     service: str = Field(pattern=r"^[A-Za-z]{3,60}$", examples=["DongBoHoSoMC", "CapNhatTienDoHoSoMC"])
     error_code: str = Field(pattern=r"^-?[0-9A-Za-z]{1,10}$")
@@ -84,8 +90,8 @@ class DvcqgSyncResult(IgateModel):
 
     @property
     def ok(self) -> bool:
-        """Whether the portal accepted the call ("0" in TH's deployments, "00" in OC's)."""
-        return self.error_code in {"0", "00"}
+        """Whether the portal accepted the call (:data:`PORTAL_OK_CODES`)."""
+        return self.error_code in PORTAL_OK_CODES
 
 
 class SmsDeliveryReport(IgateModel):

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from config.model import ConnectorSpec
-from connectors._http import TokenBucket, scrub_snippet
+from connectors._http import scrub_snippet
+from connectors.kit import TokenBucket
 from connectors.base import connector_type
 from connectors.igate import IGateConnector
 from schemas.errors import (

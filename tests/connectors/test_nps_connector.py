@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from config.model import ConnectorSpec
 from connectors._soap import WSDL_DIR, SoapTransport, scrub_fault
@@ -23,10 +24,12 @@ from schemas.errors import (
     AmbiguousOutcome,
     BreakerOpen,
     ConfigError,
+    CredentialsRefused,
     MappingError,
     TargetRejected,
     TargetTimeout,
     TargetUnavailable,
+    TransientError,
 )
 from schemas.nps import (
     CapNhatTienDoHoSoMCRequest,
@@ -509,19 +512,31 @@ class TestSession:
         assert [r["operation"] for r in sim.requests()] == ["XacThuc", "DongBoHoSoMC", "XacThuc", "DongBoHoSoMC"]
         assert "soap:Client.Session" not in [r["answer"] for r in sim.requests()]
 
-    def test_wrong_password_is_rejected_before_any_service_call(
+    def test_wrong_password_waits_for_an_operator_and_never_hammers_the_login(
         self, sim: NpsSimulator, make_connector: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """The portal refuses the login: a permanent error, and no DongBoHoSoMC is sent."""
+        """Issue 10 item 16: the portal refuses the login ▶ transient CredentialsRefused (the event waits, no
+        attempt spent), no DongBoHoSoMC sent, the breaker open so the next calls do not try the login again,
+        and one ERROR line however many calls fail."""
         monkeypatch.setenv(PASSWORD_ENV, "wrong-password")
         nps = make_connector()
 
-        with pytest.raises(TargetRejected) as caught:
-            sync(nps, "k1")
+        with capture_logs() as logs:
+            with pytest.raises(CredentialsRefused) as caught:
+                sync(nps, "k1")
+            for key in ("k2", "k3"):
+                with pytest.raises(BreakerOpen):
+                    sync(nps, key)
 
-        assert caught.value.code == "-1"
-        assert "wrong-password" not in str(caught.value)
+        error = caught.value
+        assert isinstance(error, TransientError)
+        assert error.waits_on_connector is True
+        assert error.maybe_applied is False
+        assert "error_code -1" in str(error)
+        assert "wrong-password" not in str(error)
         assert [r["operation"] for r in sim.requests()] == ["XacThuc"]
+        assert nps.breaker_state == "open"
+        assert [e["log_level"] for e in logs if e["event"] == "credentials_refused"] == ["error"]
 
     def test_wrong_agency_is_a_client_fault(self, sim: NpsSimulator, make_connector: Any) -> None:
         """A madonvi the portal does not accept is refused as a client fault: permanent."""
