@@ -28,7 +28,7 @@ PARKS_HEADER: Final = "x-parked"
 def parks_before(headers: Mapping[str, Any]) -> int:
     """How many times in a row this message was parked before (0 without the header, or a bad value)."""
     value = headers.get(PARKS_HEADER, 0)
-    return value if isinstance(value, int) and value >= 0 else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def park_delay(backoff: Sequence[float], parks: int, retry_after: float | None) -> float:

@@ -39,7 +39,9 @@ every applied effect, the proxy's request-id log and each dossier's state and hi
 Faults (:class:`Faults`, set in Python or over HTTP at ``/_sim/faults``; deterministic with a ``seed``):
 ``latency_s`` (slow), and one ``mode`` drawn at ``rate`` per request on ``only_operations``: ``http_500``,
 ``http_503``, ``server_fault``, ``client_fault``, ``reject``, ``hang``, ``truncated``, ``wrong_namespace``,
-``soap12_envelope``, ``html``, and the hostile replies ``billion_laughs``, ``quadratic_blowup``, ``xxe``,
+``soap12_envelope``, ``html``, ``ok_code`` (handle the request, then answer it with ``ok_code``, "3" or
+"-3": codes TH also takes as success, DOMAIN.md section 2), and the hostile replies ``billion_laughs``,
+``quadratic_blowup``, ``xxe``,
 ``doctype_system``, ``deep_nesting``, ``huge`` (50 MB), ``drip`` (one byte per ``drip_interval_s``) and
 ``pii_fault`` (a fault echoing a CCCD and a phone). Modes that mangle a reply apply the request first unless
 ``apply`` says otherwise, so the ambiguous outcome (applied, answer lost) is what a client sees. Control
@@ -148,6 +150,7 @@ FaultMode = Literal[
     "huge",
     "drip",
     "pii_fault",
+    "ok_code",
 ]
 #: modes that answer without handling the request (unless ``apply`` is set)
 _REFUSING: Final = frozenset({"http_500", "http_503", "server_fault", "client_fault", "reject", "hang", "html"})
@@ -170,6 +173,9 @@ class Faults(BaseModel):
     huge_bytes: int = Field(default=HUGE_BYTES, ge=1, le=2**34, description="Size of the 'huge' reply.")
     huge_declare_length: bool = Field(default=False, description="Send Content-Length with the 'huge' reply.")
     reject_message: str = Field(default="Dữ liệu hồ sơ không hợp lệ", max_length=2000)
+    ok_code: str = Field(
+        default="3", pattern=r"^-?[0-9]{1,3}$", description="The success code 'ok_code' answers with ([F] TH: 3, -3)."
+    )
     fault_string: str | None = Field(default=None, max_length=100_000, description="Text of injected faults.")
     only_operations: list[str] = Field(default_factory=list, description="Operations to fault; empty = all.")
     seed: int | None = Field(default=None, description="Seeds the draws, so a run repeats exactly.")
@@ -835,6 +841,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, _fault_envelope("Client", text), xml)
         elif mode == "reject":
             self._send(200, _envelope(operation, _reply(REJECTED_CODE, faults.reject_message)), xml)
+        elif mode == "ok_code":
+            self._send(200, _envelope(operation, {**answer, "error_code": faults.ok_code}), xml)
         elif mode == "hang":
             self.server.sim._sleep(faults.hang_s)  # noqa: SLF001
             self._reset_connection()

@@ -61,7 +61,7 @@ connectors:
     type: igate
     endpoint: {endpoint}
     timeout: {{connect: 1s, read: {read}, total: {total}}}
-    breaker: {{fail_max: {fail_max}, reset_timeout: 1s}}
+    breaker: {{fail_max: {fail_max}, reset_timeout: {reset_timeout}}}
     credentials: {{username: IGATE_BUS_IGATE_USERNAME, password: IGATE_BUS_IGATE_PASSWORD}}
     options: {{realm: digo, client_id: igate-bus}}
   noop:
@@ -80,6 +80,7 @@ def write_config(
     read: str = "2s",
     total: str = "3s",
     fail_max: int = 50,
+    reset_timeout: str = "1s",
 ) -> Path:
     """Write routes.yaml and connectors.yaml for tests into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,9 @@ def write_config(
         ROUTES_YAML.format(backoff=backoff, max_attempts=max_attempts, prefetch=prefetch, concurrency=concurrency)
     )
     (folder / "connectors.yaml").write_text(
-        CONNECTORS_YAML.format(endpoint=endpoint, read=read, total=total, fail_max=fail_max)
+        CONNECTORS_YAML.format(
+            endpoint=endpoint, read=read, total=total, fail_max=fail_max, reset_timeout=reset_timeout
+        )
     )
     return folder
 

@@ -15,9 +15,9 @@ import pytest
 
 from config.model import ConnectorSpec
 from connectors._http import scrub_snippet
-from connectors.kit import TokenBucket
 from connectors.base import connector_type
 from connectors.igate import IGateConnector
+from connectors.kit import TokenBucket
 from schemas.errors import (
     AmbiguousOutcome,
     BreakerOpen,

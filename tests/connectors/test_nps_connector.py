@@ -244,6 +244,22 @@ class TestOperations:
         assert sim.effects() == []
         assert sim.dossier(CODE) is None
 
+    @pytest.mark.parametrize("code", ["3", "-3"])
+    def test_answer_codes_th_also_takes_as_success_are_success(
+        self, sim: NpsSimulator, nps: NpsConnector, code: str
+    ) -> None:
+        """Issue 10 item 17 (DOMAIN.md section 2: TH also accepts "3"/"-3"): a SyncResult, sent once, no error."""
+        sim.set_faults(mode="ok_code", ok_code=code, only_operations=["DongBoHoSoMC"])
+
+        result = sync(nps, f"k-ok{code}")
+
+        assert result.error_code == code
+        assert DvcqgSyncResult.model_validate(result.model_dump()).ok
+        assert [r["answer"] for r in sim.requests("DongBoHoSoMC")] == ["0"]  # applied, then answered with code
+        assert [r["fault"] for r in sim.requests("DongBoHoSoMC")] == ["ok_code"]  # the fault did happen
+        assert len(sim.effects()) == 1
+        assert nps.lookup_ho_so(f"k-ok{code}") is not None
+
     def test_older_status_arriving_later_never_overwrites_the_newer(self, sim: NpsSimulator, nps: NpsConnector) -> None:
         """Returned (10) at T2, then processing (4) at T1 < T2, as record and as step: the portal keeps 10."""
         sync(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 from busenv import ROOT, depth, example, get_all, publish, thread_worker, wait_for
+from structlog.testing import capture_logs
 
 from adapters.igate_to_nps import END_STEP, RECEPTION_STEP
 from routes.pipeline import idempotency_key
@@ -386,3 +387,36 @@ def test_a_record_the_portal_refuses_is_dead_lettered_at_once_and_sent_once(amqp
     assert sim.dossier(bad_code) is None, "a refused record was applied"
     assert all(e["MaHoSo"] != bad_code for e in sim.effects())
     assert len(sim.effects()) == 3
+
+
+def test_a_password_rotated_at_the_portal_parks_every_event_until_the_bus_has_the_new_one(
+    amqp_url, sqlite_url, tmp_path, sim, monkeypatch
+):
+    """Issue 10 item 16: the portal refuses the bus's login ▶ no record sent, nothing dead-lettered even with
+    max_attempts 3, the login tried about once per breaker reset (not once per message), one ERROR line; the
+    worker restarted with the new password ▶ every event applied exactly once."""
+    cfg = write_nps_config(tmp_path / "cfg", endpoint=sim.endpoint, max_attempts=3)
+    route = "nps-dossier-received"
+    run = uuid.uuid4().hex[:4].upper()
+    events = [life(dossier_code(run, i), i)["dossier.received"] for i in range(20)]
+    keys = {idempotency_key(route, e["event_id"]): 1 for e in events}
+    monkeypatch.setenv(PASSWORD_ENV, "the-password-before-the-rotation")
+    with capture_logs() as logs, thread_worker(amqp_url, sqlite_url, cfg, routes=[route]) as tw:
+        publish(amqp_url, events)
+        time.sleep(6)  # ten times the longest backoff step, two of max_attempts' worth of retries each
+        outcomes = dict(tw.worker.stats[route].outcomes)
+    logins = sim.requests("XacThuc")
+    print(f"\n  6 s with the old password: {len(logins)} logins, outcomes {outcomes}")
+    assert logins and {r["answer"] for r in logins} == {"-1"}, "the portal never refused the login"
+    assert sim.requests("DongBoHoSoMC") == [], "a record was sent without a session"
+    assert outcomes.get("dead_lettered", 0) == 0 and depth(amqp_url, f"dlq.{route}") == 0
+    assert outcomes.get("retry", 0) >= len(events), outcomes
+    assert len(logins) <= 12, f"{len(logins)} logins in 6 s: the bus hammers the portal's login"
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [e["event"] for e in errors] == ["credentials_refused"], errors
+
+    monkeypatch.setenv(PASSWORD_ENV, NPS_PASSWORD)
+    with thread_worker(amqp_url, sqlite_url, cfg, routes=[route]):
+        wait_for(lambda: covered(sim, keys), timeout=60, interval=0.5, what="20 records after the fix")
+    assert_effects_exactly(sim, keys, {k: str(e["dossier_code"]) for k, e in zip(keys, events, strict=True)})
+    assert depth(amqp_url, f"dlq.{route}") == 0
