@@ -259,10 +259,13 @@ class HealthMonitor:
         self._evaluating = threading.Lock()  # one evaluation at a time, so each change is logged once
         self._probes = ThreadPoolExecutor(max(1, len(self._entries)), thread_name_prefix="igate-bus-probe")
         self._scheduler: Any = None
+        self._unwatch: list[Callable[[], None]] = []
         for conn in connectors.values():
             watch = getattr(conn, "watch", None)
             if callable(watch):
-                watch(self._changed)
+                unwatch = watch(self._changed)
+                if callable(unwatch):
+                    self._unwatch.append(unwatch)
 
     def _changed(self) -> None:
         """A connector's breaker opened or closed: derive and log every state now, not at the next probe."""
@@ -430,10 +433,13 @@ class HealthMonitor:
         log.info("health_monitor_started", connectors={n: e.interval_s for n, e in self._entries.items()})
 
     def stop(self) -> None:
-        """Stop probing; a probe still running is abandoned (its thread ends with the connector's deadline)."""
+        """Stop probing and watching; a probe still running is abandoned (it ends with the connector's deadline)."""
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        for unwatch in self._unwatch:
+            unwatch()
+        self._unwatch.clear()
         self._probes.shutdown(wait=False, cancel_futures=True)
 
 

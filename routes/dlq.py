@@ -25,6 +25,7 @@ FAILURE_HEADERS = (
     "x-error-kind",
     "x-error",
     "x-attempts",
+    "x-parked",
     "x-failed-at",
     "x-last-error",
     "x-death",

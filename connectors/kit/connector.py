@@ -73,6 +73,10 @@ class KitConnector(Declared, ABC):
         """Why the breaker last opened (the health detail of an open breaker)."""
         return self.guard.breaker.reason
 
-    def watch(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` when the connector's state changes (its breaker opened or closed), at once."""
-        self.guard.breaker.subscribe(lambda _old, _new: listener())
+    def watch(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` when the connector's state changes (its breaker opened or closed), at once.
+
+        Returns:
+            a function that stops the watch.
+        """
+        return self.guard.breaker.subscribe(lambda _old, _new: listener())

@@ -173,12 +173,21 @@ class Breaker(pybreaker.CircuitBreakerListener):
             return None
         return max(0.0, opened_at + self.reset_timeout - time.monotonic())
 
-    def subscribe(self, listener: Callable[[str, str], None]) -> None:
+    def subscribe(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
         """Call ``listener(old, new)`` after every state change, in the thread that caused it, outside any lock.
 
         A listener must be quick and must not raise (one that does is logged and ignored).
+
+        Returns:
+            a function that ends the subscription.
         """
         self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unsubscribe
 
     # -- pybreaker's listener interface (called under pybreaker's lock) ------------------------------------
     def state_change(
