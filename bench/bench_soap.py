@@ -317,7 +317,7 @@ def running_worker(amqp_url: str, store_url: str, config_dir: Path, clock: Pipel
     from config.settings import Settings
     from routes.worker import Worker
 
-    settings = Settings(amqp_url=amqp_url, store_url=store_url, config_dir=config_dir, heartbeat=10)
+    settings = Settings(amqp_url=amqp_url, store_url=store_url, config_dir=config_dir, heartbeat="10s")
     app = load_app(settings)
     runners = build_runners(app, app.routes, worker_id=f"bench-{os.getpid()}")
     for runner in runners:

@@ -35,19 +35,17 @@ def main() -> None:
 )
 def check(config_dir: Path | None) -> None:
     """Validate routes.yaml and connectors.yaml; print each problem as FILE:LINE, exit 2 if there are any."""
-    from pydantic import ValidationError
-
-    from config.settings import Settings
+    from config.settings import Settings, load_settings
     from routes.model import cannot_read, check_config
+    from schemas.errors import ConfigError
 
-    if config_dir is None:
-        try:
-            config_dir = Settings().config_dir
-        except ValidationError as exc:
-            for err in exc.errors(include_url=False):
-                name = "IGATE_BUS_" + "_".join(map(str, err["loc"])).upper()
-                click.echo(f"igate-bus: environment variable {name}: {err['msg']}", err=True)
-            sys.exit(EXIT_CONFIG)
+    try:  # the environment is checked too, even with --config: `run` would refuse it the same way
+        settings = load_settings(Settings)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            click.echo(f"igate-bus: {line}", err=True)
+        sys.exit(EXIT_CONFIG)
+    config_dir = config_dir or settings.config_dir
     try:
         code, lines = check_config(config_dir)
     except OSError as exc:  # check_config reports unreadable files itself; this guards anything it missed

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from config.settings import Settings
+from bus.cli_types import DURATION
+from config.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,7 +24,13 @@ if TYPE_CHECKING:
 
 
 def _settings(config: Path | None) -> Settings:
-    return Settings(config_dir=config) if config else Settings()
+    """The settings, or one line per bad ``IGATE_BUS_*`` variable and exit 2 (never its value: a URL's password)."""
+    from schemas.errors import ConfigError
+
+    try:
+        return load_settings(Settings, config_dir=config) if config else load_settings(Settings)
+    except ConfigError as exc:
+        _fail(str(exc).replace("\n", "\nigate-bus: "))
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -132,7 +139,7 @@ def publish(source: str, exchange: str, no_validate: bool) -> None:
             click.echo(p, err=True)
         sys.exit(2)
     try:
-        with Publisher(Settings().amqp_url) as pub:
+        with Publisher(_settings(None).amqp_url.get_secret_value()) as pub:
             for published in pub.publish_many(events, exchange=exchange):
                 click.echo(published.event_id)
     except PublishFailed as exc:
@@ -205,9 +212,9 @@ def _dead_letters(app: App) -> Any:
     from routes.dlq import DeadLetters
 
     try:
-        conn = pika.BlockingConnection(parameters(app.settings.amqp_url, name="igate-bus dlq"))
+        conn = pika.BlockingConnection(parameters(app.settings.amqp_url.get_secret_value(), name="igate-bus dlq"))
     except pika.exceptions.AMQPError as exc:
-        _fail(f"cannot reach RabbitMQ at {app.settings.amqp_url.split('@')[-1]}: {exc!r}", code=1)
+        _fail(f"cannot reach RabbitMQ at {app.settings.amqp_url}: {exc!r}", code=1)
     return conn, DeadLetters(conn)
 
 
@@ -398,16 +405,31 @@ def topology(config: Path | None, as_json: bool, do_declare: bool) -> None:
 @click.argument("system", type=click.Choice(["igate", "nps"]))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=None, type=int, help="Default: 8601 for igate, 8602 for nps.")
-def simulate(system: str, host: str, port: int | None) -> None:
-    """Run a system's simulator in the foreground (record at /_sim/requests, faults at /_sim/faults)."""
+@click.option(
+    "--token-ttl",
+    type=DURATION,
+    default=None,
+    help="Lifetime of an issued token (igate) or session (nps), e.g. 5m (default: 5m igate, 1h nps).",
+)
+def simulate(system: str, host: str, port: int | None, token_ttl: float | None) -> None:
+    """Run a system's simulator in the foreground (record at /_sim/requests, faults at /_sim/faults).
+
+    It logs JSON lines like the bus (IGATE_BUS_LOG_FORMAT, IGATE_BUS_LOG_LEVEL), personal data masked, and
+    accepts the credentials the bus is given (IGATE_BUS_IGATE_USERNAME/PASSWORD, IGATE_BUS_NPS_USERNAME/
+    PASSWORD), or the simulator's published defaults when they are unset (docs/simulators.md).
+    """
+    from bus.logging import configure_logging
+
+    settings = _settings(None)
+    configure_logging(settings.log_level, settings.log_format)
     if system == "nps":
-        from simulators.nps import serve as serve_nps
+        from simulators import nps
 
-        serve_nps(host, port or 8602)
+        nps.serve(host, port or nps.DEFAULT_PORT, session_ttl_s=token_ttl or nps.DEFAULT_SESSION_TTL_S)
     else:
-        from simulators.igate import serve
+        from simulators import igate
 
-        serve(host, port or 8601)
+        igate.serve(host, port or igate.DEFAULT_PORT, token_ttl_s=token_ttl or igate.DEFAULT_TOKEN_TTL_S)
 
 
 COMMANDS = [run, publish, map_, dlq, topology, simulate]

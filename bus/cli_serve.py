@@ -42,21 +42,19 @@ def serve(host: str | None, port: int | None, config_dir: Path | None) -> None:
     from IGATE_BUS_VILIS_SECURITY_CODE and IGATE_BUS_ESMS_CALLBACK_TOKEN (unset: that callback is off).
     """
     import uvicorn
-    from pydantic import ValidationError
 
     from bus.ingress import IngressSettings, create_app
     from bus.logging import configure_logging
     from config.loader import ConfigInvalid
-    from config.settings import Settings
+    from config.settings import Settings, load_settings
     from schemas.errors import ConfigError
 
     try:
-        settings = Settings(config_dir=config_dir) if config_dir else Settings()
+        settings = load_settings(Settings, config_dir=config_dir) if config_dir else load_settings(Settings)
         overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-        ingress = IngressSettings(**overrides)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        _fail(f"setting {'.'.join(map(str, err['loc']))}: {err['msg']}")
+        ingress = load_settings(IngressSettings, **overrides)
+    except ConfigError as exc:
+        _fail(str(exc).replace("\n", "\nigate-bus: "))
     configure_logging(settings.log_level, settings.log_format)
     try:
         app = create_app(settings, ingress=ingress)

@@ -165,7 +165,7 @@ def gather(app: App, *, bus_url: str | None, probe: bool) -> StatusReport:
     with ThreadPoolExecutor(len(names) + 2, thread_name_prefix="igate-bus-status") as pool:
         bus_f = pool.submit(ask_bus, bus_url) if bus_url else None
         probe_fs = {n: pool.submit(probe_connector, app, n) for n in names} if probe else {}
-        queues_f = pool.submit(QueueInspector(app.settings.amqp_url, routes, cache_s=0).inspect)
+        queues_f = pool.submit(QueueInspector(app.settings.amqp_url.get_secret_value(), routes, cache_s=0).inspect)
         bus, bus_error = bus_f.result() if bus_f is not None else (None, None)
         probes = {n: f.result() for n, f in probe_fs.items()}
         try:
@@ -302,10 +302,15 @@ def render(report: StatusReport) -> None:
 def _load(config: Path | None) -> App:
     from bus.wiring import load_app
     from config.loader import ConfigInvalid
-    from config.settings import Settings
+    from config.settings import Settings, load_settings
+    from schemas.errors import ConfigError
 
     try:
-        return load_app(Settings(config_dir=config) if config else Settings())
+        return load_app(load_settings(Settings, config_dir=config) if config else load_settings(Settings))
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            click.echo(f"igate-bus: {line}", err=True)
+        sys.exit(2)
     except ConfigInvalid as exc:
         for p in exc.problems:
             click.echo(p.format(), err=True)

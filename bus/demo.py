@@ -28,7 +28,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from config.settings import DEFAULT_CONFIG_DIR, Settings
+from config.settings import DEFAULT_CONFIG_DIR, Settings, load_settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -152,7 +152,7 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
         ).start()
         try:
             with _config_for(sim.url, portal.url) as config_dir:
-                settings = Settings(config_dir=config_dir)
+                settings = load_settings(Settings, config_dir=config_dir)
                 app = load_app(settings)
                 worker = build_worker(app)
                 thread = threading.Thread(target=worker.run, name="demo-worker", daemon=True)
@@ -164,7 +164,7 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                 console.print(
                     f"[bold]igate-bus demo[/]: iGate simulator at {sim.url}, portal simulator at {portal.url}, "
                     f"{len(routes)} routes, "
-                    f"broker {settings.amqp_url.split('@')[-1]}, logs in {log_path}\n"
+                    f"broker {settings.amqp_url}, logs in {log_path}\n"
                     f"(demo backoff {', '.join(DEMO_BACKOFF)}; the shipped routes.yaml uses 5s 30s 2m 10m 1h)"
                 )
 
@@ -205,7 +205,7 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
 
                 sim.set_faults(error_rate=0.33, error_status=503, seed=42, only_paths=["/pa/dossier/"])
                 started = time.monotonic()
-                with Publisher(settings.amqp_url) as pub:
+                with Publisher(settings.amqp_url.get_secret_value()) as pub:
                     for ev in received + pings + broken + stray:
                         pub.publish_event(ev)
                     for ev in results:
@@ -220,7 +220,7 @@ def run_demo(plan: Plan | None = None, console: Console | None = None) -> int:  
                 )
                 portal_keys = {idempotency_key("nps-dossier-received", e["event_id"]) for e in received}
                 queues = [q for r in routes for q in (route_queue(r), dlq(r))] + [UNROUTED_QUEUE]
-                conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+                conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
                 faults_on = True
 
                 def table() -> Group:

@@ -330,7 +330,7 @@ class Ops:
 
                     # create=True: a reachable store whose table no worker has made yet is ready, not broken
                     # (creating it is idempotent and is what the first worker would do anyway)
-                    self._own_store = IdempotencyStore(self.app.settings.store_url, create=True)
+                    self._own_store = IdempotencyStore(self.app.settings.store_url.get_secret_value(), create=True)
                 store = self._own_store
         store.get(*STORE_PROBE_KEY)
         return "answered"
@@ -400,7 +400,7 @@ def make_ops(
     timeouts = {n: specs[n].timeout.total + PROBE_MARGIN_S for n in names if n in specs}
     head_ages = HeadAges()
     monitor = HealthMonitor(watched, intervals=intervals, probe_timeouts=timeouts)
-    inspector = QueueInspector(app.settings.amqp_url, chosen, head_ages=head_ages)
+    inspector = QueueInspector(app.settings.amqp_url.get_secret_value(), chosen, head_ages=head_ages)
     metrics: BusMetrics | None = None
     if registry is None:
         metrics = BusMetrics(r.spec.name for r in chosen)

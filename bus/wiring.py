@@ -92,7 +92,7 @@ def topology_of(routes: Iterable[Route]) -> Topology:
 def declare_topology(settings: Settings, routes: Iterable[Route]) -> None:
     """Declare the topology on a short-lived blocking connection."""
     params = parameters(
-        settings.amqp_url,
+        settings.amqp_url.get_secret_value(),
         name="igate-bus declare",
         heartbeat=settings.heartbeat,
         blocked_connection_timeout=settings.blocked_connection_timeout,
@@ -120,7 +120,7 @@ def build_runners(
 ) -> list[RouteRunner]:
     """One pipeline runner per route, sharing connectors, the store and the observer (metrics, health)."""
     if app.store is None:
-        app.store = IdempotencyStore(app.settings.store_url)
+        app.store = IdempotencyStore(app.settings.store_url.get_secret_value())
     connectors = build_connectors(app, sorted({r.connector for r in routes}))
     crash_points = crash_points_from_env()
     import os
@@ -171,7 +171,7 @@ def build_worker(
         app, routes, worker_id=worker_id or app.settings.worker_id or make_worker_id(), observer=observer
     )
     return Worker(
-        app.settings.amqp_url,
+        app.settings.amqp_url.get_secret_value(),
         runners,
         declare=lambda: declare_topology(app.settings, app.routes),
         heartbeat=app.settings.heartbeat,

@@ -5,33 +5,95 @@ Every model forbids unknown keys so a typo is an error with its file and line, n
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Literal
+from datetime import timedelta
+from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: a duration as integrators write it: digits, an optional fraction, then the unit, with nothing between
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+#: the same number and unit with a space between them (``3 s``): refused, with a hint how to write it
+_SPACED: Final = re.compile(r"(\d+(?:\.\d+)?)\s+(ms|s|m|h|d)")
+_NUMBER: Final = re.compile(r"[+-]?\d+(?:\.\d*)?|[+-]?\.\d+")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: the longest duration anything of ours takes; more is a typo (and a broker refuses a TTL over 2^32 ms)
+MAX_DURATION_S: Final = 30 * 86400.0
+DURATION_HINT: Final = "use a number with a unit, e.g. 500ms, 5s, 2m, 1h"
 ROUTE_NAME = r"^[a-z][a-z0-9-]{0,62}$"
 BINDING_KEY = r"^([a-z0-9_]+|\*|#)(\.([a-z0-9_]+|\*|#))*$"
 EXCHANGES = ("igate.events", "bus.results")
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``"500ms"``, ``"5s"``, ``"2m"``, ``"1h"``, ``"1d"`` or a bare number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number with a unit, e.g. 5s, 2m, 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    """Seconds from a duration written with its unit: ``500ms``, ``5s``, ``2m``, ``1h``, ``1d``.
+
+    The one parser for every duration the bus reads: routes.yaml, connectors.yaml, the ``IGATE_BUS_*``
+    environment and command-line options. A number without a unit (``5``, ``probe_interval: 5``) is refused:
+    it reads as seconds to one person and milliseconds to the next, and the README promises a unit. So is a
+    space between the number and its unit (``3 s``), which YAML and shells split or keep unpredictably.
+    Code may pass a :class:`datetime.timedelta`, which carries its unit.
+
+    Raises:
+        ValueError: the value is not a duration, or not in (0, :data:`MAX_DURATION_S`]; the message names
+            the value and how to write it, never a pydantic location.
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    elif isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{_short(value)} is not a duration: {DURATION_HINT}")
+    elif not isinstance(value, str) or _NUMBER.fullmatch(value.strip()):
+        raise ValueError(f"{_short(value)} has no unit: {DURATION_HINT}")
+    elif match := _SPACED.fullmatch(value.strip()):
+        written = "".join(match.groups())
+        raise ValueError(f"{value!r} is not a duration: write the unit right after the number, e.g. {written}")
     else:
-        raise ValueError(f"{value!r} is not a duration: use a number with a unit, e.g. 5s, 2m, 1h")
+        raise ValueError(f"{_short(value)} is not a duration: {DURATION_HINT}")
     if seconds <= 0:
-        raise ValueError("a duration must be positive")
+        raise ValueError(f"{_short(value)}: a duration must be more than 0")
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+        raise ValueError(f"{_short(value)}: a duration must be at most {format_duration(MAX_DURATION_S)}")
     return seconds
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact way to write ``seconds`` for :func:`parse_duration`: ``5s``, ``2m``, ``1500ms``.
+
+    Days are written in hours (``24h``): retry queues are named with this (``retry.ROUTE.24h``), and a name
+    must not change under a running deployment.
+    """
+    ms = round(seconds * 1000)
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def within(low: float | None = None, high: float | None = None) -> AfterValidator:
+    """Bounds in seconds for a duration field, refused in durations' words (``at least 5s``).
+
+    Use as ``Annotated[Duration, within(5, 60)]``.
+    """
+
+    def check(seconds: float) -> float:
+        if low is not None and seconds < low:
+            raise ValueError(f"{format_duration(seconds)} is too short: at least {format_duration(low)}")
+        if high is not None and seconds > high:
+            raise ValueError(f"{format_duration(seconds)} is too long: at most {format_duration(high)}")
+        return seconds
+
+    return AfterValidator(check)
+
+
+#: seconds, parsed by :func:`parse_duration` (a unit is required)
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 

@@ -1,36 +1,185 @@
 """Process settings from the environment (prefix ``IGATE_BUS_``), with defaults that run on one machine.
 
 Precedence, highest first: arguments, environment, defaults (pydantic-settings' ``settings_customise_sources``).
-Secrets never live here: connectors name the environment variable that holds each one.
+Secrets never live in a file: connectors name the environment variable that holds each one. The two URLs
+here may carry a password (``amqp://user:password@host``, ``postgresql+psycopg://user:password@host/db``),
+so they are held as :class:`SecretUrl`: whatever renders them (a log line, ``status``, an error, a repr)
+shows the password as ``***``, and only the code that opens the connection asks for the real value.
+Durations take a unit, as everywhere (:func:`config.model.parse_duration`).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+from typing import Annotated, Any, Final, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from pydantic import Field
+from pydantic import AfterValidator, BeforeValidator, Field, Secret, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.model import Duration, parse_duration, within
+from schemas.errors import ConfigError
 
 #: the configuration shipped with the package (routes.yaml, connectors.yaml)
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent
+#: what a hidden password is rendered as
+HIDDEN: Final = "***"
+#: query parameters that may carry a credential (libpq accepts ``?password=``; TLS options name key files)
+_SECRET_QUERY: Final = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
+_AMQP_SCHEMES: Final = ("amqp", "amqps")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part, and any credential-like query value, shown as ``***``.
+
+    The password is taken as a URL parser takes it (everything between the first ``:`` of the user part and
+    the *last* ``@``), so an unescaped ``@`` in a password hides all of it rather than half.
+    """
+    try:
+        parts = urlsplit(url)
+        redacted = url
+        if "@" in parts.netloc:
+            userinfo, _, hostport = parts.netloc.rpartition("@")
+            user, colon, _password = userinfo.partition(":")
+            netloc = f"{user}:{HIDDEN}@{hostport}" if colon else f"{user}@{hostport}"
+            redacted = redacted.replace(parts.netloc, netloc, 1)
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if any(_SECRET_QUERY.search(k) for k, _ in pairs):
+            query = urlencode([(k, HIDDEN if _SECRET_QUERY.search(k) else v) for k, v in pairs], safe="*/")
+            redacted = redacted.replace(f"?{parts.query}", f"?{query}", 1)
+    except ValueError:
+        return f"<a URL that does not parse, hidden ({len(url)} characters)>"
+    return redacted
+
+
+def redact_store_url(url: str) -> str:
+    """A SQLAlchemy URL as SQLAlchemy renders it with ``hide_password``, then :func:`redact_url` over it.
+
+    SQLAlchemy is what hands the password to the driver, so its parse says which part is the password; the
+    second pass also hides a ``?password=`` query value and whatever an unescaped ``@`` left visible.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        rendered = make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        rendered = url
+    return redact_url(rendered)
+
+
+class SecretUrl(Secret[str]):
+    """A URL that may hold a password: ``str()``, ``repr()`` and JSON dumps show it as ``***``.
+
+    ``get_secret_value()`` is the only way to the password; call it where the connection is opened.
+    """
+
+    def _display(self) -> str:
+        return redact_url(self.get_secret_value())
+
+
+class SecretStoreUrl(SecretUrl):
+    """The idempotency store's SQLAlchemy URL, hidden the way SQLAlchemy hides it."""
+
+    def _display(self) -> str:
+        return redact_store_url(self.get_secret_value())
+
+
+def _check_amqp_url(value: SecretUrl) -> SecretUrl:
+    """Refuse what pika would refuse later, with a message that never repeats the URL (it has a password)."""
+    parts = urlsplit(value.get_secret_value())
+    if parts.scheme not in _AMQP_SCHEMES:
+        raise ValueError(f"an AMQP URL starts with amqp:// or amqps:// (got {parts.scheme or 'no'} scheme)")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("the port of the AMQP URL is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise ValueError("the AMQP URL names no host")
+    return value
+
+
+def _check_store_url(value: SecretStoreUrl) -> SecretStoreUrl:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(value.get_secret_value())
+    except (ArgumentError, ValueError):
+        example = "sqlite:///var/igate-bus.sqlite3 or postgresql+psycopg://USER@HOST/DB"
+        raise ValueError(f"not a SQLAlchemy URL, e.g. {example}") from None
+    return value
+
+
+def whole_seconds(value: object) -> int:
+    """A duration (unit required) that must be a whole number of seconds (an AMQP heartbeat, Retry-After)."""
+    seconds = parse_duration(value)
+    if seconds != int(seconds):
+        raise ValueError(f"{value!r} must be a whole number of seconds")
+    return int(seconds)
+
+
+AmqpUrl = Annotated[SecretUrl, AfterValidator(_check_amqp_url)]
+StoreUrl = Annotated[SecretStoreUrl, AfterValidator(_check_store_url)]
 
 
 class Settings(BaseSettings):
     """Everything the process needs that is not a route or a connector."""
 
-    model_config = SettingsConfigDict(env_prefix="IGATE_BUS_", extra="ignore", frozen=True)
+    # defaults are ours and already in seconds: only what comes from outside is parsed
+    model_config = SettingsConfigDict(env_prefix="IGATE_BUS_", extra="ignore", frozen=True, validate_default=False)
 
-    amqp_url: str = Field(
-        default="amqp://guest:guest@127.0.0.1:5672/%2F",
+    amqp_url: AmqpUrl = Field(
+        default=SecretUrl("amqp://guest:guest@127.0.0.1:5672/%2F"),
         description="Broker URL; amqps:// for TLS. heartbeat and blocked_connection_timeout are set by the bus.",
     )
-    store_url: str = Field(
-        default="sqlite:///var/igate-bus.sqlite3",
+    store_url: StoreUrl = Field(
+        default=SecretStoreUrl("sqlite:///var/igate-bus.sqlite3"),
         description="SQLAlchemy URL of the idempotency store; postgresql+psycopg://... for several workers.",
     )
     config_dir: Path = Field(default=DEFAULT_CONFIG_DIR, description="Folder with routes.yaml, connectors.yaml.")
-    heartbeat: int = Field(default=15, ge=5, le=60, description="AMQP heartbeat in seconds (5-20 advised).")
-    blocked_connection_timeout: float = Field(default=10.0, gt=0)
+    heartbeat: Annotated[int, BeforeValidator(whole_seconds), within(5, 60)] = Field(
+        default=15, description="AMQP heartbeat, e.g. 15s (5s to 1m; 5s to 20s advised)."
+    )
+    blocked_connection_timeout: Annotated[Duration, within(high=600)] = Field(
+        default=10.0, description="How long a publish may wait on a broker alarm, e.g. 10s."
+    )
     log_level: str = "info"
     log_format: str = Field(default="json", pattern="^(json|console)$")
     worker_id: str | None = Field(default=None, description="Names this worker's claims; host:pid by default.")
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def settings_problems(exc: ValidationError, cls: type[BaseSettings]) -> list[str]:
+    """One line per invalid setting: ``environment variable IGATE_BUS_X: message``, never the value given.
+
+    pydantic's own rendering repeats the input (``input_value='amqp://user:password@…'``), which would
+    print a password; this names the variable and the rule only.
+    """
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        message = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a rule between settings (a model validator): its message names them
+            lines.append(f"settings {prefix}*: {message}")
+            continue
+        name = prefix + "_".join(str(part) for part in err["loc"]).upper()
+        where = "environment variable " if name in os.environ else "setting "
+        lines.append(f"{where}{name}: {message}")
+    return lines
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """``cls(**overrides)`` with the environment, every problem named by its variable in one ConfigError.
+
+    Raises:
+        ConfigError: one line per invalid setting (see :func:`settings_problems`).
+    """
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(settings_problems(exc, cls))) from None

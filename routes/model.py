@@ -271,7 +271,7 @@ def _check_schedule(check: _Check, index: int, spec: RouteSpec) -> None:
         return
     try:
         if kind == "every":
-            parse_duration(rest)
+            parse_duration(rest.strip())
         else:
             from apscheduler.triggers.cron import CronTrigger
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pika.exceptions import ChannelClosedByBroker
 
+from config.model import format_duration
 from schemas.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -37,12 +38,8 @@ def route_queue(route: str) -> str:
 
 
 def format_delay(seconds: float) -> str:
-    """``5s``, ``2m``, ``1h``, ``1500ms``: the delay as it appears in a retry queue's name."""
-    ms = round(seconds * 1000)
-    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
+    """``5s``, ``2m``, ``1h``, ``1500ms``: the delay as it appears in a retry queue's name (and in routes.yaml)."""
+    return format_duration(seconds)
 
 
 def retry_queue(route: str, delay_s: float) -> str:

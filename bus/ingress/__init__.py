@@ -43,7 +43,7 @@ Answers of ``POST /events`` (every error body is ``{"error": "<code>", "detail":
 401    ``missing_timestamp``, ``invalid_timestamp``, ``stale_timestamp``, ``future_timestamp``,
        ``missing_signature``, ``malformed_signature``, ``bad_signature`` (a forged signature and a body
        altered by one byte look the same to us, by design of the HMAC)
-408    ``body_timeout``: the body did not arrive within ``body_timeout_s``
+408    ``body_timeout``: the body did not arrive within ``body_timeout``
 409    ``replayed_request``: this exact signed request was already accepted (the event *is* stored);
        ``event_id_conflict``: the event_id was accepted with different content; ``event_in_flight``:
        a request with this event_id is still waiting for its confirm (retry after ``Retry-After``)

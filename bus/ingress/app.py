@@ -123,8 +123,8 @@ def create_app(
         cfg=cfg,
         secrets=secrets,
         accepted=accepted,
-        events=ReplayCache(ttl_s=cfg.replay_ttl_s, max_entries=cfg.replay_max_entries),
-        callbacks=ReplayCache(ttl_s=cfg.replay_ttl_s, max_entries=cfg.replay_max_entries),
+        events=ReplayCache(ttl_s=cfg.replay_ttl, max_entries=cfg.replay_max_entries),
+        callbacks=ReplayCache(ttl_s=cfg.replay_ttl, max_entries=cfg.replay_max_entries),
         metrics=IngressMetrics([events.PATH, *(cb.path for cb in CALLBACKS)]),
     )
     state.metrics.registry.register(
@@ -133,13 +133,13 @@ def create_app(
 
     def default_factory() -> EventSink:
         return PublisherPool(
-            settings.amqp_url,
+            settings.amqp_url.get_secret_value(),
             size=cfg.publisher_threads,
             heartbeat=settings.heartbeat,
             blocked_connection_timeout=settings.blocked_connection_timeout,
-            connect_timeout=min(cfg.publish_timeout_s, 5.0),
+            connect_timeout=min(cfg.publish_timeout, 5.0),
             queue_size=cfg.publish_queue_size,
-            reconnect_delay_s=cfg.reconnect_delay_s,
+            reconnect_delay_s=cfg.reconnect_delay,
             declare=cfg.declare_exchanges,
         )
 

@@ -159,7 +159,7 @@ async def publish_callback(state: IngressState, event_data: dict[str, Any]) -> t
     verdict, _ = state.callbacks.begin(event_id, digest=event_id, signature=None)
     if verdict is Verdict.DUPLICATE:
         return event, True
-    raise_for_verdict(verdict, None, event_id, retry_after=state.cfg.retry_after_s)
+    raise_for_verdict(verdict, None, event_id, retry_after=state.cfg.retry_after)
     message = Outbound(
         body=canonical_json(event.as_dict()),
         exchange=RESULTS_EXCHANGE,

@@ -98,7 +98,7 @@ async def accept_event(request: Request, state: IngressState, fields: dict[str, 
         Problem: every refusal of the table in ``bus/ingress/__init__.py``.
     """
     cfg = state.cfg
-    body = await read_body(request, limit=cfg.max_body_bytes, time_limit_s=cfg.body_timeout_s)
+    body = await read_body(request, limit=cfg.max_body_bytes, time_limit_s=cfg.body_timeout)
     try:
         verified = verify(
             [s.get_secret_value() for s in state.secrets.hmac],
@@ -106,7 +106,7 @@ async def accept_event(request: Request, state: IngressState, fields: dict[str, 
             signature=request.headers.get(SIGNATURE_HEADER),
             body=body,
             now=time.time(),
-            window_s=cfg.window_s,
+            window_s=cfg.window,
         )
     except SignatureError as exc:
         raise Problem(401, exc.code, exc.detail) from None
@@ -139,7 +139,7 @@ async def accept_event(request: Request, state: IngressState, fields: dict[str, 
         await publish(state, message, digest=digest, signature=verified.signature)
         fields["outcome"] = "accepted"
         return JSONResponse(Accepted(event_id=event_id, event_type=event_type).model_dump(), 202)
-    raise_for_verdict(verdict, seen, event_id, retry_after=cfg.retry_after_s)
+    raise_for_verdict(verdict, seen, event_id, retry_after=cfg.retry_after)
     assert seen is not None  # noqa: S101 - DUPLICATE always carries its entry
     fields["outcome"] = "duplicate"
     accepted_at = datetime.fromtimestamp(seen.accepted_at, UTC)
@@ -172,7 +172,7 @@ SIGNATURE_PARAMETERS: Final = [
         "name": TIMESTAMP_HEADER,
         "in": "header",
         "required": True,
-        "description": "Unix time (seconds) the request was signed at; ±window_s (300 s) of our clock.",
+        "description": "Unix time (seconds) the request was signed at; ±window (300 s) of our clock.",
         "schema": {"type": "string", "pattern": r"^[0-9]{1,12}$"},
     },
     {

@@ -34,7 +34,7 @@ log = get_logger("igate_bus.ingress")
 
 
 def _unavailable(cfg: IngressSettings, exc: PublishError) -> Problem:
-    return Problem(503, exc.code, exc.detail, retry_after=cfg.retry_after_s)
+    return Problem(503, exc.code, exc.detail, retry_after=cfg.retry_after)
 
 
 def _confirm_result(done: Future[None]) -> str:
@@ -49,7 +49,7 @@ async def publish(state: IngressState, message: Outbound, *, digest: str, signat
     """Publish ``message`` and wait for the broker's confirm; the replay cache learns the outcome.
 
     The caller has had :meth:`ReplayCache.begin` answer NEW for the event. If the confirm does not come in
-    ``publish_timeout_s``, the message is withdrawn when no publisher thread has taken it yet; otherwise it
+    ``publish_timeout``, the message is withdrawn when no publisher thread has taken it yet; otherwise it
     may still be confirmed later, and the cache then records it as accepted (so a retry gets ``200``).
 
     Args:
@@ -66,7 +66,7 @@ async def publish(state: IngressState, message: Outbound, *, digest: str, signat
     sink = state.sink
     if sink is None:
         cache.finish(message.event_id, accepted=False, digest=digest, signature=signature)
-        raise Problem(503, "shutting_down", "the ingress is not running", retry_after=cfg.retry_after_s)
+        raise Problem(503, "shutting_down", "the ingress is not running", retry_after=cfg.retry_after)
     submitted = time.monotonic()
     try:
         future = sink.submit(message)
@@ -84,16 +84,16 @@ async def publish(state: IngressState, message: Outbound, *, digest: str, signat
 
     future.add_done_callback(record)
     try:
-        await asyncio.wait_for(asyncio.wrap_future(future), cfg.publish_timeout_s)
+        await asyncio.wait_for(asyncio.wrap_future(future), cfg.publish_timeout)
     except TimeoutError:
         future.igate_timed_out = True  # type: ignore[attr-defined]
         future.cancel()
         raise Problem(
             503,
             "publish_timeout",
-            f"the broker did not confirm within {cfg.publish_timeout_s:g} s; the event may or may not be "
+            f"the broker did not confirm within {cfg.publish_timeout:g} s; the event may or may not be "
             "stored: retry, signed again",
-            retry_after=cfg.retry_after_s,
+            retry_after=cfg.retry_after,
         ) from None
     except PublishError as exc:
         raise _unavailable(cfg, exc) from None

@@ -6,7 +6,7 @@ Where it sits: between validation and the confirmed publish of both doors (``bus
 whose twin is still waiting for its confirm (``409`` with ``Retry-After``), and it learns an event only once
 the broker confirmed it.
 
-It lives in this process (``replay_ttl_s`` ≥ the signature window, ``replay_max_entries`` bounded); several
+It lives in this process (``replay_ttl`` ≥ the signature window, ``replay_max_entries`` bounded); several
 ingress processes each keep their own, and the workers' idempotency by event_id covers what slips between
 them.
 """

@@ -2,7 +2,7 @@
 
 Where it sits: the first steps of both doors (``bus/ingress/events.py``, ``bus/ingress/callbacks.py``),
 before any parsing. A body is refused past ``max_body_bytes`` whether announced by ``Content-Length`` or
-streamed, and past ``body_timeout_s`` however slowly it trickles in, so a slow or huge sender costs one
+streamed, and past ``body_timeout`` however slowly it trickles in, so a slow or huge sender costs one
 bounded buffer. Each body read in full is counted in ``igate_bus_ingress_request_body_bytes``.
 """
 
@@ -96,7 +96,7 @@ async def read_json(request: Request, cfg: IngressSettings) -> Any:
     """
     if not is_json(request.headers.get("content-type")):
         raise Problem(415, "unsupported_media_type", f"the body must be {JSON_TYPE} (UTF-8)")
-    body = await read_body(request, limit=cfg.max_body_bytes, time_limit_s=cfg.body_timeout_s)
+    body = await read_body(request, limit=cfg.max_body_bytes, time_limit_s=cfg.body_timeout)
     if not body:
         raise Problem(400, "empty_body", "the body is empty")
     try:

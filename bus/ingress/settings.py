@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.signing import DEFAULT_SECRET_ENV, MIN_SECRET_LENGTH
+from config.model import Duration, format_duration, within
+from config.settings import whole_seconds
 from schemas.envelope import DEFAULT_MAX_BYTES
 from schemas.errors import ConfigError
 from schemas.events import EVENT_PAYLOADS
@@ -36,7 +38,10 @@ MIN_CALLBACK_SECRET: Final = 16
 class IngressSettings(BaseSettings):
     """Settings of ``igate-bus serve`` (environment prefix ``IGATE_BUS_INGRESS_``); secrets by env-var name."""
 
-    model_config = SettingsConfigDict(env_prefix="IGATE_BUS_INGRESS_", extra="ignore", frozen=True)
+    # defaults are ours and already in seconds: only what comes from outside is parsed
+    model_config = SettingsConfigDict(
+        env_prefix="IGATE_BUS_INGRESS_", extra="ignore", frozen=True, validate_default=False
+    )
 
     host: str = Field(default="127.0.0.1", description="Interface to listen on.")
     port: int = Field(default=8600, ge=0, le=65535, description="TCP port.")
@@ -46,16 +51,29 @@ class IngressSettings(BaseSettings):
     hmac_previous_secret_env: str | None = Field(
         default=None, description="Variable holding the previous secret, still accepted during a rotation."
     )
-    window_s: int = Field(default=300, ge=30, le=3600, description="Signed timestamp tolerance, both ways.")
+    # durations take a unit (IGATE_BUS_INGRESS_WINDOW=5m) and are held in seconds
+    window: Annotated[int, BeforeValidator(whole_seconds), within(30, 3600)] = Field(
+        default=300, description="Signed timestamp tolerance, both ways, e.g. 5m."
+    )
     max_body_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1024, le=16 * DEFAULT_MAX_BYTES)
-    body_timeout_s: float = Field(default=10.0, gt=0, le=120, description="Time allowed to receive a body.")
-    replay_ttl_s: int = Field(default=900, ge=30, description="How long accepted event_ids are remembered.")
+    body_timeout: Annotated[Duration, within(high=120)] = Field(
+        default=10.0, description="Time allowed to receive a body, e.g. 10s."
+    )
+    replay_ttl: Annotated[Duration, within(low=30)] = Field(
+        default=900.0, description="How long accepted event_ids are remembered, e.g. 15m."
+    )
     replay_max_entries: int = Field(default=100_000, ge=100, description="Bound on the replay cache.")
-    publish_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Wait for the broker's confirm.")
-    retry_after_s: int = Field(default=2, ge=1, le=300, description="Retry-After of a 503.")
+    publish_timeout: Annotated[Duration, within(high=60)] = Field(
+        default=5.0, description="Wait for the broker's confirm, e.g. 5s."
+    )
+    retry_after: Annotated[int, BeforeValidator(whole_seconds), within(1, 300)] = Field(
+        default=2, description="Retry-After of a 503, e.g. 2s."
+    )
     publisher_threads: int = Field(default=4, ge=1, le=64, description="Publisher connections.")
     publish_queue_size: int = Field(default=1000, ge=1, description="Messages waiting for a publisher thread.")
-    reconnect_delay_s: float = Field(default=0.5, ge=0, le=60, description="Pause after a failed connect.")
+    reconnect_delay: Annotated[Duration, within(high=60)] = Field(
+        default=0.5, description="Pause after a failed connect, e.g. 500ms."
+    )
     declare_exchanges: bool = Field(default=True, description="Declare the exchanges (off: write-only user).")
     max_connections: int = Field(default=1000, ge=1, description="uvicorn limit_concurrency.")
     vilis_security_code_env: str = Field(
@@ -70,9 +88,10 @@ class IngressSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _coherent(self) -> IngressSettings:
-        if self.replay_ttl_s < self.window_s:
+        if self.replay_ttl < self.window:
             raise ValueError(
-                f"replay_ttl_s ({self.replay_ttl_s}) must be at least window_s ({self.window_s}): a request "
+                f"replay_ttl ({format_duration(self.replay_ttl)}) must be at least window "
+                f"({format_duration(self.window)}): a request "
                 "replayed inside the signature window must still be remembered"
             )
         unknown = sorted(set(self.accepted_event_types) - set(EVENT_PAYLOADS))

@@ -85,7 +85,7 @@ class ServerThread:
 
 def make_app(amqp_url: str, *, env: dict[str, str] | None = None, observe: bool = False, **ingress: Any) -> FastAPI:
     """The ingress app on ``amqp_url`` with test secrets; ``ingress`` overrides IngressSettings fields."""
-    settings = Settings(amqp_url=amqp_url, heartbeat=10, blocked_connection_timeout=10)
+    settings = Settings(amqp_url=amqp_url, heartbeat="10s", blocked_connection_timeout="10s")
     factory = ingress.pop("publisher_factory", None)
     return create_app(
         settings,

@@ -55,7 +55,7 @@ def test_broker_stopped_503_within_the_timeout_nothing_half_stored_then_202(chao
     bind_capture(url, "igate.events")
     before, after = fresh(), fresh()
     during = [fresh() for _ in range(5)]
-    with serve(url, publish_timeout_s=PUBLISH_TIMEOUT_S, reconnect_delay_s=0.2) as srv, client(srv) as c:
+    with serve(url, publish_timeout=f"{PUBLISH_TIMEOUT_S:g}s", reconnect_delay="200ms") as srv, client(srv) as c:
         assert post(c, before)[0].status_code == 202
         chaos_broker.stop_app()
         for event in during:
@@ -128,7 +128,7 @@ def test_2000_signed_posts_through_a_broker_kill_every_202_is_delivered(chaos_br
 
     limits = httpx.Limits(max_connections=16)
     with (
-        serve(url, publish_timeout_s=PUBLISH_TIMEOUT_S, reconnect_delay_s=0.2) as srv,
+        serve(url, publish_timeout=f"{PUBLISH_TIMEOUT_S:g}s", reconnect_delay="200ms") as srv,
         httpx.Client(base_url=srv.url, timeout=10, limits=limits) as c,
     ):
 
@@ -182,7 +182,7 @@ def test_memory_alarm_503_then_202_when_it_clears(chaos_broker: ChaosBroker) -> 
     bind_capture(url, "igate.events")
     accepted: list[str] = []
     refusals: list[tuple[str, float]] = []
-    with serve(url, publish_timeout_s=PUBLISH_TIMEOUT_S) as srv, client(srv) as c:
+    with serve(url, publish_timeout=f"{PUBLISH_TIMEOUT_S:g}s") as srv, client(srv) as c:
 
         def attempt() -> int:
             event = fresh()

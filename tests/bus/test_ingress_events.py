@@ -45,7 +45,7 @@ def broker_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def server(broker_url):
     """The ingress for the module (body timeout 1 s, so the slow-body test is quick)."""
-    with serve(broker_url, body_timeout_s=1.0) as srv:
+    with serve(broker_url, body_timeout="1s") as srv:
         yield srv
 
 
@@ -201,7 +201,7 @@ def test_oversized_chunked_body_is_refused_while_streaming(http, broker_url):
 
 
 def test_slow_body_times_out(http, broker_url):
-    """A body that stalls past body_timeout_s (1 s here) ▶ 408 body_timeout; nothing stored."""
+    """A body that stalls past body_timeout (1 s here) ▶ 408 body_timeout; nothing stored."""
 
     def stalling() -> Iterator[bytes]:
         yield b'{"event_id": '

@@ -168,7 +168,7 @@ def test_every_answer_is_counted_by_endpoint_outcome_and_reason(amqp_url):
 def test_no_broker_is_counted_as_unavailable_with_its_reason():
     """No broker at all ▶ 503 broker_unavailable, counted; no publisher connected."""
     event = dumps(fresh())
-    with serve("amqp://guest:guest@127.0.0.1:1/%2F", reconnect_delay_s=0.2) as srv, client(srv) as c:
+    with serve("amqp://guest:guest@127.0.0.1:1/%2F", reconnect_delay="200ms") as srv, client(srv) as c:
         response = c.post(EVENTS, content=event, headers=signed(event))
         text = c.get("/metrics").text
     assert response.status_code == 503

@@ -12,6 +12,7 @@ import time
 import uuid
 
 import httpx
+import pytest
 from busenv import example
 from click.testing import CliRunner
 from ingress_harness import (
@@ -48,10 +49,21 @@ def test_serve_without_secret_is_one_line_and_exit_2(monkeypatch):
 def test_serve_bad_setting_is_one_line_and_exit_2(monkeypatch):
     """An invalid IGATE_BUS_INGRESS_* setting ▶ exit 2 naming it."""
     monkeypatch.setenv("IGATE_BUS_INGRESS_HMAC_SECRET", SECRET)
-    monkeypatch.setenv("IGATE_BUS_INGRESS_WINDOW_S", "5")
+    monkeypatch.setenv("IGATE_BUS_INGRESS_WINDOW", "5s")
     result = CliRunner().invoke(serve_command, ["--port", "0"])
     assert result.exit_code == 2
-    assert "window_s" in result.output
+    assert "environment variable IGATE_BUS_INGRESS_WINDOW: 5s is too short: at least 30s" in result.output
+
+
+@pytest.mark.parametrize(("value", "refusal"), [("300", "'300' has no unit"), ("5 m", "'5 m' is not a duration")])
+def test_serve_refuses_a_duration_without_its_unit(monkeypatch, value, refusal):
+    """IGATE_BUS_INGRESS_WINDOW=300 could be seconds or milliseconds: refused, as in routes.yaml, exit 2."""
+    monkeypatch.setenv("IGATE_BUS_INGRESS_HMAC_SECRET", SECRET)
+    monkeypatch.setenv("IGATE_BUS_INGRESS_WINDOW", value)
+    result = CliRunner().invoke(serve_command, ["--port", "0"])
+    assert result.exit_code == 2
+    assert f"igate-bus: environment variable IGATE_BUS_INGRESS_WINDOW: {refusal}" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_serve_process_accepts_a_signed_event_and_stops_on_sigterm(amqp_url, tmp_path):

@@ -201,8 +201,8 @@ class TestReplayCache:
 class TestSettings:
     def test_replay_ttl_must_cover_the_window(self):
         """A replay cache shorter than the signature window is refused, naming both settings."""
-        with pytest.raises(ValidationError, match=r"replay_ttl_s .* must be at least window_s"):
-            IngressSettings(window_s=300, replay_ttl_s=299)
+        with pytest.raises(ValidationError, match=r"replay_ttl \(299s\) must be at least window \(5m\)"):
+            IngressSettings(window="5m", replay_ttl="299s")
 
     def test_accepted_types_must_have_a_schema(self):
         """An accepted event type no schema knows is refused at start."""
