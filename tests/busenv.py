@@ -105,7 +105,7 @@ def env_for(amqp_url: str, store_url: str, config_dir: Path, **extra: str) -> di
             "IGATE_BUS_CONFIG_DIR": str(config_dir),
             "IGATE_BUS_IGATE_USERNAME": SIM_USER,
             "IGATE_BUS_IGATE_PASSWORD": SIM_PASSWORD,
-            "IGATE_BUS_HEARTBEAT": "10",
+            "IGATE_BUS_HEARTBEAT": "10s",
             **extra,
         }
     )
@@ -181,15 +181,26 @@ def publish_raw(
         pub.publish_raw(body, exchange=exchange, routing_key=routing_key, properties=props)
 
 
+class NoSuchQueue(AssertionError):
+    """A test asked about a queue the broker does not have: a wrong name, or a topology never declared."""
+
+
 def depth(amqp_url: str, queue: str) -> int:
-    """Ready messages in a queue (0 if it does not exist)."""
+    """Ready messages in a queue.
+
+    Raises:
+        NoSuchQueue: the queue does not exist. Counting it as empty would let "every queue is empty" pass
+            for a misspelt name or a route whose topology was never declared.
+    """
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         ch = conn.channel()
         try:
             return int(ch.queue_declare(queue, passive=True).method.message_count)
-        except pika.exceptions.ChannelClosedByBroker:
-            return 0
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                raise NoSuchQueue(f"queue {queue!r} does not exist on the broker ({exc.reply_text})") from None
+            raise
     finally:
         if conn.is_open:
             conn.close()
@@ -253,7 +264,7 @@ def thread_worker(
     os.environ["IGATE_BUS_IGATE_USERNAME"] = SIM_USER
     os.environ["IGATE_BUS_IGATE_PASSWORD"] = SIM_PASSWORD
     os.environ.setdefault("IGATE_BUS_OPS_PORT", "0")
-    settings = Settings(amqp_url=amqp_url, store_url=store_url, config_dir=config_dir, heartbeat=10)
+    settings = Settings(amqp_url=amqp_url, store_url=store_url, config_dir=config_dir, heartbeat="10s")
     app = load_app(settings)
     tw = ThreadWorker(build_worker(app, routes), app).start()
     try:
