@@ -9,6 +9,7 @@ module.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import random
 import threading
@@ -16,7 +17,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any, ClassVar, Final, Generic, Self, TypeVar
 
 import structlog
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 log = structlog.get_logger(__name__)
 
@@ -24,6 +25,23 @@ log = structlog.get_logger(__name__)
 MAX_RECORDED: Final = 100_000
 
 F = TypeVar("F", bound=BaseModel)
+
+
+def duration_arg(text: str) -> float:
+    """``argparse`` type of a duration option (``--token-ttl 5m``): the bus's one parser, a unit required."""
+    from config.model import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def configure_cli_logging() -> None:
+    """Log as the bus does (JSON lines, personal data masked) when a simulator runs as ``python -m``."""
+    from bus.logging import configure_logging
+
+    configure_logging()
 
 
 class SimServer(ThreadingHTTPServer):
@@ -48,6 +66,9 @@ class ServedSimulator(Generic[F]):
 
     #: names the serving thread
     thread_name: ClassVar[str] = "sim"
+    #: log one line per recorded request; :func:`serve` (a simulator in the foreground) turns it on, while
+    #: tests and benchmarks running one in a thread read the record instead and keep their logs quiet
+    log_requests: bool = False
 
     def _init_server(self, host: str, port: int, faults: F) -> None:
         """Call from ``__init__``: where to listen (port 0: a free one, known after :meth:`start`), no faults."""
@@ -72,6 +93,23 @@ class ServedSimulator(Generic[F]):
     def faults(self) -> F:
         """The faults in force."""
         return self._faults
+
+    def faults_schema(self) -> dict[str, Any]:
+        """The JSON schema of the fault switches (``GET /_sim/faults/schema``): every field, type and default."""
+        return type(self._no_faults).model_json_schema()
+
+    def _faults_control(self, method: str, path: str, body: bytes) -> tuple[int, Any] | None:
+        """``GET/POST /_sim/faults`` and ``GET /_sim/faults/schema``: (status, JSON), or None for other paths."""
+        if path == "/_sim/faults/schema" and method == "GET":
+            return 200, self.faults_schema()
+        if path != "/_sim/faults":
+            return None
+        if method == "POST":
+            try:
+                self.set_faults(type(self._no_faults).model_validate_json(body or b"{}"))
+            except ValidationError as exc:
+                return 400, {"error": str(exc.errors(include_url=False, include_input=False))}
+        return 200, self.faults.model_dump(mode="json")
 
     def set_faults(self, faults: F | None = None, **switches: Any) -> F:
         """Replace the faults (a ``Faults``, or its fields as keywords); a seed restarts the draws."""

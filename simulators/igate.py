@@ -30,8 +30,8 @@ Faults (:class:`Faults`, set in Python or over HTTP; deterministic when given a 
 error status at a rate, a hang longer than the client's timeout, a dropped connection, a malformed 200, an
 applied effect followed by a dropped connection (the ambiguous outcome), an oversized reply and a slow
 drip, each restricted to ``only_paths`` when given. Control endpoints (never recorded, never faulted):
-``GET/POST /_sim/faults``, ``GET /_sim/requests``, ``GET /_sim/effects``, ``POST /_sim/reset``,
-``POST /_sim/tokens/expire``, ``POST /_sim/dossiers``.
+``GET/POST /_sim/faults``, ``GET /_sim/faults/schema``, ``GET /_sim/requests``, ``GET /_sim/effects``,
+``POST /_sim/reset``, ``POST /_sim/tokens/expire``, ``POST /_sim/dossiers`` (docs/simulators.md).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.igate_api import AddNoteRequest, UpdateDossierRequest
-from simulators._server import ServedSimulator, SimServer
+from simulators._server import ServedSimulator, SimServer, configure_cli_logging, duration_arg
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,6 +70,8 @@ DEFAULT_PASSWORD: Final = "simulator-only"  # noqa: S105 - the simulator's own p
 DEFAULT_CLIENT_ID: Final = "igate-bus"
 DEFAULT_REALM: Final = "digo"
 DEFAULT_PORT: Final = 8601
+#: how long an issued token lives unless told otherwise
+DEFAULT_TOKEN_TTL_S: Final = 300.0
 #: the variables the shipped connectors.yaml reads the bus's iGate credentials from (used by :func:`serve`)
 USERNAME_ENV: Final = "IGATE_BUS_IGATE_USERNAME"
 PASSWORD_ENV: Final = "IGATE_BUS_IGATE_PASSWORD"  # noqa: S105 - a variable's name
@@ -98,7 +100,7 @@ SEED_DOSSIER_CODES: Final = (
     "000.00.17.H16-250313-0001",
 )
 
-Rate = Annotated[float, Field(ge=0.0, le=1.0, description="Probability per request; true means 1.")]
+Rate = Annotated[float, Field(ge=0.0, le=1.0, description="Probability per request, 0 to 1.")]
 FaultName = Literal["error", "timeout", "drop_connection", "malformed_body", "apply_then_drop"]
 
 
@@ -107,18 +109,24 @@ class Faults(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    latency_s: float = Field(default=0.0, ge=0.0, le=600.0, description="Delay before answering.")
-    error_rate: Rate = 0.0
-    error_status: int = Field(default=503, ge=400, le=599)
-    error_body: str | None = Field(default=None, max_length=100_000, description="Body of the error reply.")
-    timeout: Rate = Field(default=0.0, description="Hang for hang_s, then close without answering.")
-    hang_s: float = Field(default=30.0, gt=0.0, le=3600.0)
-    apply_before_hang: bool = Field(default=False, description="Apply the effect before hanging.")
-    drop_connection: Rate = Field(default=0.0, description="Close (reset) the connection without answering.")
-    malformed_body: Rate = Field(default=0.0, description="Apply, then answer 200 with broken JSON.")
-    apply_then_drop_rate: Rate = Field(default=0.0, description="Apply, then reset the connection.")
-    oversize_bytes: int = Field(default=0, ge=0, le=2**34, description="Answer 200 with this many bytes.")
-    drip_interval_s: float = Field(default=0.0, ge=0.0, le=60.0, description="Send the body a byte at a time.")
+    latency_s: float = Field(default=0.0, ge=0.0, le=600.0, description="Seconds to wait before answering.")
+    error_rate: Rate = Field(default=0.0, description="Share of requests answered with error_status instead.")
+    error_status: int = Field(default=503, ge=400, le=599, description="HTTP status of an injected error.")
+    error_body: str | None = Field(
+        default=None, max_length=100_000, description="Body of an injected error; null: Spring Boot's JSON error."
+    )
+    timeout: Rate = Field(default=0.0, description="Share of requests that hang for hang_s, then get a reset.")
+    hang_s: float = Field(default=30.0, gt=0.0, le=3600.0, description="Seconds a 'timeout' request hangs.")
+    apply_before_hang: bool = Field(default=False, description="Apply the effect before hanging (ambiguous).")
+    drop_connection: Rate = Field(default=0.0, description="Share of requests reset without an answer.")
+    malformed_body: Rate = Field(default=0.0, description="Share applied, then answered 200 with broken JSON.")
+    apply_then_drop_rate: Rate = Field(default=0.0, description="Share applied, then reset (the answer is lost).")
+    oversize_bytes: int = Field(
+        default=0, ge=0, le=2**34, description="Answer 200 with this many bytes and no length; 0: off."
+    )
+    drip_interval_s: float = Field(
+        default=0.0, ge=0.0, le=60.0, description="Seconds between the bytes of a dripped answer; 0: off."
+    )
     only_paths: list[str] = Field(default_factory=list, description="Path prefixes to fault; empty = all.")
     seed: int | None = Field(default=None, description="Seeds the draws, so a run repeats exactly.")
 
@@ -191,7 +199,7 @@ class IGateSimulator(ServedSimulator[Faults]):
         password: str = DEFAULT_PASSWORD,
         client_id: str = DEFAULT_CLIENT_ID,
         realm: str = DEFAULT_REALM,
-        token_ttl_s: float = 300.0,
+        token_ttl_s: float = DEFAULT_TOKEN_TTL_S,
         strict_dossiers: bool = False,
     ) -> None:
         self.username = username
@@ -477,14 +485,10 @@ class IGateSimulator(ServedSimulator[Faults]):
 
     def _control(self, call: _Call) -> _Answer:  # noqa: PLR0911 - one branch per control endpoint
         route = (call.method, call.path)
-        if route == ("GET", "/_sim/faults"):
-            return _Answer(200, self.faults.model_dump(mode="json"))
-        if route == ("POST", "/_sim/faults"):
-            try:
-                faults = Faults.model_validate_json(call.body or b"{}")
-            except ValidationError as exc:
-                return _error(400, str(exc.errors(include_url=False, include_input=False)), call.path)
-            return _Answer(200, self.set_faults(faults).model_dump(mode="json"))
+        faults = self._faults_control(call.method, call.path, call.body)
+        if faults is not None:
+            status, body = faults
+            return _Answer(status, body) if status == 200 else _error(status, body["error"], call.path)
         if route == ("GET", "/_sim/requests"):
             return _Answer(200, {"requests": self.requests(call.param("path") or "")})
         if route == ("GET", "/_sim/effects"):
@@ -589,6 +593,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(sim._control(call))  # noqa: SLF001 - the handler is part of the simulator
             return
         entry = sim._record(call)  # noqa: SLF001
+        try:
+            self._answer(call, entry)
+        finally:  # one line per recorded request, through the bus's logging chain when run by `simulate`
+            if sim.log_requests:
+                log.info(
+                    "igate_sim.request",
+                    method=call.method,
+                    path=call.path,
+                    query=call.query,
+                    status=entry.get("status"),
+                    fault=entry.get("fault"),
+                )
+
+    def _answer(self, call: _Call, entry: dict[str, Any]) -> None:
+        sim = self.server.sim
         faults, fault = sim._draw(call.path)  # noqa: SLF001
         entry["fault"] = fault
         sim._sleep(faults.latency_s)  # noqa: SLF001
@@ -678,7 +697,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     *,
-    token_ttl_s: float = 300.0,
+    token_ttl_s: float = DEFAULT_TOKEN_TTL_S,
     strict_dossiers: bool = False,
 ) -> None:
     """Run the simulator in the foreground until interrupted (``igate-bus simulate igate``).
@@ -694,9 +713,11 @@ def serve(
         password=os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD,
         token_ttl_s=token_ttl_s,
         strict_dossiers=strict_dossiers,
-    ).start()
-    log.info("igate_sim.listening", url=sim.url, username=sim.username, client_id=sim.client_id)
-    try:
+    )
+    sim.log_requests = True
+    try:  # an interrupt while starting stops as cleanly as one while serving
+        sim.start()
+        log.info("igate_sim.listening", url=sim.url, username=sim.username, client_id=sim.client_id)
         threading.Event().wait()
     except KeyboardInterrupt:
         log.info("igate_sim.stopping")
@@ -709,9 +730,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m simulators.igate", description="The iGate simulator.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--token-ttl", type=float, default=300.0, help="seconds an issued token lives")
+    parser.add_argument("--token-ttl", type=duration_arg, default=DEFAULT_TOKEN_TTL_S, help="e.g. 5m")
     parser.add_argument("--strict-dossiers", action="store_true", help="404 on notes for unknown dossiers")
     args = parser.parse_args(argv)
+    configure_cli_logging()
     serve(args.host, args.port, token_ttl_s=args.token_ttl, strict_dossiers=args.strict_dossiers)
 
 

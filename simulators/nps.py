@@ -45,8 +45,9 @@ Faults (:class:`Faults`, set in Python or over HTTP at ``/_sim/faults``; determi
 ``doctype_system``, ``deep_nesting``, ``huge`` (50 MB), ``drip`` (one byte per ``drip_interval_s``) and
 ``pii_fault`` (a fault echoing a CCCD and a phone). Modes that mangle a reply apply the request first unless
 ``apply`` says otherwise, so the ambiguous outcome (applied, answer lost) is what a client sees. Control
-endpoints (never recorded, never faulted): ``GET/POST /_sim/faults``, ``GET /_sim/requests``,
-``GET /_sim/effects``, ``GET /_sim/dossiers[/CODE]``, ``POST /_sim/reset``, ``POST /_sim/sessions/expire``.
+endpoints (never recorded, never faulted): ``GET/POST /_sim/faults``, ``GET /_sim/faults/schema``,
+``GET /_sim/requests``, ``GET /_sim/effects``, ``GET /_sim/dossiers[/CODE]``, ``POST /_sim/reset``,
+``POST /_sim/sessions/expire`` (docs/simulators.md).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ from schemas.nps import (
     HoSoMC,
     TienDoHoSo,
 )
-from simulators._server import ServedSimulator, SimServer
+from simulators._server import ServedSimulator, SimServer, configure_cli_logging, duration_arg
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -90,6 +91,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DEFAULT_PORT: Final = 8602
+#: how long an issued session lives unless told otherwise
+DEFAULT_SESSION_TTL_S: Final = 3600.0
 DEFAULT_USERNAME: Final = "igate-bus"
 DEFAULT_PASSWORD: Final = "simulator-only"  # noqa: S105 - the simulator's own published default
 DEFAULT_MADONVI: Final = "000.00.16.H16"
@@ -162,21 +165,25 @@ class Faults(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    latency_s: float = Field(default=0.0, ge=0.0, le=600.0, description="Delay before answering (slow).")
-    mode: FaultMode | None = Field(default=None, description="How to misbehave instead of answering.")
-    rate: Rate = 1.0
+    latency_s: float = Field(default=0.0, ge=0.0, le=600.0, description="Seconds to wait before answering.")
+    mode: FaultMode | None = Field(default=None, description="How to misbehave instead of answering; null: off.")
+    rate: Rate = Field(default=1.0, description="Share of calls on only_operations that get the mode.")
     apply: bool | None = Field(
-        default=None, description="Handle the request before misbehaving; default: only for mangled replies."
+        default=None, description="Handle the call before misbehaving; null: only for modes that mangle a reply."
     )
-    hang_s: float = Field(default=30.0, gt=0.0, le=3600.0, description="How long 'hang' waits before a reset.")
+    hang_s: float = Field(default=30.0, gt=0.0, le=3600.0, description="Seconds 'hang' waits before a reset.")
     drip_interval_s: float = Field(default=0.2, gt=0.0, le=60.0, description="Seconds between dripped bytes.")
-    huge_bytes: int = Field(default=HUGE_BYTES, ge=1, le=2**34, description="Size of the 'huge' reply.")
+    huge_bytes: int = Field(default=HUGE_BYTES, ge=1, le=2**34, description="Size of the 'huge' reply in bytes.")
     huge_declare_length: bool = Field(default=False, description="Send Content-Length with the 'huge' reply.")
-    reject_message: str = Field(default="Dữ liệu hồ sơ không hợp lệ", max_length=2000)
+    reject_message: str = Field(
+        default="Dữ liệu hồ sơ không hợp lệ", max_length=2000, description="Message of the 'reject' answer (code 1)."
+    )
     ok_code: str = Field(
         default="3", pattern=r"^-?[0-9]{1,3}$", description="The success code 'ok_code' answers with ([F] TH: 3, -3)."
     )
-    fault_string: str | None = Field(default=None, max_length=100_000, description="Text of injected faults.")
+    fault_string: str | None = Field(
+        default=None, max_length=100_000, description="Text of injected SOAP faults; null: a stock text."
+    )
     only_operations: list[str] = Field(default_factory=list, description="Operations to fault; empty = all.")
     seed: int | None = Field(default=None, description="Seeds the draws, so a run repeats exactly.")
 
@@ -335,7 +342,7 @@ class NpsSimulator(ServedSimulator[Faults]):
         username: str = DEFAULT_USERNAME,
         password: str = DEFAULT_PASSWORD,
         madonvi: str | None = DEFAULT_MADONVI,
-        session_ttl_s: float = 3600.0,
+        session_ttl_s: float = DEFAULT_SESSION_TTL_S,
         strict_dossiers: bool = False,
     ) -> None:
         self.username = username
@@ -643,14 +650,9 @@ class NpsSimulator(ServedSimulator[Faults]):
         return entry
 
     def _control(self, method: str, path: str, body: bytes) -> tuple[int, Any]:  # noqa: PLR0911 - one per endpoint
-        if (method, path) == ("GET", "/_sim/faults"):
-            return 200, self.faults.model_dump(mode="json")
-        if (method, path) == ("POST", "/_sim/faults"):
-            try:
-                faults = Faults.model_validate_json(body or b"{}")
-            except ValidationError as exc:
-                return 400, {"error": str(exc.errors(include_url=False, include_input=False))}
-            return 200, self.set_faults(faults).model_dump(mode="json")
+        faults = self._faults_control(method, path, body)
+        if faults is not None:
+            return faults
         if (method, path) == ("GET", "/_sim/requests"):
             return 200, {"requests": self.requests()}
         if (method, path) == ("GET", "/_sim/effects"):
@@ -795,9 +797,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._soap(body)
 
     def _soap(self, body: bytes) -> None:
-        sim = self.server.sim
         headers = dict(self.headers.items())
-        entry = sim._record("POST", SOAP_PATH, headers)  # noqa: SLF001
+        entry = self.server.sim._record("POST", SOAP_PATH, headers)  # noqa: SLF001
+        try:
+            self._answer(body, headers, entry)
+        finally:  # one line per recorded call, through the bus's logging chain when run by `simulate`
+            if self.server.sim.log_requests:
+                log.info(
+                    "nps_sim.request",
+                    operation=entry.get("operation"),
+                    valid=entry.get("valid"),
+                    answer=entry.get("answer"),
+                    fault=entry.get("fault"),
+                )
+
+    def _answer(self, body: bytes, headers: dict[str, str], entry: dict[str, Any]) -> None:
+        sim = self.server.sim
         try:
             operation, header, data = sim._parse(body, headers, entry)  # noqa: SLF001
         except _SoapFault as fault:
@@ -909,7 +924,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, session_ttl_s: float = 3600.0) -> None:
+def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, session_ttl_s: float = DEFAULT_SESSION_TTL_S) -> None:
     """Run the simulator in the foreground until interrupted (``igate-bus simulate nps``).
 
     It accepts the user and password the bus itself is given (``IGATE_BUS_NPS_USERNAME`` and
@@ -922,9 +937,11 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, session_ttl_s: f
         username=os.environ.get(USERNAME_ENV) or DEFAULT_USERNAME,
         password=os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD,
         session_ttl_s=session_ttl_s,
-    ).start()
-    log.info("nps_sim.listening", url=sim.endpoint, wsdl=f"{sim.endpoint}?wsdl", username=sim.username)
-    try:
+    )
+    sim.log_requests = True
+    try:  # an interrupt while starting stops as cleanly as one while serving
+        sim.start()
+        log.info("nps_sim.listening", url=sim.endpoint, wsdl=f"{sim.endpoint}?wsdl", username=sim.username)
         threading.Event().wait()
     except KeyboardInterrupt:
         log.info("nps_sim.stopping")
@@ -937,8 +954,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m simulators.nps", description="The national portal simulator.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--session-ttl", type=float, default=3600.0, help="seconds an issued session lives")
+    parser.add_argument("--session-ttl", type=duration_arg, default=DEFAULT_SESSION_TTL_S, help="e.g. 1h")
     args = parser.parse_args(argv)
+    configure_cli_logging()
     serve(args.host, args.port, session_ttl_s=args.session_ttl)
 
 
