@@ -2,14 +2,14 @@
 
 Where it sits: the adapter step of the ``nps-*`` routes (``igate.events`` → route → **adapter** →
 ``nps.dong_bo_ho_so`` / ``nps.cap_nhat_tien_do`` / ``nps.dong_bo_danh_gia`` → ``dvcqg.sync_result`` or the
-DLQ). One function per event type, named after it (STYLE.md point 1). Every dossier event carries the whole
+DLQ). One function per event type, named after it, so a route names its adapter. Every dossier event carries the whole
 common payload (applicant, dates, documents, fees), so each one maps to a *full* :class:`HoSoMC` record whose
 ``TrangThaiHoSo`` is the event's status; ``NgayCapNhat`` is the event's ``occurred_at``, by which the portal
 keeps the newest state when events arrive out of order (``schemas/nps.py``).
 
 The rules, each applied in one place below:
 
-- **Status.** :data:`PORTAL_STATUS` maps the event type to the national 1-10 scale (DOMAIN.md 1.1): iGate's
+- **Status.** :data:`PORTAL_STATUS` maps the event type to the national 1-10 scale (docs/domain.md section 1.1): iGate's
   :data:`schemas.igate.EVENT_STATUS` plus ``dossier.supplement_received`` → 4 (processing resumes). The
   event type decides, not the envelope's ``status``. ``payment.settled`` changes no status: it sends the
   envelope's ``status`` when iGate gives one, else the status its dates imply (:func:`settled_status`).
@@ -79,17 +79,17 @@ if TYPE_CHECKING:
 
 P = TypeVar("P", bound=BaseModel)
 
-#: event type → national 1-10 status (DOMAIN.md 1.1); ``payment.settled`` is absent: it changes no status
+#: event type → national 1-10 status (docs/domain.md section 1.1); ``payment.settled`` is absent: it changes no status
 PORTAL_STATUS: Final[Mapping[str, int]] = {**EVENT_STATUS, "dossier.supplement_received": 4}
 #: every record is sent as a create; the connector turns "đã tồn tại" into an update (module docstring)
 IS_UPDATING: Final = False
 #: statuses whose event ends processing: ``NgayKetThucXuLy`` falls back to the event's time
 _ENDING_STATUSES: Final = frozenset({7, 8, 9})
 
-#: [F] TH sends these as constants (DOMAIN.md 1.2): submitted at the portal, checked against database "7"
+#: [F] TH sends these as constants (docs/domain.md section 1.2): submitted at the portal, checked against database "7"
 NOI_NOP_HO_SO: Final = "2"
 MA_CSDL: Final = "7"
-#: [F] the name TH gives its synthetic steps and the steps themselves (DOMAIN.md section 2)
+#: [F] the name TH gives its synthetic steps and the steps themselves (docs/domain.md section 2)
 ONE_STOP_STAFF: Final = "Cán bộ một cửa"
 RECEPTION_STEP: Final = "Tiếp nhận hồ sơ"
 END_STEP: Final = "Kết thúc xử lý hồ sơ"
@@ -574,7 +574,7 @@ def dossier_payment_requested(event: Event, *, now: datetime) -> DongBoHoSoMCReq
 def payment_settled(event: Event, *, now: datetime) -> DongBoHoSoMCRequest:
     """Fees paid → the record with its fees (``DanhSachLePhi``) and ``DuocThanhToanTrucTuyen``.
 
-    ``DuocThanhToanTrucTuyen`` is "1" when paid online (method ``TTO``), else "3" (DOMAIN.md 1.2); only
+    ``DuocThanhToanTrucTuyen`` is "1" when paid online (method ``TTO``), else "3" (docs/domain.md section 1.2); only
     this event knows it, so other records leave it out. The status is the dossier's current one
     (:func:`settled_status`).
 
@@ -740,7 +740,7 @@ def dossier_result_ready_progress(event: Event, *, now: datetime) -> CapNhatTien
 
 @adapter(accepts=("rating.submitted",), produces=DongBoDanhGiaRequest)
 def rating_submitted(event: Event, *, now: datetime) -> DongBoDanhGiaRequest:
-    """The applicant's rating → ``DongBoDanhGia{MaHoSo, MucDo 1-3, NoiDung, ThoiGian}`` ([A] DOMAIN.md 2).
+    """The applicant's rating → ``DongBoDanhGia{MaHoSo, MucDo 1-3, NoiDung, ThoiGian}`` ([A] docs/domain.md section 2).
 
     Args:
         event: a ``rating.submitted`` event.

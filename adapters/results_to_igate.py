@@ -55,7 +55,7 @@ _LAND_KINDS: Final = {
     "nhap_sai_thu_tuc": "báo nhập sai thủ tục",
     "chuyen_tra_do_sai": "cơ quan thuế chuyển trả do sai",
 }
-#: eSMS send statuses and telco ids (DOMAIN.md section 5)
+#: eSMS send statuses and telco ids (docs/domain.md section 5)
 _SMS_STATUSES: Final = {1: "chờ duyệt", 2: "chờ gửi", 4: "bị từ chối", 5: "đã gửi", 7: "đã gửi, chờ báo cáo"}
 _TELCOS: Final = {
     1: "Viettel",

@@ -6,7 +6,7 @@ path (land office → ingress ``POST /callbacks/vilis/{Action}/{securityCode}`` 
 
 The rules, each applied in one place below:
 
-- **One action, one kind.** Every call the land system makes (TH's controller routes, DOMAIN.md section 6)
+- **One action, one kind.** Every call the land system makes (TH's controller routes, docs/domain.md section 6)
   is an entry of :data:`VILIS_ACTIONS`: its body model, the ``kind`` it reports and the national 1-10
   status it implies (none for the calls that only carry a note). :data:`VILIS_ALIASES` maps the other name a
   call goes by to its entry.
@@ -167,7 +167,7 @@ VILIS_ACTIONS: Final[dict[str, VilisAction]] = {
         VilisAction("ThueChuyenTraHoSoDoSai", GhiChuHoSo, "chuyen_tra_do_sai", None, ghi_chu),
     )
 }
-#: other names the same calls go by (DOMAIN.md names the handler, TH's route the short form)
+#: other names the same calls go by (docs/domain.md section 6 names the handler, TH's route the short form)
 VILIS_ALIASES: Final[dict[str, str]] = {"DongBoTrangThaiLuanChuyenHoSo": "ChuyenHoSo"}
 
 

@@ -8,7 +8,7 @@ into the same chain. The chain, in order:
 1. merge the context variables, add the level, an ISO timestamp (UTC) and the logger's name;
 2. render ``exc_info``: a structured traceback **without local variables** (structlog's ``dict_tracebacks``
    shows them by default: a CCCD, a phone and an ``api_key`` in a frame's locals all reached the logs,
-   RELIABILITY.md "Logs"), or plain traceback text on the console;
+   docs/reliability.md "Logs"), or plain traceback text on the console;
 3. :class:`MaskPersonalData`: mask every value logged under a personal field name
    (:data:`schemas.events.SENSITIVE_FIELDS`, and the target systems' names for the same data) or a
    credential's name, at any depth, and run :func:`schemas.pii.scrub_text` over every string left, the

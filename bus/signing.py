@@ -5,7 +5,7 @@ request → **signature check** → envelope validation → confirmed publish on
 does I/O or reads the clock: the caller passes ``now``, so the same functions serve the ingress, iGate
 integrators' code and the tests.
 
-The recipe (HMAC-SHA256, as Stripe and GitHub sign their webhooks, RELIABILITY.md section 1)::
+The recipe (HMAC-SHA256, as Stripe and GitHub sign their webhooks, docs/reliability.md section 1)::
 
     timestamp = str(int(time.time()))                 # Unix seconds, UTC
     message   = timestamp.encode() + b"." + body      # body: the exact bytes sent, not re-serialised JSON

@@ -5,7 +5,7 @@ connector (``connectors/nps.py``, ...) builds one :class:`SoapClient` from its l
 operation with :meth:`SoapClient.call`: through the kit's guard (:mod:`connectors.kit.guard`: breaker, rate
 limit, total deadline, as the REST path), inside :meth:`SoapTransport.call`, which sets the operation's
 deadline for the transport, and with the reply validated as the caller's model. Everything below is decided
-here once, so no SOAP connector can forget it (DESIGN.md Security, RELIABILITY.md XML):
+here once, so no SOAP connector can forget it (docs/design.md Security, docs/reliability.md XML):
 
 - **XML settings**: ``Settings(strict=True, forbid_dtd=True, forbid_entities=True, xml_huge_tree=False)``
   (and ``forbid_external=True``). zeep's parser already runs with ``resolve_entities=False``; libxml2 then
@@ -110,7 +110,7 @@ _CLIENT_FAULTS: Final = frozenset({"Client", "MustUnderstand", "VersionMismatch"
 
 
 def hardened_settings() -> zeep.Settings:
-    """The zeep settings of DESIGN.md: strict parsing, no DTD, no entities, no huge trees, no external fetches."""
+    """The zeep settings of docs/design.md: strict parsing, no DTD, no entities, no huge trees, no external fetches."""
     return zeep.Settings(
         strict=True,
         forbid_dtd=True,

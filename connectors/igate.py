@@ -6,7 +6,7 @@ Where it sits: the connector step of every route that goes back into iGate (even
 
 It is built on the connector kit (:mod:`connectors.kit`): an :class:`connectors._http.HttpClient` (breaker,
 rate limit, deadline, reply cap, error translation), the kit's cached credential, probe and operation
-declarations. Auth is Keycloak's password grant on realm ``digo`` (DOMAIN.md 1.4); the token is cached
+declarations. Auth is Keycloak's password grant on realm ``digo`` (docs/domain.md section 1.4); the token is cached
 until shortly before it expires and renewed once when iGate answers 401; Keycloak refusing the bus's
 credentials is :class:`~schemas.errors.CredentialsRefused` (events wait for an operator, never
 dead-lettered). The note, status and lookup calls are the [A]

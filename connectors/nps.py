@@ -6,7 +6,7 @@ Where it sits: the connector step of the portal routes (event → route → ``ad
 request model of :mod:`schemas.nps` and returns a :class:`schemas.nps.SyncResult`, which the route emits as
 that event's payload unchanged.
 
-The protocol is DOMAIN.md section 2: the portal's services wrapped in SOAP 1.1 document/literal by an LGSP
+The protocol is docs/domain.md section 2: the portal's services wrapped in SOAP 1.1 document/literal by an LGSP
 proxy ([A]: no public SOAP contract exists; the contract is ``schemas/wsdl/nps.wsdl``). It is built on the
 connector kit (:mod:`connectors.kit`): a :class:`connectors._soap.SoapClient` built once from that local
 WSDL (hardened XML settings, breaker, rate limit, total deadline, reply cap, error translation), the kit's
@@ -27,7 +27,7 @@ cached credential, probe and operation declarations; this module adds what is pa
 - **Progress in chunks of 10** ([F] TH). Each chunk but the last carries ``{key}.{n}`` as its request id
   and the last carries the key itself, and chunks go out in order, stopping at the first failure: when the
   portal knows the key, every chunk was applied.
-- **Reconciliation by lookup** (DESIGN.md): ``lookup(key)`` asks ``TraCuuHoSo`` by request id ([A] the proxy
+- **Reconciliation by lookup** (docs/design.md): ``lookup(key)`` asks ``TraCuuHoSo`` by request id ([A] the proxy
   logs the ``maYeuCau`` of every call it handled) and answers the earlier ``SyncResult`` when the portal
   applied it, ``None`` when it never saw it or refused it (sending again is then safe: every portal call is
   idempotent, and an older state never overwrites a newer one because records carry their time).

@@ -2,7 +2,7 @@
 
 Delivery is at-least-once; effects must be exactly-once. Before a side effect the worker *claims* the event
 in this store, and the claim tells it what an earlier delivery of the same event already did (see
-DESIGN.md, "Delivery guarantees", and RELIABILITY.md, R2/R8/R17):
+docs/design.md, "Delivery guarantees", and docs/reliability.md, R2/R8/R17):
 
 - ``NEW``: nothing was applied yet, send;
 - ``RECLAIMED``: an earlier attempt took the claim and never finished it, so the effect *may* have been

@@ -29,7 +29,7 @@ SCHEMA_VERSION = 1
 
 
 class Envelope(BaseModel):
-    """What every event carries around its payload; the fields DESIGN.md and DOMAIN.md section 7 name."""
+    """What every event carries around its payload; the fields docs/design.md and docs/domain.md section 7 name."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,4 +1,4 @@
-"""Payload models of the events iGate publishes: one model per event type of DOMAIN.md section 7.
+"""Payload models of the events iGate publishes: one model per event type of docs/domain.md section 7.
 
 First step of a message's path: :func:`schemas.envelope.parse_event` validates an envelope's ``payload``
 against the model registered here for its ``event_type`` (:data:`IGATE_EVENTS`, merged with the result events
@@ -6,7 +6,7 @@ in ``schemas/events.py``). Routes' ``when`` conditions and the adapters then rea
 everything an adapter may rely on (a CCCD of 12 digits, a phone as ``0xxxxxxxxx``, fees as whole VND) is
 enforced here, once. A payload that fails is a permanent error: dead-lettered with the field's path.
 
-The contract is DOMAIN.md's proposal ([A]: iGate's real event feed is not public). Every dossier event
+The contract is docs/domain.md's proposal ([A]: iGate's real event feed is not public). Every dossier event
 carries the common part (applicant, dates, documents, fees, optional BCCI and land parcel) so each route has
 what its target needs without a call back to iGate; an event for which a date must exist (received, returned)
 says so with a stricter ``dates`` model. Fields that hold personal data are marked with
@@ -49,7 +49,7 @@ MIN_YEAR, MAX_YEAR = 2000, 2100
 #: a CCCD's century digit starts at 1900
 MIN_BIRTH_YEAR = 1900
 
-#: mobile prefixes per network (DOMAIN.md section 0): Viettel, VinaPhone, MobiFone, Vietnamobile, Gmobile,
+#: mobile prefixes per network (docs/domain.md section 0): Viettel, VinaPhone, MobiFone, Vietnamobile, Gmobile,
 #: Itel, Reddi. Landlines (02x) and the old 11-digit numbers are not here: SMS cannot reach them.
 MOBILE_PREFIXES = frozenset(
     {f"03{d}" for d in "23456789"}
@@ -80,7 +80,7 @@ _PHONE_NOISE = re.compile(r"[\s.\-()]")
 _CODE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _REF = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 #: UPU S10 postal item code: two letters, eight digits and a check digit, ``VN`` (check not enforced: the
-#: public samples fail it, DOMAIN.md section 3)
+#: public samples fail it, docs/domain.md section 3)
 S10_PATTERN = r"^[A-Z]{2}[0-9]{9}VN$"
 
 
@@ -163,7 +163,7 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_reject_number), AfterValid
 BirthDate = Annotated[date, AfterValidator(_plausible_birth)]
 #: a Vietnamese mobile number, normalised to ``0xxxxxxxxx``
 VnMobile = Annotated[str, Field(max_length=30), AfterValidator(normalize_mobile)]
-#: the national 1-10 dossier status (DOMAIN.md 1.1)
+#: the national 1-10 dossier status (docs/domain.md section 1.1)
 NationalStatus = Annotated[StrictInt, Field(ge=1, le=10)]
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
@@ -493,7 +493,7 @@ IGATE_EVENTS: dict[str, type[BaseModel]] = {
     "rating.submitted": RatingSubmitted,
 }
 
-#: the national status (envelope ``status``) each status-changing event type stands for (DOMAIN.md 1.1)
+#: the national status (envelope ``status``) each status-changing event type stands for (docs/domain.md section 1.1)
 EVENT_STATUS: dict[str, int] = {
     "dossier.submitted": 1,
     "dossier.received": 2,

@@ -5,7 +5,7 @@ requests** → ``connectors/igate.py`` → iGate). Adapters build :class:`AddNot
 :class:`UpdateDossierRequest`; the connector sends them and parses the replies below; the simulator
 (``simulators/igate.py``) answers with the same models, so the two cannot drift apart.
 
-Facts and assumptions (DOMAIN.md section 1.4):
+Facts and assumptions (docs/domain.md section 1.4):
 
 - [F] Keycloak realm ``digo``, password grant at ``/auth/realms/digo/protocol/openid-connect/token``, then
   ``Authorization: Bearer``; dossier JSON carries ``id`` (24-hex ObjectId), ``code``, ``nationCode``,

@@ -4,9 +4,9 @@ Where it sits: the target side of the portal routes (event → route → ``adapt
 of the request models here → ``connectors/nps.py`` sends it as SOAP → the portal's reply comes back as
 :class:`NpsReply` → the route emits a :class:`SyncResult` as the ``dvcqg.sync_result`` payload).
 
-The records are DOMAIN.md section 2, field for field and spelt as the portal spells them ([F], from TH and
+The records are docs/domain.md section 2, field for field and spelt as the portal spells them ([F], from TH and
 OC): every value is a string on the wire, dates are ``yyyyMMddHHmmss`` in Asia/Ho_Chi_Minh, codes are the
-digits of the code lists of DOMAIN.md 1.2. They are transport-neutral: the same models dump to the JSON the
+digits of the code lists of docs/domain.md section 1.2. They are transport-neutral: the same models dump to the JSON the
 portal's public adapter takes and feed zeep for the SOAP proxy of ``schemas/wsdl/nps.wsdl`` ([A]: no public
 SOAP contract exists; the WSDL wraps these records in SOAP 1.1 document/literal, as an LGSP proxy would).
 
@@ -18,11 +18,11 @@ Two [A] additions to the [F] records, both needed by the reliability rules:
 
 - ``HoSoMC.NgayCapNhat``: the time of the event that produced this state of the record (the envelope's
   ``occurred_at``). The portal keeps the newest state by this time, so an older status delivered after a
-  newer one never overwrites it (RELIABILITY.md R12). Progress steps carry ``ThoiDiemXuLy`` for the same
+  newer one never overwrites it (docs/reliability.md R12). Progress steps carry ``ThoiDiemXuLy`` for the same
   purpose, ratings ``ThoiGian``.
 - The SOAP header's ``maYeuCau`` (our idempotency key, see :class:`PhienLamViec`) and
   ``TraCuuHoSoRequest.MaYeuCau``: the proxy logs the request ids it handled, so a redelivery whose first
-  attempt's outcome was lost can ask whether it was applied (DESIGN.md, reconcile by lookup).
+  attempt's outcome was lost can ask whether it was applied (docs/design.md, reconcile by lookup).
 
 Personal fields are marked with :func:`schemas.pii.sensitive` so the logs mask them.
 """
@@ -43,7 +43,7 @@ PORTAL_TIME_FORMAT: Final = "%Y%m%d%H%M%S"
 PORTAL_TIME_PATTERN: Final = r"^[0-9]{14}$"
 #: Vietnam has kept UTC+7 since 1975; a fixed offset needs no tz database
 ICT: Final = timezone(timedelta(hours=7), "ICT")
-#: error codes that mean success (DOMAIN.md section 2, [F]): "0" in TH's deployments, "00" in OC's, and "3" and
+#: error codes that mean success (docs/domain.md section 2, [F]): "0" in TH's deployments, "00" in OC's, and "3" and
 #: "-3", which TH also accepts as success; one list for the bus, kept in :mod:`schemas.results`
 OK_CODES: Final = PORTAL_OK_CODES
 #: characters of the portal's ``message`` kept from a reply: a chatty portal is not a broken one
@@ -55,9 +55,9 @@ ALREADY_EXISTS: Final = "đã tồn tại"
 NOT_FOUND_CODE: Final = "4"
 #: the services of the portal the bus calls, as they appear in ``dvcqg.sync_result.service``
 SERVICES: Final = ("DongBoHoSoMC", "CapNhatTienDoHoSoMC", "DongBoDanhGia", "TraCuuHoSo")
-#: a dossier code, e.g. ``000.00.16.H16-250312-0001`` (DOMAIN.md section 0)
+#: a dossier code, e.g. ``000.00.16.H16-250312-0001`` (docs/domain.md section 0)
 MA_HO_SO_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,59}$"
-#: a procedure code, long, short or new form (DOMAIN.md section 0)
+#: a procedure code, long, short or new form (docs/domain.md section 0)
 MA_TTHC_PATTERN: Final = r"^[12]\.[0-9]{6}(\.000\.00\.00)?(\.H[0-9]{2})?$"
 #: our idempotency key as the proxy logs it
 MA_YEU_CAU_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,99}$"
@@ -127,7 +127,7 @@ def _to_amount(value: Any) -> Any:
 
 #: ``yyyyMMddHHmmss`` (Vietnam time); also takes an aware datetime
 PortalTime = Annotated[str, BeforeValidator(_to_portal_time), Field(pattern=PORTAL_TIME_PATTERN)]
-#: the national 1-10 status (DOMAIN.md 1.1) as the portal writes it
+#: the national 1-10 status (docs/domain.md section 1.1) as the portal writes it
 StatusCode = Annotated[
     Literal["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"],
     BeforeValidator(_to_code),

@@ -40,7 +40,7 @@ HINT_CHARS = 2
 MIN_HINTED_LENGTH = 8
 #: digit counts of the numbers :func:`scrub_text` masks
 CMND_DIGITS, PHONE_DIGITS, MSISDN_DIGITS, CCCD_DIGITS = 9, 10, 11, 12
-#: the target systems' own names for personal fields (DOMAIN.md sections 1-6): their replies and faults
+#: the target systems' own names for personal fields (docs/domain.md sections 1-6): their replies and faults
 #: echo requests back, so text from them is masked by these keys too (matched case-insensitively)
 TARGET_PERSONAL_FIELDS = frozenset(
     {

@@ -1,4 +1,4 @@
-"""Payload models of the events that flow back into the bus on ``bus.results`` (end of DOMAIN.md section 7).
+"""Payload models of the events that flow back into the bus on ``bus.results`` (end of docs/domain.md section 7).
 
 Last step of a message's path, and the first of the next: a route that delivered an effect, or polled a
 target, emits one of these as its result event (postal tracking, a land-office status, the national portal's
@@ -28,7 +28,7 @@ from schemas.pii import sensitive
 #: a dossier code as iGate writes it, e.g. ``000.00.16.H16-261126-0001`` (also VNPost's order number and the
 #: land office's SoBienNhan)
 DOSSIER_CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,59}$"
-#: what the land office told the one-stop shop (VBDLIS/ILIS inbound calls, DOMAIN.md section 6)
+#: what the land office told the one-stop shop (VBDLIS/ILIS inbound calls, docs/domain.md section 6)
 VilisKind = Literal[
     "tiep_nhan",  # TiepNhanHoSoChoMotCua: the land office issued the receipt
     "yeu_cau_bo_sung",  # YeuCauBoSungHoSo: documents missing
@@ -75,7 +75,7 @@ class VilisStatusChanged(IgateModel):
     result_docs: tuple[Document, ...] = Field(default=(), max_length=50)
 
 
-#: the portal's answer codes that mean success (DOMAIN.md section 2, [F]): "0" in TH's deployments, "00" in
+#: the portal's answer codes that mean success (docs/domain.md section 2, [F]): "0" in TH's deployments, "00" in
 #: OC's (OC ``DVCQGIntegrationActionImpl.java``); TH also accepts "3" and "-3" as success. The bus's one list:
 #: the connector, its lookup, this result's ``ok`` and the note written back to iGate all read it.
 PORTAL_OK_CODES: Final = frozenset({"0", "00", "3", "-3"})
@@ -95,7 +95,7 @@ class DvcqgSyncResult(IgateModel):
 
 
 class SmsDeliveryReport(IgateModel):
-    """``sms.delivery_report``: a gateway's delivery report, on eSMS's status scale (DOMAIN.md section 5)."""
+    """``sms.delivery_report``: a gateway's delivery report, on eSMS's status scale (docs/domain.md section 5)."""
 
     sms_id: str = Field(min_length=1, max_length=100)
     send_status: Literal[1, 2, 4, 5, 7] = Field(

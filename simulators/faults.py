@@ -1,6 +1,6 @@
 """A TCP fault proxy: put it between the bus and a simulator or broker, then break the link on demand.
 
-Why: the reliability plan (RELIABILITY.md §2–3, R8 R9 R20) needs latency, a thin pipe, resets after a reply
+Why: the reliability plan (docs/reliability.md §2–3, R8 R9 R20) needs latency, a thin pipe, resets after a reply
 has started, a black hole, a slow drip and a frozen (half-open) link. `tc netem` is missing from this kernel,
 root-namespace `tc`/`iptables` rules would hit the shared broker and database, and toxiproxy is not
 packaged, so this is a small asyncio proxy instead. It runs its own event loop in a daemon thread, so

@@ -5,7 +5,7 @@ route → adapter → ``connectors/igate.py`` → **here**). Tests run it in a d
 (:class:`IGateSimulator`); ``python -m simulators.igate --port 8601`` and :func:`serve` run it standalone
 (``igate-bus simulate igate``, the demo).
 
-What it answers (DOMAIN.md 1.4; [F] = as iGate does, [A] = assumed):
+What it answers (docs/domain.md section 1.4; [F] = as iGate does, [A] = assumed):
 
 - [F] ``POST /auth/realms/digo/protocol/openid-connect/token``: Keycloak's password grant. It checks the
   client id, user name and password it was built with and issues tokens that expire after
@@ -80,7 +80,7 @@ ICT: Final = timezone(timedelta(hours=7), "ICT")
 MAX_REQUEST_BYTES: Final = 1_048_576
 CONTROL_PREFIX: Final = "/_sim/"
 
-#: [F] national status names (DOMAIN.md 1.1), used for ``dossierStatus.name``
+#: [F] national status names (docs/domain.md section 1.1), used for ``dossierStatus.name``
 STATUS_NAMES: Final = {
     1: "Mới đăng ký",
     2: "Được tiếp nhận",
@@ -93,7 +93,7 @@ STATUS_NAMES: Final = {
     9: "Đã xử lý xong",
     10: "Đã trả kết quả",
 }
-#: dossiers every fresh simulator holds ([A] codes in the ``{unit}-{yyMMdd}-{NNNN}`` form of DOMAIN.md 0)
+#: dossiers every fresh simulator holds ([A] codes in the ``{unit}-{yyMMdd}-{NNNN}`` form of docs/domain.md section 0)
 SEED_DOSSIER_CODES: Final = (
     "000.00.16.H16-250312-0001",
     "000.00.16.H16-250312-0002",

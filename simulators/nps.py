@@ -5,7 +5,7 @@ routes (event → route → ``adapters/igate_to_nps.py`` → ``connectors/nps.py
 daemon thread on a real socket (:class:`NpsSimulator`); ``python -m simulators.nps --port 8602`` and
 :func:`serve` run it standalone (``igate-bus simulate nps``, the demo).
 
-**This is a simulated LGSP SOAP proxy** ([A], DOMAIN.md section 2): no public SOAP contract for the portal
+**This is a simulated LGSP SOAP proxy** ([A], docs/domain.md section 2): no public SOAP contract for the portal
 exists, so it wraps the portal's JSON services ([F] OC, TH) in SOAP 1.1 document/literal as
 ``schemas/wsdl/nps.wsdl`` describes. What it does:
 
@@ -24,7 +24,7 @@ exists, so it wraps the portal's JSON services ([F] OC, TH) in SOAP 1.1 document
   refused with error_code "1" and the whole call applies nothing.
 - ``CapNhatTienDoHoSoMC``: steps are kept once per (MaHoSo, ThoiDiemXuLy, TrangThai); ``DongBoDanhGia``
   keeps the newest rating by ``ThoiGian``. [A] Unknown dossiers are created unless ``strict_dossiers``.
-- **The newest state wins** (RELIABILITY.md R12): a dossier's status is the one with the latest time among
+- **The newest state wins** (docs/reliability.md R12): a dossier's status is the one with the latest time among
   its records (``NgayCapNhat``) and steps (``ThoiDiemXuLy``); an older one arriving later is kept in the
   history but never overwrites it (the call still answers "0": the portal has a newer state).
 - ``TraCuuHoSo`` by ``MaHoSo``, or [A] by ``MaYeuCau``: the proxy logs the ``maYeuCau`` header of every call
@@ -40,7 +40,7 @@ Faults (:class:`Faults`, set in Python or over HTTP at ``/_sim/faults``; determi
 ``latency_s`` (slow), and one ``mode`` drawn at ``rate`` per request on ``only_operations``: ``http_500``,
 ``http_503``, ``server_fault``, ``client_fault``, ``reject``, ``hang``, ``truncated``, ``wrong_namespace``,
 ``soap12_envelope``, ``html``, ``ok_code`` (handle the request, then answer it with ``ok_code``, "3" or
-"-3": codes TH also takes as success, DOMAIN.md section 2), and the hostile replies ``billion_laughs``,
+"-3": codes TH also takes as success, docs/domain.md section 2), and the hostile replies ``billion_laughs``,
 ``quadratic_blowup``, ``xxe``,
 ``doctype_system``, ``deep_nesting``, ``huge`` (50 MB), ``drip`` (one byte per ``drip_interval_s``) and
 ``pii_fault`` (a fault echoing a CCCD and a phone). Modes that mangle a reply apply the request first unless
@@ -210,7 +210,7 @@ def _now_portal() -> str:
 
 
 def _hardened_parser() -> etree.XMLParser:
-    """The lxml parser DESIGN.md asks for: no entities resolved, no network, no DTD loaded, no huge trees."""
+    """The lxml parser docs/design.md asks for: no entities resolved, no network, no DTD loaded, no huge trees."""
     return etree.XMLParser(
         resolve_entities=False,
         no_network=True,

@@ -1,11 +1,11 @@
 """A private, disposable RabbitMQ node for tests that stop, disconnect or kill the broker.
 
-Why: the reliability plan (RELIABILITY.md §2–3) needs `kill -9`, `stop_app`, `close_all_connections` and
+Why: the reliability plan (docs/reliability.md §2–3) needs `kill -9`, `stop_app`, `close_all_connections` and
 `SIGSTOP` on a broker, and the shared node at 127.0.0.1:5672 (`rabbit@localhost`) serves every other engineer
 and test run, so it must never be touched. Docker is not available here, so each test gets its own Erlang
 node from the Debian RabbitMQ install: its own node name, ports, Mnesia and log directories in a temporary
 directory owned by the `rabbitmq` user, and its own config file. The recipe is the one checked in
-RELIABILITY.md §2:
+docs/reliability.md §2:
 
 * the node runs as user `rabbitmq`, so it shares that user's Erlang cookie with the CLI tools;
 * `rabbitmqctl` is called from the versioned `sbin` directory, never the `/usr/sbin` wrapper (its `su` drops

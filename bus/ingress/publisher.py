@@ -5,7 +5,7 @@ Where it sits: the last step of the ingress (signed request → validated envelo
 answered ``202`` only after the broker confirmed its message, so each request hands its message to this pool
 and waits, with a deadline, for its own :class:`concurrent.futures.Future`.
 
-Why threads and a queue: pika is not thread-safe (RELIABILITY.md section 5: one connection per thread), and
+Why threads and a queue: pika is not thread-safe (docs/reliability.md section 5: one connection per thread), and
 a ``BlockingConnection`` waits for each confirm. So each of ``size`` threads owns one connection and one
 confirming channel, takes messages from a shared bounded queue and publishes them one at a time with
 ``mandatory=True``; requests never touch pika. While idle, each thread keeps its connection's heartbeats

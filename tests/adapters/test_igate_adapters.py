@@ -143,7 +143,7 @@ class TestStatusUpdate:
 
     @pytest.mark.parametrize("code", ["0", "00", "3", "-3"])
     def test_every_portal_success_code_reads_as_success(self, code: str) -> None:
-        """Issue 10 item 17: "3"/"-3" (TH, DOMAIN.md section 2) are success like "0"/"00", not "lỗi 3"."""
+        """Issue 10 item 17: "3"/"-3" (TH, docs/domain.md section 2) are success like "0"/"00", not "lỗi 3"."""
         update = status_update(event("dvcqg.sync_result", {"service": "DongBoHoSoMC", "error_code": code}), now=NOW)
 
         assert update.note == "Cổng DVCQG (DongBoHoSoMC): đồng bộ thành công"

@@ -39,7 +39,7 @@ from schemas.nps import CapNhatTienDoHoSoMCRequest, DongBoDanhGiaRequest, DongBo
 CASES_DIR = Path(__file__).parent / "cases" / "igate_to_nps"
 CASES = sorted(CASES_DIR.glob("*.json"))
 OTHER_NOW = datetime(2001, 1, 1, tzinfo=UTC)
-#: the event types DOMAIN.md section 7 sends to the portal (result_ready too: status 9 and the end step)
+#: the event types docs/domain.md section 7 sends to the portal (result_ready too: status 9 and the end step)
 PORTAL_EVENTS = frozenset(
     {
         "dossier.submitted",
@@ -246,7 +246,7 @@ class TestStatus:
         assert PORTAL_STATUS["dossier.supplement_received"] == 4
 
     def test_every_event_the_portal_receives_has_an_adapter(self) -> None:
-        """Each event type DOMAIN.md section 7 sends to the portal is accepted by some igate_to_nps adapter."""
+        """Each event type docs/domain.md section 7 sends to the portal is accepted by some igate_to_nps adapter."""
         accepted = set().union(*(a.accepts for n, a in adapters().items() if n.startswith("igate_to_nps.")))
 
         assert PORTAL_EVENTS - accepted == set()

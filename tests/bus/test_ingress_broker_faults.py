@@ -3,7 +3,7 @@
 
 The promise under test: ``202`` only for a message the broker confirmed, ``503`` (quickly, with
 ``Retry-After``) while it cannot, and recovery by itself when the broker is back. Each test reads the
-node's queue afterwards. The shared broker at 5672 is never touched (RELIABILITY.md section 2).
+node's queue afterwards. The shared broker at 5672 is never touched (docs/reliability.md section 2).
 """
 
 from __future__ import annotations

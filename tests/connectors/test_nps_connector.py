@@ -248,7 +248,7 @@ class TestOperations:
     def test_answer_codes_th_also_takes_as_success_are_success(
         self, sim: NpsSimulator, nps: NpsConnector, code: str
     ) -> None:
-        """Issue 10 item 17 (DOMAIN.md section 2: TH also accepts "3"/"-3"): a SyncResult, sent once, no error."""
+        """Issue 10 item 17 (docs/domain.md section 2: TH also accepts "3"/"-3"): a SyncResult, sent once, no error."""
         sim.set_faults(mode="ok_code", ok_code=code, only_operations=["DongBoHoSoMC"])
 
         result = sync(nps, f"k-ok{code}")

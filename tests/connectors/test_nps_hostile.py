@@ -1,4 +1,4 @@
-"""Hostile and broken SOAP replies from the portal (RELIABILITY.md section 4, R19): one test per reply.
+"""Hostile and broken SOAP replies from the portal (docs/reliability.md section 4, R19): one test per reply.
 
 Each reply must be refused within a second, with bounded memory, mapped to the right error class, with no
 personal data in the logs, and the connector must work again at once ("the worker alive"). Time, the

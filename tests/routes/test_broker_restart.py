@@ -1,7 +1,7 @@
 # mypy: allow-untyped-defs, allow-incomplete-defs
 """The worker against a broker that goes away: a private RabbitMQ node this test starts on its own port.
 
-The shared broker at 5672 is never touched (RELIABILITY.md section 2).
+The shared broker at 5672 is never touched (docs/reliability.md section 2).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The idempotency store on SQLite and PostgreSQL: each claim transition, and races of threads and processes.
 
-The store is what turns at-least-once delivery into exactly-once effects (RELIABILITY.md R2, R8, R17), so
+The store is what turns at-least-once delivery into exactly-once effects (docs/reliability.md R2, R8, R17), so
 these tests check each transition the worker relies on, and that exactly one of many concurrent claimers
 of a key is told to go ahead.
 """

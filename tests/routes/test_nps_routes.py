@@ -4,7 +4,7 @@
 Every dossier goes through a whole life (submitted ▶ received ▶ step ▶ supplement asked ▶ supplement in ▶
 result ▶ returned ▶ rated). All its events are published at once, so the 10 ``nps-*`` routes they bind work
 on them in any order: the portal must still end at the dossier's final state by time (the newest record wins,
-RELIABILITY.md R12), hold every step once, and have seen every request key applied once. Assertions read what
+docs/reliability.md R12), hold every step once, and have seen every request key applied once. Assertions read what
 the SIMULATOR holds: its dossiers, its effects (one per record or step applied, with the ``maYeuCau`` header
 the connector sent) and its request-id log.
 """

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import unicodedata
 from pathlib import Path
@@ -31,7 +30,7 @@ from schemas.results import RESULT_EVENTS, DvcqgSyncResult
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "events"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.json"))
-#: the iGate event types of DOMAIN.md section 7, copied from its table
+#: the iGate event types of docs/domain.md section 7, copied from its table
 #: every payload model by class name
 MODELS: dict[str, type[BaseModel]] = {m.__name__: m for m in EVENT_PAYLOADS.values()}
 DOMAIN_IGATE_EVENTS = {
@@ -119,7 +118,7 @@ class TestExamples:
 
 class TestRegistry:
     def test_every_domain_igate_event_has_a_model(self) -> None:
-        """Each iGate event type of DOMAIN.md section 7 maps to its own payload model."""
+        """Each iGate event type of docs/domain.md section 7 maps to its own payload model."""
         assert set(IGATE_EVENTS) == DOMAIN_IGATE_EVENTS
         assert len(set(IGATE_EVENTS.values())) == len(IGATE_EVENTS)
 
@@ -132,19 +131,17 @@ class TestRegistry:
         assert set(EVENT_PAYLOADS) >= set(IGATE_EVENTS) | set(RESULT_EVENTS) | {"bus.ping"}
         assert not set(IGATE_EVENTS) & set(RESULT_EVENTS)
 
-    def test_domain_md_table_matches_when_present(self) -> None:
-        """The event types in DOMAIN.md's section 7 table are exactly the registered iGate events."""
-        # shared/ lies beside the checkout, for developers and for CI alike
-        beside = Path(__file__).resolve().parents[3] / "shared" / "DOMAIN.md"
-        path = Path(os.environ.get("IGATE_BUS_DOMAIN_MD", str(beside)))
-        if not path.is_file():
-            pytest.skip(f"{path} not available; the copied list above is checked instead")
-        text = path.read_text(encoding="utf-8")
+    def test_the_domain_doc_table_matches(self) -> None:
+        """The event types in docs/domain.md's section 7 table are exactly the registered iGate events."""
+        text = (ROOT / "docs" / "domain.md").read_text(encoding="utf-8")
         section = text[text.index("## 7.") :]
-        table = section[: section.index("**Back into the bus:**")]
+        table = section[: section.index("**Back into the bus**")]
         rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
         found = {t for row in rows for t in re.findall(r"`([a-z_]+\.[a-z_]+)`", row)}
         assert found == DOMAIN_IGATE_EVENTS
+        back = set(re.findall(r"`([a-z_]+\.[a-z_]+)\{", section[section.index("**Back into the bus**") :]))
+        assert back, "the section lists the events flowing back into the bus"
+        assert back <= DOMAIN_RESULT_EVENTS
 
 
 class TestFees:
