@@ -224,7 +224,12 @@ class RouteRunner:
             max_bytes=self.route.spec.max_bytes,
         )
         env = event.envelope
-        job.log = job.log.bind(event_id=str(env.event_id), dossier_code=env.dossier_code, event_type=env.event_type)
+        job.log = job.log.bind(
+            event_id=str(env.event_id),
+            dossier_code=env.dossier_code,
+            event_type=env.event_type,
+            correlation_id=env.correlation_id or str(env.event_id),  # as _emit stamps the results
+        )
         if self._when is not None and not _truthy(self._when.search(event.as_dict())):
             job.outcome = Outcome("skipped")
             return

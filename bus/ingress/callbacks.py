@@ -193,6 +193,7 @@ def _work(cb: Callback) -> Work:
             outcome="duplicate" if duplicate else "accepted",
             event_id=str(event.envelope.event_id),
             event_type=event.envelope.event_type,
+            correlation_id=event.envelope.correlation_id or str(event.envelope.event_id),  # as the worker binds
         )
         return cb.reply(event, duplicate)
 

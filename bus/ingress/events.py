@@ -125,7 +125,12 @@ async def accept_event(request: Request, state: IngressState, fields: dict[str, 
         raise too_deep() from None
     env = event.envelope
     event_id, event_type = str(env.event_id), env.event_type
-    fields.update(event_id=event_id, event_type=event_type, dossier_code=env.dossier_code)
+    fields.update(
+        event_id=event_id,
+        event_type=event_type,
+        dossier_code=env.dossier_code,
+        correlation_id=env.correlation_id or event_id,  # the worker binds the same on each route's lines
+    )
     digest = hashlib.sha256(canonical_json(event.as_dict())).hexdigest()
     verdict, seen = state.events.begin(event_id, digest=digest, signature=verified.signature)
     if verdict is Verdict.NEW:

@@ -80,7 +80,12 @@ async def publish(state: IngressState, message: Outbound, *, digest: str, signat
         cache.finish(message.event_id, accepted=ok, digest=digest, signature=signature)
         state.metrics.record_confirm(message.exchange, result, time.monotonic() - submitted)
         if result == "late":
-            log.warning("ingress_late_confirm", event_id=message.event_id, event_type=message.event_type)
+            log.warning(
+                "ingress_late_confirm",
+                event_id=message.event_id,
+                event_type=message.event_type,
+                correlation_id=message.correlation_id or message.event_id,
+            )
 
     future.add_done_callback(record)
     try:
