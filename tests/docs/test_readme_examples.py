@@ -38,3 +38,17 @@ def test_the_shipped_config_passes_check() -> None:
     """config/ as shipped is valid."""
     code, lines = check_config(ROOT / "config")
     assert code == 0, lines
+
+
+def test_the_readme_check_example_prints_what_check_prints(tmp_path: Path) -> None:
+    """The README's broken-config example (backoff '5 sec') is the line `check` prints, word for word."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    [shown] = re.findall(r"^(broken/routes\.yaml:\d+: .*)$", text, flags=re.MULTILINE)
+    [routes] = [b for b in _yaml_blocks() if b.startswith("routes:")]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "routes.yaml").write_text(routes.replace("backoff: [5s,", "backoff: [5 sec,"), encoding="utf-8")
+    shutil.copy(ROOT / "config" / "connectors.yaml", broken / "connectors.yaml")
+    code, lines = check_config(broken)
+    assert code == 2
+    assert [line.replace(str(broken), "broken") for line in lines] == [shown]
