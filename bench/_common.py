@@ -1,17 +1,26 @@
-"""What both benchmarks need: rabbitmqctl for their temporary vhost, a temporary PostgreSQL database, CPU time
-from ``/proc``, and one percentile, so ``bench.py`` and ``bench_soap.py`` measure and clean up alike.
+"""What the benchmarks need: rabbitmqctl for their temporary vhost, a temporary PostgreSQL database (or a
+store URL on either back end), CPU time from ``/proc``, and one percentile, so ``bench.py``,
+``bench_soap.py`` and ``bench_store.py`` measure and clean up alike.
 
 Imported as ``_common``: the scripts run as ``python bench/NAME.py``, which puts this folder on the path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+#: the PostgreSQL server the benchmarks make their temporary databases on (the tests' variable)
+PG_ADMIN_URL = os.environ.get("IGATE_BUS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -63,3 +72,16 @@ def drop_pg_database(admin_url: str, name: str) -> None:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def temp_store(kind: str, work: Path, *, prefix: str = "igb_bench") -> Iterator[str]:
+    """The idempotency store's URL: a SQLite file in ``work``, or a temporary PostgreSQL database (dropped after)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{work / 'store.sqlite3'}"
+        return
+    name, url = create_pg_database(PG_ADMIN_URL, prefix)
+    try:
+        yield url
+    finally:
+        drop_pg_database(PG_ADMIN_URL, name)

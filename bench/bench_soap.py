@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import yaml
-from _common import create_pg_database, drop_pg_database, percentile, proc_cpu_s, rabbitmqctl
+from _common import percentile, proc_cpu_s, rabbitmqctl, temp_store
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -75,7 +75,6 @@ PASSWORD_ENV = "IGATE_BUS_NPS_PASSWORD"  # noqa: S105 - a variable's name
 MADONVI = "000.00.16.H16"
 AMQP_HOST = os.environ.get("IGATE_BUS_TEST_AMQP_HOST", "127.0.0.1")
 AMQP_PORT = int(os.environ.get("IGATE_BUS_TEST_AMQP_PORT", "5672"))
-PG_ADMIN_URL = os.environ.get("IGATE_BUS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
 # -- environment ---------------------------------------------------------------------------------------------
@@ -628,20 +627,6 @@ def _print_profile(profiled: Pass, args: argparse.Namespace) -> float:
     return prof_zeep / total
 
 
-@contextlib.contextmanager
-def temp_store(kind: str, work: Path) -> Iterator[str]:
-    """The idempotency store's URL: a SQLite file in ``work``, or a temporary PostgreSQL database (dropped after)."""
-    if kind == "sqlite":
-        yield f"sqlite:///{work / 'store.sqlite3'}"
-        return
-
-    name, url = create_pg_database(PG_ADMIN_URL, "igb_bench_soap")
-    try:
-        yield url
-    finally:
-        drop_pg_database(PG_ADMIN_URL, name)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
     parser.add_argument("--messages", type=int, default=2000, help="messages in the throughput and profile passes")
@@ -680,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sim = Simulator(work)
         cfg = write_config(work / "cfg", sim.endpoint, concurrency=args.concurrency, prefetch=args.prefetch)
-        with temp_vhost() as amqp_url, temp_store(args.store, work) as store:
+        with temp_vhost() as amqp_url, temp_store(args.store, work, prefix="igb_bench_soap") as store:
             print("warm-up (100 messages) ... ", end="", flush=True)
             run_burst("warmup", amqp_url, sim, store, cfg, 100, profile=False)
             print("throughput ... ", end="", flush=True)

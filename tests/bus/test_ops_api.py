@@ -38,6 +38,7 @@ from opsenv import (
     with_probe_interval,
 )
 from structlog.testing import capture_logs
+from wallclock import SLACK_S  # scheduling and HTTP round trips on a loaded machine, on top of the interval
 
 from bus.ops_api import OpsServer, attach_ops, make_ops, ops_address, router
 from bus.wiring import load_app
@@ -50,8 +51,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 PROBE_INTERVAL_S = 0.5
-#: scheduling and HTTP round trips on a loaded CI machine, on top of the probe interval
-SLACK_S = 1.0
 
 
 def config_with_probe_interval(folder: Path, endpoint: str, interval: str = "500ms") -> Path:
@@ -238,7 +237,7 @@ def test_metrics_count_real_traffic_per_route_and_readiness_reports_queues(
     # a worker exports what it does: none of the ingress's series
     assert [f for f in families(text) if f.startswith("igate_bus_ingress_")] == []
     p95 = value("igate_bus_connector_latency_p95_seconds", connector="igate")
-    assert p95 is not None and 0 < p95 < 3
+    assert p95 is not None and 0 < p95 < 30  # seconds, not milliseconds; how fast is bench/'s question
     # the peek that measured the DLQ's age put the dead letter back
     from busenv import depth
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import threading
-import time
 import traceback
 import unicodedata
 import uuid
@@ -531,35 +530,3 @@ def test_processes_racing_for_the_same_keys_get_one_winner_each(store_url: str) 
     _check_race(outcomes, keys, ClaimOutcome.NEW)
     with IdempotencyStore(store_url, create=False) as s:
         assert s.counts() == {"done": 200}
-
-
-# -- throughput ------------------------------------------------------------------------------------------
-def test_claim_complete_throughput(store: IdempotencyStore, store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Prints claim+complete pairs per second, one thread and eight (a figure to watch, not an assertion)."""
-    backend = store_url.split(":", 1)[0]
-    n = 3000 if backend == "sqlite" else 1000
-    started = time.perf_counter()
-    for i in range(n):
-        assert store.claim("bench", f"s{i}", owner="w", lease_s=30).outcome is ClaimOutcome.NEW
-        store.complete("bench", f"s{i}", owner="w", result={"receipt_no": f"BL-{i}", "fee_vnd": 50_000})
-    single = n / (time.perf_counter() - started)
-
-    per_thread = n // 8
-    barrier = threading.Barrier(8)
-
-    def run(t: int) -> None:
-        barrier.wait(timeout=30)
-        for i in range(per_thread):
-            store.claim("bench", f"t{t}-{i}", owner=f"w{t}", lease_s=30)
-            store.complete("bench", f"t{t}-{i}", owner=f"w{t}", result={"receipt_no": f"BL-{t}-{i}"})
-
-    workers = [threading.Thread(target=run, args=(t,)) for t in range(8)]
-    started = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    threaded = 8 * per_thread / (time.perf_counter() - started)
-    assert store.counts("bench") == {"done": n + 8 * per_thread}
-    with capsys.disabled():
-        print(f"\n[idempotency] {backend}: {single:,.0f} claim+complete/s (1 thread), {threaded:,.0f}/s (8 threads)")

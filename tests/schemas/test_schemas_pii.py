@@ -7,6 +7,7 @@ from typing import Annotated
 
 import pytest
 from pydantic import AliasChoices, BaseModel, Field, ValidationError
+from wallclock import assert_within
 
 from schemas.events import SENSITIVE_FIELDS
 from schemas.igate import Applicant
@@ -188,4 +189,4 @@ def test_scrub_is_linear_on_hostile_text(text: str) -> None:
     """A long reply built to make the patterns backtrack is scrubbed in well under a second."""
     start = time.perf_counter()
     scrub_text(text, keys=SENSITIVE_FIELDS)
-    assert time.perf_counter() - start < 1.0
+    assert_within(time.perf_counter() - start, 0.5, "scrubbing 50,000 hostile characters")  # backtracking: hours

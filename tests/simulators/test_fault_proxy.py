@@ -10,12 +10,12 @@ import asyncio
 import contextlib
 import os
 import socket
-import statistics
 import threading
 import time
 from typing import TYPE_CHECKING
 
 import pytest
+from wallclock import assert_within
 
 from simulators.faults import FaultProxy
 
@@ -136,22 +136,27 @@ def test_passthrough_forwards_and_counts_bytes_each_way(proxy: FaultProxy, echo:
     assert echo.accepted == 1
 
 
-def test_latency_is_added_to_each_round_trip_within_20_percent(proxy: FaultProxy) -> None:
-    """latency_s=0.2 adds 0.2 s (±20%) to a request/reply round trip, and switching it off removes it."""
+def test_latency_is_added_to_each_round_trip(proxy: FaultProxy) -> None:
+    """latency_s=0.2 adds 0.2 s to a request/reply round trip (once, not twice), and switching it off removes it.
+
+    Each figure is the fastest of five round trips: a loaded machine only ever adds time, so the fastest is
+    the one closest to what the proxy itself did.
+    """
     with _connect(proxy) as sock:
-        baseline = statistics.median(_rtt(sock) for _ in range(5))
+        baseline = min(_rtt(sock) for _ in range(5))
         proxy.latency_s = 0.2
-        delayed = statistics.median(_rtt(sock) for _ in range(5))
+        delayed = min(_rtt(sock) for _ in range(5))
         proxy.latency_s = 0
-        after = statistics.median(_rtt(sock) for _ in range(5))
+        after = min(_rtt(sock) for _ in range(5))
     added = delayed - baseline
     print(f"baseline {baseline * 1000:.2f} ms, with latency {delayed * 1000:.1f} ms, added {added * 1000:.1f} ms")
-    assert 0.16 <= added <= 0.24
-    assert after < 0.05
+    assert added >= 0.16, "the latency was not added"
+    assert added < 0.4, "the latency was added twice"
+    assert after < 0.16, "the latency stayed after it was switched off"
 
 
-def test_bandwidth_limits_throughput_within_20_percent(proxy: FaultProxy) -> None:
-    """bandwidth_bps=200 kB/s moves 80 kB through the echo in 0.4 s (rate ±20%)."""
+def test_bandwidth_limits_throughput(proxy: FaultProxy) -> None:
+    """bandwidth_bps=200 kB/s moves 80 kB through the echo in 0.4 s: never faster than the limit."""
     proxy.bandwidth_bps = 200_000
     payload = os.urandom(80_000)
     with _connect(proxy) as sock:
@@ -163,7 +168,8 @@ def test_bandwidth_limits_throughput_within_20_percent(proxy: FaultProxy) -> Non
         sender.join()
     rate = len(payload) / elapsed
     print(f"80 kB in {elapsed:.3f} s = {rate / 1000:.0f} kB/s")
-    assert 160_000 <= rate <= 240_000
+    assert rate <= 240_000, "more than the limit (+20%) went through"
+    assert_within(elapsed, 0.5, "80 kB at 200 kB/s")  # a loaded machine only slows it: see wallclock.py
 
 
 def test_reset_after_bytes_delivers_exactly_n_bytes_then_resets(proxy: FaultProxy) -> None:
@@ -178,7 +184,7 @@ def test_reset_after_bytes_delivers_exactly_n_bytes_then_resets(proxy: FaultProx
     assert len(received) == 100
     proxy.reset_after_bytes = None
     with _connect(proxy) as sock:
-        assert _rtt(sock) < 0.5  # new connections are healthy again
+        assert_within(_rtt(sock), 0.05, "a round trip on a new connection (healthy again)")
 
 
 def test_blackhole_swallows_data_and_the_client_read_times_out(proxy: FaultProxy, echo: EchoServer) -> None:
@@ -199,7 +205,7 @@ def test_blackhole_swallows_data_and_the_client_read_times_out(proxy: FaultProxy
 
 
 def test_slow_drip_forwards_one_byte_at_a_time(proxy: FaultProxy) -> None:
-    """slow_drip_bytes_per_s=20 returns 10 bytes one by one, 50 ms apart (0.45 s in all, ±20%)."""
+    """slow_drip_bytes_per_s=20 returns 10 bytes one by one, 50 ms apart (0.45 s in all, no faster)."""
     proxy.slow_drip_bytes_per_s = 20
     with _connect(proxy) as sock:
         started = time.monotonic()
@@ -208,7 +214,8 @@ def test_slow_drip_forwards_one_byte_at_a_time(proxy: FaultProxy) -> None:
         elapsed = time.monotonic() - started
     assert pieces == [bytes([c]) for c in b"0123456789"]
     print(f"10 bytes dripped in {elapsed:.3f} s")
-    assert 0.36 <= elapsed <= 0.54
+    assert elapsed >= 0.36, "dripped faster than 20 bytes/s"
+    assert_within(elapsed, 0.54, "10 bytes at 20 bytes/s")
 
 
 def test_refuse_resets_new_connections_and_spares_live_ones(proxy: FaultProxy) -> None:
@@ -222,10 +229,10 @@ def test_refuse_resets_new_connections_and_spares_live_ones(proxy: FaultProxy) -
         except ConnectionResetError:  # the RST can already arrive during connect() on loopback
             got = b""
         assert got == b""
-        assert _rtt(live) < 0.5
+        assert_within(_rtt(live), 0.05, "a round trip on the live connection")
         proxy.refuse = False
         with _connect(proxy) as sock:
-            assert _rtt(sock) < 0.5
+            assert_within(_rtt(sock), 0.05, "a round trip on a new connection")
     assert proxy.stats().connections_refused == 1
 
 
@@ -252,7 +259,7 @@ def test_drop_all_kills_live_connections(proxy: FaultProxy) -> None:
             with pytest.raises(ConnectionResetError):
                 sock.recv(1)
     with _connect(proxy) as sock:
-        assert _rtt(sock) < 0.5
+        assert_within(_rtt(sock), 0.05, "a round trip")
     assert proxy.stats().connections_total == 3
 
 
