@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
+from test_config_check import BASE_CONNECTORS, BASE_ROUTES
 
 from bus.ingress import IngressSettings
 from config.loader import ConfigInvalid, load_config
@@ -27,25 +28,19 @@ from config.settings import Settings, load_settings
 from routes.model import check_config
 from schemas.errors import ConfigError
 
-ROUTES = textwrap.dedent("""\
-    routes:
-      - name: bus-ping
-        from:
-          exchange: igate.events
-          events: [bus.ping]
-        adapter: builtin.ping
-        to: noop.send
-        retry:
-          backoff: [5s, 30s]
-""")
-CONNECTORS = textwrap.dedent("""\
-    connectors:
-      noop:
-        type: noop
-        timeout: {connect: 3s, read: 10s, total: 15s}
-        breaker: {fail_max: 5, reset_timeout: 15s}
-        probe_interval: 30s
-""")
+#: the valid config of test_config_check.py, with every duration of a connector spelt out
+ROUTES = BASE_ROUTES
+CONNECTORS = BASE_CONNECTORS + textwrap.indent(
+    "timeout: {connect: 3s, read: 10s, total: 15s}\nbreaker: {fail_max: 5, reset_timeout: 15s}\nprobe_interval: 30s\n",
+    "    ",
+)
+
+
+def _line(text: str, needle: str) -> int:
+    """The 1-based line of ``needle`` in ``text``."""
+    return next(n for n, line in enumerate(text.splitlines(), start=1) if needle in line)
+
+
 #: a field whose name says it holds a time
 DURATION_NAME = re.compile(
     r"(^|_)(timeout|interval|backoff|lease|probe|window|delay|ttl|after|heartbeat|connect|read|total|age)(_|$)"
@@ -112,18 +107,30 @@ class TestConfigFiles:
         assert _problems(tmp_path) == ["ok: 1 route, 1 connector"]
 
     @pytest.mark.parametrize(
-        ("old", "new", "line", "where", "words"),
+        ("old", "new", "key", "where", "words"),
         [
-            ("connect: 3s", "connect: 3 s", 4, "connector noop: timeout.connect", "'3 s' is not a duration"),
-            ("read: 10s", "read: 10", 4, "connector noop: timeout.read", "10 has no unit"),
-            ("probe_interval: 30s", "probe_interval: 5", 6, "connector noop: probe_interval", "5 has no unit"),
-            ("reset_timeout: 15s", "reset_timeout: '15'", 5, "connector noop: breaker.reset_timeout", "has no unit"),
+            ("connect: 3s", "connect: 3 s", "timeout:", "connector noop: timeout.connect", "'3 s' is not a duration"),
+            ("read: 10s", "read: 10", "timeout:", "connector noop: timeout.read", "10 has no unit"),
+            (
+                "probe_interval: 30s",
+                "probe_interval: 5",
+                "probe_interval",
+                "connector noop: probe_interval",
+                "5 has no",
+            ),
+            (
+                "reset_timeout: 15s",
+                "reset_timeout: '15'",
+                "breaker:",
+                "connector noop: breaker.reset_timeout",
+                "no unit",
+            ),
         ],
     )
-    def test_connectors_yaml(self, tmp_path: Path, old: str, new: str, line: int, where: str, words: str) -> None:
+    def test_connectors_yaml(self, tmp_path: Path, old: str, new: str, key: str, where: str, words: str) -> None:
         """connectors.yaml: ``FILE:LINE: connector NAME: FIELD: message``."""
         [problem] = _problems(tmp_path, connectors=CONNECTORS.replace(old, new))
-        assert problem.startswith(f"{tmp_path / 'connectors.yaml'}:{line}: {where}: ")
+        assert problem.startswith(f"{tmp_path / 'connectors.yaml'}:{_line(CONNECTORS, key)}: {where}: ")
         assert words in problem
 
     @pytest.mark.parametrize(
@@ -133,7 +140,7 @@ class TestConfigFiles:
     def test_routes_yaml_backoff(self, tmp_path: Path, new: str, field: str, words: str) -> None:
         """routes.yaml: ``FILE:LINE: route NAME: FIELD: message`` for a backoff step without its unit."""
         [problem] = _problems(tmp_path, routes=ROUTES.replace("[5s, 30s]", new))
-        assert problem.startswith(f"{tmp_path / 'routes.yaml'}:9: route bus-ping: {field}: ")
+        assert problem.startswith(f"{tmp_path / 'routes.yaml'}:{_line(ROUTES, 'backoff:')}: route bus-ping: {field}: ")
         assert words in problem
 
     @pytest.mark.parametrize(("schedule", "words"), [("every 5", "'5' has no unit"), ("every 12 h", "e.g. 12h")])
@@ -142,7 +149,8 @@ class TestConfigFiles:
         routes = ROUTES.replace("      events: [bus.ping]\n", f"      schedule: {schedule}\n")
         problems = [p for p in _problems(tmp_path, routes=routes) if "from.schedule" in p]
         assert problems, "the schedule was not checked"
-        assert problems[0].startswith(f"{tmp_path / 'routes.yaml'}:5: route bus-ping: from.schedule: ")
+        line = _line(routes, "schedule:")
+        assert problems[0].startswith(f"{tmp_path / 'routes.yaml'}:{line}: route bus-ping: from.schedule: ")
         assert words in problems[0]
 
     def test_every_duration_of_the_shipped_config_has_its_unit(self) -> None:
@@ -154,7 +162,10 @@ class TestConfigFiles:
         """load_config (what `run` calls) raises ConfigInvalid with the same line."""
         (tmp_path / "routes.yaml").write_text(ROUTES, encoding="utf-8")
         (tmp_path / "connectors.yaml").write_text(CONNECTORS.replace("30s", "30"), encoding="utf-8")
-        with pytest.raises(ConfigInvalid, match=r"connectors\.yaml:6: connector noop: probe_interval: 30 has no unit"):
+        line = _line(CONNECTORS, "probe_interval")
+        with pytest.raises(
+            ConfigInvalid, match=rf"connectors\.yaml:{line}: connector noop: probe_interval: 30 has no unit"
+        ):
             load_config(tmp_path)
 
 
