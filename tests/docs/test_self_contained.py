@@ -96,3 +96,15 @@ def test_every_cited_section_exists() -> None:
         if plan and f"| {plan} |" not in target.read_text(encoding="utf-8"):
             missing.append(f"{where}: docs/{doc}.md has no {plan}")
     assert not missing, "\n".join(missing)
+
+
+def test_the_files_the_docs_name_exist() -> None:
+    """Paths in the README, docs/simulators.md and domain.md's "used by" table are files of this repository."""
+    lines = [
+        *(ROOT / "README.md").read_text(encoding="utf-8").splitlines(),
+        *(ROOT / "docs" / "simulators.md").read_text(encoding="utf-8").splitlines(),
+        *(line for line in (ROOT / "docs" / "domain.md").read_text(encoding="utf-8").splitlines() if line[:3] == "| ["),
+    ]
+    named = {p for line in lines for p in re.findall(r"`([a-z_.]+(?:/[A-Za-z_.]+)+\.(?:py|md|yaml|wsdl|xsd))`", line)}
+    assert "schemas/igate.py" in named
+    assert not sorted(p for p in named if not (ROOT / p).exists())
