@@ -128,7 +128,7 @@ class TestBreaker:
 
     def test_trip_opens_at_once_and_a_second_trip_only_rearms(self) -> None:
         """trip() opens a closed breaker (one warning) and, while open, restarts its reset without a line."""
-        breaker = Breaker("t", BreakerSpec(fail_max=10, reset_timeout=0.2))
+        breaker = Breaker("t", BreakerSpec(fail_max=10, reset_timeout="200ms"))
         with capture_logs() as logs:
             breaker.trip("credentials refused")
             time.sleep(0.15)
@@ -215,7 +215,7 @@ class TestCredential:
                 raise Refused("error_code -1: wrong password")
             return Credential.lasting(SecretStr(value), 3600)
 
-        breaker = breaker or Breaker("t", BreakerSpec(fail_max=5, reset_timeout=60))
+        breaker = breaker or Breaker("t", BreakerSpec(fail_max=5, reset_timeout="60s"))
         return CachedCredential(
             "t", fetch, breaker=breaker, what="session", issuer="the issuer", target="the target"
         ), issued
@@ -237,7 +237,7 @@ class TestCredential:
 
     def test_a_fresh_credential_refused_too_is_credentials_refused_and_opens_the_breaker(self) -> None:
         """Refused twice ▶ CredentialsRefused (waits on the connector), breaker open, one ERROR line."""
-        breaker = Breaker("t", BreakerSpec(fail_max=5, reset_timeout=60))
+        breaker = Breaker("t", BreakerSpec(fail_max=5, reset_timeout="60s"))
         cred, _ = self.make(["s1", "s2"], breaker)
 
         def send(c: Credential) -> str:
@@ -298,7 +298,7 @@ class TestProbe:
 
     def test_the_rule_down_degraded_slow_up(self) -> None:
         """Raises ▶ down with the kind; breaker not closed ▶ degraded; slow ▶ degraded; else up."""
-        breaker = Breaker("t", BreakerSpec(fail_max=1, reset_timeout=60))
+        breaker = Breaker("t", BreakerSpec(fail_max=1, reset_timeout="60s"))
 
         def raises() -> float | None:
             raise TargetUnavailable("connection refused")
