@@ -27,6 +27,7 @@ ADAPTER_MODULES: tuple[str, ...] = (
     "adapters.igate_ack",
     "adapters.results_to_igate",
     "adapters.igate_to_nps",
+    "adapters.files",
 )
 
 

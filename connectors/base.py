@@ -99,6 +99,7 @@ CONNECTOR_TYPES: dict[str, str] = {
     "igate": "connectors.igate:IGateConnector",
     "noop": "connectors.noop:NoopConnector",
     "nps": "connectors.nps:NpsConnector",
+    "sftp": "connectors.sftp:SftpConnector",
 }
 
 

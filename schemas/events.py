@@ -14,12 +14,13 @@ from schemas.bus import BUS_EVENTS
 from schemas.igate import IGATE_EVENTS
 from schemas.pii import sensitive_field_names
 from schemas.results import RESULT_EVENTS
+from schemas.sftp import FILE_EVENTS
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-#: event type to payload model: iGate's events, the result events on ``bus.results``, the bus's own
-EVENT_PAYLOADS: dict[str, type[BaseModel]] = {**IGATE_EVENTS, **RESULT_EVENTS, **BUS_EVENTS}
+#: event type to payload model: iGate's events, the result events on ``bus.results``, the bus's own, files
+EVENT_PAYLOADS: dict[str, type[BaseModel]] = {**IGATE_EVENTS, **RESULT_EVENTS, **BUS_EVENTS, **FILE_EVENTS}
 
 #: field names (and aliases) marked as personal data anywhere in those models
 SENSITIVE_FIELDS: frozenset[str] = sensitive_field_names(EVENT_PAYLOADS.values())

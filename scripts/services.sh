@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make sure RabbitMQ and PostgreSQL run locally: start them when installed but stopped; install them with apt
 # when missing and we are root; otherwise say exactly what to install and stop. Never restarts a running one.
+# Also make sure the OpenSSH server binary is installed (the SFTP simulator runs its own sshd on a loopback
+# port), without ever starting the system's sshd.
 set -euo pipefail
 
 say() { printf 'services: %s\n' "$*" >&2; }
@@ -50,3 +52,34 @@ if ! pg_up; then
   pg_up || { say "PostgreSQL did not come up on 127.0.0.1:5432 within 30 s"; exit 1; }
 fi
 say "RabbitMQ and PostgreSQL are up"
+
+# --- OpenSSH server binary, for the SFTP simulator only ----------------------------------------------------
+# simulators/sftp.py starts a private sshd (its own config, throwaway keys, a free loopback port) per test run;
+# the machine's own sshd is never started, stopped or used. Installing openssh-server with apt would start a
+# system sshd on port 22 (its postinst calls invoke-rc.d): a policy-rc.d that answers 101 ("action forbidden")
+# keeps it down during the install, and /etc/ssh/sshd_not_to_be_run keeps Debian's init script and systemd
+# unit from starting it later. Both are put in place only when we install the package ourselves: a machine
+# that already has openssh-server is left exactly as it is.
+sshd_found() { command -v sshd >/dev/null || [ -x /usr/sbin/sshd ]; }
+install_sshd_binary() (  # a subshell, so its EXIT trap restores policy-rc.d however the install ends
+  policy=/usr/sbin/policy-rc.d
+  saved=""
+  if [ -e "$policy" ]; then saved=$(mktemp); cp -p "$policy" "$saved"; fi
+  trap 'if [ -n "$saved" ]; then mv -f "$saved" "$policy"; else rm -f "$policy"; fi' EXIT
+  printf '#!/bin/sh\n# igate-bus: installing openssh-server for its SFTP simulator; start no service\nexit 101\n' >"$policy"
+  chmod 755 "$policy"
+  mkdir -p /etc/ssh
+  [ -e /etc/ssh/sshd_not_to_be_run ] || touch /etc/ssh/sshd_not_to_be_run
+  need_root_install openssh-server
+)
+if ! sshd_found; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    install_sshd_binary
+  else
+    say "missing: openssh-server (the SFTP simulator runs its own sshd; the system's is never started)."
+    say "Install it first, e.g.: sudo apt-get install -y openssh-server && sudo touch /etc/ssh/sshd_not_to_be_run"
+    exit 1
+  fi
+  sshd_found || { say "openssh-server was installed but no sshd binary was found"; exit 1; }
+fi
+say "sshd binary: $(command -v sshd || echo /usr/sbin/sshd) (used by the SFTP simulator on a loopback port only)"
