@@ -144,8 +144,8 @@ CHANNEL_WINDOW: Final = 4 << 20
 #: a ledger entry is a few hundred bytes; a larger one is not ours
 LEDGER_ENTRY_MAX_BYTES: Final = 4096
 #: what an idempotency key may look like, since it names a ledger file on the server
-KEY_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_LEDGER_DIR: Final = re.compile(r"^(?!\.{1,2}(/|$))[A-Za-z0-9._-]{1,64}(/(?!\.{1,2}(/|$))[A-Za-z0-9._-]{1,64}){0,3}$")
+KEY_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_LEDGER_DIR: Final = re.compile(r"(?!\.{1,2}(/|\Z))[A-Za-z0-9._-]{1,64}(/(?!\.{1,2}(/|\Z))[A-Za-z0-9._-]{1,64}){0,3}")
 _SSH_PORT: Final = 22
 
 # SFTP status codes (draft-ietf-secsh-filexfer-02 section 7)
@@ -195,7 +195,7 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 def check_key(idempotency_key: str) -> str:
     """The idempotency key, which names a ledger entry on the server; ``MappingError`` when unsafe."""
-    if not isinstance(idempotency_key, str) or not KEY_PATTERN.match(idempotency_key):
+    if not isinstance(idempotency_key, str) or not KEY_PATTERN.fullmatch(idempotency_key):
         raise MappingError(
             "an idempotency key is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
             field="idempotency_key",
@@ -459,7 +459,7 @@ class SftpClient:
         default_alias = self.host if self.port == _SSH_PORT else f"[{self.host}]:{self.port}"
         self.host_key_name = str(alias) if alias else default_alias
         ledger = str(spec.options.get("ledger_dir", DEFAULT_LEDGER_DIR))
-        if not _LEDGER_DIR.match(ledger):
+        if not _LEDGER_DIR.fullmatch(ledger):
             raise ConfigError(
                 f"connector {name!r}: options.ledger_dir {ledger!r} must be a relative path of letters, digits, "
                 "'.', '_' and '-'",

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-#: the private-broker fixture (tests/chaos_broker.py) for tests that stop, kill or pause a broker
-pytest_plugins = ["chaos_broker"]
+#: the private-broker fixture (tests/chaos_broker.py) for tests that stop, kill or pause a broker, and the
+#: private sshd of the SFTP tests (tests/sftpenv.py)
+pytest_plugins = ["chaos_broker", "sftpenv"]
 
 AMQP_HOST = os.environ.get("IGATE_BUS_TEST_AMQP_HOST", "127.0.0.1")
 AMQP_PORT = int(os.environ.get("IGATE_BUS_TEST_AMQP_PORT", "5672"))

@@ -1,0 +1,112 @@
+"""The SFTP simulator is a real, private OpenSSH sshd: checked with OpenSSH's own ``sftp`` client.
+
+Why: every SFTP test trusts that the server checks keys, writes what it receives and records it on disk;
+a simulator that accepted anyone, or listened where the system's sshd does, would make them pass wrongly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import simulators.sftp as sim_module
+from simulators.sftp import SftpSimulator, SshdNotFoundError, keygen
+
+
+def _openssh_sftp(sim: SftpSimulator, batch: str, *, key: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run OpenSSH's sftp client in batch mode against the simulator, checking its host key strictly."""
+    sftp = shutil.which("sftp")
+    assert sftp, "OpenSSH's sftp client (openssh-client) is needed to check the simulator"
+    return subprocess.run(
+        [
+            sftp,
+            "-b",
+            "-",
+            "-i",
+            str(key or sim.client_key),
+            "-o",
+            f"UserKnownHostsFile={sim.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-P",
+            str(sim.port),
+            f"{sim.username}@{sim.host}",
+        ],
+        input=batch,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_it_is_a_private_sshd_on_a_loopback_port_and_records_what_arrives(sftp_sim: SftpSimulator, tmp_path: Path):
+    """OpenSSH's sftp puts a file ▶ it is on disk under the root, byte-identical, with a 'written' event."""
+    assert sftp_sim.port not in (0, 22)
+    assert sftp_sim.host == "127.0.0.1"
+    assert sftp_sim.running
+    with socket.create_connection((sftp_sim.host, sftp_sim.port), timeout=5) as conn:
+        assert conn.recv(64).startswith(b"SSH-2.0-OpenSSH")
+    cmdline = (Path("/proc") / str(sftp_sim.pid) / "cmdline").read_bytes().replace(b"\0", b" ")
+    assert f"-f {sftp_sim.base / 'sshd_config'}".encode() in cmdline, "sshd must run with the simulator's own config"
+    config = (sftp_sim.base / "sshd_config").read_text()
+    assert "Include" not in config and f"Port {sftp_sim.port}" in config and "ListenAddress 127.0.0.1" in config
+
+    local = tmp_path / "hello.txt"
+    local.write_bytes(b"xin chao\n" * 1000)
+    run = _openssh_sftp(sftp_sim, f"mkdir in\nput {local} in/hello.txt\n")
+    assert run.returncode == 0, run.stderr
+
+    [(path, record)] = sftp_sim.files().items()
+    assert path == "in/hello.txt"
+    assert record.sha256 == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert any(e.kind == "written" and e.path == "in/hello.txt" for e in sftp_sim.events())
+    assert sftp_sim.host_fingerprint.startswith("SHA256:")
+
+
+def test_another_key_is_refused_by_the_server(sftp_sim: SftpSimulator, tmp_path: Path):
+    """A key not in authorized_keys ▶ OpenSSH's client cannot log in, nothing is written."""
+    keygen(tmp_path / "intruder", "intruder")
+    run = _openssh_sftp(sftp_sim, "put /etc/hostname x\n", key=tmp_path / "intruder")
+    assert run.returncode != 0
+    assert "Permission denied" in run.stderr
+    assert sftp_sim.files(hidden=True) == {}
+
+
+def test_stop_ends_sshd_closes_the_port_and_removes_everything(tmp_path: Path):
+    """After stop: sshd's process group is gone, the port is closed, the temporary directory removed."""
+    sim = SftpSimulator().start()
+    pid, port, base = sim.pid, sim.port, sim.base
+    assert pid is not None and base.exists()
+    sim.stop()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
+    assert not base.exists()
+
+
+def test_two_simulators_run_side_by_side_with_their_own_keys():
+    """Two at once ▶ two ports, two host keys; each one's known_hosts names only itself."""
+    with SftpSimulator() as one, SftpSimulator() as two:
+        assert one.port != two.port
+        assert one.host_fingerprint != two.host_fingerprint
+        assert one.known_hosts.read_text().startswith(f"[127.0.0.1]:{one.port} ssh-ed25519 ")
+
+
+def test_without_sshd_starting_fails_with_what_to_install(monkeypatch: pytest.MonkeyPatch):
+    """No sshd on the machine ▶ SshdNotFoundError naming `make services` and openssh-server (tests fail, not skip)."""
+    monkeypatch.setattr(sim_module.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(sim_module, "SSHD_CANDIDATES", ("/nonexistent/sshd",))
+    with pytest.raises(SshdNotFoundError, match=r"make services.*openssh-server"):
+        SftpSimulator().start()
