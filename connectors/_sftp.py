@@ -100,7 +100,7 @@ import stat
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, NoReturn, cast
@@ -166,6 +166,9 @@ class PutResult:
     outcome: str  # uploaded | already_present
     resumed_from: int = 0
     still_present: bool = True
+    #: seconds spent writing the bytes, and reading them back to verify them (0 when nothing was sent)
+    send_seconds: float = 0.0
+    verify_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,7 +533,11 @@ class SftpClient:
                 result = self._already_there(s, fd, size, final, relative, present, expected_sha256, key)
             else:
                 resumed, digest = self._upload(s, fd, size, temp, expected_sha256)
-                result = self._commit(s, temp, final, relative, size, digest, resumed, key)
+                result = replace(
+                    self._commit(s, temp, final, relative, size, digest, resumed, key),
+                    send_seconds=s.timings.get("send", 0.0),
+                    verify_seconds=s.timings.get("verify", 0.0),
+                )
         elapsed = time.monotonic() - started
         log.info(
             "sftp.put",
@@ -541,6 +548,8 @@ class SftpClient:
             outcome=result.outcome,
             resumed_from=result.resumed_from,
             duration_ms=round(elapsed * 1000, 1),
+            send_ms=round(result.send_seconds * 1000, 1),
+            verify_ms=round(result.verify_seconds * 1000, 1),
         )
         return result
 
@@ -692,6 +701,7 @@ class SftpClient:
                 offset = prefix
             else:
                 hasher = hashlib.sha256()
+        sending = time.monotonic()
         handle_file = s.sftp.open(temp, "r+" if offset else "w")
         try:
             s.wire.write_from(s.handle(handle_file), _local_chunks(fd, offset, size, hasher), self.in_flight)
@@ -709,7 +719,9 @@ class SftpClient:
         except MappingError:
             s.remove_quietly(temp)
             raise
+        s.timings["send"] = time.monotonic() - sending
         s.phase = "verify"
+        verifying = time.monotonic()
         info = s.stat(temp)
         complete_prefix = offset == size and size > 0  # the whole temporary file was read back just above
         if info is None or info.st_size != size or (not complete_prefix and s.sha256_of(temp, size) != digest):
@@ -718,6 +730,7 @@ class SftpClient:
             raise TargetUnavailable(
                 f"the temporary file read back ({got}) does not hold the {size} bytes sent; removed, to be sent again"
             )
+        s.timings["verify"] = time.monotonic() - verifying
         return offset, digest
 
     def _commit(
@@ -882,6 +895,7 @@ class _Session:
         self.deadline = deadline
         self.phase = "connect"
         self.connected = False
+        self.timings: dict[str, float] = {}
         self._ssh: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._wire: _Wire | None = None

@@ -70,6 +70,7 @@ _IN_MOVED_TO: Final = 0x00000080
 _IN_CREATE: Final = 0x00000100
 _IN_DELETE: Final = 0x00000200
 _IN_Q_OVERFLOW: Final = 0x00004000
+_IN_IGNORED: Final = 0x00008000
 _IN_ISDIR: Final = 0x40000000
 _IN_NONBLOCK: Final = 0o4000
 _IN_CLOEXEC: Final = 0o2000000
@@ -214,6 +215,9 @@ class _Inotify:
             if mask & _IN_Q_OVERFLOW:
                 self.overflowed = True
                 continue
+            if mask & _IN_IGNORED:  # the watched directory is gone
+                self._dirs.pop(wd, None)
+                continue
             directory = self._dirs.get(wd)
             if directory is None:
                 continue
@@ -222,8 +226,9 @@ class _Inotify:
                 if mask & (_IN_CREATE | _IN_MOVED_TO):
                     self._watch_tree(path)
                 continue
-            kind = next(name for bit, name in _KINDS if mask & bit)
-            self._sink(FsEvent(kind, path.relative_to(self.root).as_posix(), now))
+            kind = next((name for bit, name in _KINDS if mask & bit), None)
+            if kind is not None:
+                self._sink(FsEvent(kind, path.relative_to(self.root).as_posix(), now))
 
     def close(self) -> None:
         """Stop the thread and close the descriptor."""

@@ -11,12 +11,8 @@ what becomes of the message: retried with its reason and then reconciled by look
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import re
-import time
-import tracemalloc
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pika
 import pytest
+from measure import measure
 from structlog.testing import capture_logs
 from wallclock import assert_within
 
@@ -60,7 +57,6 @@ MAX_PY_PEAK_BYTES = 20 * 1024 * 1024
 MAX_RSS_GROWTH_KIB = 64 * 1024
 CAP_BYTES = 1_048_576
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "events" / "dossier.received.json"
-_HWM = re.compile(r"VmHWM:\s+(\d+) kB")
 
 
 @dataclass(frozen=True)
@@ -90,50 +86,6 @@ CASES = [
     Case("truncated", TargetUnavailable, "connection lost mid-reply", maybe_applied=True),
 ]
 IDS = [c.mode + ("_declared" if c.extra and c.extra[0][0] == "huge_declare_length" else "") for c in CASES]
-
-
-@dataclass
-class Measured:
-    """What one call cost."""
-
-    seconds: float = 0.0
-    py_peak: int = 0
-    rss_growth_kib: int | None = None
-
-
-def _hwm_kib() -> int | None:
-    with contextlib.suppress(OSError, AttributeError):
-        match = _HWM.search(Path("/proc/self/status").read_text())
-        return int(match.group(1)) if match else None
-    return None
-
-
-def _reset_hwm() -> bool:
-    """Reset the peak resident size to the current one (Linux clear_refs 5); False where unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def measure() -> Iterator[Measured]:
-    """Time, Python heap peak and peak-RSS growth of the block."""
-    result = Measured()
-    rss_ok = _reset_hwm()
-    base = _hwm_kib()
-    tracemalloc.start()
-    started = time.monotonic()
-    try:
-        yield result
-    finally:
-        result.seconds = time.monotonic() - started
-        result.py_peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        after = _hwm_kib()
-        if rss_ok and base is not None and after is not None:
-            result.rss_growth_kib = after - base
 
 
 @pytest.fixture(scope="module")

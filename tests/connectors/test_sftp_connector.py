@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -24,10 +23,11 @@ from connectors.sftp import SftpConnector
 from schemas.errors import ConfigError, MappingError, TargetRejected, TargetTimeout, TargetUnavailable
 from schemas.sftp import GetFileRequest, ListFilesRequest, PutFileRequest
 from simulators.faults import FaultProxy
-from simulators.sftp import SftpSimulator, keygen
+from simulators.sftp import FsEvent, SftpSimulator, keygen
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 KEY = "0b7e2f9a-1c4d-4e8b-a5f6-7d8c9e0a1b2c"
 
@@ -68,7 +68,7 @@ def _no_connection_made(sim: SftpSimulator, before: str) -> bool:
 
 def test_200_files_arrive_once_each_byte_identical_and_a_second_send_uploads_nothing(
     sftp_sim: SftpSimulator, spool: Path, connector: SftpConnector
-):
+) -> None:
     """200 files (0 B, chunk edges, 1 MiB+7, 20 MB, Vietnamese names) ▶ each on disk once, same SHA-256."""
     sizes = [0, 1, 32_767, 32_768, 32_769, (1 << 20) + 7, 20 * (1 << 20)]
     sizes += [1 + (i * 7919) % 300_000 for i in range(200 - len(sizes))]
@@ -104,7 +104,7 @@ def test_200_files_arrive_once_each_byte_identical_and_a_second_send_uploads_not
     assert not sftp_sim.overflowed()
 
 
-def test_lookup_answers_from_the_ledger_what_was_renamed_into_place(connector: SftpConnector, spool: Path):
+def test_lookup_answers_from_the_ledger_what_was_renamed_into_place(connector: SftpConnector, spool: Path) -> None:
     """After a put, lookup(key) finds the file with its hash; a key never used ▶ None."""
     digest = make_file(spool / "a.csv", 5000, seed=1)
     reply = connector.put_file(PutFileRequest(source="a.csv", remote_dir="in", remote_name="a.csv"), KEY)
@@ -136,7 +136,7 @@ def _cut_when_temp_reaches(sim: SftpSimulator, proxy: FaultProxy, temp: Path, at
 
 def test_a_connection_cut_mid_upload_resumes_from_the_verified_prefix_and_arrives_once(
     sftp_sim: SftpSimulator, spool: Path, proxy: FaultProxy, tmp_path: Path
-):
+) -> None:
     """Cut after ≥3 MiB of 12 MiB ▶ not applied; the retry keeps the prefix, sends the rest: byte-identical."""
     size = 12 << 20
     digest = make_file(spool / "big.bin", size, seed=7)
@@ -166,7 +166,7 @@ def test_a_connection_cut_mid_upload_resumes_from_the_verified_prefix_and_arrive
     assert not temp.exists()
 
 
-def test_a_tampered_prefix_is_not_resumed(sftp_sim: SftpSimulator, spool: Path, connector: SftpConnector):
+def test_a_tampered_prefix_is_not_resumed(sftp_sim: SftpSimulator, spool: Path, connector: SftpConnector) -> None:
     """A temporary file whose bytes differ from the local prefix ▶ started over, still byte-identical."""
     digest = make_file(spool / "f.bin", 200_000, seed=3)
     temp = sftp_sim.root / temp_name("f.bin", KEY)
@@ -178,14 +178,14 @@ def test_a_tampered_prefix_is_not_resumed(sftp_sim: SftpSimulator, spool: Path, 
 
 def test_applied_then_cut_is_maybe_applied_and_the_lookup_finds_it_so_nothing_is_sent_again(
     sftp_sim: SftpSimulator, spool: Path, tmp_path: Path
-):
+) -> None:
     """The cut lands right after the rename ▶ maybe_applied; lookup finds the file; a resend uploads nothing."""
     digest = make_file(spool / "r.bin", 300_000, seed=5)
     with FaultProxy(sftp_sim.host, sftp_sim.port) as proxy:
         final = "out/r.bin"
         drops: list[int] = []
 
-        def on_event(event) -> None:
+        def on_event(event: FsEvent) -> None:
             if event.path == final and event.kind in {"created", "moved_to"} and not drops:
                 drops.append(1)  # before the drop: the client may fail before drop_all returns
                 proxy.drop_all()
@@ -214,7 +214,7 @@ def test_applied_then_cut_is_maybe_applied_and_the_lookup_finds_it_so_nothing_is
 
 def test_a_black_holed_server_ends_within_the_connect_timeout(
     sftp_sim: SftpSimulator, spool: Path, proxy: FaultProxy, tmp_path: Path
-):
+) -> None:
     """TCP accepted, no SSH banner ever ▶ TargetUnavailable(not applied) within connect + margin, not hung."""
     make_file(spool / "x.bin", 10, seed=1)
     conn = _via_proxy(sftp_sim, spool, proxy, tmp_path, connect="1s")
@@ -229,7 +229,7 @@ def test_a_black_holed_server_ends_within_the_connect_timeout(
 
 def test_a_link_that_freezes_mid_upload_ends_by_the_deadline(
     sftp_sim: SftpSimulator, spool: Path, proxy: FaultProxy, tmp_path: Path
-):
+) -> None:
     """Half-open link mid-upload (reads block) ▶ ends by read timeout/total deadline, not applied."""
     make_file(spool / "x.bin", 6 << 20, seed=2)
     conn = _via_proxy(sftp_sim, spool, proxy, tmp_path, read="2s", total="4s")
@@ -259,7 +259,7 @@ def test_a_link_that_freezes_mid_upload_ends_by_the_deadline(
 
 def test_an_unknown_host_key_is_refused_before_login_naming_the_host_and_fingerprint(
     sftp_sim: SftpSimulator, spool: Path, tmp_path: Path
-):
+) -> None:
     """known_hosts lacks this server ▶ refused with its SHA256 fingerprint; no login tried, nothing written."""
     known = tmp_path / "known_hosts"
     other = keygen(tmp_path / "elsewhere", "elsewhere").split()[:2]
@@ -279,7 +279,7 @@ def test_an_unknown_host_key_is_refused_before_login_naming_the_host_and_fingerp
 
 def test_a_changed_host_key_is_refused_naming_both_fingerprints(
     sftp_sim: SftpSimulator, spool: Path, tmp_path: Path
-):
+) -> None:
     """known_hosts lists another key for this very host ▶ refused as CHANGED, both fingerprints; nothing sent."""
     known = tmp_path / "known_hosts"
     kind, blob = keygen(tmp_path / "impostor", "impostor").split()[:2]
@@ -295,7 +295,9 @@ def test_a_changed_host_key_is_refused_naming_both_fingerprints(
     assert sftp_sim.files(hidden=True) == {}
 
 
-def test_a_refused_login_says_so(sftp_sim: SftpSimulator, spool: Path, tmp_path: Path, monkeypatch):
+def test_a_refused_login_says_so(
+    sftp_sim: SftpSimulator, spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A key the server does not know, or a wrong password ▶ TargetUnavailable on field credentials."""
     keygen(tmp_path / "stranger", "stranger")
     make_file(spool / "x.bin", 100, seed=1)
@@ -332,7 +334,7 @@ def test_a_refused_login_says_so(sftp_sim: SftpSimulator, spool: Path, tmp_path:
 )
 def test_a_hostile_remote_name_is_refused_before_connecting(
     sftp_sim: SftpSimulator, spool: Path, field: str, remote_dir: str, remote_name: str
-):
+) -> None:
     """`../x`, NUL, newline, empty, dot names, climbing or absolute dirs ▶ MappingError on that field; no connection."""
     make_file(spool / "x.bin", 10, seed=1)
     client = SftpClient("files", sftp_spec(sftp_sim, spool))
@@ -349,7 +351,7 @@ def test_a_hostile_remote_name_is_refused_before_connecting(
 @pytest.mark.parametrize("source", ["../outside.bin", "/etc/passwd", "link-out", "missing.bin", "a//b"])
 def test_a_source_outside_the_spool_or_missing_is_refused(
     sftp_sim: SftpSimulator, spool: Path, connector: SftpConnector, tmp_path: Path, source: str
-):
+) -> None:
     """Climbing, absolute, a symlink out of the spool, missing ▶ MappingError on field source; nothing sent."""
     (tmp_path / "outside.bin").write_bytes(b"secret")
     (spool / "link-out").symlink_to(tmp_path / "outside.bin")
@@ -360,7 +362,9 @@ def test_a_source_outside_the_spool_or_missing_is_refused(
     assert sftp_sim.files(hidden=True) == {}
 
 
-def test_a_directory_in_the_spool_is_not_a_source(sftp_sim: SftpSimulator, spool: Path, connector: SftpConnector):
+def test_a_directory_in_the_spool_is_not_a_source(
+    sftp_sim: SftpSimulator, spool: Path, connector: SftpConnector
+) -> None:
     """A directory named as the source ▶ MappingError: not a regular file."""
     (spool / "dir").mkdir()
     with pytest.raises(MappingError, match="not a regular file"):
@@ -372,7 +376,7 @@ def test_a_directory_in_the_spool_is_not_a_source(sftp_sim: SftpSimulator, spool
 
 def test_a_final_name_holding_other_bytes_is_never_overwritten(
     sftp_sim: SftpSimulator, spool: Path, connector: SftpConnector
-):
+) -> None:
     """Another file already at the final name ▶ TargetRejected(code=exists); its bytes untouched."""
     make_file(spool / "x.bin", 1000, seed=1)
     (sftp_sim.root / "x.bin").write_bytes(b"theirs")
@@ -384,7 +388,7 @@ def test_a_final_name_holding_other_bytes_is_never_overwritten(
 
 def test_a_final_name_holding_the_same_bytes_is_already_applied(
     sftp_sim: SftpSimulator, spool: Path, connector: SftpConnector
-):
+) -> None:
     """The same bytes already there (sent under another key, or by hand) ▶ already_present, nothing written."""
     make_file(spool / "x.bin", 1000, seed=1)
     (sftp_sim.root / "x.bin").write_bytes((spool / "x.bin").read_bytes())
@@ -397,7 +401,7 @@ def test_a_final_name_holding_the_same_bytes_is_already_applied(
 
 def test_a_source_that_does_not_match_its_sha256_is_refused_and_nothing_stays(
     sftp_sim: SftpSimulator, spool: Path, connector: SftpConnector
-):
+) -> None:
     """The event's sha256 differs from the spool file's bytes ▶ MappingError on sha256; no file, no temporary."""
     make_file(spool / "x.bin", 70_000, seed=1)
     with pytest.raises(MappingError) as info:
@@ -406,7 +410,7 @@ def test_a_source_that_does_not_match_its_sha256_is_refused_and_nothing_stays(
     assert [p for p in sftp_sim.files(hidden=True) if not p.startswith(".igate-bus/")] == []
 
 
-def test_a_file_over_the_cap_is_refused_before_connecting(sftp_sim: SftpSimulator, spool: Path):
+def test_a_file_over_the_cap_is_refused_before_connecting(sftp_sim: SftpSimulator, spool: Path) -> None:
     """max_file_bytes 1000, a 1001-byte file ▶ MappingError on source; no connection."""
     make_file(spool / "x.bin", 1001, seed=1)
     conn = SftpConnector("files", sftp_spec(sftp_sim, spool, max_file_bytes=1000))
@@ -421,11 +425,13 @@ def test_a_file_over_the_cap_is_refused_before_connecting(sftp_sim: SftpSimulato
 
 def test_a_download_is_checked_then_renamed_into_the_spool(
     sftp_sim: SftpSimulator, spool: Path, connector: SftpConnector
-):
+) -> None:
     """A file on the server ▶ in the spool with its SHA-256 checked; a second get finds it already there."""
     (sftp_sim.root / "out").mkdir()
     digest = make_file(sftp_sim.root / "out" / "DOICHIEU_20261128.csv", 3 << 20, seed=9)
-    request = GetFileRequest(remote_dir="out", remote_name="DOICHIEU_20261128.csv", dest="in/doichieu.csv", sha256=digest)
+    request = GetFileRequest(
+        remote_dir="out", remote_name="DOICHIEU_20261128.csv", dest="in/doichieu.csv", sha256=digest
+    )
     reply = connector.get_file(request)
     assert (reply.outcome, reply.sha256, reply.size) == ("downloaded", digest, 3 << 20)
     assert hashlib.sha256((spool / "in" / "doichieu.csv").read_bytes()).hexdigest() == digest
@@ -435,7 +441,7 @@ def test_a_download_is_checked_then_renamed_into_the_spool(
 
 def test_a_download_that_does_not_match_or_is_too_big_or_missing_is_not_kept(
     sftp_sim: SftpSimulator, spool: Path, connector: SftpConnector
-):
+) -> None:
     """Wrong SHA-256 ▶ transient, nothing kept; over max_bytes ▶ too_large unread; missing ▶ not_found."""
     make_file(sftp_sim.root / "f.csv", 50_000, seed=1)
     with pytest.raises(TargetUnavailable, match="not the expected"):
@@ -452,7 +458,7 @@ def test_a_download_that_does_not_match_or_is_too_big_or_missing_is_not_kept(
 
 def test_a_download_never_overwrites_another_file_in_the_spool(
     sftp_sim: SftpSimulator, spool: Path, connector: SftpConnector
-):
+) -> None:
     """The destination holds other bytes ▶ MappingError on dest; the local file is untouched."""
     make_file(sftp_sim.root / "f.csv", 1000, seed=1)
     (spool / "f.csv").write_bytes(b"mine")
@@ -464,7 +470,7 @@ def test_a_download_never_overwrites_another_file_in_the_spool(
 
 def test_a_cut_download_resumes_when_the_hash_is_known(
     sftp_sim: SftpSimulator, spool: Path, proxy: FaultProxy, tmp_path: Path
-):
+) -> None:
     """Cut after ≥2 MiB ▶ transient; the retry continues the local .part and the whole is byte-identical."""
     size = 8 << 20
     digest = make_file(sftp_sim.root / "big.bin", size, seed=11)
@@ -481,7 +487,7 @@ def test_a_cut_download_resumes_when_the_hash_is_known(
     assert hashlib.sha256((spool / "big.bin").read_bytes()).hexdigest() == digest
 
 
-def test_a_listing_shows_regular_files_with_safe_names_only(sftp_sim: SftpSimulator, connector: SftpConnector):
+def test_a_listing_shows_regular_files_with_safe_names_only(sftp_sim: SftpSimulator, connector: SftpConnector) -> None:
     """Files, a directory and a name with a newline ▶ the two safe files, sorted; one unsafe name counted."""
     (sftp_sim.root / "b.csv").write_bytes(b"b")
     (sftp_sim.root / "a.csv").write_bytes(b"aa")
@@ -511,7 +517,7 @@ def test_a_listing_shows_regular_files_with_safe_names_only(sftp_sim: SftpSimula
 )
 def test_a_bad_configuration_is_a_config_error_naming_what_to_fix(
     sftp_sim: SftpSimulator, spool: Path, change: dict[str, object], message: str
-):
+) -> None:
     """Each bad endpoint, path, option or missing credential ▶ ConfigError saying which."""
     data = sftp_spec(sftp_sim, spool).model_dump()
     for key, value in change.items():
@@ -524,7 +530,9 @@ def test_a_bad_configuration_is_a_config_error_naming_what_to_fix(
         SftpConnector("files", spec)
 
 
-def test_a_key_given_as_text_and_the_probe_work(sftp_sim: SftpSimulator, spool: Path, monkeypatch):
+def test_a_key_given_as_text_and_the_probe_work(
+    sftp_sim: SftpSimulator, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """credentials.private_key holding the key itself (not a path) ▶ logs in; probe says up."""
     monkeypatch.setenv("IGATE_BUS_TEST_SFTP_KEY_TEXT", sftp_sim.client_key.read_text())
     spec = sftp_spec(sftp_sim, spool, credentials={"private_key": "IGATE_BUS_TEST_SFTP_KEY_TEXT"})

@@ -56,14 +56,14 @@ HOSTILE_NAMES = {
 
 
 @pytest.mark.parametrize(("name", "reason"), list(HOSTILE_NAMES.items()), ids=[repr(n)[:30] for n in HOSTILE_NAMES])
-def test_a_hostile_name_is_refused_with_its_reason(name: str, reason: str):
+def test_a_hostile_name_is_refused_with_its_reason(name: str, reason: str) -> None:
     """Each kind of bad name ▶ ValueError whose message says which rule (never the raw character)."""
     with pytest.raises(ValueError, match=reason) as info:
         check_name(name)
     assert "\x00" not in str(info.value) and "\n" not in str(info.value)
 
 
-def test_a_surrogate_is_refused():
+def test_a_surrogate_is_refused() -> None:
     """A lone surrogate (not encodable in UTF-8) ▶ refused, not a crash when the name is encoded."""
     with pytest.raises(ValueError, match="surrogate"):
         check_name("x\ud800")
@@ -73,12 +73,12 @@ def test_a_surrogate_is_refused():
     "name",
     ["Biên lai 2026-11.pdf", "DOICHIEU_20261128.csv", "hồ sơ (bản sao) #2.PDF", "a.b.c", "CONSOLE.txt", "x" * 200],
 )
-def test_good_names_are_kept(name: str):
+def test_good_names_are_kept(name: str) -> None:
     """Vietnamese, spaces inside, punctuation, dots inside, 200 ASCII bytes ▶ accepted unchanged (NFC)."""
     assert check_name(name) == name
 
 
-def test_a_name_in_nfd_becomes_nfc():
+def test_a_name_in_nfd_becomes_nfc() -> None:
     """'Đắk Lắk.pdf' typed in NFD ▶ the NFC name, so both spellings are one file on the server."""
     nfd = unicodedata.normalize("NFD", "Đắk Lắk.pdf")
     assert nfd != "Đắk Lắk.pdf"
@@ -98,13 +98,13 @@ def test_a_name_in_nfd_becomes_nfc():
         ("", "must not be empty"),
     ],
 )
-def test_a_hostile_relative_path_is_refused_naming_the_segment(path: str, reason: str):
+def test_a_hostile_relative_path_is_refused_naming_the_segment(path: str, reason: str) -> None:
     """Paths: absolute, empty segments, a climbing or bad segment, too deep ▶ refused, segment named."""
     with pytest.raises(ValueError, match=reason):
         check_relative_path(path)
 
 
-def test_relative_paths_are_checked_per_segment_and_may_be_empty_where_allowed():
+def test_relative_paths_are_checked_per_segment_and_may_be_empty_where_allowed() -> None:
     """'2026/11/x' is kept; '' is the base directory only where allowed."""
     assert check_relative_path("2026/11/x") == "2026/11/x"
     assert check_relative_path("", allow_empty=True) == ""
@@ -112,9 +112,15 @@ def test_relative_paths_are_checked_per_segment_and_may_be_empty_where_allowed()
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("remote_name", "../x"), ("remote_name", "a\x00b"), ("remote_name", "a\nb"), ("remote_dir", "../up"), ("source", "/etc/passwd")],
+    [
+        ("remote_name", "../x"),
+        ("remote_name", "a\x00b"),
+        ("remote_name", "a\nb"),
+        ("remote_dir", "../up"),
+        ("source", "/etc/passwd"),
+    ],
 )
-def test_the_request_models_name_the_field(field: str, value: str):
+def test_the_request_models_name_the_field(field: str, value: str) -> None:
     """A bad name in a request or a file.ready payload ▶ a validation error located at that field."""
     good = {"source": "out/a.csv", "remote_dir": "in", "remote_name": "a.csv"}
     for model in (PutFileRequest, FileReady):
@@ -125,14 +131,14 @@ def test_the_request_models_name_the_field(field: str, value: str):
 
 
 @pytest.mark.parametrize("key", ["", ".x", "../k", "a/b", "k\x00", "k\n", "k" * 129, "ключ"])
-def test_an_unsafe_idempotency_key_is_a_mapping_error(key: str):
+def test_an_unsafe_idempotency_key_is_a_mapping_error(key: str) -> None:
     """The key names a ledger file on the server: anything but [A-Za-z0-9._-], 1-128 chars ▶ refused."""
     with pytest.raises(MappingError) as info:
         check_key(key)
     assert info.value.field == "idempotency_key"
 
 
-def test_the_temporary_name_is_hidden_fits_the_file_system_and_depends_on_the_key():
+def test_the_temporary_name_is_hidden_fits_the_file_system_and_depends_on_the_key() -> None:
     """'.<name>.<16 hex>.part': a dot name, under 255 bytes for the longest name, one per key."""
     longest = "đ" * (MAX_NAME_BYTES // 2)
     name = temp_name(longest, "0b7e2f9a-1c4d-4e8b-a5f6-7d8c9e0a1b2c")

@@ -50,7 +50,9 @@ def _openssh_sftp(sim: SftpSimulator, batch: str, *, key: Path | None = None) ->
     )
 
 
-def test_it_is_a_private_sshd_on_a_loopback_port_and_records_what_arrives(sftp_sim: SftpSimulator, tmp_path: Path):
+def test_it_is_a_private_sshd_on_a_loopback_port_and_records_what_arrives(
+    sftp_sim: SftpSimulator, tmp_path: Path
+) -> None:
     """OpenSSH's sftp puts a file ▶ it is on disk under the root, byte-identical, with a 'written' event."""
     assert sftp_sim.port not in (0, 22)
     assert sftp_sim.host == "127.0.0.1"
@@ -74,7 +76,7 @@ def test_it_is_a_private_sshd_on_a_loopback_port_and_records_what_arrives(sftp_s
     assert sftp_sim.host_fingerprint.startswith("SHA256:")
 
 
-def test_another_key_is_refused_by_the_server(sftp_sim: SftpSimulator, tmp_path: Path):
+def test_another_key_is_refused_by_the_server(sftp_sim: SftpSimulator, tmp_path: Path) -> None:
     """A key not in authorized_keys ▶ OpenSSH's client cannot log in, nothing is written."""
     keygen(tmp_path / "intruder", "intruder")
     run = _openssh_sftp(sftp_sim, "put /etc/hostname x\n", key=tmp_path / "intruder")
@@ -83,7 +85,7 @@ def test_another_key_is_refused_by_the_server(sftp_sim: SftpSimulator, tmp_path:
     assert sftp_sim.files(hidden=True) == {}
 
 
-def test_stop_ends_sshd_closes_the_port_and_removes_everything(tmp_path: Path):
+def test_stop_ends_sshd_closes_the_port_and_removes_everything(tmp_path: Path) -> None:
     """After stop: sshd's process group is gone, the port is closed, the temporary directory removed."""
     sim = SftpSimulator().start()
     pid, port, base = sim.pid, sim.port, sim.base
@@ -91,12 +93,12 @@ def test_stop_ends_sshd_closes_the_port_and_removes_everything(tmp_path: Path):
     sim.stop()
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
-    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
     assert not base.exists()
 
 
-def test_two_simulators_run_side_by_side_with_their_own_keys():
+def test_two_simulators_run_side_by_side_with_their_own_keys() -> None:
     """Two at once ▶ two ports, two host keys; each one's known_hosts names only itself."""
     with SftpSimulator() as one, SftpSimulator() as two:
         assert one.port != two.port
@@ -104,9 +106,9 @@ def test_two_simulators_run_side_by_side_with_their_own_keys():
         assert one.known_hosts.read_text().startswith(f"[127.0.0.1]:{one.port} ssh-ed25519 ")
 
 
-def test_without_sshd_starting_fails_with_what_to_install(monkeypatch: pytest.MonkeyPatch):
+def test_without_sshd_starting_fails_with_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     """No sshd on the machine ▶ SshdNotFoundError naming `make services` and openssh-server (tests fail, not skip)."""
-    monkeypatch.setattr(sim_module.shutil, "which", lambda _name: None)
+    monkeypatch.setattr("simulators.sftp.shutil.which", lambda _name: None)
     monkeypatch.setattr(sim_module, "SSHD_CANDIDATES", ("/nonexistent/sshd",))
     with pytest.raises(SshdNotFoundError, match=r"make services.*openssh-server"):
         SftpSimulator().start()
