@@ -3,7 +3,7 @@
 Where it sits: inside the connector step (event → route → adapter → **connector** → result/DLQ) of every route
 that moves a file: the generic ``sftp`` connector (``connectors/sftp.py``), the land system's documents and
 the Finance reconciliation file. A connector builds one :class:`SftpClient` from its ``ConnectorSpec`` and
-calls :meth:`SftpClient.put`, :meth:`SftpClient.lookup`, :meth:`SftpClient.get` or :meth:`SftpClient.list`;
+calls :meth:`SftpClient.put`, :meth:`SftpClient.lookup`, :meth:`SftpClient.get` or :meth:`SftpClient.list_dir`;
 everything below is decided here once, so no connector can forget it.
 
 **The server is who it says it is.** ``SSHClient`` + ``load_host_keys(options.known_hosts)`` + a
@@ -638,7 +638,7 @@ class SftpClient:
         )
         return GetResult(dest, size, digest, outcome, resumed)
 
-    def list(self, remote_dir: str, *, limit: int = 1000) -> tuple[list[RemoteEntry], int, bool]:
+    def list_dir(self, remote_dir: str, *, limit: int = 1000) -> tuple[list[RemoteEntry], int, bool]:
         """The regular files of a remote directory with safe names, sorted; how many unsafe names; truncated?"""
         directory = _field_checked(check_relative_path, remote_dir, "remote_dir", allow_empty=True)
         with self._session("list", directory or ".") as s:
@@ -873,7 +873,7 @@ class SftpClient:
             return self._status(FX_PERMISSION_DENIED, str(exc.strerror or exc), s.phase, maybe)
         if isinstance(exc, OSError) and exc.errno is None and s.connected:
             return TargetUnavailable(f"{self.where} failed a request ({s.phase}): {exc}", maybe_applied=maybe)
-        if isinstance(exc, OSError | EOFError | paramiko.SSHException):
+        if isinstance(exc, OSError | EOFError | paramiko.SSHException | paramiko.SFTPError):
             where = "connecting to" if not s.connected else "connection lost with"
             return TargetUnavailable(f"{where} {self.where} ({s.phase}: {type(exc).__name__})", maybe_applied=maybe)
         log.error("sftp.unexpected_error", connector=self.name, phase=s.phase, exc_info=exc)
@@ -948,7 +948,13 @@ class _Session:
         sock = socket.create_connection((client.host, client.port), timeout=wait)
         ssh = paramiko.SSHClient()
         self._ssh = ssh
-        ssh.load_host_keys(str(client.known_hosts))
+        try:
+            ssh.load_host_keys(str(client.known_hosts))
+        except OSError as exc:
+            raise TargetUnavailable(
+                f"known_hosts {client.known_hosts} cannot be read now ({exc.strerror}); nothing was sent",
+                field="known_hosts",
+            ) from None
         ssh.set_missing_host_key_policy(_RefuseUnknownHost())
         host, _, port = client.host_key_name.removeprefix("[").partition("]:")
         # With our own socket, paramiko uses hostname and port only to look the host key up.

@@ -177,7 +177,7 @@ class SftpConnector:
     def list_files(self, request: ListFilesRequest, idempotency_key: str = "") -> ListFilesReply:
         """The regular files of ``request.remote_dir`` with safe names, sorted by name."""
         del idempotency_key
-        entries, skipped, truncated = self.client.list(request.remote_dir, limit=request.limit)
+        entries, skipped, truncated = self.client.list_dir(request.remote_dir, limit=request.limit)
         return ListFilesReply(
             remote_dir=request.remote_dir,
             files=[RemoteFile(name=e.name, size=e.size, modified_at=e.mtime) for e in entries],
