@@ -11,9 +11,7 @@ back (size cap, SHA-256, rename). Prints per pass: send MB/s, read-back MB/s, up
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import random
 import re
 import sys
 import tempfile
@@ -25,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from config.model import ConnectorSpec  # noqa: E402
 from connectors._sftp import SftpClient  # noqa: E402
-from simulators.sftp import SftpSimulator  # noqa: E402
+from simulators.sftp import SftpSimulator, random_file  # noqa: E402
 
 KEY_ENV = "IGATE_BUS_BENCH_SFTP_KEY"
 
@@ -39,17 +37,6 @@ def _reset_hwm() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def _make(path: Path, size: int) -> str:
-    rng, hasher, left = random.Random(size), hashlib.sha256(), size
-    with path.open("wb") as out:
-        while left:
-            block = rng.randbytes(min(left, 1 << 20))
-            hasher.update(block)
-            out.write(block)
-            left -= len(block)
-    return hasher.hexdigest()
-
-
 def main() -> int:
     """Run the passes and print one line each."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -59,7 +46,7 @@ def main() -> int:
     size = args.mb * 1_000_000
     with tempfile.TemporaryDirectory(prefix="bench-sftp-") as tmp, SftpSimulator() as sim:
         spool = Path(tmp)
-        digest = _make(spool / "big.bin", size)
+        digest = random_file(spool / "big.bin", size, seed=size)
         os.environ[KEY_ENV] = str(sim.client_key)
         spec = ConnectorSpec.model_validate(
             {

@@ -39,6 +39,7 @@ import ctypes.util
 import getpass
 import hashlib
 import os
+import random
 import re
 import select
 import shutil
@@ -149,6 +150,25 @@ def keygen(path: Path, comment: str) -> str:
         timeout=30,
     )
     return Path(f"{path}.pub").read_text().strip()
+
+
+def random_file(path: Path, size: int, seed: int) -> str:
+    """Write ``size`` pseudo-random bytes (from ``seed``) to ``path`` in 1 MiB blocks; their SHA-256.
+
+    Test data for transfers: reproducible, incompressible, and never whole in memory (a 200 MB file is
+    written in 200 blocks).
+    """
+    rng = random.Random(seed)
+    hasher = hashlib.sha256()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        left = size
+        while left:
+            block = rng.randbytes(min(left, _HASH_CHUNK))
+            hasher.update(block)
+            out.write(block)
+            left -= len(block)
+    return hasher.hexdigest()
 
 
 def free_port(host: str) -> int:

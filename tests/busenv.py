@@ -222,6 +222,15 @@ def get_all(amqp_url: str, queue: str) -> list[tuple[Any, bytes]]:
     return out
 
 
+def drained(amqp_url: str, queues: list[str] | tuple[str, ...], *, pause: float = 1.0) -> bool:
+    """No message waits in ``queues``, twice ``pause`` seconds apart (one may be in flight between them)."""
+    for _ in range(2):
+        if any(depth(amqp_url, q) for q in queues):
+            return False
+        time.sleep(pause)
+    return True
+
+
 def wait_for(cond: Callable[[], bool], *, timeout: float, interval: float = 0.2, what: str = "condition") -> None:
     """Poll until ``cond()`` or fail with ``what``."""
     deadline = time.monotonic() + timeout

@@ -7,9 +7,7 @@ checks its host key. If sshd is not installed the fixture fails (never skips): `
 
 from __future__ import annotations
 
-import hashlib
 import os
-import random
 import shutil
 import subprocess
 from typing import TYPE_CHECKING, Any
@@ -18,6 +16,7 @@ import pytest
 
 from config.model import ConnectorSpec
 from simulators.sftp import SftpSimulator
+from simulators.sftp import random_file as make_file
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -25,6 +24,8 @@ if TYPE_CHECKING:
 
 #: the environment variable the test specs name for the login key
 KEY_ENV = "IGATE_BUS_TEST_SFTP_KEY"
+
+__all__ = ["KEY_ENV", "arrivals", "key_fingerprint", "make_file", "sftp_sim", "sftp_spec", "spool"]
 
 
 @pytest.fixture
@@ -72,21 +73,6 @@ def sftp_spec(
             "options": opts,
         }
     )
-
-
-def make_file(path: Path, size: int, seed: int) -> str:
-    """Write ``size`` pseudo-random bytes to ``path`` in 1 MiB blocks (never the whole file in memory)."""
-    rng = random.Random(seed)
-    hasher = hashlib.sha256()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as out:
-        left = size
-        while left:
-            block = rng.randbytes(min(left, 1 << 20))
-            hasher.update(block)
-            out.write(block)
-            left -= len(block)
-    return hasher.hexdigest()
 
 
 def key_fingerprint(public_key: Path) -> str:

@@ -25,7 +25,9 @@ routes:
 
 
 def _readme_sftp_block() -> str:
-    blocks: list[str] = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.DOTALL)
+    blocks: list[str] = re.findall(
+        r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.DOTALL
+    )
     [block] = [b for b in blocks if b.startswith("# connectors.yaml: a partner's SFTP server")]
     return block
 

@@ -20,6 +20,7 @@ from busenv import (
     ProcessWorker,
     declare_routes,
     depth,
+    drained,
     env_for,
     publish,
     received_events,
@@ -65,11 +66,7 @@ def _all_applied(sim: IGateSimulator, n: int) -> bool:
 
 def _drained(amqp_url: str) -> bool:
     """No message waits in the route or its retry queues (twice, a second apart: one may be in flight)."""
-    for _ in range(2):
-        if any(depth(amqp_url, q) for q in QUEUES[:3]):
-            return False
-        time.sleep(1)
-    return True
+    return drained(amqp_url, QUEUES[:3])
 
 
 def _queues_empty(amqp_url: str) -> None:

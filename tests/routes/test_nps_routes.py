@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from busenv import ROOT, depth, example, get_all, publish, thread_worker, wait_for
+from busenv import ROOT, depth, drained, example, get_all, publish, thread_worker, wait_for
 from structlog.testing import capture_logs
 from wallclock import assert_within
 
@@ -235,11 +235,7 @@ def assert_final_state(sim: NpsSimulator, code: str, events: dict[str, dict[str,
 
 
 def _drained(amqp_url: str, queues: list[str]) -> bool:
-    for _ in range(2):
-        if any(depth(amqp_url, q) for q in queues):
-            return False
-        time.sleep(0.5)
-    return True
+    return drained(amqp_url, queues, pause=0.5)
 
 
 def _route_queues(config: Path) -> list[str]:

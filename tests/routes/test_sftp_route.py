@@ -18,7 +18,17 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from busenv import ProcessWorker, declare_routes, depth, env_for, get_all, publish, thread_worker, wait_for
+from busenv import (
+    ProcessWorker,
+    declare_routes,
+    depth,
+    drained,
+    env_for,
+    get_all,
+    publish,
+    thread_worker,
+    wait_for,
+)
 from sftpenv import KEY_ENV, arrivals, make_file
 
 from connectors._sftp import temp_name
@@ -166,11 +176,7 @@ def _cut_mid_upload(
 
 
 def _drained(amqp_url: str) -> bool:
-    for _ in range(2):
-        if any(depth(amqp_url, q) for q in QUEUES[:3]):
-            return False
-        time.sleep(1)
-    return True
+    return drained(amqp_url, QUEUES[:3])
 
 
 def _log_lines(path: Path) -> list[dict[str, Any]]:
