@@ -539,3 +539,26 @@ def test_a_key_given_as_text_and_the_probe_work(
     health = SftpConnector("files", spec).probe()
     assert health.state == "up", health.detail
     os.environ.pop("IGATE_BUS_TEST_SFTP_KEY_TEXT", None)
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        (b'{"key":"%s","remote_path":"../../etc/passwd","size":1,"sha256":"%s","state":"done"}', "climbs"),
+        (b'{"key":"other","remote_path":"a.csv","size":1,"sha256":"%s","state":"done"}', "unexpected fields"),
+        (b"not json at all", "not one of ours"),
+        (b"x" * 100_000, "too large"),
+    ],
+)
+def test_a_tampered_ledger_entry_keeps_the_claim_maybe_applied(
+    sftp_sim: SftpSimulator, connector: SftpConnector, entry: bytes, reason: str
+) -> None:
+    """A ledger entry that climbs, names another key, is not JSON or is huge ▶ TargetUnavailable(maybe_applied),
+    read no further than 4 KiB, nothing outside the root looked at."""
+    ledger = sftp_sim.root / ".igate-bus"
+    ledger.mkdir()
+    body = entry.replace(b"%s", KEY.encode(), 1).replace(b"%s", b"0" * 64, 1)
+    (ledger / f"{KEY}.json").write_bytes(body)
+    with pytest.raises(TargetUnavailable, match=reason) as info:
+        connector.lookup_put(KEY)
+    assert info.value.maybe_applied is True
