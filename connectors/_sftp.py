@@ -80,11 +80,14 @@ claim's lease is derived from ``timeout.total``: give it room for the largest fi
   unsafe name, path or key; source missing,       ``MappingError`` naming the field
   over the size cap, changed while sent, or not
   matching the request's SHA-256
+  the local spool cannot be read or written       ``TransientError`` (the bus's disk, not the
+                                                  server: retried)
   ==============================================  ================================================
 
 Each operation opens its own connection and closes it: a connection cut in one worker thread never
-poisons another's transfer, and paramiko's client is used by one thread at a time. The breaker and the
-rate limit of the connector kit wrap :meth:`SftpClient.put` and friends from the outside.
+poisons another's transfer, and paramiko's client is used by one thread at a time. There is no circuit
+breaker or rate limit here yet: the connector kit (one module for breaker, rate limit and deadline, issue 9)
+wraps :meth:`SftpClient.put` and friends from the outside, as it does the REST and SOAP clients.
 """
 
 from __future__ import annotations
