@@ -56,11 +56,12 @@ claim's lease is derived from ``timeout.total``: give it room for the largest fi
   ==============================================  ================================================
   refused/unreachable host, connect, banner or    ``TargetUnavailable(maybe_applied=False)``
   key-exchange timeout, no common algorithm
-  host key not in known_hosts, or changed         ``TargetUnavailable(maybe_applied=False)``,
-                                                  ``field="known_hosts"``, both fingerprints named;
-                                                  waits for an operator (nothing was sent)
-  login refused                                   ``TargetUnavailable(maybe_applied=False)``,
-                                                  ``field="credentials"``
+  host key not in known_hosts, or changed         ``HostKeyRefused`` (``field="known_hosts"``, both
+                                                  fingerprints named); the breaker opens at once and
+                                                  messages wait for an operator, spending no attempt
+  login refused                                   ``CredentialsRefused`` (``field="credentials"``); the
+                                                  breaker opens at once, so a partner's fail2ban never
+                                                  sees the bus retry a refused login
   connection lost, request timeout or deadline    ``TargetUnavailable(maybe_applied=False)``: only
   before the rename was sent                      the temporary file exists
   the same during or after the rename             ``TargetTimeout`` / ``TargetUnavailable(
@@ -85,9 +86,10 @@ claim's lease is derived from ``timeout.total``: give it room for the largest fi
   ==============================================  ================================================
 
 Each operation opens its own connection and closes it: a connection cut in one worker thread never
-poisons another's transfer, and paramiko's client is used by one thread at a time. There is no circuit
-breaker or rate limit here yet: the connector kit (one module for breaker, rate limit and deadline, issue 9)
-wraps :meth:`SftpClient.put` and friends from the outside, as it does the REST and SOAP clients.
+poisons another's transfer, and paramiko's client is used by one thread at a time. Each operation is one
+call of the connector kit's guard (``connectors/kit/guard.py``): the breaker admits it before connecting,
+the rate limit (``rate_limit``: operations a second) gives it a slot, ``timeout.total`` is its deadline and
+the kit's watchdog closes the connection when it passes; its transient failures count against the server.
 """
 
 from __future__ import annotations
@@ -113,11 +115,14 @@ import paramiko
 import structlog
 from paramiko.sftp import CMD_DATA, CMD_EXTENDED, CMD_READ, CMD_STATUS, CMD_WRITE, int64
 
-from connectors.base import Health, credential, endpoint, required_option
+from connectors.base import credential, endpoint, required_option
+from connectors.kit.guard import WATCHDOG, Guard
 from schemas.errors import (
     AmbiguousOutcome,
     BusError,
     ConfigError,
+    CredentialsRefused,
+    HostKeyRefused,
     MappingError,
     TargetRejected,
     TargetTimeout,
@@ -141,7 +146,6 @@ CHUNK: Final = 32_768
 DEFAULT_IN_FLIGHT: Final = 64
 DEFAULT_MAX_FILE_BYTES: Final = 1 << 30
 DEFAULT_LEDGER_DIR: Final = ".igate-bus"
-DEFAULT_DEGRADED_MS: Final = 2000.0
 #: an SFTP channel's receive window; read requests in flight are kept to half of it, so replies never stall
 CHANNEL_WINDOW: Final = 4 << 20
 #: a ledger entry is a few hundred bytes; a larger one is not ours
@@ -420,7 +424,7 @@ class SftpClient:
             directory every remote path is under; default the login directory). Options: ``username``
             and ``known_hosts`` (required); ``host_key_alias`` (the name to look up in known_hosts instead
             of ``[HOST]:PORT``, e.g. behind a port forward); ``ledger_dir`` (``.igate-bus``);
-            ``max_file_bytes`` (1 GiB); ``requests_in_flight`` (64); ``degraded_ms`` (2000). Credentials:
+            ``max_file_bytes`` (1 GiB); ``requests_in_flight`` (64). Credentials:
             ``private_key`` (the key, or an absolute path to it) with ``passphrase``, and/or ``password``.
 
     Raises:
@@ -474,7 +478,6 @@ class SftpClient:
         self.ledger_dir = ledger
         self.max_file_bytes = _int_option(name, spec, "max_file_bytes", DEFAULT_MAX_FILE_BYTES, 0, 1 << 40)
         self.in_flight = _int_option(name, spec, "requests_in_flight", DEFAULT_IN_FLIGHT, 1, 256)
-        self.degraded_ms = float(spec.options.get("degraded_ms", DEFAULT_DEGRADED_MS))
         self._pkey = _load_private_key(name, spec)
         self._password = credential(name, spec, "password") if "password" in spec.credentials else None
         if self._pkey is None and self._password is None:
@@ -482,6 +485,8 @@ class SftpClient:
                 f"connector {name!r} needs credentials.private_key or credentials.password", field="credentials"
             )
         self.where = f"sftp://{self.host}:{self.port}"
+        #: the kit's breaker, rate limit and deadline, around every operation
+        self.guard = Guard(name, spec, log_as="sftp")
 
     # -- paths ----------------------------------------------------------------------------------------------
 
@@ -647,24 +652,15 @@ class SftpClient:
         with self._session("list", directory or ".") as s:
             return s.listing(self._remote(directory), limit)
 
-    def probe(self) -> Health:
-        """Connect, log in and stat the base directory; never raises.
+    def check(self) -> None:
+        """Connect, log in and stat the base directory, bypassing the breaker (a connector's probe).
 
-        ``up`` when that takes under ``degraded_ms``, ``degraded`` when slower, ``down`` otherwise (with the
-        reason: an unknown host key, a refused login, no answer).
+        Raises:
+            BusError: the server cannot be reached, its host key or our login is refused, no base directory.
         """
-        started = time.monotonic()
-        try:
-            with self._session("probe", ".") as s:
-                if s.stat(self._remote("")) is None:
-                    raise TargetRejected("the base directory does not exist", code="not_found")
-        except BusError as exc:
-            latency = round((time.monotonic() - started) * 1000, 1)
-            return Health("down", f"{exc.kind}: {exc}", latency, datetime.now(UTC))
-        latency = round((time.monotonic() - started) * 1000, 1)
-        if latency > self.degraded_ms:
-            return Health("degraded", f"slow: over {self.degraded_ms:g} ms", latency, datetime.now(UTC))
-        return Health("up", "logged in, base directory found", latency, datetime.now(UTC))
+        with self._session("probe", ".", guard=False) as s:
+            if s.stat(self._remote("")) is None:
+                raise TargetRejected("the base directory does not exist", code="not_found")
 
     # -- steps of an upload ---------------------------------------------------------------------------------
 
@@ -799,37 +795,28 @@ class SftpClient:
     # -- connections ----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _session(self, operation: str, what: str, *, lookup: bool = False) -> Iterator[_Session]:
-        """One connection for one operation, its errors translated (see the module's table)."""
-        session = _Session(self, time.monotonic() + self.spec.timeout.total)
-        try:
-            session.open()
-            yield session
-        except BusError as exc:
-            if lookup and not isinstance(exc, AmbiguousOutcome) and not getattr(exc, "maybe_applied", False):
-                exc = TargetUnavailable(f"lookup failed: {exc}", field=exc.field, maybe_applied=True)
-            self._log_failure(operation, what, session, exc)
-            raise exc from None
-        except Exception as exc:
-            error = self._translate(exc, session, lookup=lookup)
-            if lookup and not isinstance(error, AmbiguousOutcome) and not getattr(error, "maybe_applied", False):
-                error = TargetUnavailable(f"lookup failed: {error}", field=error.field, maybe_applied=True)
-            self._log_failure(operation, what, session, error)
-            raise error from None
-        finally:
-            session.close()
+    def _session(self, operation: str, what: str, *, lookup: bool = False, guard: bool = True) -> Iterator[_Session]:
+        """One connection for one operation, inside one call of the guard, its errors translated (module table).
 
-    def _log_failure(self, operation: str, what: str, session: _Session, exc: BusError) -> None:
-        log.warning(
-            "sftp.failed",
-            connector=self.name,
-            operation=operation,
-            target=what,
-            phase=session.phase,
-            error_kind=exc.kind,
-            maybe_applied=getattr(exc, "maybe_applied", None),
-            error=str(exc),
-        )
+        Args:
+            operation: what it is for (logs): put, lookup, get, list, probe.
+            what: the remote path or key it is about (logs).
+            lookup: a lookup, whose every failure keeps the claim maybe applied.
+            guard: False for the probe, which must see the server and not the breaker.
+        """
+        deadline = self.guard.deadline()
+        with self.guard.call(deadline, guard=guard, operation=operation, target=what):
+            session = _Session(self, deadline)
+            try:
+                session.open()
+                yield session
+            except BusError as exc:
+                raise _for_lookup(exc) if lookup else exc from None
+            except Exception as exc:
+                error = self._translate(exc, session, lookup=lookup)
+                raise _for_lookup(error) if lookup else error from None
+            finally:
+                session.close()
 
     def _translate(self, exc: BaseException, s: _Session, *, lookup: bool) -> BusError:  # noqa: C901, PLR0911 - one branch per row of the module's table
         maybe = lookup or s.phase == "commit"
@@ -839,28 +826,31 @@ class SftpClient:
             return MappingError("the local file changed while it was sent; finish it before publishing", field="source")
         if isinstance(exc, _UnknownHostKeyError):
             log.error("sftp.host_key_unknown", connector=self.name, host=exc.hostname, offered=fingerprint(exc.key))
-            return TargetUnavailable(
+            return self._operator_problem(
+                HostKeyRefused,
                 f"host key of {exc.hostname} is not in known_hosts {self.known_hosts}: the server offered "
                 f"{fingerprint(exc.key)}; nothing was sent. Add the key only after checking that fingerprint "
                 "with the server's administrator",
-                field="known_hosts",
+                "known_hosts",
             )
         if isinstance(exc, paramiko.BadHostKeyException):
             offered, expected = fingerprint(exc.key), fingerprint(exc.expected_key)
             log.error(
                 "sftp.host_key_changed", connector=self.name, host=exc.hostname, offered=offered, expected=expected
             )
-            return TargetUnavailable(
+            return self._operator_problem(
+                HostKeyRefused,
                 f"host key of {exc.hostname} CHANGED: known_hosts {self.known_hosts} lists {expected}, the server "
                 f"offered {offered}; refused, nothing was sent (a changed key can mean a man in the middle)",
-                field="known_hosts",
+                "known_hosts",
             )
         if isinstance(exc, paramiko.AuthenticationException):
-            log.error("sftp.login_refused", connector=self.name, host=self.host, username=self.username)
-            return TargetUnavailable(
+            log.error("credentials_refused", connector=self.name, what="login", host=self.host, user=self.username)
+            return self._operator_problem(
+                CredentialsRefused,
                 f"{self.where} refused the login of {self.username!r} ({type(exc).__name__}): check the bus's "
-                "account and key",
-                field="credentials",
+                "account and key; events wait meanwhile",
+                "credentials",
             )
         if isinstance(exc, _DeadlineError) or s.deadline_passed():
             text = f"the {self.spec.timeout.total:g}s deadline passed ({s.phase})"
@@ -882,6 +872,13 @@ class SftpClient:
         log.error("sftp.unexpected_error", connector=self.name, phase=s.phase, exc_info=exc)
         return TargetUnavailable(f"unexpected {type(exc).__name__} ({s.phase})", maybe_applied=True)
 
+    def _operator_problem(
+        self, kind: type[HostKeyRefused | CredentialsRefused], message: str, field: str
+    ) -> HostKeyRefused | CredentialsRefused:
+        """Open the breaker at once (nothing the server says can help until an operator acts) and say so."""
+        self.guard.breaker.trip(message)
+        return kind(message, field=field, retry_after=self.guard.breaker.reset_timeout)
+
     def _status(self, code: int, text: str, phase: str, maybe: bool) -> BusError:
         if code == FX_PERMISSION_DENIED:
             return TargetRejected(f"{self.where} denied permission ({phase}): {text}", code="permission")
@@ -902,7 +899,7 @@ class _Session:
         self._ssh: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._wire: _Wire | None = None
-        self._timer: threading.Timer | None = None
+        self._ticket: int | None = None
         self._expired = threading.Event()
 
     @property
@@ -944,9 +941,7 @@ class _Session:
     def open(self) -> None:
         """TCP, host key, login, SFTP channel: each step bounded by the connect timeout and the deadline."""
         client = self.client
-        self._timer = threading.Timer(max(self.remaining(), 0.0), self._expire)
-        self._timer.daemon = True
-        self._timer.start()
+        self._ticket = WATCHDOG.arm(self.deadline, self._expire)
         wait = min(client.spec.timeout.connect, max(self.remaining(), 0.001))
         sock = socket.create_connection((client.host, client.port), timeout=wait)
         ssh = paramiko.SSHClient()
@@ -991,12 +986,13 @@ class _Session:
         """The deadline passed: close the connection, which wakes whatever waits on it."""
         self._expired.set()
         if self._ssh is not None:
-            self._ssh.close()
+            with contextlib.suppress(Exception):  # the watchdog's thread must survive a failing close
+                self._ssh.close()
 
     def close(self) -> None:
-        """Close the channel and the connection; stop the deadline's timer."""
-        if self._timer is not None:
-            self._timer.cancel()
+        """Close the channel and the connection; disarm the deadline's watchdog."""
+        if self._ticket is not None:
+            WATCHDOG.disarm(self._ticket)
         with contextlib.suppress(Exception):
             if self._sftp is not None:
                 self._sftp.close()
@@ -1096,6 +1092,13 @@ class _Session:
 
 
 # -- local helpers ------------------------------------------------------------------------------------------
+
+
+def _for_lookup(exc: BusError) -> BusError:
+    """A lookup that fails for any reason keeps the claim maybe applied; only an ambiguous answer stays one."""
+    if isinstance(exc, AmbiguousOutcome) or getattr(exc, "maybe_applied", False):
+        return exc
+    return TargetUnavailable(f"lookup failed: {exc}", field=exc.field, maybe_applied=True)
 
 
 def _config_path(connector: str, value: str, field: str) -> str:

@@ -22,6 +22,9 @@ anything is sent again. The bytes never travel through the broker, only their pa
         spool_dir: /var/lib/igate-bus/spool/finance
         max_file_bytes: 1073741824
 
+Built on the connector kit (``connectors/kit``): the breaker, the rate limit (operations a second), the
+total deadline and the probe are the kit's, the same as for the REST and SOAP connectors.
+
 Options: ``username``, ``known_hosts`` and ``spool_dir`` (required; absolute paths); ``host_key_alias``
 (the known_hosts name when the endpoint is a port forward or a proxy); ``ledger_dir`` (default
 ``.igate-bus``, under the base directory: the receiver must let us keep it); ``max_file_bytes`` (1 GiB);
@@ -41,7 +44,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from connectors._sftp import PutResult, SftpClient
 from connectors._spool import Spool
-from connectors.base import Health, Operation, OperationSpec, required_option, typed
+from connectors.base import required_option
+from connectors.kit import KitConnector, operation
 from schemas.sftp import (
     GetFileReply,
     GetFileRequest,
@@ -53,8 +57,6 @@ from schemas.sftp import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from config.model import ConnectorSpec
 
 
@@ -69,7 +71,7 @@ def _reply(result: PutResult) -> PutFileReply:
     )
 
 
-class SftpConnector:
+class SftpConnector(KitConnector):
     """Files to and from one SFTP server: ``put_file`` (effect, with lookup), ``get_file``, ``list_files``.
 
     Args:
@@ -80,65 +82,24 @@ class SftpConnector:
         ConfigError: see :class:`connectors._sftp.SftpClient`, or no usable ``spool_dir``.
     """
 
-    OPERATIONS: ClassVar[Mapping[str, OperationSpec]] = {
-        "put_file": OperationSpec(
-            request=PutFileRequest,
-            reply=PutFileReply,
-            effect=True,
-            has_lookup=True,
-            doc="Upload a spool file under a temporary name, verify it by reading back, rename it into place.",
-        ),
-        "get_file": OperationSpec(
-            request=GetFileRequest,
-            reply=GetFileReply,
-            effect=False,
-            has_lookup=False,
-            doc="Download a file into the spool, checking its size cap and SHA-256 before it is renamed into place.",
-        ),
-        "list_files": OperationSpec(
-            request=ListFilesRequest,
-            reply=ListFilesReply,
-            effect=False,
-            has_lookup=False,
-            doc="List the regular files of a remote directory.",
-        ),
-    }
+    PROBE_ANSWERED: ClassVar[str] = "logged in, base directory found"
 
     def __init__(self, name: str, spec: ConnectorSpec) -> None:
-        self.name = name
-        self.spec = spec
         self.client = SftpClient(name, spec)
+        super().__init__(name, spec, guard=self.client.guard)
         self.spool = Spool(name, required_option(name, spec, "spool_dir", "the local directory files move through"))
-        self._operations: Mapping[str, Operation] = {
-            "put_file": Operation(
-                "put_file", PutFileRequest, PutFileReply, typed(name, PutFileRequest, self.put_file), self.lookup_put
-            ),
-            "get_file": Operation(
-                "get_file", GetFileRequest, GetFileReply, typed(name, GetFileRequest, self.get_file), None, effect=False
-            ),
-            "list_files": Operation(
-                "list_files",
-                ListFilesRequest,
-                ListFilesReply,
-                typed(name, ListFilesRequest, self.list_files),
-                None,
-                effect=False,
-            ),
-        }
 
-    def operations(self) -> Mapping[str, Operation]:
-        """``put_file``, ``get_file`` and ``list_files``."""
-        return self._operations
-
-    def probe(self) -> Health:
-        """Log in and look at the base directory; never raises."""
-        return self.client.probe()
+    def check(self) -> float | None:
+        """Log in and look at the base directory, bypassing the breaker; timed whole (the login is the point)."""
+        self.client.check()
+        return None
 
     def close(self) -> None:
         """Nothing stays open between operations: each opens and closes its own connection."""
 
+    @operation(PutFileRequest, PutFileReply, lookup="lookup_put")
     def put_file(self, request: PutFileRequest, idempotency_key: str) -> PutFileReply:
-        """Send the spool file ``request.source`` to ``remote_dir/remote_name``, at most once per key."""
+        """Upload a spool file under a temporary name, verify it by reading back, rename it into place."""
         with self.spool.open_source(request.source) as (source, size):
             result = self.client.put(
                 source,
@@ -155,8 +116,9 @@ class SftpConnector:
         found = self.client.lookup(idempotency_key)
         return None if found is None else _reply(found)
 
+    @operation(GetFileRequest, GetFileReply, effect=False)
     def get_file(self, request: GetFileRequest, idempotency_key: str = "") -> GetFileReply:
-        """Fetch ``remote_dir/remote_name`` into the spool at ``request.dest``; a read needs no key."""
+        """Download a file into the spool, checking its size cap and SHA-256 before it is renamed into place."""
         del idempotency_key
         dest = self.spool.destination(request.dest)
         result = self.client.get(
@@ -174,8 +136,9 @@ class SftpConnector:
             resumed_from=result.resumed_from,
         )
 
+    @operation(ListFilesRequest, ListFilesReply, effect=False)
     def list_files(self, request: ListFilesRequest, idempotency_key: str = "") -> ListFilesReply:
-        """The regular files of ``request.remote_dir`` with safe names, sorted by name."""
+        """List the regular files of a remote directory (safe names only, sorted)."""
         del idempotency_key
         entries, skipped, truncated = self.client.list_dir(request.remote_dir, limit=request.limit)
         return ListFilesReply(

@@ -13,13 +13,16 @@ engine decides retry versus dead letter from the class alone::
     └── TransientError            retried through the per-route delay queues
         ├── TargetTimeout         no answer within the deadline (the effect may have happened)
         ├── TargetUnavailable     refused connection, 5xx, malformed reply
-        │   └── CredentialsRefused   the target refused the bus's own credentials; an operator must act
+        │   ├── CredentialsRefused   the target refused the bus's own credentials; an operator must act
+        │   └── HostKeyRefused       the bus refused the server's host key (unknown or changed); an operator
+        │                            must check it
         ├── BreakerOpen           the connector's breaker is open; nothing was sent
         └── ClaimHeld             another worker holds a live claim on this event
 
-An open breaker and refused credentials say nothing about the message: they ``wait_on_connector``, so the
-engine parks the message without spending one of its route's attempts (``retry_after`` says how long the
-connector expects to stay unusable), and a password rotation never dead-letters a queue of events.
+An open breaker, refused credentials and a refused host key say nothing about the message: they
+``wait_on_connector``, so the engine parks the message without spending one of its route's attempts
+(``retry_after`` says how long the connector expects to stay unusable), and a password rotation or a server
+re-keyed never dead-letters a queue of events.
 """
 
 from __future__ import annotations
@@ -120,6 +123,21 @@ class CredentialsRefused(TargetUnavailable):
     """
 
     kind = "credentials_refused"
+    waits_on_connector = True
+
+    def __init__(self, message: str, *, field: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, field=field, maybe_applied=False)
+        self.retry_after = retry_after
+
+
+class HostKeyRefused(TargetUnavailable):
+    """The server's host key is not the one the bus trusts (unknown, or changed): nothing was sent.
+
+    Like refused credentials, an operator problem (a server re-keyed, or someone in the middle), not the
+    message's: transient, and it waits on the connector without spending attempts until the key is checked.
+    """
+
+    kind = "host_key_refused"
     waits_on_connector = True
 
     def __init__(self, message: str, *, field: str | None = None, retry_after: float | None = None) -> None:

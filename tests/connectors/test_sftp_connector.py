@@ -20,7 +20,16 @@ from sftpenv import arrivals, key_fingerprint, make_file, sftp_spec
 
 from connectors._sftp import SftpClient, temp_name
 from connectors.sftp import SftpConnector
-from schemas.errors import ConfigError, MappingError, TargetRejected, TargetTimeout, TargetUnavailable
+from schemas.errors import (
+    BreakerOpen,
+    ConfigError,
+    CredentialsRefused,
+    HostKeyRefused,
+    MappingError,
+    TargetRejected,
+    TargetTimeout,
+    TargetUnavailable,
+)
 from schemas.sftp import GetFileRequest, ListFilesRequest, PutFileRequest
 from simulators.faults import FaultProxy
 from simulators.sftp import FsEvent, SftpSimulator, keygen
@@ -266,15 +275,24 @@ def test_an_unknown_host_key_is_refused_before_login_naming_the_host_and_fingerp
     known.write_text(f"sftp.elsewhere.example {other[0]} {other[1]}\n")
     make_file(spool / "x.bin", 100, seed=1)
     conn = SftpConnector("files", sftp_spec(sftp_sim, spool, known_hosts=known))
-    with pytest.raises(TargetUnavailable) as info:
+    with pytest.raises(HostKeyRefused) as info:
         conn.put_file(PutFileRequest(source="x.bin", remote_name="x.bin"), KEY)
     text = str(info.value)
     assert info.value.field == "known_hosts" and info.value.maybe_applied is False
+    assert info.value.waits_on_connector, "the message must wait for an operator, not spend its attempts"
     assert f"[127.0.0.1]:{sftp_sim.port}" in text and "not in known_hosts" in text
     assert sftp_sim.host_fingerprint in text
     assert "publickey" not in sftp_sim.log_text(), "the client tried to log in to an unknown host"
     assert sftp_sim.files(hidden=True) == {}
-    assert conn.probe().state == "down"
+
+    # the breaker is open at once: the next file does not even connect
+    assert conn.breaker_state == "open"
+    before = sftp_sim.log_text()
+    with pytest.raises(BreakerOpen):
+        conn.put_file(PutFileRequest(source="x.bin", remote_name="x.bin"), KEY)
+    assert _no_connection_made(sftp_sim, before)
+    health = conn.probe()  # the probe looks past the breaker, at the server itself
+    assert health.state == "down" and "host_key_refused" in health.detail
 
 
 def test_a_changed_host_key_is_refused_naming_both_fingerprints(
@@ -286,7 +304,7 @@ def test_a_changed_host_key_is_refused_naming_both_fingerprints(
     known.write_text(f"[127.0.0.1]:{sftp_sim.port} {kind} {blob}\n")
     make_file(spool / "x.bin", 100, seed=1)
     conn = SftpConnector("files", sftp_spec(sftp_sim, spool, known_hosts=known))
-    with pytest.raises(TargetUnavailable) as info:
+    with pytest.raises(HostKeyRefused) as info:
         conn.put_file(PutFileRequest(source="x.bin", remote_name="x.bin"), KEY)
     text = str(info.value)
     assert "CHANGED" in text and sftp_sim.host_fingerprint in text
@@ -303,13 +321,19 @@ def test_a_refused_login_says_so(
     make_file(spool / "x.bin", 100, seed=1)
     spec = sftp_spec(sftp_sim, spool)
     monkeypatch.setenv("IGATE_BUS_TEST_SFTP_KEY", str(tmp_path / "stranger"))
-    with pytest.raises(TargetUnavailable) as by_key:
-        SftpConnector("files", spec).put_file(PutFileRequest(source="x.bin", remote_name="x.bin"), KEY)
+    conn = SftpConnector("files", spec)
+    with pytest.raises(CredentialsRefused) as by_key:
+        conn.put_file(PutFileRequest(source="x.bin", remote_name="x.bin"), KEY)
     assert by_key.value.field == "credentials" and "refused the login" in str(by_key.value)
+    # no second login is tried while the breaker is open (a partner's fail2ban would ban the bus)
+    logins = sftp_sim.log_text().count("Connection from")
+    with pytest.raises(BreakerOpen):
+        conn.put_file(PutFileRequest(source="x.bin", remote_name="x.bin"), KEY)
+    assert sftp_sim.log_text().count("Connection from") == logins
 
     monkeypatch.setenv("IGATE_BUS_TEST_SFTP_PASSWORD", "not-the-password")
     spec = sftp_spec(sftp_sim, spool, credentials={"password": "IGATE_BUS_TEST_SFTP_PASSWORD"})
-    with pytest.raises(TargetUnavailable) as by_password:
+    with pytest.raises(CredentialsRefused) as by_password:
         SftpConnector("files", spec).put_file(PutFileRequest(source="x.bin", remote_name="x.bin"), KEY)
     assert by_password.value.field == "credentials"
     assert "not-the-password" not in str(by_password.value)

@@ -307,7 +307,7 @@ def _faulty_run(
     _assert_each_arrived_once_never_rewritten(sim, expected)
     assert depth(amqp_url, f"dlq.{ROUTE}") == 0
     lines = _log_lines(log)
-    commit_cuts = [x for x in lines if x.get("event") == "sftp.failed" and x.get("phase") == "commit"]
+    commit_cuts = [x for x in lines if x.get("event") == "sftp.call_failed" and "(commit" in x.get("error", "")]
     assert commit_cuts, "no upload saw its connection cut after the rename"
     assert all(x["maybe_applied"] is True for x in commit_cuts)
     found = [x for x in lines if x.get("event") == "reconciled" and x.get("found") is True]
