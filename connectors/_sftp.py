@@ -4,7 +4,8 @@ Where it sits: inside the connector step (event → route → adapter → **conn
 that moves a file: the generic ``sftp`` connector (``connectors/sftp.py``), the land system's documents and
 the Finance reconciliation file. A connector builds one :class:`SftpClient` from its ``ConnectorSpec`` and
 calls :meth:`SftpClient.put`, :meth:`SftpClient.lookup`, :meth:`SftpClient.get` or :meth:`SftpClient.list_dir`;
-everything below is decided here once, so no connector can forget it.
+everything below is decided here once, so no connector can forget it. The connection itself (host key,
+login, deadline) is ``connectors/_sftp_session.py``; the pipelined requests ``connectors/_sftp_wire.py``.
 
 **The server is who it says it is.** ``SSHClient`` + ``load_host_keys(options.known_hosts)`` + a
 ``RejectPolicy``: a host missing from that file, or presenting another key than the one listed, is refused
@@ -40,9 +41,8 @@ that key. A receiver that takes files away does not break it: a ``done`` entry a
 ``still_present=False``.
 
 **Memory is bounded.** Bytes move in 32 KiB requests with at most ``requests_in_flight`` of them
-outstanding (paramiko's own prefetch can buffer a whole file: paramiko PR #2519), so an upload or download
-holds a few MiB whatever the file's size. That pipelining uses two private calls of paramiko's
-``SFTPClient`` (``_async_request``, ``_read_response``), kept in :class:`_Wire`; paramiko is pinned.
+outstanding (``connectors/_sftp_wire.py``; paramiko's own prefetch can buffer a whole file), so an upload or
+download holds a few MiB whatever the file's size.
 
 **Time is bounded.** The TCP connect, the banner, the key exchange, the login and the channel open each wait
 at most ``timeout.connect``; every SFTP request waits at most ``timeout.read`` for its answer; and the
@@ -96,27 +96,38 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
-import socket
 import stat
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, NoReturn, cast
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import paramiko
 import structlog
-from paramiko.sftp import CMD_DATA, CMD_EXTENDED, CMD_READ, CMD_STATUS, CMD_WRITE, int64
 
-from connectors.base import credential, endpoint, required_option
-from connectors.kit.guard import WATCHDOG, Guard
+from connectors._sftp_session import (
+    DeadlineError,
+    RemoteEntry,
+    Session,
+    SshTarget,
+    UnknownHostKeyError,
+    fingerprint,
+    int_option,
+)
+from connectors._sftp_wire import FX_NO_SUCH_FILE, FX_PERMISSION_DENIED, StatusError
+from connectors._spool import (
+    LocalError,
+    SourceChangedError,
+    discard,
+    local,
+    place,
+    source_chunks,
+    source_sha256,
+)
+from connectors.kit.guard import Guard
 from schemas.errors import (
     AmbiguousOutcome,
     BusError,
@@ -133,34 +144,21 @@ from schemas.sftp import check_name, check_relative_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from paramiko.message import Message
+    from pathlib import Path
 
     from config.model import ConnectorSpec
 
+__all__ = ["GetResult", "PutResult", "RemoteEntry", "SftpClient", "check_key", "fingerprint", "temp_name"]
+
 log = structlog.get_logger(__name__)
 
-#: bytes per SFTP read or write request (what OpenSSH's own client sends; larger ones some servers refuse)
-CHUNK: Final = 32_768
-#: write requests outstanding at once, by default (OpenSSH's sftp client uses 64)
-DEFAULT_IN_FLIGHT: Final = 64
 DEFAULT_MAX_FILE_BYTES: Final = 1 << 30
 DEFAULT_LEDGER_DIR: Final = ".igate-bus"
-#: an SFTP channel's receive window; read requests in flight are kept to half of it, so replies never stall
-CHANNEL_WINDOW: Final = 4 << 20
 #: a ledger entry is a few hundred bytes; a larger one is not ours
 LEDGER_ENTRY_MAX_BYTES: Final = 4096
 #: what an idempotency key may look like, since it names a ledger file on the server
 KEY_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _LEDGER_DIR: Final = re.compile(r"(?!\.{1,2}(/|\Z))[A-Za-z0-9._-]{1,64}(/(?!\.{1,2}(/|\Z))[A-Za-z0-9._-]{1,64}){0,3}")
-_SSH_PORT: Final = 22
-
-# SFTP status codes (draft-ietf-secsh-filexfer-02 section 7)
-FX_OK: Final = 0
-FX_EOF: Final = 1
-FX_NO_SUCH_FILE: Final = 2
-FX_PERMISSION_DENIED: Final = 3
-FX_OP_UNSUPPORTED: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,20 +187,6 @@ class GetResult:
     resumed_from: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteEntry:
-    """A regular file found by :meth:`SftpClient.list`."""
-
-    name: str
-    size: int
-    mtime: int
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """A key as ``ssh-ed25519 SHA256:…``, the form ``ssh-keygen -lf`` and OpenSSH's prompts print."""
-    return f"{key.get_name()} {key.fingerprint}"
-
-
 def check_key(idempotency_key: str) -> str:
     """The idempotency key, which names a ledger entry on the server; ``MappingError`` when unsafe."""
     if not isinstance(idempotency_key, str) or not KEY_PATTERN.fullmatch(idempotency_key):
@@ -225,196 +209,6 @@ def _field_checked(check: Any, value: str, field: str, **kwargs: Any) -> str:
         raise MappingError(str(exc), field=field) from None
 
 
-class _UnknownHostKeyError(paramiko.SSHException):
-    """The server's host is not in the configured known_hosts."""
-
-    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
-        super().__init__(hostname)
-        self.hostname = hostname
-        self.key = key
-
-
-class _RefuseUnknownHost(paramiko.RejectPolicy):
-    """paramiko's RejectPolicy, raising an error that keeps the offered key (for its fingerprint)."""
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> NoReturn:
-        """Refuse, always."""
-        del client
-        raise _UnknownHostKeyError(hostname, key)
-
-
-class _StatusError(Exception):
-    """A pipelined request answered with an SFTP status other than OK."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(f"SFTP status {code}: {text}")
-        self.code = code
-        self.text = text
-
-
-class _DeadlineError(Exception):
-    """The operation's total deadline passed."""
-
-
-class _SourceChangedError(Exception):
-    """The local file changed while it was sent."""
-
-
-class _LocalError(Exception):
-    """Reading or writing the local spool failed (not the server's doing)."""
-
-
-@contextlib.contextmanager
-def _local(what: str) -> Iterator[None]:
-    """Tell local I/O errors apart from the server's, which paramiko also raises as ``OSError``."""
-    try:
-        yield
-    except OSError as exc:
-        raise _LocalError(f"{what}: {exc.strerror or type(exc).__name__}") from None
-
-
-class _Replies:
-    """What our pipelined requests are registered under in paramiko: keeps each reply by request number."""
-
-    __slots__ = ("__weakref__", "replies")
-
-    def __init__(self) -> None:
-        self.replies: dict[int, tuple[int, Message]] = {}
-
-    def _async_response(self, t: int, msg: Message, num: int) -> None:
-        self.replies[num] = (t, msg)
-
-
-class _Wire:
-    """Pipelined SFTP requests on paramiko's client: send many, then take each answer by its number.
-
-    paramiko's public API either waits for every request (slow on a link with latency) or, with prefetch,
-    can buffer a whole file in memory. These two private calls are the seam: ``_async_request`` sends a
-    request registered under our :class:`_Replies`, ``_read_response`` reads one packet and hands it over.
-    """
-
-    def __init__(self, sftp: paramiko.SFTPClient, tick: Any) -> None:
-        self._sftp: Any = sftp
-        self._sink = _Replies()
-        self._tick = tick
-
-    def send(self, kind: int, *args: Any) -> int:
-        """Send one request; its number."""
-        self._tick()
-        return int(self._sftp._async_request(self._sink, kind, *args))  # noqa: SLF001 - see the class docstring
-
-    def wait(self, num: int) -> tuple[int, Message]:
-        """The answer to request ``num`` (other answers that arrive meanwhile are kept)."""
-        replies = self._sink.replies
-        while num not in replies:
-            self._tick()
-            self._sftp._read_response()  # noqa: SLF001 - see the class docstring
-        return replies.pop(num)
-
-    def status(self, num: int) -> None:
-        """Wait for a request answered by a status; raise :class:`_StatusError` unless it is OK."""
-        kind, msg = self.wait(num)
-        if kind != CMD_STATUS:
-            raise paramiko.SFTPError(f"expected a status, got packet type {kind}")
-        code = msg.get_int()
-        if code != FX_OK:
-            raise _StatusError(code, _text(msg))
-
-    def read_range(self, handle: bytes, start: int, end: int, in_flight: int) -> Iterator[bytes]:
-        """The bytes ``[start, end)`` of an open file, in order, with ``in_flight`` requests outstanding.
-
-        Raises:
-            _StatusError: the file ended before ``end`` (``FX_EOF``) or the server refused a read.
-            paramiko.SFTPError: the server answered more than was asked.
-        """
-        pending: deque[tuple[int, int, int]] = deque()
-        ahead = start
-        while ahead < end or pending:
-            while ahead < end and len(pending) < in_flight:
-                size = min(CHUNK, end - ahead)
-                pending.append((self.send(CMD_READ, handle, int64(ahead), size), ahead, size))
-                ahead += size
-            num, offset, size = pending.popleft()
-            data = self._data(num, size)
-            yield data
-            # A short read is legal; fetch the rest of this block before the blocks already asked for.
-            got = len(data)
-            while got < size:
-                more = self._data(self.send(CMD_READ, handle, int64(offset + got), size - got), size - got)
-                yield more
-                got += len(more)
-
-    def _data(self, num: int, size: int) -> bytes:
-        kind, msg = self.wait(num)
-        if kind == CMD_STATUS:
-            code = msg.get_int()
-            raise _StatusError(code, _text(msg))
-        if kind != CMD_DATA:
-            raise paramiko.SFTPError(f"expected data, got packet type {kind}")
-        data = msg.get_string()
-        if not 0 < len(data) <= size:
-            raise paramiko.SFTPError(f"asked for {size} bytes, the server answered {len(data)}")
-        return data
-
-    def write_from(self, handle: bytes, chunks: Iterator[tuple[int, bytes]], in_flight: int) -> None:
-        """Write ``(offset, bytes)`` pieces with ``in_flight`` requests outstanding; every status is checked."""
-        pending: deque[int] = deque()
-        for offset, data in chunks:
-            pending.append(self.send(CMD_WRITE, handle, int64(offset), data))
-            if len(pending) >= in_flight:
-                self.status(pending.popleft())
-        while pending:
-            self.status(pending.popleft())
-
-    def fsync(self, handle: bytes) -> bool:
-        """Ask the server to flush the file to disk (``fsync@openssh.com``); False when it does not offer it."""
-        try:
-            self.status(self.send(CMD_EXTENDED, "fsync@openssh.com", handle))
-        except _StatusError as exc:
-            if exc.code == FX_OP_UNSUPPORTED:
-                return False
-            raise
-        return True
-
-
-def _text(msg: Message) -> str:
-    try:
-        return msg.get_text()[:200]
-    except (UnicodeDecodeError, paramiko.SSHException):
-        return "(no readable message)"
-
-
-def _load_private_key(connector: str, spec: ConnectorSpec) -> paramiko.PKey | None:
-    """The login key named by ``credentials.private_key`` (the key itself, or an absolute path to it)."""
-    if "private_key" not in spec.credentials:
-        return None
-    raw = credential(connector, spec, "private_key").get_secret_value()
-    passphrase = (
-        credential(connector, spec, "passphrase").get_secret_value() if "passphrase" in spec.credentials else None
-    )
-    where = f"credentials.private_key of connector {connector!r}"
-    if raw.lstrip().startswith("-----BEGIN"):
-        text = raw
-    else:
-        path = Path(raw)
-        if not path.is_absolute():
-            raise ConfigError(f"{where} must hold the private key itself or an absolute path to it")
-        try:
-            text = path.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{where}: cannot read the key file {path}: {type(exc).__name__}") from None
-    for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
-        try:
-            return key_class.from_private_key(io.StringIO(text), password=passphrase)
-        except paramiko.PasswordRequiredException:
-            raise ConfigError(f"{where} is encrypted: name its passphrase in credentials.passphrase") from None
-        except (paramiko.SSHException, ValueError):
-            continue
-    raise ConfigError(
-        f"{where} is not an OpenSSH or PEM private key (ed25519, ecdsa or rsa) or its passphrase is wrong"
-    )
-
-
 class SftpClient:
     """Uploads, lookups, downloads and listings on one SFTP server, each on its own checked connection.
 
@@ -434,40 +228,11 @@ class SftpClient:
     def __init__(self, name: str, spec: ConnectorSpec) -> None:
         self.name = name
         self.spec = spec
-        url = urlsplit(endpoint(name, spec))
-        if url.scheme != "sftp" or not url.hostname:
-            raise ConfigError(f"connector {name!r}: endpoint must be sftp://HOST[:PORT][/DIR]", field="endpoint")
-        if url.username or url.password or url.query or url.fragment:
-            raise ConfigError(
-                f"connector {name!r}: endpoint must hold no user, password, query or fragment "
-                "(the user is options.username; secrets go in credentials)",
-                field="endpoint",
-            )
-        self.host = url.hostname
-        try:
-            self.port = url.port or _SSH_PORT
-        except ValueError:
-            raise ConfigError(f"connector {name!r}: endpoint has a bad port", field="endpoint") from None
-        base = url.path.strip("/")
-        self.base = "/" + _config_path(name, base, "endpoint") if base else ""
-        self.username = required_option(name, spec, "username", "the SFTP account")
-        known = Path(required_option(name, spec, "known_hosts", "the host keys to trust"))
-        if not known.is_absolute() or not known.is_file():
-            raise ConfigError(
-                f"connector {name!r}: options.known_hosts {str(known)!r} is not an absolute path to a file",
-                field="options.known_hosts",
-            )
-        try:
-            paramiko.HostKeys(str(known))
-        except (OSError, paramiko.SSHException, ValueError) as exc:
-            raise ConfigError(
-                f"connector {name!r}: options.known_hosts {known} cannot be read: {type(exc).__name__}",
-                field="options.known_hosts",
-            ) from None
-        self.known_hosts = known
-        alias = spec.options.get("host_key_alias")
-        default_alias = self.host if self.port == _SSH_PORT else f"[{self.host}]:{self.port}"
-        self.host_key_name = str(alias) if alias else default_alias
+        #: the server, the account and the waits, checked once
+        self.target = SshTarget.from_spec(name, spec)
+        self.base = self.target.base
+        self.where = self.target.where
+        self.known_hosts = self.target.known_hosts
         ledger = str(spec.options.get("ledger_dir", DEFAULT_LEDGER_DIR))
         if not _LEDGER_DIR.fullmatch(ledger):
             raise ConfigError(
@@ -476,15 +241,7 @@ class SftpClient:
                 field="options.ledger_dir",
             )
         self.ledger_dir = ledger
-        self.max_file_bytes = _int_option(name, spec, "max_file_bytes", DEFAULT_MAX_FILE_BYTES, 0, 1 << 40)
-        self.in_flight = _int_option(name, spec, "requests_in_flight", DEFAULT_IN_FLIGHT, 1, 256)
-        self._pkey = _load_private_key(name, spec)
-        self._password = credential(name, spec, "password") if "password" in spec.credentials else None
-        if self._pkey is None and self._password is None:
-            raise ConfigError(
-                f"connector {name!r} needs credentials.private_key or credentials.password", field="credentials"
-            )
-        self.where = f"sftp://{self.host}:{self.port}"
+        self.max_file_bytes = int_option(name, spec, "max_file_bytes", DEFAULT_MAX_FILE_BYTES, 0, 1 << 40)
         #: the kit's breaker, rate limit and deadline, around every operation
         self.guard = Guard(name, spec, log_as="sftp")
 
@@ -628,12 +385,12 @@ class SftpClient:
             resumed, digest = s.download(remote, size, partial, expected_sha256)
             after = s.stat(remote)
             if after is None or after.st_size != size or after.st_mtime != info.st_mtime:
-                _discard(partial)
+                discard(partial)
                 raise TargetUnavailable(f"{relative} changed on the server while it was read")
         if expected_sha256 is not None and digest != expected_sha256:
-            _discard(partial)
+            discard(partial)
             raise TargetUnavailable(f"{relative}: the bytes read hash to {digest}, not the expected {expected_sha256}")
-        outcome = _place(partial, dest, digest)
+        outcome = place(partial, dest, digest)
         log.info(
             "sftp.get",
             connector=self.name,
@@ -666,7 +423,7 @@ class SftpClient:
 
     def _already_there(
         self,
-        s: _Session,
+        s: Session,
         fd: int,
         size: int,
         final: str,
@@ -676,7 +433,7 @@ class SftpClient:
         key: str,
     ) -> PutResult:
         """The final name is taken: the same bytes are this effect already applied; others are refused."""
-        digest = _local_sha256(fd, size)
+        digest = source_sha256(fd, size)
         _check_expected(digest, expected)
         if present.st_size != size or s.sha256_of(final, size) != digest:
             raise TargetRejected(
@@ -688,30 +445,30 @@ class SftpClient:
         s.remove_quietly(self._remote(_temp_relative(relative, key)))
         return PutResult(relative, size, digest, "already_present")
 
-    def _upload(self, s: _Session, fd: int, size: int, temp: str, expected: str | None) -> tuple[int, str]:
+    def _upload(self, s: Session, fd: int, size: int, temp: str, expected: str | None) -> tuple[int, str]:
         """Write the temporary file (continuing a verified prefix), fsync it, read it back: (resumed, sha256)."""
         hasher = hashlib.sha256()
         offset = 0
         existing = s.stat(temp)
         if existing is not None and 0 < (existing.st_size or 0) <= size:
             prefix = int(existing.st_size or 0)
-            local = _local_sha256(fd, prefix, hasher)
-            if s.sha256_of(temp, prefix) == local:
+            ours = source_sha256(fd, prefix, hasher)
+            if s.sha256_of(temp, prefix) == ours:
                 offset = prefix
             else:
                 hasher = hashlib.sha256()
         sending = time.monotonic()
         handle_file = s.sftp.open(temp, "r+" if offset else "w")
         try:
-            s.wire.write_from(s.handle(handle_file), _local_chunks(fd, offset, size, hasher), self.in_flight)
+            s.wire.write_from(s.handle(handle_file), source_chunks(fd, offset, size, hasher), self.target.in_flight)
             s.wire.fsync(s.handle(handle_file))
         finally:
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                 handle_file.close()
-        with _local("reading the source"):
+        with local("reading the source"):
             changed = os.fstat(fd).st_size != size
         if changed:
-            raise _SourceChangedError
+            raise SourceChangedError
         digest = hasher.hexdigest()
         try:
             _check_expected(digest, expected)
@@ -733,7 +490,7 @@ class SftpClient:
         return offset, digest
 
     def _commit(
-        self, s: _Session, temp: str, final: str, relative: str, size: int, digest: str, resumed: int, key: str
+        self, s: Session, temp: str, final: str, relative: str, size: int, digest: str, resumed: int, key: str
     ) -> PutResult:
         """Ledger ``staged``, rename (never over an existing file), ledger ``done``."""
         self._write_ledger(s, key, relative, size, digest, "staged")
@@ -756,7 +513,7 @@ class SftpClient:
         self._write_ledger(s, key, relative, size, digest, "done")
         return PutResult(relative, size, digest, "uploaded", resumed)
 
-    def _write_ledger(self, s: _Session, key: str, relative: str, size: int, digest: str, state: str) -> None:
+    def _write_ledger(self, s: Session, key: str, relative: str, size: int, digest: str, state: str) -> None:
         entry = {
             "key": key,
             "remote_path": relative,
@@ -779,7 +536,7 @@ class SftpClient:
             s.remove_quietly(target)  # a server without posix-rename@openssh.com: replace in two steps
             s.sftp.rename(scratch, target)
 
-    def _read_ledger(self, s: _Session, key: str) -> tuple[str, int, str, str] | None:
+    def _read_ledger(self, s: Session, key: str) -> tuple[str, int, str, str] | None:
         path = self._ledger_entry(key)
         if s.stat(path) is None:
             return None
@@ -795,7 +552,7 @@ class SftpClient:
     # -- connections ----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _session(self, operation: str, what: str, *, lookup: bool = False, guard: bool = True) -> Iterator[_Session]:
+    def _session(self, operation: str, what: str, *, lookup: bool = False, guard: bool = True) -> Iterator[Session]:
         """One connection for one operation, inside one call of the guard, its errors translated (module table).
 
         Args:
@@ -806,7 +563,7 @@ class SftpClient:
         """
         deadline = self.guard.deadline()
         with self.guard.call(deadline, guard=guard, operation=operation, target=what):
-            session = _Session(self, deadline)
+            session = Session(self.target, deadline)
             try:
                 session.open()
                 yield session
@@ -818,13 +575,13 @@ class SftpClient:
             finally:
                 session.close()
 
-    def _translate(self, exc: BaseException, s: _Session, *, lookup: bool) -> BusError:  # noqa: C901, PLR0911 - one branch per row of the module's table
+    def _translate(self, exc: BaseException, s: Session, *, lookup: bool) -> BusError:  # noqa: C901, PLR0911 - one branch per row of the module's table
         maybe = lookup or s.phase == "commit"
-        if isinstance(exc, _LocalError):
+        if isinstance(exc, LocalError):
             return TransientError(f"local spool: {exc}")
-        if isinstance(exc, _SourceChangedError):
+        if isinstance(exc, SourceChangedError):
             return MappingError("the local file changed while it was sent; finish it before publishing", field="source")
-        if isinstance(exc, _UnknownHostKeyError):
+        if isinstance(exc, UnknownHostKeyError):
             log.error("sftp.host_key_unknown", connector=self.name, host=exc.hostname, offered=fingerprint(exc.key))
             return self._operator_problem(
                 HostKeyRefused,
@@ -845,20 +602,21 @@ class SftpClient:
                 "known_hosts",
             )
         if isinstance(exc, paramiko.AuthenticationException):
-            log.error("credentials_refused", connector=self.name, what="login", host=self.host, user=self.username)
+            target = self.target
+            log.error("credentials_refused", connector=self.name, what="login", host=target.host, user=target.username)
             return self._operator_problem(
                 CredentialsRefused,
-                f"{self.where} refused the login of {self.username!r} ({type(exc).__name__}): check the bus's "
+                f"{self.where} refused the login of {target.username!r} ({type(exc).__name__}): check the bus's "
                 "account and key; events wait meanwhile",
                 "credentials",
             )
-        if isinstance(exc, _DeadlineError) or s.deadline_passed():
+        if isinstance(exc, DeadlineError) or s.deadline_passed():
             text = f"the {self.spec.timeout.total:g}s deadline passed ({s.phase})"
             return TargetTimeout(text) if maybe else TargetUnavailable(text, maybe_applied=False)
         if isinstance(exc, TimeoutError):
             text = f"no answer from {self.where} in time ({s.phase})"
             return TargetTimeout(text) if maybe else TargetUnavailable(text, maybe_applied=False)
-        if isinstance(exc, _StatusError):
+        if isinstance(exc, StatusError):
             return self._status(exc.code, exc.text, s.phase, maybe)
         if isinstance(exc, FileNotFoundError):
             return self._status(FX_NO_SUCH_FILE, str(exc.strerror or exc), s.phase, maybe)
@@ -887,210 +645,6 @@ class SftpClient:
         return TargetUnavailable(f"{self.where} failed a request ({phase}): status {code}: {text}", maybe_applied=maybe)
 
 
-class _Session:
-    """One SSH connection and its SFTP channel, bounded by one deadline; knows the phase it is in."""
-
-    def __init__(self, client: SftpClient, deadline: float) -> None:
-        self.client = client
-        self.deadline = deadline
-        self.phase = "connect"
-        self.connected = False
-        self.timings: dict[str, float] = {}
-        self._ssh: paramiko.SSHClient | None = None
-        self._sftp: paramiko.SFTPClient | None = None
-        self._wire: _Wire | None = None
-        self._ticket: int | None = None
-        self._expired = threading.Event()
-
-    @property
-    def sftp(self) -> paramiko.SFTPClient:
-        """The SFTP client of this session."""
-        assert self._sftp is not None  # noqa: S101 - only used after open()
-        self.tick()
-        return self._sftp
-
-    @property
-    def wire(self) -> _Wire:
-        """Pipelined requests on this session."""
-        assert self._wire is not None  # noqa: S101 - only used after open()
-        return self._wire
-
-    @staticmethod
-    def handle(file: paramiko.SFTPFile) -> bytes:
-        """The server's handle of an open file."""
-        return cast("bytes", file.handle)
-
-    def remaining(self) -> float:
-        """Seconds left before the deadline."""
-        return self.deadline - time.monotonic()
-
-    def deadline_passed(self) -> bool:
-        """Whether the deadline passed (or its timer already closed the connection)."""
-        return self._expired.is_set() or self.remaining() <= 0
-
-    def tick(self) -> None:
-        """Check the deadline; make the next wait on the channel end by it, and by the read timeout."""
-        left = self.remaining()
-        if left <= 0 or self._expired.is_set():
-            raise _DeadlineError
-        if self._sftp is not None:
-            channel = self._sftp.get_channel()
-            if channel is not None:
-                channel.settimeout(min(self.client.spec.timeout.read, left))
-
-    def open(self) -> None:
-        """TCP, host key, login, SFTP channel: each step bounded by the connect timeout and the deadline."""
-        client = self.client
-        self._ticket = WATCHDOG.arm(self.deadline, self._expire)
-        wait = min(client.spec.timeout.connect, max(self.remaining(), 0.001))
-        sock = socket.create_connection((client.host, client.port), timeout=wait)
-        ssh = paramiko.SSHClient()
-        self._ssh = ssh
-        try:
-            ssh.load_host_keys(str(client.known_hosts))
-        except OSError as exc:
-            raise TargetUnavailable(
-                f"known_hosts {client.known_hosts} cannot be read now ({exc.strerror}); nothing was sent",
-                field="known_hosts",
-            ) from None
-        ssh.set_missing_host_key_policy(_RefuseUnknownHost())
-        host, _, port = client.host_key_name.removeprefix("[").partition("]:")
-        # With our own socket, paramiko uses hostname and port only to look the host key up.
-        ssh.connect(
-            hostname=host if port else client.host_key_name,
-            port=int(port) if port else _SSH_PORT,
-            username=client.username,
-            password=client._password.get_secret_value() if client._password is not None else None,  # noqa: SLF001
-            pkey=client._pkey,  # noqa: SLF001
-            sock=sock,
-            timeout=wait,
-            banner_timeout=wait,
-            auth_timeout=wait,
-            channel_timeout=wait,
-            allow_agent=False,
-            look_for_keys=False,
-        )
-        transport = ssh.get_transport()
-        if transport is None:
-            raise paramiko.SSHException("no transport after login")
-        self.tick()
-        sftp = paramiko.SFTPClient.from_transport(transport, window_size=CHANNEL_WINDOW)
-        if sftp is None:
-            raise paramiko.SSHException("the server refused the SFTP channel")
-        self._sftp = sftp
-        self._wire = _Wire(sftp, self.tick)
-        self.connected = True
-        self.phase = "prepare"
-
-    def _expire(self) -> None:
-        """The deadline passed: close the connection, which wakes whatever waits on it."""
-        self._expired.set()
-        if self._ssh is not None:
-            with contextlib.suppress(Exception):  # the watchdog's thread must survive a failing close
-                self._ssh.close()
-
-    def close(self) -> None:
-        """Close the channel and the connection; disarm the deadline's watchdog."""
-        if self._ticket is not None:
-            WATCHDOG.disarm(self._ticket)
-        with contextlib.suppress(Exception):
-            if self._sftp is not None:
-                self._sftp.close()
-        with contextlib.suppress(Exception):
-            if self._ssh is not None:
-                self._ssh.close()
-
-    # -- requests -------------------------------------------------------------------------------------------
-
-    def stat(self, path: str) -> paramiko.SFTPAttributes | None:
-        """The attributes of ``path``, or None when it does not exist."""
-        try:
-            return self.sftp.stat(path)
-        except FileNotFoundError:
-            return None
-
-    def mkdirs(self, path: str) -> None:
-        """Create ``path`` and its missing parents (under the base directory)."""
-        if path in {"", "."} or self.stat(path) is not None:
-            return
-        parent = path.rpartition("/")[0]
-        if parent and parent != self.client.base:
-            self.mkdirs(parent)
-        try:
-            self.sftp.mkdir(path)
-        except OSError:
-            if self.stat(path) is None:  # not created by a concurrent attempt either
-                raise
-
-    def remove_quietly(self, path: str) -> None:
-        """Remove a file of ours if it is there; a missing file is fine."""
-        with contextlib.suppress(FileNotFoundError):
-            self.sftp.remove(path)
-
-    def sha256_of(self, path: str, size: int) -> str:
-        """SHA-256 of the first ``size`` bytes of a remote file, read back in pipelined requests."""
-        hasher = hashlib.sha256()
-        with self.sftp.open(path, "r") as file:
-            for data in self.wire.read_range(self.handle(file), 0, size, self._read_flight()):
-                hasher.update(data)
-        return hasher.hexdigest()
-
-    def _read_flight(self) -> int:
-        return max(1, min(self.client.in_flight, CHANNEL_WINDOW // (2 * CHUNK)))
-
-    def download(self, remote: str, size: int, partial: Path, expected: str | None) -> tuple[int, str]:
-        """Read a remote file into ``partial``, continuing it when ``expected`` will prove the whole."""
-        self.phase = "read"
-        hasher = hashlib.sha256()
-        offset = 0
-        with _local(f"the spool's {partial.name}"):
-            if expected is not None and partial.is_file() and partial.stat().st_size <= size:
-                with partial.open("rb") as kept:
-                    while chunk := kept.read(CHUNK * 8):
-                        hasher.update(chunk)
-                        offset += len(chunk)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (0 if offset else os.O_TRUNC)
-            fd = os.open(partial, flags, 0o640)
-        resumed = offset
-        try:
-            with self.sftp.open(remote, "r") as file:
-                for data in self.wire.read_range(self.handle(file), offset, size, self._read_flight()):
-                    hasher.update(data)
-                    with _local(f"the spool's {partial.name}"):
-                        os.pwrite(fd, data, offset)
-                    offset += len(data)
-            with _local(f"the spool's {partial.name}"):
-                os.ftruncate(fd, size)
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        return resumed, hasher.hexdigest()
-
-    def listing(self, path: str, limit: int) -> tuple[list[RemoteEntry], int, bool]:
-        """Up to ``limit`` regular files of a directory, sorted by name; unsafe names counted."""
-        entries: list[RemoteEntry] = []
-        skipped = 0
-        truncated = False
-        for attr in self.sftp.listdir_iter(path):
-            self.tick()
-            if attr.st_mode is None or not stat.S_ISREG(attr.st_mode):
-                continue
-            try:
-                name = check_name(attr.filename)
-            except ValueError:
-                skipped += 1
-                continue
-            if name != attr.filename:  # not NFC on the server: another name than the one we would ask for
-                skipped += 1
-                continue
-            if len(entries) >= limit:
-                truncated = True
-                break
-            entries.append(RemoteEntry(name, int(attr.st_size or 0), int(attr.st_mtime or 0)))
-        entries.sort(key=lambda e: e.name)
-        return entries, skipped, truncated
-
-
 # -- local helpers ------------------------------------------------------------------------------------------
 
 
@@ -1101,56 +655,9 @@ def _for_lookup(exc: BusError) -> BusError:
     return TargetUnavailable(f"lookup failed: {exc}", field=exc.field, maybe_applied=True)
 
 
-def _config_path(connector: str, value: str, field: str) -> str:
-    try:
-        return check_relative_path(value)
-    except ValueError as exc:
-        raise ConfigError(f"connector {connector!r}: {field}: {exc}", field=field) from None
-
-
-def _int_option(connector: str, spec: ConnectorSpec, key: str, default: int, low: int, high: int) -> int:
-    value = spec.options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(
-            f"connector {connector!r}: options.{key} must be a whole number from {low} to {high}",
-            field=f"options.{key}",
-        )
-    return value
-
-
 def _temp_relative(relative: str, key: str) -> str:
     directory, _, name = relative.rpartition("/")
     return f"{directory}/{temp_name(name, key)}" if directory else temp_name(name, key)
-
-
-def _local_chunks(fd: int, offset: int, size: int, hasher: Any) -> Iterator[tuple[int, bytes]]:
-    """``(offset, bytes)`` pieces of the local file from ``offset`` to ``size``, hashed as they are read."""
-    while offset < size:
-        with _local("reading the source"):
-            data = os.pread(fd, min(CHUNK, size - offset), offset)
-        if not data:
-            raise _SourceChangedError
-        hasher.update(data)
-        yield offset, data
-        offset += len(data)
-    with _local("reading the source"):
-        beyond = os.pread(fd, 1, size)
-    if beyond:
-        raise _SourceChangedError
-
-
-def _local_sha256(fd: int, size: int, hasher: Any = None) -> str:
-    """SHA-256 of the first ``size`` bytes of a local file (feeding ``hasher`` when given)."""
-    hasher = hasher if hasher is not None else hashlib.sha256()
-    offset = 0
-    while offset < size:
-        with _local("reading the source"):
-            data = os.pread(fd, min(CHUNK * 8, size - offset), offset)
-        if not data:
-            raise _SourceChangedError
-        hasher.update(data)
-        offset += len(data)
-    return str(hasher.hexdigest())
 
 
 def _parse_ledger(raw: bytes, key: str) -> tuple[str, int, str, str]:
@@ -1170,31 +677,3 @@ def _parse_ledger(raw: bytes, key: str) -> tuple[str, int, str, str]:
 def _check_expected(digest: str, expected: str | None) -> None:
     if expected is not None and digest != expected:
         raise MappingError(f"the file's bytes hash to {digest}, not to the sha256 the request gives", field="sha256")
-
-
-def _discard(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _place(partial: Path, dest: Path, digest: str) -> str:
-    """Move a verified download into place without overwriting a different file; ``downloaded`` or not."""
-    try:
-        os.link(partial, dest)
-    except FileExistsError:
-        with dest.open("rb") as existing:
-            same = hashlib.file_digest(existing, "sha256").hexdigest() == digest
-        _discard(partial)
-        if not same:
-            raise MappingError(
-                "the spool already holds another file under that name; not overwritten", field="dest"
-            ) from None
-        return "already_present"
-    _discard(partial)
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return "downloaded"

@@ -7,21 +7,29 @@ path's segments pass :func:`schemas.sftp.check_relative_path`, then the resolved
 followed) must still be inside the spool, and a source must be a regular file, opened without following a
 final symbolic link. A producer writes a file elsewhere (or under a dot-name) and renames it into the spool
 when it is complete, then publishes ``file.ready``: a file that changes while it is sent is refused.
+
+Also here, because they are the local side of every transfer: reading a source in blocks while hashing it
+(:func:`source_chunks`, :func:`source_sha256`), putting a verified download in place without overwriting
+another file (:func:`place`), and telling a local disk error from the server's (:func:`local`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from schemas.errors import ConfigError, MappingError
 from schemas.sftp import check_relative_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+#: bytes read from a local file at once
+READ_BLOCK: Final = 32_768
 
 
 class Spool:
@@ -90,3 +98,79 @@ class Spool:
     def relative(self, path: Path) -> str:
         """``path`` relative to the spool, as a reply shows it."""
         return path.relative_to(self.root).as_posix()
+
+
+class SourceChangedError(Exception):
+    """The local file changed while it was sent (its producer did not finish it before publishing)."""
+
+
+class LocalError(Exception):
+    """Reading or writing the local spool failed (not the server's doing)."""
+
+
+@contextlib.contextmanager
+def local(what: str) -> Iterator[None]:
+    """Tell local I/O errors apart from the server's, which paramiko also raises as ``OSError``."""
+    try:
+        yield
+    except OSError as exc:
+        raise LocalError(f"{what}: {exc.strerror or type(exc).__name__}") from None
+
+
+def source_chunks(fd: int, offset: int, size: int, hasher: Any) -> Iterator[tuple[int, bytes]]:
+    """``(offset, bytes)`` pieces of the local file from ``offset`` to ``size``, hashed as they are read."""
+    while offset < size:
+        with local("reading the source"):
+            data = os.pread(fd, min(READ_BLOCK, size - offset), offset)
+        if not data:
+            raise SourceChangedError
+        hasher.update(data)
+        yield offset, data
+        offset += len(data)
+    with local("reading the source"):
+        beyond = os.pread(fd, 1, size)
+    if beyond:
+        raise SourceChangedError
+
+
+def source_sha256(fd: int, size: int, hasher: Any = None) -> str:
+    """SHA-256 of the first ``size`` bytes of a local file (feeding ``hasher`` when given)."""
+    hasher = hasher if hasher is not None else hashlib.sha256()
+    offset = 0
+    while offset < size:
+        with local("reading the source"):
+            data = os.pread(fd, min(READ_BLOCK * 8, size - offset), offset)
+        if not data:
+            raise SourceChangedError
+        hasher.update(data)
+        offset += len(data)
+    return str(hasher.hexdigest())
+
+
+def discard(path: Path) -> None:
+    """Remove a partial file of ours; a missing one is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def place(partial: Path, dest: Path, digest: str) -> str:
+    """Move a verified download into place without overwriting a different file; ``downloaded`` or not."""
+    try:
+        os.link(partial, dest)
+    except FileExistsError:
+        with dest.open("rb") as existing:
+            same = hashlib.file_digest(existing, "sha256").hexdigest() == digest
+        discard(partial)
+        if not same:
+            raise MappingError(
+                "the spool already holds another file under that name; not overwritten", field="dest"
+            ) from None
+        return "already_present"
+    discard(partial)
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return "downloaded"

@@ -87,6 +87,18 @@ _KINDS: Final = (
 )
 
 
+#: the kinds that mean a name appeared (a creation, a link, a rename into it)
+_ARRIVALS: Final = frozenset({"created", "moved_to"})
+
+
+def _inode(path: Path) -> int | None:
+    """The inode of ``path`` now, or None when it is already gone."""
+    try:
+        return path.lstat().st_ino
+    except OSError:
+        return None
+
+
 class SshdNotFoundError(RuntimeError):
     """No sshd binary: install openssh-server (``make services`` does, as root)."""
 
@@ -101,11 +113,17 @@ class FileRecord:
 
 @dataclass(frozen=True, slots=True)
 class FsEvent:
-    """One thing the server's file system saw, relative to the root (``kind``: written, moved_to, ...)."""
+    """One thing the server's file system saw, relative to the root (``kind``: written, moved_to, ...).
+
+    ``inode`` is the file's inode when a name appeared (``created``, ``moved_to``), so one file seen twice
+    (by its event and by the scan of a directory it was created in before the directory was watched) counts
+    once, and a file replaced under the same name counts twice.
+    """
 
     kind: str
     path: str
     at: float
+    inode: int | None = None
 
 
 def find_sshd() -> str:
@@ -245,10 +263,23 @@ class _Inotify:
             if mask & _IN_ISDIR:
                 if mask & (_IN_CREATE | _IN_MOVED_TO):
                     self._watch_tree(path)
+                    self._scan(path, now)
                 continue
             kind = next((name for bit, name in _KINDS if mask & bit), None)
             if kind is not None:
-                self._sink(FsEvent(kind, path.relative_to(self.root).as_posix(), now))
+                self._sink(FsEvent(kind, self._relative(path), now, _inode(path) if kind in _ARRIVALS else None))
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _scan(self, directory: Path, now: float) -> None:
+        """Report the files a new directory already holds: they may have come before its watch did."""
+        for current, _dirs, names in os.walk(directory):
+            for name in names:
+                path = Path(current) / name
+                inode = _inode(path)
+                if inode is not None:
+                    self._sink(FsEvent("created", self._relative(path), now, inode))
 
     def close(self) -> None:
         """Stop the thread and close the descriptor."""
@@ -286,6 +317,7 @@ class SftpSimulator:
         self._proc: subprocess.Popen[bytes] | None = None
         self._watcher: _Inotify | None = None
         self._events: list[FsEvent] = []
+        self._arrived: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
         self.host_public_key = ""
 
@@ -397,9 +429,15 @@ class SftpSimulator:
         self.events()
         with self._lock:
             self._events.clear()
+            self._arrived.clear()
 
     def _record(self, event: FsEvent) -> None:
         with self._lock:
+            if event.inode is not None:
+                seen = (event.path, event.inode)
+                if seen in self._arrived:
+                    return  # the same file, reported by a directory scan and by its own event
+                self._arrived.add(seen)
             self._events.append(event)
         if self.on_event is not None:
             self.on_event(event)

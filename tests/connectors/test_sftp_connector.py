@@ -98,7 +98,8 @@ def test_200_files_arrive_once_each_byte_identical_and_a_second_send_uploads_not
 
     on_disk = sftp_sim.files()
     assert {p: (r.size, r.sha256) for p, r in on_disk.items()} == expected
-    assert all(arrivals(sftp_sim, p) == 1 for p in expected), "a file arrived under its final name more than once"
+    odd = {p: arrivals(sftp_sim, p) for p in expected if arrivals(sftp_sim, p) != 1}
+    assert not odd, f"files that did not arrive exactly once under their final name: {odd}"
     leftovers = [p for p in sftp_sim.files(hidden=True) if p.endswith(".part")]
     assert leftovers == []
     assert sum(1 for s, _ in expected.values() if s == 0) == 1 and max(s for s, _ in expected.values()) == 20 << 20

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,25 @@ def test_without_sshd_starting_fails_with_what_to_install(monkeypatch: pytest.Mo
     monkeypatch.setattr(sim_module, "SSHD_CANDIDATES", ("/nonexistent/sshd",))
     with pytest.raises(SshdNotFoundError, match=r"make services.*openssh-server"):
         SftpSimulator().start()
+
+
+def test_files_made_in_a_new_directory_before_it_is_watched_are_recorded_once(sftp_sim: SftpSimulator) -> None:
+    """100 fresh directories, each with a file at once ▶ every file appears once in the record, never 0 or 2
+    (the watcher scans a directory it starts watching, and an inode seen twice counts once)."""
+    for i in range(100):
+        folder = sftp_sim.root / "burst" / str(i) / "deep"
+        folder.mkdir(parents=True)
+        (folder / "f.bin").write_bytes(b"x")
+    wanted = {f"burst/{i}/deep/f.bin" for i in range(100)}
+
+    def counted() -> dict[str, int]:
+        counts = dict.fromkeys(wanted, 0)
+        for e in sftp_sim.events():
+            if e.path in counts and e.kind in {"created", "moved_to"}:
+                counts[e.path] += 1
+        return counts
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and 0 in counted().values():
+        time.sleep(0.05)
+    assert set(counted().values()) == {1}
