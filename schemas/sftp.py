@@ -13,7 +13,7 @@ servers some agencies run), so nothing in it can climb out of the directory it w
 is. :func:`check_name` allows:
 
 - any letters, digits, marks, punctuation and symbols of Unicode, and the plain space, normalised to NFC
-  (so ``Đắk Lắk`` typed in NFD and in NFC is one name, DESIGN.md);
+  (so ``Đắk Lắk`` typed in NFD and in NFC is one name, docs/design.md);
 - at most :data:`MAX_NAME_BYTES` bytes in UTF-8 (the temporary name adds a prefix and a suffix and must
   still fit the 255-byte limit of common file systems).
 
