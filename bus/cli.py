@@ -61,11 +61,13 @@ def check(config_dir: Path | None) -> None:
 # Every command must turn expected failures into one line on stderr and an exit code, never a traceback.
 # -------------------------------------------------------------------------------------------------------
 def _register() -> None:
+    from bus.cli_dlq import dlq
+    from bus.cli_list import list_
     from bus.cli_ops import COMMANDS
     from bus.cli_serve import COMMANDS as SERVE_COMMANDS
     from bus.cli_status import COMMANDS as STATUS_COMMANDS
 
-    for command in [*COMMANDS, *STATUS_COMMANDS, *SERVE_COMMANDS]:
+    for command in [*COMMANDS, dlq, list_, *STATUS_COMMANDS, *SERVE_COMMANDS]:
         main.add_command(command)
 
 

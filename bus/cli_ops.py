@@ -1,4 +1,4 @@
-"""The operational commands of ``igate-bus``: run, publish, map, dlq, topology, simulate.
+"""The operational commands of ``igate-bus``: run, publish, map, topology, simulate, demo (dlq: cli_dlq.py).
 
 Each command turns every expected failure (bad config, bad event file, broker down) into one clear line on
 stderr and exit code 2 (usage, config, input) or 1 (runtime), never a traceback.
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from bus.wiring import App
+    from routes.model import Route
+    from schemas.envelope import Event
 
 
 def _settings(config: Path | None) -> Settings:
@@ -66,8 +68,10 @@ config_option = click.option(
 @click.option("--routes", "route_names", default="", help="Comma-separated route names (default: all enabled).")
 def run(config: Path | None, route_names: str) -> None:
     """Run the worker: consume the routes' queues until SIGTERM/SIGINT, then drain and stop."""
+    import threading
+
     from bus.logging import configure_logging
-    from bus.wiring import build_worker
+    from bus.wiring import build_worker, warn_stale
     from schemas.errors import ConfigError
 
     app = _load(config)
@@ -77,6 +81,8 @@ def run(config: Path | None, route_names: str) -> None:
     except ConfigError as exc:
         _fail(str(exc))
     worker.install_signal_handlers()
+    # queues of removed routes keep taking events nobody reads: say so at start, off the way of consumption
+    threading.Thread(target=warn_stale, args=(app,), name="igate-bus-stale-check", daemon=True).start()
     try:
         worker.run()
     finally:
@@ -149,10 +155,16 @@ def publish(source: str, exchange: str, no_validate: bool) -> None:
 @click.command(name="map")
 @click.option("--route", "route_name", required=True, help="The route whose adapter to run.")
 @click.argument("event_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--force", is_flag=True, help="Render it even when the route would not take this event (the output says so)."
+)
 @config_option
-def map_(route_name: str, event_file: Path, config: Path | None) -> None:
-    """Dry run: show what a route's adapter makes of an event file (no broker, no store, no network)."""
-    from routes.pipeline import _truthy
+def map_(route_name: str, event_file: Path, force: bool, config: Path | None) -> None:
+    """Dry run: show what a route's adapter makes of an event file (no broker, no store, no network).
+
+    Exits 1 without rendering when the worker would never hand the route this event (its bindings do not
+    take the event type, its ``when`` is false for it, or it is disabled); ``--force`` renders it anyway.
+    """
     from schemas.envelope import parse_event
     from schemas.errors import BusError
     from schemas.events import EVENT_PAYLOADS
@@ -163,14 +175,41 @@ def map_(route_name: str, event_file: Path, config: Path | None) -> None:
         _fail(f"unknown route {route_name!r}; known: {', '.join(r.spec.name for r in app.routes)}")
     try:
         event = parse_event(event_file.read_bytes(), payload_models=EVENT_PAYLOADS)
-        if route.when is not None and not _truthy(route.when.search(event.as_dict())):
-            click.echo(f"route {route_name}: skipped (when: {route.spec.when} is false for this event)")
-            return
+        refused = why_not(route, event)
+        if refused and not force:
+            _fail(
+                f"route {route_name}: {refused}: the worker would never hand it this event (--force renders it anyway)",
+                code=1,
+            )
         request = route.adapter(event, now=datetime.now(UTC))
     except BusError as exc:
         _fail(f"{event_file}: {exc.kind}: {exc}")
     click.echo(f"# route {route_name}: {route.spec.adapter} -> {route.spec.to} ({type(request).__name__})")
+    if refused:
+        click.echo(f"# FORCED: {refused}; the worker would never send this")
     click.echo(_render(app, route.connector, route.operation, request))
+
+
+def why_not(route: Route, event: Event) -> str | None:
+    """Why the worker would never hand ``route`` this event, or None when it would (pure).
+
+    The same three gates the message path has: the route is enabled, one of its binding keys matches the
+    event type (as RabbitMQ matches topic keys), and its ``when`` holds for the event.
+    """
+    from routes.model import binding_matches
+    from routes.pipeline import _truthy
+
+    spec = route.spec
+    event_type = event.envelope.event_type
+    if not spec.enabled:
+        return "is disabled (enabled: false in routes.yaml)"
+    if not spec.from_.events:
+        return f"binds no event type: it runs on a schedule ({spec.from_.schedule})"
+    if not any(binding_matches(key, event_type) for key in spec.from_.events):
+        return f"does not bind {event_type} (it binds {', '.join(spec.from_.events)} on {spec.from_.exchange})"
+    if route.when is not None and not _truthy(route.when.search(event.as_dict())):
+        return f"skips this event: its when ({spec.when}) is false for it"
+    return None
 
 
 def _render(app: App, connector: str, operation: str, request: Any) -> str:
@@ -191,187 +230,35 @@ def _render(app: App, connector: str, operation: str, request: Any) -> str:
     return dumped
 
 
-@click.group()
-def dlq() -> None:
-    """Dead letters: list, show, replay (same event_id) and purge, per route or 'unrouted'."""
-
-
-def _dlq_routes(app: App, route: str | None) -> list[str]:
-    from routes.topology import UNROUTED_QUEUE
-
-    names = [r.spec.name for r in app.routes] + [UNROUTED_QUEUE]
-    if route is not None and route not in names:
-        _fail(f"unknown route {route!r}; known: {', '.join(names)}")
-    return [route] if route else names
-
-
-def _dead_letters(app: App) -> Any:
-    import pika
-
-    from routes.amqp import parameters
-    from routes.dlq import DeadLetters
-
-    try:
-        conn = pika.BlockingConnection(parameters(app.settings.amqp_url.get_secret_value(), name="igate-bus dlq"))
-    except pika.exceptions.AMQPError as exc:
-        _fail(f"cannot reach RabbitMQ at {app.settings.amqp_url}: {exc!r}", code=1)
-    return conn, DeadLetters(conn)
-
-
-def _filter(event_ids: tuple[str, ...], kind: str | None, dossier: str | None) -> Any:
-    from routes.dlq import match
-
-    return match(event_ids=set(event_ids) or None, kind=kind, dossier_code=dossier)
-
-
-route_opt = click.option("--route", "route", default=None, help="A route name, or 'unrouted' (default: all).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="JSON output.")
-filter_opts = [
-    click.option("--event-id", "event_ids", multiple=True, help="Only these event ids (repeatable)."),
-    click.option("--kind", default=None, help="Only this error kind (prefix), e.g. invalid, rejected."),
-    click.option("--dossier", default=None, help="Only this dossier code."),
-]
-
-
-def _with_filters(f: Any) -> Any:
-    for opt in reversed(filter_opts):
-        f = opt(f)
-    return f
-
-
-@dlq.command(name="list")
-@route_opt
-@json_opt
-@_with_filters
-@config_option
-def dlq_list(
-    route: str | None,
-    as_json: bool,
-    event_ids: tuple[str, ...],
-    kind: str | None,
-    dossier: str | None,
-    config: Path | None,
-) -> None:
-    """List dead letters with their reasons."""
-    app = _load(config)
-    conn, dl = _dead_letters(app)
-    try:
-        rows = [
-            d.summary() for r in _dlq_routes(app, route) for d in dl.browse(r, where=_filter(event_ids, kind, dossier))
-        ]
-    finally:
-        conn.close()
-    if as_json:
-        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("queue", "event_id", "event_type", "dossier", "kind", "attempts", "error", title="dead letters")
-    for row in rows:
-        table.add_row(
-            row["queue"],
-            row["event_id"] or "-",
-            row["event_type"] or "-",
-            row["dossier_code"] or "-",
-            row["error_kind"],
-            str(row["attempts"] or "-"),
-            (row["error"] or "")[:80],
-        )
-    Console().print(table)
-    click.echo(f"{len(rows)} dead letter(s)")
-
-
-@dlq.command(name="show")
-@click.argument("event_id")
-@route_opt
-@config_option
-def dlq_show(event_id: str, route: str | None, config: Path | None) -> None:
-    """Show one dead letter whole: headers and body."""
-    app = _load(config)
-    conn, dl = _dead_letters(app)
-    try:
-        found = [d for r in _dlq_routes(app, route) for d in dl.browse(r, where=_filter((event_id,), None, None))]
-    finally:
-        conn.close()
-    if not found:
-        _fail(f"no dead letter with event_id {event_id}", code=1)
-    for d in found:
-        headers = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in d.headers.items()}
-        click.echo(json.dumps({**d.summary(), "headers": headers}, ensure_ascii=False, indent=2, default=str))
-        click.echo(d.body.decode("utf-8", errors="replace"))
-
-
-@dlq.command(name="replay")
-@route_opt
-@json_opt
-@_with_filters
-@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of the selected queues.")
-@config_option
-def dlq_replay(
-    route: str | None,
-    as_json: bool,
-    event_ids: tuple[str, ...],
-    kind: str | None,
-    dossier: str | None,
-    replay_all: bool,
-    config: Path | None,
-) -> None:
-    """Send dead letters back to their route, keeping their event_id."""
-    if not (replay_all or event_ids or kind or dossier):
-        _fail("say what to replay: --all, --event-id, --kind or --dossier")
-    app = _load(config)
-    conn, dl = _dead_letters(app)
-    try:
-        counts = {r: dl.replay(r, where=_filter(event_ids, kind, dossier)) for r in _dlq_routes(app, route)}
-    finally:
-        conn.close()
-    counts = {k: v for k, v in counts.items() if v}
-    click.echo(json.dumps(counts) if as_json else f"replayed {sum(counts.values())}: {counts}")
-
-
-@dlq.command(name="purge")
-@route_opt
-@json_opt
-@_with_filters
-@click.option("--all", "purge_all", is_flag=True, help="Delete every dead letter of the selected queues.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@config_option
-def dlq_purge(
-    route: str | None,
-    as_json: bool,
-    event_ids: tuple[str, ...],
-    kind: str | None,
-    dossier: str | None,
-    purge_all: bool,
-    yes: bool,
-    config: Path | None,
-) -> None:
-    """Delete dead letters (after you have dealt with them)."""
-    if not (purge_all or event_ids or kind or dossier):
-        _fail("say what to purge: --all, --event-id, --kind or --dossier")
-    if not yes and not click.confirm("Delete the selected dead letters for good?", default=False):
-        _fail("nothing purged", code=1)
-    app = _load(config)
-    conn, dl = _dead_letters(app)
-    try:
-        counts = {r: dl.purge(r, where=_filter(event_ids, kind, dossier)) for r in _dlq_routes(app, route)}
-    finally:
-        conn.close()
-    counts = {k: v for k, v in counts.items() if v}
-    click.echo(json.dumps(counts) if as_json else f"purged {sum(counts.values())}: {counts}")
 
 
 @click.command()
 @config_option
 @json_opt
 @click.option("--declare", "do_declare", is_flag=True, help="Also declare it on the broker.")
-def topology(config: Path | None, as_json: bool, do_declare: bool) -> None:
-    """Print (and optionally declare) the exchanges, queues, arguments and bindings the routes need."""
+@click.option(
+    "--stale",
+    "show_stale",
+    is_flag=True,
+    help="List our queues and bindings on the broker that no route declares (needs the management API).",
+)
+@click.option("--prune", is_flag=True, help="Remove those stale queues (when empty) and bindings; says what it did.")
+@click.option("--force", is_flag=True, help="With --prune: delete stale queues even with messages or consumers.")
+def topology(config: Path | None, as_json: bool, do_declare: bool, show_stale: bool, prune: bool, force: bool) -> None:
+    """Print (and optionally declare) the exchanges, queues, arguments and bindings the routes need.
+
+    With --stale or --prune, also compare with what the broker has: queues named route.*, retry.*, dlq.* and
+    bindings of our exchanges to them that no route in the config declares (a removed route, a removed key).
+    --prune unbinds stale bindings, deletes stale queues that are empty and unread, and unbinds (but keeps)
+    those still holding messages; --force deletes those too. No other queue is ever touched.
+    """
     from bus.wiring import declare_topology, topology_of
     from routes.topology import EVENTS_EXCHANGE, RESULTS_EXCHANGE, UNROUTED_EXCHANGE
     from schemas.errors import ConfigError
 
+    if force and not prune:
+        _fail("--force goes with --prune")
     app = _load(config)
     topo = topology_of(app.routes)
     exchanges = {
@@ -385,20 +272,69 @@ def topology(config: Path | None, as_json: bool, do_declare: bool) -> None:
             {"name": q.name, "arguments": q.arguments, "bindings": [list(b) for b in q.bindings]} for q in topo.queues
         ],
     }
+    if show_stale or prune:
+        data.update(_stale_and_prune(app, prune=prune, force=force))
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        for name, kind in exchanges.items():
-            click.echo(f"exchange {name}: {kind}")
-        for q in topo.queues:
-            binds = ", ".join(f"{e}:{k}" for e, k in q.bindings) or "-"
-            click.echo(f"queue {q.name}  {q.arguments}  bound: {binds}")
+        _print_topology(data)
     if do_declare:
         try:
             declare_topology(app.settings, app.routes)
         except ConfigError as exc:
             _fail(str(exc), code=1)
         click.echo("declared")
+
+
+def _print_topology(data: dict[str, Any]) -> None:
+    for name, kind in data["exchanges"].items():
+        click.echo(f"exchange {name}: {kind}")
+    for q in data["queues"]:
+        binds = ", ".join(f"{e}:{k}" for e, k in q["bindings"]) or "-"
+        click.echo(f"queue {q['name']}  {q['arguments']}  bound: {binds}")
+    if "stale" in data:
+        lines = data["stale"]["lines"]
+        click.echo(f"stale: {len(lines)} finding(s)" + (":" if lines else " (the broker has only what routes declare)"))
+        for line in lines:
+            click.echo(f"  {line}")
+    for line in data.get("pruned", []):
+        click.echo(f"pruned: {line}")
+    for line in data.get("kept", []):
+        click.echo(f"kept: {line}")
+
+
+def _stale_and_prune(app: App, *, prune: bool, force: bool) -> dict[str, Any]:
+    """The stale findings (and what --prune did about them), JSON-ready; exits 1 when the broker cannot say."""
+    import pika
+
+    from bus.cli_logs import logs_after_report
+    from bus.wiring import stale_topology
+    from routes.amqp import parameters
+    from routes.broker_admin import ManagementUnavailable
+    from routes.stale import prune as prune_stale
+
+    with logs_after_report("warning", app.settings.log_format):
+        try:
+            stale = stale_topology(app)
+        except ManagementUnavailable as exc:
+            _fail(f"cannot list the broker's queues: {exc}", code=1)
+        out: dict[str, Any] = {"stale": {**stale.as_json(), "lines": stale.lines()}}
+        if prune and stale:
+            try:
+                conn = pika.BlockingConnection(
+                    parameters(app.settings.amqp_url.get_secret_value(), name="igate-bus topology --prune")
+                )
+            except pika.exceptions.AMQPError as exc:
+                _fail(f"cannot reach RabbitMQ at {app.settings.amqp_url}: {exc!r}", code=1)
+            try:
+                report = prune_stale(conn, stale, force=force)
+            finally:
+                if conn.is_open:
+                    conn.close()
+            out.update({"pruned": report.done, "kept": report.kept})
+        elif prune:
+            out.update({"pruned": [], "kept": []})
+    return out
 
 
 @click.command()
@@ -432,18 +368,19 @@ def simulate(system: str, host: str, port: int | None, token_ttl: float | None) 
         igate.serve(host, port or igate.DEFAULT_PORT, token_ttl_s=token_ttl or igate.DEFAULT_TOKEN_TTL_S)
 
 
-COMMANDS = [run, publish, map_, dlq, topology, simulate]
+COMMANDS = [run, publish, map_, topology, simulate]
 
 
 @click.command()
 @click.option("--dossiers", default=300, show_default=True, help="dossier.received events to publish.")
-def demo(dossiers: int) -> None:
-    """Run the bus against the iGate simulator with a live table, then print a summary."""
+@click.option("--keep", is_flag=True, help="Keep the demo's own vhost afterwards, to explore it with igate-bus dlq.")
+def demo(dossiers: int, keep: bool) -> None:
+    """Run the bus against the simulators with a live table, in a vhost of its own, then print a summary."""
     from bus.demo import Plan, run_demo
     from schemas.errors import ConfigError
 
     try:
-        code = run_demo(Plan(received=dossiers))
+        code = run_demo(Plan(received=dossiers), keep=keep)
     except ConfigError as exc:
         _fail(str(exc))
     sys.exit(code)

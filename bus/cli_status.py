@@ -82,6 +82,16 @@ class BrokerCheck(BaseModel):
     detail: str
 
 
+class StaleCheck(BaseModel):
+    """Queues and bindings of ours on the broker that no route declares (routes/stale.py)."""
+
+    checked: bool = Field(description="False when the management API could not be asked; `error` says why.")
+    error: str | None = None
+    queues: list[dict[str, Any]] = Field(default_factory=list)
+    bindings: list[dict[str, Any]] = Field(default_factory=list)
+    lines: list[str] = Field(default_factory=list, description="One readable line per finding.")
+
+
 class StatusReport(BaseModel):
     """What ``igate-bus status --json`` prints."""
 
@@ -90,6 +100,7 @@ class StatusReport(BaseModel):
     broker: BrokerCheck
     connectors: list[ConnectorRow]
     routes: list[dict[str, Any]] = Field(description="RouteStatus objects of bus/ops_api.py.")
+    stale: StaleCheck | None = Field(default=None, description="Null when not checked (--no-stale).")
 
 
 # -- gathering -------------------------------------------------------------------------------------------
@@ -149,29 +160,44 @@ def probe_connector(app: App, name: str) -> Health:
         pool.shutdown(wait=False)
 
 
-def gather(app: App, *, bus_url: str | None, probe: bool) -> StatusReport:
-    """Ask the bus, probe the connectors and read the queues, in parallel; merge into one report.
+def check_stale(app: App) -> StaleCheck:
+    """Ask the management API for our queues and bindings that no route declares; never raises."""
+    from bus.wiring import stale_topology
+    from routes.broker_admin import ManagementUnavailable
+
+    try:
+        stale = stale_topology(app)
+    except ManagementUnavailable as exc:
+        return StaleCheck(checked=False, error=str(exc))
+    return StaleCheck(checked=True, **stale.as_json(), lines=stale.lines())
+
+
+def gather(app: App, *, bus_url: str | None, probe: bool, stale: bool = True) -> StatusReport:
+    """Ask the bus, probe the connectors, read the queues and look for stale ones, in parallel; merge.
 
     Args:
         app: the loaded config.
         bus_url: the running bus's ops endpoint, or None not to ask one.
         probe: probe each connector from here.
+        stale: ask the management API for queues and bindings no route declares.
     """
     from bus.metrics import QueueInspector
     from bus.wiring import select_routes
 
     routes = select_routes(app.routes, None)
     names = sorted({r.connector for r in routes})
-    with ThreadPoolExecutor(len(names) + 2, thread_name_prefix="igate-bus-status") as pool:
+    with ThreadPoolExecutor(len(names) + 3, thread_name_prefix="igate-bus-status") as pool:
         bus_f = pool.submit(ask_bus, bus_url) if bus_url else None
         probe_fs = {n: pool.submit(probe_connector, app, n) for n in names} if probe else {}
         queues_f = pool.submit(QueueInspector(app.settings.amqp_url.get_secret_value(), routes, cache_s=0).inspect)
+        stale_f = pool.submit(check_stale, app) if stale else None
         bus, bus_error = bus_f.result() if bus_f is not None else (None, None)
         probes = {n: f.result() for n, f in probe_fs.items()}
         try:
             infos, broker = queues_f.result(), BrokerCheck(ok=True, detail="queues read")
         except Exception as exc:
             infos, broker = [], BrokerCheck(ok=False, detail=f"{type(exc).__name__}: {exc}"[:300])
+        stale_check = stale_f.result() if stale_f is not None else None
     connectors = [_connector_row(n, bus, probes.get(n)) for n in names]
     return StatusReport(
         checked_at=datetime.now(UTC),
@@ -179,6 +205,7 @@ def gather(app: App, *, bus_url: str | None, probe: bool) -> StatusReport:
         broker=broker,
         connectors=connectors,
         routes=_route_rows(routes, infos, {c.name: c.state for c in connectors}, bus),
+        stale=stale_check,
     )
 
 
@@ -243,6 +270,7 @@ def _n(value: int | None) -> str:
 def render(report: StatusReport) -> None:
     """Print the report as one rich table, with a line on the bus and the broker."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="igate-bus status", title_justify="left")
@@ -262,8 +290,10 @@ def render(report: StatusReport) -> None:
             "",
             "",
             "",
-            f"{c.detail} ({c.source})"
-            + ("" if c.probe is None or c.source == "probe" else f"; probe now: {c.probe.state}"),
+            escape(
+                f"{c.detail} ({c.source})"
+                + ("" if c.probe is None or c.source == "probe" else f"; probe now: {c.probe.state}")
+            ),
         )
     for r in report.routes:
         q, dead = r["queue"], r["dlq"]
@@ -295,7 +325,14 @@ def render(report: StatusReport) -> None:
         console.print(f"bus: {bus.url} answered, ready={bus.ready}")
     else:
         console.print(f"bus: {bus.url} did not answer ({bus.error}); states are from probes run now")
-    console.print(f"broker: {'ok' if report.broker.ok else 'unreachable: ' + report.broker.detail}")
+    console.print(f"broker: {'ok' if report.broker.ok else 'unreachable: ' + report.broker.detail}", markup=False)
+    stale = report.stale
+    if stale is not None and not stale.checked:
+        console.print(f"stale queues: not checked: {stale.error}", markup=False)
+    elif stale is not None and stale.lines:
+        console.print(f"[yellow]stale: {len(stale.lines)} finding(s); `igate-bus topology --prune` removes them:[/]")
+        for line in stale.lines:
+            console.print(f"  {line}", markup=False)
 
 
 # -- the command -----------------------------------------------------------------------------------------
@@ -336,27 +373,28 @@ def _load(config: Path | None) -> App:
     help="Ops endpoint of the running bus (default: http://127.0.0.1:$IGATE_BUS_OPS_PORT, 8610); 'none' skips it.",
 )
 @click.option("--no-probe", is_flag=True, help="Do not probe the connectors from here.")
-def status(config: Path | None, as_json: bool, bus_url: str | None, no_probe: bool) -> None:
-    """Connectors and routes in one table: state, queue depth, oldest age, retries, DLQ size."""
-    from bus.logging import configure_logging
+@click.option("--no-stale", is_flag=True, help="Do not ask the management API for queues no route declares.")
+def status(config: Path | None, as_json: bool, bus_url: str | None, no_probe: bool, no_stale: bool) -> None:
+    """Connectors and routes in one table: state, queue depth, oldest age, retries, DLQ size, stale queues."""
+    from bus.cli_logs import logs_after_report
     from schemas.errors import ConfigError
 
     app = _load(config)
-    # what the probes and connectors log goes to stderr, and only when it matters: the report is the output
-    configure_logging("warning", app.settings.log_format)
     try:
         url = None if bus_url == NONE_URL else (bus_url or default_bus_url())
     except ConfigError as exc:
         click.echo(f"igate-bus: {exc}", err=True)
         sys.exit(2)
-    try:
-        report = gather(app, bus_url=url, probe=not no_probe)
-    finally:
-        app.close()
-    if as_json:
-        click.echo(report.model_dump_json(indent=2))
-    else:
-        render(report)
+    # what the probes, connectors and pika log is held back and written to stderr after the report
+    with logs_after_report("warning", app.settings.log_format):
+        try:
+            report = gather(app, bus_url=url, probe=not no_probe, stale=not no_stale)
+        finally:
+            app.close()
+        if as_json:
+            click.echo(report.model_dump_json(indent=2))
+        else:
+            render(report)
 
 
 COMMANDS = [status]

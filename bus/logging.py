@@ -104,6 +104,10 @@ class MaskPersonalData:
             for key, value in event_dict.items()
         }
 
+    def mask_value(self, value: Any) -> Any:
+        """``value`` masked as a logged value would be: what an operator's screen shows of a message (the CLI)."""
+        return self._walk(value, 0)
+
     def _field(self, key: Any, value: Any, depth: int) -> Any:
         if isinstance(key, str) and key.lower() in self._keys:
             return self._mask(value, depth)

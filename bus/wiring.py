@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from bus.ops_api import Ops
+    from routes.broker_admin import ManagementApi
     from routes.observer import Observer
+    from routes.stale import Stale
     from routes.worker import Worker
 
 #: extra seconds on top of twice the connector's total deadline before a claim may be taken over
@@ -103,6 +105,48 @@ def declare_topology(settings: Settings, routes: Iterable[Route]) -> None:
     finally:
         if conn.is_open:
             conn.close()
+
+
+def management_api(settings: Settings) -> ManagementApi:
+    """The broker's management API for these settings: the one place the URLs' secrets are read for it."""
+    from routes.broker_admin import ManagementApi
+
+    management = settings.management_url
+    return ManagementApi.for_broker(
+        settings.amqp_url.get_secret_value(), management.get_secret_value() if management else None
+    )
+
+
+def stale_topology(app: App) -> Stale:
+    """Our queues and bindings on the broker that no route of the config declares (routes/stale.py).
+
+    Every route counts, disabled ones too: a disabled route keeps its queues for when it is enabled again.
+
+    Raises:
+        ManagementUnavailable: the management API could not list the vhost.
+    """
+    from routes.stale import find_stale
+
+    api = management_api(app.settings)
+    return find_stale(topology_of(app.routes), api.queues(), api.bindings())
+
+
+def warn_stale(app: App) -> None:
+    """Log each stale queue and binding once, at worker start; never raises (a check, not a condition to run)."""
+    from bus.logging import get_logger
+    from routes.broker_admin import ManagementUnavailable
+
+    log = get_logger("igate_bus.topology")
+    try:
+        stale = stale_topology(app)
+    except ManagementUnavailable as exc:
+        log.warning("stale_topology_unchecked", reason=str(exc))
+        return
+    except Exception as exc:  # the worker must start whatever this check runs into
+        log.warning("stale_topology_unchecked", reason=f"{type(exc).__name__}: {exc}")
+        return
+    for finding in stale.lines():
+        log.warning("stale_topology", finding=finding, fix="igate-bus topology --prune")
 
 
 def build_connectors(app: App, names: Iterable[str]) -> dict[str, Connector]:

@@ -1,10 +1,11 @@
 """Process settings from the environment (prefix ``IGATE_BUS_``), with defaults that run on one machine.
 
 Precedence, highest first: arguments, environment, defaults (pydantic-settings' ``settings_customise_sources``).
-Secrets never live in a file: connectors name the environment variable that holds each one. The two URLs
-here may carry a password (``amqp://user:password@host``, ``postgresql+psycopg://user:password@host/db``),
-so they are held as :class:`SecretUrl`: whatever renders them (a log line, ``status``, an error, a repr)
-shows the password as ``***``, and only the code that opens the connection asks for the real value.
+Secrets never live in a file: connectors name the environment variable that holds each one. The URLs
+here may carry a password (``amqp://user:password@host``, ``postgresql+psycopg://user:password@host/db``,
+``http://user:password@host:15672`` for the management API), so they are held as :class:`SecretUrl`:
+whatever renders them (a log line, ``status``, an error, a repr) shows the password as ``***``, and only
+the code that opens the connection asks for the real value.
 Durations take a unit, as everywhere (:func:`config.model.parse_duration`).
 """
 
@@ -101,6 +102,23 @@ def _check_amqp_url(value: SecretUrl) -> SecretUrl:
     return value
 
 
+def _check_management_url(value: SecretUrl) -> SecretUrl:
+    """Refuse a management API address httpx would refuse later; the message never repeats the URL."""
+    parts = urlsplit(value.get_secret_value())
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(
+            f"the management API's URL starts with http:// or https:// (got {parts.scheme or 'no'} scheme), "
+            "e.g. http://127.0.0.1:15672"
+        )
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("the port of the management API's URL is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise ValueError("the management API's URL names no host")
+    return value
+
+
 def _check_store_url(value: SecretStoreUrl) -> SecretStoreUrl:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -123,6 +141,7 @@ def whole_seconds(value: object) -> int:
 
 AmqpUrl = Annotated[SecretUrl, AfterValidator(_check_amqp_url)]
 StoreUrl = Annotated[SecretStoreUrl, AfterValidator(_check_store_url)]
+ManagementUrl = Annotated[SecretUrl, AfterValidator(_check_management_url)]
 
 
 class Settings(BaseSettings):
@@ -149,6 +168,16 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = Field(default="json", pattern="^(json|console)$")
     worker_id: str | None = Field(default=None, description="Names this worker's claims; host:pid by default.")
+    management_url: ManagementUrl | None = Field(
+        default=None,
+        description="RabbitMQ management API (http://host:15672); by default the AMQP URL's host, port 15672 "
+        "(https and 15671 for amqps), with the AMQP URL's user and password. May carry a user and password: "
+        "held as a secret like the AMQP URL.",
+    )
+    audit_log: Path = Field(
+        default=Path("var/audit.log"),
+        description="Where `dlq show --reveal` appends who saw which dead letter unmasked, and when.",
+    )
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -53,6 +53,28 @@ def event_properties(
     )
 
 
+def copy_properties(props: pika.BasicProperties, headers: dict[str, Any]) -> pika.BasicProperties:
+    """The properties of a copy of a message the bus republishes: a retry, a dead letter, a replay.
+
+    The one place that decides what a copy keeps, so the pipeline's copies and ``dlq replay`` cannot drift
+    apart: everything that describes the body or the event (content type and encoding, message id = event
+    id, type, correlation id, timestamp, app id) and the given headers, persistent. Left out: ``expiration``
+    (a per-message TTL would let the copy vanish from a delay queue or a DLQ), ``user_id`` (the broker
+    checks it against whoever publishes the copy), ``reply_to`` and ``priority`` (unused by the bus).
+    """
+    return pika.BasicProperties(
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        delivery_mode=2,
+        message_id=props.message_id,
+        type=props.type,
+        correlation_id=props.correlation_id,
+        timestamp=props.timestamp,
+        app_id=props.app_id,
+        headers=headers,
+    )
+
+
 def worker_id() -> str:
     """host:pid:random — unique per process, readable in the store and the broker's connection list."""
     import os

@@ -13,12 +13,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pika
 from pika.exceptions import ChannelClosedByBroker
 
+from routes.amqp import copy_properties
 from routes.topology import UNROUTED_QUEUE, dlq, route_queue
+
+if TYPE_CHECKING:
+    import pika
 
 #: headers the failure added; replay removes them so the route starts the message afresh
 FAILURE_HEADERS = (
@@ -208,15 +211,7 @@ class DeadLetters:
             headers = {k: v for k, v in d.headers.items() if k not in FAILURE_HEADERS}
             headers["x-replayed-at"] = now
             headers["x-replays"] = int(headers.get("x-replays", 0) or 0) + 1
-            new = pika.BasicProperties(
-                content_type=props.content_type,
-                delivery_mode=2,
-                message_id=props.message_id,
-                type=props.type,
-                correlation_id=props.correlation_id,
-                timestamp=props.timestamp,
-                headers=headers,
-            )
+            new = copy_properties(props, headers)  # the pipeline's own copy: nothing a replay could drop
             if d.queue == UNROUTED_QUEUE:
                 pub.basic_publish(d.exchange, d.routing_key, d.body, new, mandatory=True)
             else:

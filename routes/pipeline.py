@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import jmespath
-import pika
 import structlog
 
-from routes.amqp import event_properties
+from routes.amqp import copy_properties, event_properties
 from routes.idempotency import Claim, ClaimOutcome, IdempotencyStore
 from routes.parking import PARKS_HEADER, park_delay, parks_before
 from routes.topology import RESULTS_EXCHANGE, dlq, retry_queue
@@ -46,6 +45,7 @@ from schemas.pii import scrub_text
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    import pika
     from pydantic import BaseModel
 
     from connectors.base import Operation
@@ -366,7 +366,7 @@ class RouteRunner:
         delay, parked = self._delay(exc, headers, next_attempts)
         headers[ATTEMPTS_HEADER] = next_attempts
         headers["x-last-error"] = _clip(f"{exc.kind}: {exc}")
-        props = _copy_props(delivery.properties, headers)
+        props = copy_properties(delivery.properties, headers)
         msg = OutMessage("", retry_queue(self.name, delay), delivery.body, props)
         fields = {"error_kind": exc.kind, "error": _clip(str(exc)), "delay_s": delay}
         return Outcome("retry", (msg,), fields=fields | ({"parked": parked} if parked else {}))
@@ -397,7 +397,7 @@ class RouteRunner:
                 "x-original-routing-key": delivery.routing_key,
             }
         )
-        props = _copy_props(delivery.properties, headers)
+        props = copy_properties(delivery.properties, headers)
         msg = OutMessage("", dlq(self.name), delivery.body, props)
         return Outcome("dead_lettered", (msg,), fields={"error_kind": kind or exc.kind, "error": _clip(str(exc))})
 
@@ -470,19 +470,6 @@ def _truthy(value: Any) -> bool:
 def _clip(text: str) -> str:
     text = scrub_text(text)
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
-
-
-def _copy_props(props: pika.BasicProperties, headers: dict[str, Any]) -> pika.BasicProperties:
-    return pika.BasicProperties(
-        content_type=props.content_type,
-        content_encoding=props.content_encoding,
-        delivery_mode=2,
-        message_id=props.message_id,
-        type=props.type,
-        correlation_id=props.correlation_id,
-        timestamp=props.timestamp,
-        headers=headers,
-    )
 
 
 def compile_when(expression: str | None) -> Any:

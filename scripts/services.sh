@@ -37,6 +37,31 @@ if ! amqp_up; then
   amqp_up || { say "RabbitMQ did not come up on 127.0.0.1:5672 within 60 s"; exit 1; }
 fi
 
+# --- RabbitMQ management API ----------------------------------------------------------------------------
+# The bus lists queues and bindings through it (`igate-bus topology --prune`, `status`, the worker's check at
+# start: AMQP cannot list them) and the demo creates its own vhost with it. Enabling a plugin is applied to
+# the running node (--online): no restart, connections stay up. Idempotent: nothing happens when it answers.
+mgmt_up() { python3 - <<'PY' 2>/dev/null
+import socket, sys
+s = socket.socket(); s.settimeout(1)
+try:
+    s.connect(("127.0.0.1", 15672)); sys.exit(0)
+except OSError:
+    sys.exit(1)
+PY
+}
+if ! mgmt_up; then
+  if [ "$(id -u)" = 0 ]; then
+    say "enabling the RabbitMQ management plugin (online, no restart)"
+    rabbitmq-plugins enable --online rabbitmq_management >/dev/null
+    for _ in $(seq 1 30); do mgmt_up && break; sleep 1; done
+    mgmt_up || { say "the management API did not come up on 127.0.0.1:15672 within 30 s"; exit 1; }
+  else
+    say "the RabbitMQ management API is off; as root: rabbitmq-plugins enable --online rabbitmq_management"
+    say "(igate-bus topology --prune, the stale-queue check and the demo need it)"
+  fi
+fi
+
 # --- PostgreSQL -----------------------------------------------------------------------------------------
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
 if ! pg_up; then

@@ -1,0 +1,275 @@
+"""``igate-bus dlq``: list, show, replay and purge dead letters, per route or ``unrouted``.
+
+Where it sits: outside the message path, at its end: ``routes/dlq.py`` reads and moves the letters,
+``bus/dlq_view.py`` decides how they look. Personal data is masked on screen by default, with the rules of
+the logs; ``show --reveal`` prints a letter whole after writing who asked to the audit log (``bus/audit.py``).
+Event ids are shown as their shortest unique prefix (at least 8 characters) and accepted back as selectors.
+
+Exit codes: 0 done, 1 nothing matched or the broker could not be reached, 2 bad usage (an ambiguous or too
+short id prefix, an unknown route).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from bus.cli_ops import _fail, _load, config_option
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from contextlib import AbstractContextManager
+    from pathlib import Path
+
+    from bus.wiring import App
+    from routes.dlq import DeadLetter, DeadLetters, Filter
+
+#: the reason column's width when the terminal leaves room for it
+REASON_WIDTH = 60
+
+
+@click.group()
+def dlq() -> None:
+    """Dead letters: list, show, replay (same event_id) and purge, per route or 'unrouted'."""
+
+
+def _dlq_routes(app: App, route: str | None) -> list[str]:
+    from routes.topology import UNROUTED_QUEUE
+
+    names = [r.spec.name for r in app.routes] + [UNROUTED_QUEUE]
+    if route is not None and route not in names:
+        _fail(f"unknown route {route!r}; known: {', '.join(names)}")
+    return [route] if route else names
+
+
+def _session(app: App) -> AbstractContextManager[DeadLetters]:
+    """A connection for the command, its log lines held back until the output is out (bus/cli_logs.py)."""
+    from contextlib import contextmanager
+
+    import pika
+
+    from bus.cli_logs import logs_after_report
+    from routes.amqp import parameters
+    from routes.dlq import DeadLetters
+
+    @contextmanager
+    def session() -> Iterator[DeadLetters]:
+        with logs_after_report("warning", app.settings.log_format):
+            try:
+                conn = pika.BlockingConnection(
+                    parameters(app.settings.amqp_url.get_secret_value(), name="igate-bus dlq")
+                )
+            except pika.exceptions.AMQPError as exc:
+                _fail(f"cannot reach RabbitMQ at {app.settings.amqp_url}: {exc!r}", code=1)
+            try:
+                yield DeadLetters(conn)
+            finally:
+                if conn.is_open:
+                    conn.close()
+
+    return session()
+
+
+def _resolve(dl: DeadLetters, routes: Iterable[str], selectors: Iterable[str]) -> set[str]:
+    """Full event ids for ids or unique prefixes, among the dead letters of ``routes``; exit 2 if ambiguous."""
+    from bus.dlq_view import SelectorError, resolve_ids
+
+    wanted = list(selectors)
+    if not wanted:
+        return set()
+    known = {d.event_id for r in routes for d in dl.browse(r, limit=100_000) if d.event_id}
+    try:
+        resolved = resolve_ids(wanted, known)
+    except SelectorError as exc:
+        _fail(str(exc))
+    # a selector matching nothing stays as typed: it then matches no letter, and the count says so
+    return set(resolved.event_ids) | set(resolved.unmatched)
+
+
+def _filter(event_ids: set[str], kind: str | None, dossier: str | None) -> Filter:
+    from routes.dlq import match
+
+    return match(event_ids=event_ids or None, kind=kind, dossier_code=dossier)
+
+
+route_opt = click.option("--route", "route", default=None, help="A route name, or 'unrouted' (default: all).")
+json_opt = click.option("--json", "as_json", is_flag=True, help="JSON output.")
+filter_opts = [
+    click.option(
+        "--event-id",
+        "event_ids",
+        multiple=True,
+        help="Only these event ids, or unique prefixes of them (8+ characters; repeatable).",
+    ),
+    click.option("--kind", default=None, help="Only this error kind (prefix), e.g. invalid, rejected."),
+    click.option("--dossier", default=None, help="Only this dossier code."),
+]
+
+
+def _with_filters(f: Any) -> Any:
+    for opt in reversed(filter_opts):
+        f = opt(f)
+    return f
+
+
+@dlq.command(name="list")
+@route_opt
+@json_opt
+@_with_filters
+@config_option
+def dlq_list(
+    route: str | None,
+    as_json: bool,
+    event_ids: tuple[str, ...],
+    kind: str | None,
+    dossier: str | None,
+    config: Path | None,
+) -> None:
+    """List dead letters with a short reason each (personal data masked)."""
+    from bus.dlq_view import masked_summary
+
+    app = _load(config)
+    routes = _dlq_routes(app, route)
+    with _session(app) as dl:
+        where = _filter(_resolve(dl, routes, event_ids), kind, dossier)
+        letters = [d for r in routes for d in dl.browse(r, where=where)]
+        if as_json:
+            click.echo(json.dumps([masked_summary(d) for d in letters], ensure_ascii=False, indent=2))
+        else:
+            render_list(letters)
+
+
+def render_list(letters: list[DeadLetter]) -> None:
+    """One table per queue: short id, type, dossier, kind, attempts, reason; fits 80 columns without cutting ids."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from bus.dlq_view import mask_text, reason, rows_by_queue, short_ids
+
+    console = Console()
+    prefixes = short_ids(d.event_id for d in letters if d.event_id)
+    id_width = max((len(p) for p in prefixes.values()), default=8)
+    # what the other columns leave for the reason; rich would otherwise cut it mid-word itself
+    reason_width = max(20, min(REASON_WIDTH, console.width - id_width - 52))
+    for queue, rows in rows_by_queue(letters).items():
+        table = Table(title=f"{queue} ({len(rows)})", title_justify="left", expand=False)
+        table.add_column("event", no_wrap=True, min_width=id_width)
+        table.add_column("type", overflow="fold")
+        table.add_column("dossier", overflow="fold")
+        table.add_column("kind", overflow="fold")
+        table.add_column("att", justify="right", no_wrap=True)
+        table.add_column("reason", min_width=20)
+        for d in rows:
+            table.add_row(
+                prefixes.get(d.event_id or "", "-"),
+                escape(d.event_type or "-"),
+                escape(d.dossier_code or "-"),
+                escape(d.error_kind),
+                str(d.attempts or "-"),
+                escape(reason(mask_text(d.error), reason_width)),
+            )
+        console.print(table)
+    click.echo(f"{len(letters)} dead letter(s)" + ("; ids shown as unique prefixes" if letters else ""))
+
+
+@dlq.command(name="show")
+@click.argument("event_id")
+@route_opt
+@click.option("--reveal", is_flag=True, help="Show personal data unmasked (writes an audit log line first).")
+@click.option("--operator", default=None, help="Your name, recorded in the audit line with your OS account.")
+@config_option
+def dlq_show(event_id: str, route: str | None, reveal: bool, operator: str | None, config: Path | None) -> None:
+    """Show one dead letter whole (EVENT_ID or a unique prefix of it): headers and body, personal data masked."""
+    from bus.dlq_view import masked_letter, revealed_letter
+
+    app = _load(config)
+    routes = _dlq_routes(app, route)
+    with _session(app) as dl:
+        ids = _resolve(dl, routes, [event_id])
+        found = [d for r in routes for d in dl.browse(r, where=_filter(ids, None, None))]
+        if not found:
+            _fail(f"no dead letter with event_id {event_id}", code=1)
+        if reveal:
+            _audit_reveal(app, found, operator)
+        for d in found:
+            click.echo(
+                json.dumps(
+                    revealed_letter(d) if reveal else masked_letter(d), ensure_ascii=False, indent=2, default=str
+                )
+            )
+
+
+def _audit_reveal(app: App, letters: list[DeadLetter], operator: str | None) -> None:
+    """One audit line per letter about to be shown unmasked; refuse to show anything if one cannot be written."""
+    from bus.audit import record
+
+    path = app.settings.audit_log
+    for d in letters:
+        try:
+            record(path, "dlq_revealed", operator=operator, queue=d.queue, route=d.route, event_id=d.event_id)
+        except OSError as exc:
+            _fail(f"not revealed: cannot write the audit log {path}: {exc.strerror or exc}", code=1)
+
+
+@dlq.command(name="replay")
+@route_opt
+@json_opt
+@_with_filters
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of the selected queues.")
+@config_option
+def dlq_replay(
+    route: str | None,
+    as_json: bool,
+    event_ids: tuple[str, ...],
+    kind: str | None,
+    dossier: str | None,
+    replay_all: bool,
+    config: Path | None,
+) -> None:
+    """Send dead letters back to their route, keeping their event_id and message properties."""
+    if not (replay_all or event_ids or kind or dossier):
+        _fail("say what to replay: --all, --event-id, --kind or --dossier")
+    app = _load(config)
+    routes = _dlq_routes(app, route)
+    with _session(app) as dl:
+        where = _filter(_resolve(dl, routes, event_ids), kind, dossier)
+        counts = {r: dl.replay(r, where=where) for r in routes}
+    _report("replayed", counts, as_json)
+
+
+@dlq.command(name="purge")
+@route_opt
+@json_opt
+@_with_filters
+@click.option("--all", "purge_all", is_flag=True, help="Delete every dead letter of the selected queues.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@config_option
+def dlq_purge(
+    route: str | None,
+    as_json: bool,
+    event_ids: tuple[str, ...],
+    kind: str | None,
+    dossier: str | None,
+    purge_all: bool,
+    yes: bool,
+    config: Path | None,
+) -> None:
+    """Delete dead letters (after you have dealt with them)."""
+    if not (purge_all or event_ids or kind or dossier):
+        _fail("say what to purge: --all, --event-id, --kind or --dossier")
+    app = _load(config)
+    routes = _dlq_routes(app, route)
+    if not yes and not click.confirm("Delete the selected dead letters for good?", default=False):
+        _fail("nothing purged", code=1)
+    with _session(app) as dl:
+        where = _filter(_resolve(dl, routes, event_ids), kind, dossier)
+        counts = {r: dl.purge(r, where=where) for r in routes}
+    _report("purged", counts, as_json)
+
+
+def _report(verb: str, counts: dict[str, int], as_json: bool) -> None:
+    counts = {k: v for k, v in counts.items() if v}
+    click.echo(json.dumps(counts) if as_json else f"{verb} {sum(counts.values())}: {counts}")

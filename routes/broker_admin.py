@@ -1,0 +1,192 @@
+"""What AMQP cannot ask the broker: which queues and bindings a vhost has, and vhosts themselves.
+
+Where it sits: beside the message path, for the operator's view of it. AMQP 0-9-1 can declare, bind and
+delete, but it cannot *list*: a queue left behind by a removed route, or a binding key removed from a route,
+is invisible to a worker. RabbitMQ's management plugin lists them over HTTP; ``scripts/services.sh`` enables
+it (``rabbitmq-plugins enable rabbitmq_management``, applied to the running node without a restart).
+
+Why the HTTP API rather than ``rabbitmqctl list_bindings``: workers run on several hosts, and ``rabbitmqctl``
+works only on the broker's own host with its Erlang cookie (as root or ``rabbitmq``); the HTTP API answers
+any host with the credentials the bus already has, in JSON rather than a table to parse. The same API
+creates and deletes the demo's private vhost.
+
+Used read-only by the worker and ``status``; the demo creates and deletes its own vhost. Deleting queues and
+bindings goes over AMQP (``routes/stale.py``), where ``queue.delete if-empty`` is atomic.
+
+Errors: every failure is a :class:`ManagementUnavailable` with one line saying what to do, never a reply body.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+
+#: seconds for each request (connect, read, write, pool)
+TIMEOUT_S: Final = 5.0
+#: the plugin's default listener
+MANAGEMENT_PORT: Final = 15672
+MANAGEMENT_TLS_PORT: Final = 15671
+#: the largest listing we read: a vhost with more queues than this is not one of ours to guess about
+MAX_REPLY_BYTES: Final = 16 * 1024 * 1024
+ENABLE_HINT: Final = "enable it with `rabbitmq-plugins enable rabbitmq_management` (scripts/services.sh does)"
+
+
+class ManagementUnavailable(Exception):
+    """The management API could not answer (not enabled, unreachable, refused us, or said no)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueName:
+    """A queue the broker has in the vhost, as listed (counts come from AMQP, which is exact)."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A binding from an exchange to a queue."""
+
+    exchange: str
+    queue: str
+    routing_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ManagementApi:
+    """The management API of one vhost.
+
+    Args:
+        base_url: ``http://host:15672`` (no credentials in it).
+        username: the API user (the AMQP user by default).
+        password: its password.
+        vhost: the vhost the bus uses.
+        timeout_s: per request.
+    """
+
+    base_url: str
+    username: str
+    password: str
+    vhost: str
+    timeout_s: float = TIMEOUT_S
+
+    @classmethod
+    def for_broker(cls, amqp_url: str, management_url: str | None = None) -> ManagementApi:
+        """The API beside the broker of ``amqp_url``: same host, port 15672 (15671 with TLS), same user.
+
+        Args:
+            amqp_url: the bus's AMQP URL (its vhost is the one inspected).
+            management_url: overrides host and port, and the credentials when it carries some.
+        """
+        amqp = urlsplit(amqp_url)
+        path = amqp.path.removeprefix("/")
+        vhost = unquote(path) if path else "/"
+        user, password = unquote(amqp.username or "guest"), unquote(amqp.password or "guest")
+        if management_url:
+            given = urlsplit(management_url)
+            if given.username:
+                user, password = unquote(given.username), unquote(given.password or "")
+            base = f"{given.scheme}://{given.hostname}" + (f":{given.port}" if given.port else "")
+        else:
+            tls = amqp.scheme == "amqps"
+            host = amqp.hostname or "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
+            base = f"{'https' if tls else 'http'}://{host}:{MANAGEMENT_TLS_PORT if tls else MANAGEMENT_PORT}"
+        return cls(base.rstrip("/"), user, password, vhost)
+
+    # -- reads -------------------------------------------------------------------------------------------
+    def queues(self) -> list[QueueName]:
+        """Every queue of the vhost."""
+        rows = self._get(f"/api/queues/{self._v}", params={"columns": "name,type"})
+        return [QueueName(str(r["name"]), str(r.get("type") or "classic")) for r in rows]
+
+    def bindings(self) -> list[Binding]:
+        """Every exchange-to-queue binding of the vhost (the default exchange's implicit ones left out)."""
+        rows = self._get(f"/api/bindings/{self._v}")
+        return [
+            Binding(str(r["source"]), str(r["destination"]), str(r.get("routing_key", "")))
+            for r in rows
+            if r.get("source") and r.get("destination_type") == "queue"
+        ]
+
+    def vhosts(self) -> list[str]:
+        """Every vhost of the broker."""
+        return [str(r["name"]) for r in self._get("/api/vhosts", params={"columns": "name"})]
+
+    # -- vhosts (the demo's own) -------------------------------------------------------------------------
+    def create_vhost(self, name: str) -> None:
+        """Create ``name`` and give the API user every permission in it."""
+        self._send("PUT", f"/api/vhosts/{quote(name, safe='')}", {"description": "igate-bus", "tags": ""})
+        self._send(
+            "PUT",
+            f"/api/permissions/{quote(name, safe='')}/{quote(self.username, safe='')}",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+
+    def delete_vhost(self, name: str) -> None:
+        """Delete ``name`` with everything in it; a vhost already gone is not an error."""
+        self._send("DELETE", f"/api/vhosts/{quote(name, safe='')}", None, missing_ok=True)
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+    @property
+    def _v(self) -> str:
+        return quote(self.vhost, safe="")
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url,
+            auth=(self.username, self.password),
+            timeout=self.timeout_s,
+            follow_redirects=False,
+            headers={"accept": "application/json"},
+        )
+
+    def _get(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        try:
+            with self._client() as client, client.stream("GET", path, params=params) as reply:
+                self._check(reply, path)
+                body = bytearray()
+                for chunk in reply.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_REPLY_BYTES:
+                        raise ManagementUnavailable(f"{path}: the listing is over {MAX_REPLY_BYTES} bytes")
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        try:
+            rows = json.loads(body)
+        except (ValueError, RecursionError):
+            raise ManagementUnavailable(f"{self.base_url}{path}: the reply is not JSON") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ManagementUnavailable(f"{self.base_url}{path}: the reply is not a list of objects")
+        return rows
+
+    def _send(self, method: str, path: str, payload: dict[str, Any] | None, *, missing_ok: bool = False) -> None:
+        try:
+            with self._client() as client:
+                reply = client.request(method, path, json=payload)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        if missing_ok and reply.status_code == httpx.codes.NOT_FOUND:
+            return
+        self._check(reply, path)
+
+    def _check(self, reply: httpx.Response, path: str) -> None:
+        status = reply.status_code
+        if status in {httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN}:
+            raise ManagementUnavailable(
+                f"the management API at {self.base_url} refused user {self.username!r} (HTTP {status}): "
+                "it needs the 'management' tag for listings and 'administrator' for vhosts"
+            )
+        if status == httpx.codes.NOT_FOUND and path.startswith("/api/queues/"):
+            raise ManagementUnavailable(f"the management API at {self.base_url} has no vhost {self.vhost!r}")
+        if not 200 <= status < 300:
+            raise ManagementUnavailable(f"the management API at {self.base_url} answered HTTP {status} to {path}")
+
+    def _unreachable(self, exc: httpx.HTTPError) -> ManagementUnavailable:
+        return ManagementUnavailable(
+            f"the management API at {self.base_url} is not reachable ({type(exc).__name__}); {ENABLE_HINT}"
+        )
