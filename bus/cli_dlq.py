@@ -12,6 +12,7 @@ short id prefix, an unknown route).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -23,11 +24,11 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
     from pathlib import Path
 
+    from rich.console import Console
+    from rich.table import Table
+
     from bus.wiring import App
     from routes.dlq import DeadLetter, DeadLetters, Filter
-
-#: the reason column's width when the terminal leaves room for it
-REASON_WIDTH = 60
 
 
 @click.group()
@@ -141,38 +142,92 @@ def dlq_list(
             render_list(letters)
 
 
-def render_list(letters: list[DeadLetter]) -> None:
-    """One table per queue: short id, type, dossier, kind, attempts, reason; fits 80 columns without cutting ids."""
+def render_list(letters: list[DeadLetter], console: Console | None = None) -> None:
+    """One table per queue, fitted to the terminal: a column each when they fit, else two columns.
+
+    Event ids are never cut: each is its shortest unique prefix (``bus/dlq_view.py``) in a column that does
+    not wrap. The reason is cut here, at a word boundary, to the room its column has, so rich never crops it.
+    """
     from rich.console import Console
+
+    from bus.dlq_view import mask_text, short_ids
+
+    console = console or Console()
+    prefixes = short_ids(d.event_id for d in letters if d.event_id)
+    rows = [
+        _Row(
+            letter.queue,
+            prefixes.get(letter.event_id or "", "-"),
+            letter.event_type or "-",
+            letter.dossier_code or "-",
+            letter.error_kind,
+            str(letter.attempts or "-"),
+            mask_text(letter.error),
+        )
+        for letter in letters
+    ]
+    widths = [max([len(h), *(len(r.cells()[i]) for r in rows)]) for i, h in enumerate(_HEADERS)]
+    # a boxed table: each column has one space of padding either side, and one rule more than columns
+    room = console.width - sum(widths) - 3 * (len(widths) + 1) - 1
+    for queue in dict.fromkeys(r.queue for r in rows):
+        mine = [r for r in rows if r.queue == queue]
+        table = _wide(mine, room) if room >= MIN_REASON else _narrow(mine, console.width, widths[0])
+        table.title = f"{queue} ({len(mine)})"
+        console.print(table)
+    console.print(f"{len(letters)} dead letter(s)" + ("; ids shown as unique prefixes" if letters else ""))
+
+
+#: the reason column is shown only with at least this much room; else the narrow layout
+MIN_REASON = 24
+#: the longest reason the wide layout shows (``dlq show`` has the whole error)
+WIDE_REASON = 100
+_HEADERS = ("event", "type", "dossier", "kind", "att")
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    queue: str
+    event: str
+    type: str
+    dossier: str
+    kind: str
+    attempts: str
+    error: str
+
+    def cells(self) -> tuple[str, str, str, str, str]:
+        return (self.event, self.type, self.dossier, self.kind, self.attempts)
+
+
+def _wide(rows: list[_Row], room: int) -> Table:
     from rich.markup import escape
     from rich.table import Table
 
-    from bus.dlq_view import mask_text, reason, rows_by_queue, short_ids
+    from bus.dlq_view import reason
 
-    console = Console()
-    prefixes = short_ids(d.event_id for d in letters if d.event_id)
-    id_width = max((len(p) for p in prefixes.values()), default=8)
-    # what the other columns leave for the reason; rich would otherwise cut it mid-word itself
-    reason_width = max(20, min(REASON_WIDTH, console.width - id_width - 52))
-    for queue, rows in rows_by_queue(letters).items():
-        table = Table(title=f"{queue} ({len(rows)})", title_justify="left", expand=False)
-        table.add_column("event", no_wrap=True, min_width=id_width)
-        table.add_column("type", overflow="fold")
-        table.add_column("dossier", overflow="fold")
-        table.add_column("kind", overflow="fold")
-        table.add_column("att", justify="right", no_wrap=True)
-        table.add_column("reason", min_width=20)
-        for d in rows:
-            table.add_row(
-                prefixes.get(d.event_id or "", "-"),
-                escape(d.event_type or "-"),
-                escape(d.dossier_code or "-"),
-                escape(d.error_kind),
-                str(d.attempts or "-"),
-                escape(reason(mask_text(d.error), reason_width)),
-            )
-        console.print(table)
-    click.echo(f"{len(letters)} dead letter(s)" + ("; ids shown as unique prefixes" if letters else ""))
+    table = Table(title_justify="left")
+    for header in _HEADERS:
+        table.add_column(header, no_wrap=True, justify="right" if header == "att" else "left")
+    table.add_column("reason", no_wrap=True, max_width=room)
+    for r in rows:
+        table.add_row(*(escape(c) for c in r.cells()), escape(reason(r.error, min(room, WIDE_REASON))))
+    return table
+
+
+def _narrow(rows: list[_Row], width: int, id_width: int) -> Table:
+    """Two columns: the id, and the rest on lines of their own, the reason wrapped at word boundaries."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from bus.dlq_view import reason
+
+    room = max(width - id_width - 7, 20)
+    table = Table(title_justify="left", show_lines=True)
+    table.add_column("event", no_wrap=True, min_width=id_width)
+    table.add_column("kind ×attempts, type, dossier, reason", overflow="fold", max_width=room)
+    for r in rows:
+        detail = f"{r.kind} ×{r.attempts}\n{r.type}\n{r.dossier}\n{reason(r.error, 2 * room)}"
+        table.add_row(escape(r.event), escape(detail))
+    return table
 
 
 @dlq.command(name="show")

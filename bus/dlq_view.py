@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 from bus.logging import MaskPersonalData
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable
 
     from routes.dlq import DeadLetter
 
@@ -229,11 +229,3 @@ def cut(text: str, width: int) -> str:
     space = head.rfind(" ")
     head = head[:space] if space > 0 else head[:room]
     return head.rstrip(" ,;:-") + ELLIPSIS
-
-
-def rows_by_queue(letters: Iterable[DeadLetter]) -> Mapping[str, list[DeadLetter]]:
-    """Dead letters grouped by queue, in the order first seen."""
-    grouped: dict[str, list[DeadLetter]] = {}
-    for letter in letters:
-        grouped.setdefault(letter.queue, []).append(letter)
-    return grouped
