@@ -177,16 +177,13 @@ def map_(route_name: str, event_file: Path, force: bool, config: Path | None) ->
         event = parse_event(event_file.read_bytes(), payload_models=EVENT_PAYLOADS)
         refused = why_not(route, event)
         if refused and not force:
-            _fail(
-                f"route {route_name}: {refused}: the worker would never hand it this event (--force renders it anyway)",
-                code=1,
-            )
+            _fail(f"route {route_name} {refused}; the worker would never hand it this event (--force renders it)", 1)
         request = route.adapter(event, now=datetime.now(UTC))
     except BusError as exc:
         _fail(f"{event_file}: {exc.kind}: {exc}")
     click.echo(f"# route {route_name}: {route.spec.adapter} -> {route.spec.to} ({type(request).__name__})")
     if refused:
-        click.echo(f"# FORCED: {refused}; the worker would never send this")
+        click.echo(f"# FORCED: route {route_name} {refused}; the worker would never send this")
     click.echo(_render(app, route.connector, route.operation, request))
 
 
@@ -196,6 +193,8 @@ def why_not(route: Route, event: Event) -> str | None:
     The same three gates the message path has: the route is enabled, one of its binding keys matches the
     event type (as RabbitMQ matches topic keys), and its ``when`` holds for the event.
     """
+    from jmespath.exceptions import JMESPathError
+
     from routes.model import binding_matches
     from routes.pipeline import _truthy
 
@@ -207,9 +206,13 @@ def why_not(route: Route, event: Event) -> str | None:
         return f"binds no event type: it runs on a schedule ({spec.from_.schedule})"
     if not any(binding_matches(key, event_type) for key in spec.from_.events):
         return f"does not bind {event_type} (it binds {', '.join(spec.from_.events)} on {spec.from_.exchange})"
-    if route.when is not None and not _truthy(route.when.search(event.as_dict())):
-        return f"skips this event: its when ({spec.when}) is false for it"
-    return None
+    if route.when is None:
+        return None
+    try:
+        holds = _truthy(route.when.search(event.as_dict()))
+    except JMESPathError as exc:  # the worker would retry it as an internal error, then dead-letter it
+        return f"cannot evaluate its when ({spec.when}) for this event: {exc}"
+    return None if holds else f"skips this event: its when ({spec.when}) is false for it"
 
 
 def _render(app: App, connector: str, operation: str, request: Any) -> str:
