@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -153,3 +157,33 @@ def test_with_a_running_bus_status_shows_its_view_and_the_age_of_a_backlog(
 def test_human_age():
     """Ages read at a glance."""
     assert [human_age(x) for x in (None, 0.4, 42, 185, 7620, 273600)] == ["-", "0s", "42s", "3m05s", "2h07m", "3d04h"]
+
+
+def test_the_checks_own_log_lines_come_after_the_table_not_inside_it(amqp_url, tmp_path):
+    """A target down and queues never declared ▶ probe and pika warnings, all after the table, with a count.
+
+    stdout and stderr are one stream here, as on a terminal, where the warnings used to land mid-table.
+    """
+    cfg = write_config(tmp_path / "cfg", endpoint=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    env = env_for(amqp_url, "sqlite:///unused.sqlite3", cfg, IGATE_BUS_OPS_PORT="0", COLUMNS="80")
+    merged = subprocess.run(
+        [sys.executable, "-m", "bus.cli", "status", "--url", "none"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout
+    lines = merged.splitlines()
+    table_end = max(i for i, line in enumerate(lines) if line.startswith("└"))
+    report_end = max(i for i, line in enumerate(lines) if line.startswith("broker:"))
+    assert table_end < report_end
+    assert not [line for line in lines[:report_end] if line.lstrip().startswith("{")], merged
+    [header] = [i for i, line in enumerate(lines) if line.startswith("-- ") and "log line(s) while checking" in line]
+    assert header > report_end
+    logged = [json.loads(line) for line in lines[header + 1 :] if line.startswith("{")]
+    assert any(x.get("connector") == "igate" for x in logged), "the probe's warning was lost"
+    assert any("NOT_FOUND" in str(x.get("event")) for x in logged), "pika's warning was lost"
+    assert int(lines[header].split()[1]) == len(logged)
