@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from adapters.registry import adapters
 from bus.cli import main
 from connectors.base import CONNECTOR_TYPES, connector_type
+from routes.model import check_config
 from schemas.events import EVENT_PAYLOADS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,3 +166,20 @@ class TestList:
         lines = text.stdout.splitlines()
         assert len(lines) == len(names)
         assert all(line.startswith(f"{name} ") or line == name for line, name in zip(lines, names, strict=True))
+
+
+def test_the_readme_add_a_route_example_checks_and_maps(tmp_path):
+    """The entry of README "Add a route", added to the shipped routes, passes check and `map` renders it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Add a route", 1)[1].split("### Add an adapter", 1)[0]
+    [entry] = re.findall(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
+    shipped = (SHIPPED / "routes.yaml").read_text(encoding="utf-8")
+    (tmp_path / "routes.yaml").write_text(shipped.rstrip() + "\n\n" + entry, encoding="utf-8")
+    (tmp_path / "connectors.yaml").write_text((SHIPPED / "connectors.yaml").read_text(encoding="utf-8"))
+    code, lines = check_config(tmp_path)
+    assert code == 0, lines
+    [command] = [line for line in section.splitlines() if line.startswith("igate-bus map ")]
+    args = command.split("#")[0].split()[1:]
+    result = cli(*args, env={**ENV, "IGATE_BUS_CONFIG_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# route ack-online: igate_ack.dossier_received -> igate.add_note")

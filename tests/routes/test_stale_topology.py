@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pika
 import pytest
@@ -24,16 +24,19 @@ from routes.broker_admin import Binding, ManagementApi, QueueName
 from routes.stale import find_stale
 from routes.topology import QueueDecl, Topology
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
 ROOT = Path(__file__).resolve().parents[2]
 FOREIGN = "partner.audit"
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bus.cli", *args], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+        [sys.executable, "-m", "bus.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
     )
 
 
@@ -65,7 +68,7 @@ class TestFindStale:
 
 
 @pytest.fixture
-def vhost(amqp_url: str, sqlite_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def vhost(amqp_url: str, sqlite_url: str, tmp_path: Path) -> dict[str, Any]:
     """The old config declared (10-minute backoff), messages parked, foreign queues; the new config written."""
     old = write_config(tmp_path / "old", endpoint="http://127.0.0.1:9", backoff="10m")
     declare_routes(amqp_url, old)
@@ -89,7 +92,7 @@ def vhost(amqp_url: str, sqlite_url: str, tmp_path: Path) -> Iterator[dict[str, 
     ch.close()
     conn.close()
     publish(amqp_url, ping_events(2))  # 2 messages in route.bus-ping, which nobody will consume any more
-    yield {"url": amqp_url, "env": env_for(amqp_url, sqlite_url, new), "new": new}
+    return {"url": amqp_url, "env": env_for(amqp_url, sqlite_url, new), "new": new}
 
 
 def _queues(url: str) -> dict[str, int]:
