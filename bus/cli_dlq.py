@@ -150,19 +150,19 @@ def render_list(letters: list[DeadLetter], console: Console | None = None) -> No
     """
     from rich.console import Console
 
-    from bus.dlq_view import mask_text, short_ids
+    from bus.dlq_view import mask_text, printable, short_ids
 
     console = console or Console()
     prefixes = short_ids(d.event_id for d in letters if d.event_id)
     rows = [
         _Row(
             letter.queue,
-            prefixes.get(letter.event_id or "", "-"),
-            letter.event_type or "-",
-            letter.dossier_code or "-",
-            letter.error_kind,
+            printable(prefixes.get(letter.event_id or "", "-")),
+            printable(letter.event_type or "-"),
+            printable(letter.dossier_code or "-"),
+            printable(letter.error_kind),
             str(letter.attempts or "-"),
-            mask_text(letter.error),
+            printable(mask_text(letter.error)),
         )
         for letter in letters
     ]

@@ -190,10 +190,10 @@ def expected_dead_letters(routes: list[Route], broken: list[dict[str, Any]], str
 
 def dead_letter_line(letter: DeadLetter, short_id: str | None = None) -> str:
     """One dead letter for the summary, as rich markup with every text from the message escaped and masked."""
-    from bus.dlq_view import mask_text, reason
+    from bus.dlq_view import mask_text, printable, reason
 
     text = f"{letter.queue}: {letter.event_type} {short_id or letter.event_id}  [{letter.error_kind}] "
-    return "  " + escape(text) + escape(reason(mask_text(letter.error), 110))
+    return "  " + escape(printable(text)) + escape(printable(reason(mask_text(letter.error), 110)))
 
 
 def run_demo(plan: Plan | None = None, console: Console | None = None, *, keep: bool = False) -> int:

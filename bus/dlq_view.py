@@ -8,7 +8,8 @@ schemas' personal-data markers), so the two can never disagree. Everything here 
 - :func:`masked_letter` / :func:`revealed_letter`: one dead letter as a JSON-ready document;
 - :func:`short_ids` and :func:`resolve_ids`: git-style event id prefixes, unique among what is listed, and
   the same prefixes accepted back as selectors (an ambiguous one refused, naming the candidates);
-- :func:`reason`: the error as one short clause, cut at a word boundary, for a table column.
+- :func:`reason`: the error as one short clause, cut at a word boundary, for a table column;
+- :func:`printable`: any text from a message made safe for a terminal.
 """
 
 from __future__ import annotations
@@ -88,6 +89,19 @@ def mask_text(text: str) -> str:
     return masked
 
 
+def printable(text: str) -> str:
+    r"""``text`` safe for a terminal: control and format characters shown escaped (ESC as ``\x1b``).
+
+    A dead letter's fields come from whoever published the message; an escape sequence in an event type or
+    an error text would otherwise be run by the operator's terminal (colours, a cleared screen, a rewritten
+    title), and a bidirectional override would make it show other text than it holds. rich escapes markup,
+    not these.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 # -- short ids -------------------------------------------------------------------------------------------
 def short_ids(ids: Iterable[str], *, min_len: int = MIN_PREFIX) -> dict[str, str]:
     """Each id's shortest prefix (at least ``min_len``) that no other distinct id in ``ids`` shares.
@@ -164,7 +178,7 @@ def resolve_ids(selectors: Iterable[str], known: Iterable[str], *, min_len: int 
         matches = sorted(i for i in ids if i.lower().startswith(wanted))
         if len(matches) > 1:
             shown = short_ids(matches, min_len=len(wanted) + 1)
-            listed = ", ".join(shown[m] for m in matches[:10]) + (", ..." if len(matches) > 10 else "")
+            listed = ", ".join(printable(shown[m]) for m in matches[:10]) + (", ..." if len(matches) > 10 else "")
             raise SelectorError(f"event id prefix {selector!r} is ambiguous: it matches {len(matches)} ({listed})")
         if matches:
             found.add(matches[0])

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 import pytest
 from busenv import example
+from rich.console import Console
 
+from bus.cli_dlq import render_list
 from bus.dlq_view import (
     ELLIPSIS,
     MIN_PREFIX,
@@ -17,6 +20,7 @@ from bus.dlq_view import (
     mask_text,
     masked_letter,
     masked_summary,
+    printable,
     reason,
     resolve_ids,
     revealed_letter,
@@ -150,3 +154,32 @@ class TestReason:
             assert len(out) <= width and out.endswith(ELLIPSIS)
             assert text.startswith(out[:-1]) and text[len(out) - 1] == " ", (width, out)
         assert cut("averyveryverylongword", 10) == "averyvery…"
+
+
+class TestTerminalSafety:
+    def test_control_characters_from_a_message_never_reach_the_terminal(self):
+        """An ESC sequence or a bidi override in a letter's fields is shown escaped, in both layouts."""
+        hostile = "\x1b]0;owned\x07\x1b[2J\u202e"
+        d = DeadLetter(
+            queue="dlq.bus-ack",
+            route="bus-ack",
+            event_id="545c7ff2-337c-5b06-afde-9b28761d7004",
+            event_type="dossier." + hostile,
+            dossier_code=hostile,
+            error_kind="invalid" + hostile,
+            error="bad " + hostile,
+            attempts=1,
+            failed_at=None,
+            exchange="igate.events",
+            routing_key="x",
+            size=2,
+            headers={},
+            body=b"{}",
+        )
+        for width in (80, 200):
+            out = io.StringIO()
+            render_list([d], Console(file=out, width=width, force_terminal=False))
+            text = out.getvalue()
+            assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text, text
+            assert "\\x1b" in text  # shown, escaped
+        assert printable("Nguyễn Thị Hương") == "Nguyễn Thị Hương"
