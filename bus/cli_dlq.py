@@ -12,6 +12,7 @@ short id prefix, an unknown route).
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,13 +81,22 @@ def _resolve(dl: DeadLetters, routes: Iterable[str], selectors: Iterable[str]) -
     wanted = list(selectors)
     if not wanted:
         return set()
-    known = {d.event_id for r in routes for d in dl.browse(r, limit=100_000) if d.event_id}
+    if all(_is_uuid(s) for s in wanted):  # whole event ids: nothing to resolve, no need to read every letter
+        return {s.strip().lower() for s in wanted}
+    known = {i for r in routes for i in dl.event_ids(r)}
     try:
         resolved = resolve_ids(wanted, known)
     except SelectorError as exc:
         _fail(str(exc))
     # a selector matching nothing stays as typed: it then matches no letter, and the count says so
     return set(resolved.event_ids) | set(resolved.unmatched)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text.strip())) == text.strip().lower()
+    except ValueError:
+        return False
 
 
 def _filter(event_ids: set[str], kind: str | None, dossier: str | None) -> Filter:
@@ -129,7 +139,7 @@ def dlq_list(
     config: Path | None,
 ) -> None:
     """List dead letters with a short reason each (personal data masked)."""
-    from bus.dlq_view import masked_summary
+    from bus.dlq_view import masked_summary, terminal_json
 
     app = _load(config)
     routes = _dlq_routes(app, route)
@@ -137,7 +147,7 @@ def dlq_list(
         where = _filter(_resolve(dl, routes, event_ids), kind, dossier)
         letters = [d for r in routes for d in dl.browse(r, where=where)]
         if as_json:
-            click.echo(json.dumps([masked_summary(d) for d in letters], ensure_ascii=False, indent=2))
+            click.echo(terminal_json([masked_summary(d) for d in letters]))
         else:
             render_list(letters)
 
@@ -238,7 +248,7 @@ def _narrow(rows: list[_Row], width: int, id_width: int) -> Table:
 @config_option
 def dlq_show(event_id: str, route: str | None, reveal: bool, operator: str | None, config: Path | None) -> None:
     """Show one dead letter whole (EVENT_ID or a unique prefix of it): headers and body, personal data masked."""
-    from bus.dlq_view import masked_letter, revealed_letter
+    from bus.dlq_view import masked_letter, revealed_letter, terminal_json
 
     app = _load(config)
     routes = _dlq_routes(app, route)
@@ -250,11 +260,7 @@ def dlq_show(event_id: str, route: str | None, reveal: bool, operator: str | Non
         if reveal:
             _audit_reveal(app, found, operator)
         for d in found:
-            click.echo(
-                json.dumps(
-                    revealed_letter(d) if reveal else masked_letter(d), ensure_ascii=False, indent=2, default=str
-                )
-            )
+            click.echo(terminal_json(revealed_letter(d) if reveal else masked_letter(d)))
 
 
 def _audit_reveal(app: App, letters: list[DeadLetter], operator: str | None) -> None:

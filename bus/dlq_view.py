@@ -102,6 +102,18 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
+def terminal_json(value: Any) -> str:
+    r"""Indented JSON (Vietnamese left readable) with every non-printable character as a JSON escape.
+
+    ``json.dumps`` escapes the C0 controls but not, with ``ensure_ascii=False``, DEL, the C1 controls or the
+    bidirectional overrides; those become ``\uXXXX`` here, which decodes to the same string.
+    """
+    text = json.dumps(value, ensure_ascii=False, indent=2, default=str)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == "\n" else json.dumps(ch)[1:-1] for ch in text)
+
+
 # -- short ids -------------------------------------------------------------------------------------------
 def short_ids(ids: Iterable[str], *, min_len: int = MIN_PREFIX) -> dict[str, str]:
     """Each id's shortest prefix (at least ``min_len``) that no other distinct id in ``ids`` shares.

@@ -179,6 +179,18 @@ class DeadLetters:
                 ch.close()  # returns every browsed message to the queue
         return out
 
+    def event_ids(self, route: str, *, limit: int = 100_000) -> set[str]:
+        """The event ids of up to ``limit`` dead letters, left in place (bodies are not kept: a DLQ may be big)."""
+        ids: set[str] = set()
+
+        def collect(d: DeadLetter) -> bool:
+            if d.event_id:
+                ids.add(d.event_id)
+            return False
+
+        self.browse(route, limit=limit, where=collect)
+        return ids
+
     def _take(self, route: str, where: Filter, act: Callable[[DeadLetter, Any], bool], limit: int) -> int:
         """Get messages; for each match run ``act`` (True: ack it); the rest go back when the channel closes."""
         queue = queue_for(route)

@@ -25,6 +25,7 @@ from bus.dlq_view import (
     resolve_ids,
     revealed_letter,
     short_ids,
+    terminal_json,
 )
 from bus.logging import MaskPersonalData
 from routes.dlq import DeadLetter
@@ -183,3 +184,11 @@ class TestTerminalSafety:
             assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text, text
             assert "\\x1b" in text  # shown, escaped
         assert printable("Nguyễn Thị Hương") == "Nguyễn Thị Hương"
+
+    def test_json_output_escapes_what_json_dumps_leaves_raw(self):
+        """DEL, C1 controls, bidi overrides and tag characters become JSON escapes; the JSON decodes unchanged."""
+        value = {"error": "x\u202ey\x7f\x9b\U000e0001 Nguyễn", "n": [1]}
+        text = terminal_json(value)
+        assert json.loads(text) == value
+        assert all(ch.isprintable() or ch == "\n" for ch in text)
+        assert "Nguyễn" in text
