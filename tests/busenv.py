@@ -112,6 +112,22 @@ def env_for(amqp_url: str, store_url: str, config_dir: Path, **extra: str) -> di
     return env
 
 
+def cli(
+    *args: str, env: dict[str, str], stdin: str | None = None, columns: int | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``igate-bus ARGS`` as a user runs it: a subprocess with ``env`` (and a fixed terminal width if given)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bus.cli", *args],
+        env=env if columns is None else {**env, "COLUMNS": str(columns), "TERM": "dumb"},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+    )
+
+
 def example(event_type: str) -> dict[str, Any]:
     """The shipped example event of a type."""
     data: dict[str, Any] = json.loads((EXAMPLES / f"{event_type}.json").read_text())

@@ -32,6 +32,7 @@ from busenv import (
     wait_for,
     write_config,
 )
+from busenv import cli as run_cli
 from ingress_harness import private_vhost
 
 from bus.dlq_view import MIN_PREFIX, short_ids
@@ -48,20 +49,9 @@ TWINS = [f"0123abcd-0000-4000-8000-0000000000{i}0" for i in range(1, 4)]
 PERSONAL = ("Nguyễn Thị Hương", "066190012345", "0912000111", "nthuong.bmt@example.com", "Số 12 đường Lê Duẩn")
 
 
-def cli(
-    *args: str, env: dict[str, str], columns: int = 80, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``igate-bus ARGS`` in a subprocess with a fixed terminal width."""
-    return subprocess.run(
-        [sys.executable, "-m", "bus.cli", *args],
-        env={**env, "COLUMNS": str(columns), "TERM": "dumb"},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
+def cli(*args: str, env: dict[str, str], columns: int = 80, stdin: str | None = None) -> Any:
+    """``igate-bus ARGS`` in a subprocess, 80 columns wide unless told otherwise."""
+    return run_cli(*args, env=env, columns=columns, stdin=stdin)
 
 
 def make_letters(amqp_url: str, store_url: str, cfg: Path) -> dict[str, Any]:

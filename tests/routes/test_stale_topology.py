@@ -10,15 +10,13 @@ bound to ``igate.events`` with ``#``, and ``other.q``, which must come through e
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
 import yaml
-from busenv import ProcessWorker, declare_routes, env_for, ping_events, publish, wait_for, write_config
+from busenv import ProcessWorker, cli, declare_routes, env_for, ping_events, publish, wait_for, write_config
 
 from routes.broker_admin import Binding, ManagementApi, QueueName
 from routes.stale import find_stale
@@ -26,18 +24,6 @@ from routes.topology import QueueDecl, Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 FOREIGN = "partner.audit"
-
-
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bus.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
 
 
 class TestFindStale:
