@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,6 @@ from bus.cli_ops import _fail, _load, config_option
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
-    from contextlib import AbstractContextManager
     from pathlib import Path
 
     from rich.console import Console
@@ -46,32 +46,25 @@ def _dlq_routes(app: App, route: str | None) -> list[str]:
     return [route] if route else names
 
 
-def _session(app: App) -> AbstractContextManager[DeadLetters]:
+@contextmanager
+def _session(app: App) -> Iterator[DeadLetters]:
     """A connection for the command, its log lines held back until the output is out (bus/cli_logs.py)."""
-    from contextlib import contextmanager
-
     import pika
 
     from bus.cli_logs import logs_after_report
     from routes.amqp import parameters
     from routes.dlq import DeadLetters
 
-    @contextmanager
-    def session() -> Iterator[DeadLetters]:
-        with logs_after_report("warning", app.settings.log_format):
-            try:
-                conn = pika.BlockingConnection(
-                    parameters(app.settings.amqp_url.get_secret_value(), name="igate-bus dlq")
-                )
-            except pika.exceptions.AMQPError as exc:
-                _fail(f"cannot reach RabbitMQ at {app.settings.amqp_url}: {exc!r}", code=1)
-            try:
-                yield DeadLetters(conn)
-            finally:
-                if conn.is_open:
-                    conn.close()
-
-    return session()
+    with logs_after_report("warning", app.settings.log_format):
+        try:
+            conn = pika.BlockingConnection(parameters(app.settings.amqp_url.get_secret_value(), name="igate-bus dlq"))
+        except pika.exceptions.AMQPError as exc:
+            _fail(f"cannot reach RabbitMQ at {app.settings.amqp_url}: {exc!r}", code=1)
+        try:
+            yield DeadLetters(conn)
+        finally:
+            if conn.is_open:
+                conn.close()
 
 
 def _resolve(dl: DeadLetters, routes: Iterable[str], selectors: Iterable[str]) -> set[str]:
@@ -82,7 +75,7 @@ def _resolve(dl: DeadLetters, routes: Iterable[str], selectors: Iterable[str]) -
     if not wanted:
         return set()
     if all(_is_uuid(s) for s in wanted):  # whole event ids: nothing to resolve, no need to read every letter
-        return {s.strip().lower() for s in wanted}
+        return {s.strip() for s in wanted}
     known = {i for r in routes for i in dl.event_ids(r)}
     try:
         resolved = resolve_ids(wanted, known)

@@ -19,7 +19,7 @@ Errors: every failure is a :class:`ManagementUnavailable` with one line saying w
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
@@ -45,6 +45,7 @@ class QueueName:
 
     name: str
     type: str
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +102,15 @@ class ManagementApi:
     # -- reads -------------------------------------------------------------------------------------------
     def queues(self) -> list[QueueName]:
         """Every queue of the vhost."""
-        rows = self._get(f"/api/queues/{self._v}", params={"columns": "name,type"})
-        return [QueueName(str(r["name"]), str(r.get("type") or "classic")) for r in rows]
+        rows = self._get(f"/api/queues/{self._v}", params={"columns": "name,type,arguments"})
+        return [
+            QueueName(
+                str(r["name"]),
+                str(r.get("type") or "classic"),
+                r["arguments"] if isinstance(r.get("arguments"), dict) else {},
+            )
+            for r in rows
+        ]
 
     def bindings(self) -> list[Binding]:
         """Every exchange-to-queue binding of the vhost (the default exchange's implicit ones left out)."""

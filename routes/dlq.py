@@ -127,11 +127,12 @@ Filter = Callable[[DeadLetter], bool]
 
 
 def match(*, event_ids: set[str] | None = None, kind: str | None = None, dossier_code: str | None = None) -> Filter:
-    """A filter on event ids, error kind (prefix) and dossier code; no criteria matches everything."""
+    """A filter on event ids (any case: they are UUIDs), error kind (prefix) and dossier code; none matches all."""
+    ids = {i.lower() for i in event_ids or ()}
 
     def f(d: DeadLetter) -> bool:
         return (
-            (not event_ids or d.event_id in event_ids)
+            (not ids or (d.event_id or "").lower() in ids)
             and (kind is None or d.error_kind.startswith(kind))
             and (dossier_code is None or d.dossier_code == dossier_code)
         )

@@ -6,9 +6,10 @@ Where it sits: beside the topology (``routes/topology.py``). Removing a route fr
 the same to a queue that is still used. Declaring is idempotent but never undeclares, so this module
 compares what the broker has (listed by ``routes/broker_admin.py``) with what the routes declare:
 
-- **candidates** are only our names: queues ``route.*``, ``retry.*``, ``dlq.*``, and bindings from our
-  exchanges (``igate.events``, ``bus.results``, ``bus.unrouted``) to such queues. Any other queue, and any
-  other team's queue bound to our exchanges, is never touched;
+- **candidates** are only our queues: named ``route.<name>``, ``retry.<name>.<delay>``, ``dlq.<name>``
+  *and* carrying the arguments the bus gives them (:func:`is_ours`), and bindings from our exchanges
+  (``igate.events``, ``bus.results``, ``bus.unrouted``) to such queues. Any other queue, and any other
+  team's queue bound to our exchanges, is never touched;
 - :func:`find_stale` is pure; :func:`prune` acts over AMQP, queue by queue, and says what it did:
 
   ========================================  ===========================================================
@@ -30,6 +31,7 @@ compares what the broker has (listed by ``routes/broker_admin.py``) with what th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -45,16 +47,33 @@ if TYPE_CHECKING:
     from routes.broker_admin import Binding, QueueName
     from routes.topology import Topology
 
-#: prefixes of the queues the bus names (routes/topology.py)
-OUR_PREFIXES: Final = ("route.", "retry.", "dlq.")
 OUR_EXCHANGES: Final = frozenset({EVENTS_EXCHANGE, RESULTS_EXCHANGE, UNROUTED_EXCHANGE})
 #: AMQP reply codes of a refused delete or a missing queue
 _PRECONDITION_FAILED, _NOT_FOUND = 406, 404
 
 
-def is_ours(queue: str) -> bool:
-    """Whether a queue name is one the bus makes (and so may be pruned)."""
-    return queue.startswith(OUR_PREFIXES)
+_ROUTE = r"[a-z][a-z0-9-]{0,62}"  # config/model.py ROUTE_NAME
+_OUR_NAME: Final = re.compile(
+    rf"^(?:route\.(?P<route>{_ROUTE})|dlq\.(?P<dlq>{_ROUTE})|retry\.(?P<retry>{_ROUTE})\.\d+(?:ms|s|m|h))$"
+)
+
+
+def is_ours(queue: QueueName) -> bool:
+    """Whether the bus made this queue: our name *and* the arguments ``routes/topology.py`` gives it.
+
+    The name alone could be another team's (``route.x`` is not a rare name); the dead-letter target set on
+    our route queues (``dlq.<name>``) and retry queues (``route.<name>``), and the bare classic DLQs, are ours.
+    """
+    m = _OUR_NAME.match(queue.name)
+    if m is None:
+        return False
+    args = queue.arguments
+    target = args.get("x-dead-letter-routing-key")
+    if m.group("route"):
+        return queue.type == "quorum" and target == f"dlq.{m.group('route')}"
+    if m.group("retry"):
+        return queue.type == "quorum" and target == f"route.{m.group('retry')}" and "x-message-ttl" in args
+    return queue.type == "classic" and set(args) <= {"x-queue-type"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +133,12 @@ def find_stale(topology: Topology, queues: Iterable[QueueName], bindings: Iterab
     """
     declared = {q.name for q in topology.queues}
     wanted = {(exchange, q.name, key) for q in topology.queues for exchange, key in q.bindings}
-    ours = [b for b in bindings if b.exchange in OUR_EXCHANGES and is_ours(b.queue)]
+    our_queues = {q.name: q for q in queues if is_ours(q)}
+    ours = [b for b in bindings if b.exchange in OUR_EXCHANGES and b.queue in our_queues]
     stale_queues = tuple(
         StaleQueue(q.name, q.type, tuple(sorted((b for b in ours if b.queue == q.name), key=_order)))
-        for q in sorted(queues, key=lambda q: q.name)
-        if is_ours(q.name) and q.name not in declared
+        for q in sorted(our_queues.values(), key=lambda q: q.name)
+        if q.name not in declared
     )
     stale_bindings = tuple(
         sorted(
@@ -157,12 +177,9 @@ def prune(connection: pika.BlockingConnection, stale: Stale, *, force: bool = Fa
     try:
         for b in stale.bindings:
             _unbind(connection, b, report)
-        counts = {q.name: _counts(connection, q.name) for q in stale.queues if is_ours(q.name)}
+        counts = {q.name: _counts(connection, q.name) for q in stale.queues}
         # retry queues first: a route queue must outlive the messages its retry queues will send back to it
         for q in sorted(stale.queues, key=lambda q: not q.name.startswith("retry.")):
-            if q.name not in counts:  # find_stale never yields one; a hand-made Stale must not reach other queues
-                report.kept.append(f"queue {q.name}: not one of ours, left alone")
-                continue
             counts[q.name] = _prune_queue(connection, q, counts, report, force=force)
     except AMQPError as exc:  # the connection itself is gone: say how far we got
         report.kept.append(f"stopped: the broker connection failed ({exc!r}); run --prune again")

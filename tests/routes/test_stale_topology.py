@@ -19,16 +19,28 @@ import yaml
 from busenv import ProcessWorker, cli, declare_routes, env_for, ping_events, publish, wait_for, write_config
 
 from routes.broker_admin import Binding, ManagementApi, QueueName
-from routes.stale import find_stale
+from routes.stale import find_stale, is_ours
 from routes.topology import QueueDecl, Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 FOREIGN = "partner.audit"
 
 
+def _ours(name: str) -> QueueName:
+    """A queue as routes/topology.py declares it (quorum route and retry queues, classic DLQs)."""
+    kind, _, rest = name.partition(".")
+    if kind == "route":
+        return QueueName(name, "quorum", {"x-queue-type": "quorum", "x-dead-letter-routing-key": f"dlq.{rest}"})
+    if kind == "retry":
+        route = rest.rsplit(".", 1)[0]
+        args = {"x-dead-letter-routing-key": f"route.{route}", "x-message-ttl": 5000}
+        return QueueName(name, "quorum", args)
+    return QueueName(name, "classic", {"x-queue-type": "classic"})
+
+
 class TestFindStale:
-    def test_only_our_names_are_candidates(self):
-        """Undeclared route./retry./dlq. queues and our exchanges' bindings to them; never another queue."""
+    def test_only_our_queues_are_candidates(self):
+        """Undeclared queues with our names and our arguments, and our exchanges' bindings to them; nothing else."""
         topo = Topology(
             queues=[
                 QueueDecl("unrouted", {}, (("bus.unrouted", ""),)),
@@ -36,21 +48,34 @@ class TestFindStale:
                 QueueDecl("dlq.a", {}),
             ]
         )
-        queues = [QueueName(n, "quorum") for n in ("unrouted", "route.a", "dlq.a", "route.gone", "retry.gone.5s")]
-        queues += [QueueName(n, "classic") for n in ("partner.audit", "routes", "dlq", "amq.gen-x")]
+        queues = [_ours(n) for n in ("route.a", "dlq.a", "route.gone", "retry.gone.5s", "dlq.gone")]
+        queues += [
+            QueueName("unrouted", "classic", {"x-queue-type": "classic"}),
+            QueueName("partner.audit", "classic"),
+            QueueName("routes", "classic"),
+            QueueName("amq.gen-x", "classic"),
+            # our names, someone else's queues: their arguments are not what the bus declares
+            QueueName("route.billing", "classic", {}),
+            QueueName("route.their-team", "quorum", {"x-dead-letter-routing-key": "their.dlq"}),
+            QueueName("dlq.their-team", "classic", {"x-max-length": 1000}),
+            QueueName("retry.their-team.5s", "quorum", {"x-dead-letter-routing-key": "route.their-team"}),
+        ]
         bindings = [
             Binding("igate.events", "route.a", "dossier.received"),
             Binding("igate.events", "route.a", "dossier.submitted"),  # a removed key
             Binding("igate.events", "route.gone", "bus.ping"),
             Binding("igate.events", "partner.audit", "#"),  # someone else's tap on our exchange
+            Binding("igate.events", "route.billing", "payment.settled"),  # their queue with our prefix
             Binding("their.exchange", "route.a", "x"),  # not our exchange
             Binding("bus.unrouted", "unrouted", ""),
         ]
         stale = find_stale(topo, queues, bindings)
-        assert [q.name for q in stale.queues] == ["retry.gone.5s", "route.gone"]
-        assert stale.queues[1].bindings == (Binding("igate.events", "route.gone", "bus.ping"),)
+        assert [q.name for q in stale.queues] == ["dlq.gone", "retry.gone.5s", "route.gone"]
+        assert stale.queues[2].bindings == (Binding("igate.events", "route.gone", "bus.ping"),)
         assert stale.bindings == (Binding("igate.events", "route.a", "dossier.submitted"),)
-        assert find_stale(topo, queues[:3], bindings[:1]).lines() == []
+        assert find_stale(topo, queues[:2], bindings[:1]).lines() == []
+        for q in queues[5:]:
+            assert not is_ours(q), q.name
 
 
 @pytest.fixture
@@ -71,6 +96,8 @@ def vhost(amqp_url: str, sqlite_url: str, tmp_path: Path) -> dict[str, Any]:
     ch.confirm_delivery()
     ch.queue_declare(FOREIGN, durable=True)
     ch.queue_bind(FOREIGN, "igate.events", routing_key="#")
+    ch.queue_declare("route.billing", durable=True)  # our prefix, their queue (classic, no dead-letter target)
+    ch.queue_bind("route.billing", "igate.events", routing_key="payment.settled")
     ch.queue_declare("other.q", durable=True)
     ch.basic_publish("", "other.q", b"theirs", pika.BasicProperties(delivery_mode=2))
     # a message waiting out a 10-minute delay: it will come back to route.bus-ack, which must still be there
@@ -115,7 +142,7 @@ def test_stale_queues_are_listed_warned_at_worker_start_and_shown_by_status(vhos
     assert stale["bindings"] == [
         {"exchange": "bus.results", "queue": "route.results-to-igate", "routing_key": "dvcqg.sync_result"}
     ]
-    assert FOREIGN not in listed.stdout and "other.q" not in listed.stdout
+    assert FOREIGN not in listed.stdout and "other.q" not in listed.stdout and "route.billing" not in listed.stdout
 
     status = cli("status", "--json", "--url", "none", "--no-probe", env=env)
     assert status.returncode == 0, status.stderr
@@ -165,7 +192,8 @@ def test_prune_removes_only_what_is_empty_and_ours_and_says_what_it_did(vhost):
     assert "deleted queue route.bus-ping (forced: 2 message(s)" in forced.stdout
     left = _queues(url)
     assert not [q for q in left if q.startswith(("route.bus-", "retry.bus-", "dlq.bus-"))], left
-    assert left["other.q"] == 1 and FOREIGN in left
+    assert left["other.q"] == 1 and FOREIGN in left and "route.billing" in left
+    assert ("igate.events", "route.billing", "payment.settled") in _bindings(url)
     assert "stale: 0 finding(s)" in cli("topology", "--stale", env=env).stdout
 
 
