@@ -30,6 +30,9 @@ TIMEOUT_S: Final = 5.0
 #: the plugin's default listener
 MANAGEMENT_PORT: Final = 15672
 MANAGEMENT_TLS_PORT: Final = 15671
+#: AMQP's default ports, when the URL names none
+AMQP_PORT: Final = 5672
+AMQPS_PORT: Final = 5671
 #: the largest listing we read: a vhost with more queues than this is not one of ours to guess about
 MAX_REPLY_BYTES: Final = 16 * 1024 * 1024
 ENABLE_HINT: Final = "enable it with `rabbitmq-plugins enable rabbitmq_management` (scripts/services.sh does)"
@@ -57,7 +60,7 @@ class Binding:
     routing_key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ManagementApi:
     """The management API of one vhost.
 
@@ -67,6 +70,9 @@ class ManagementApi:
         password: its password.
         vhost: the vhost the bus uses.
         timeout_s: per request.
+        amqp_port: when the API's address was guessed from the AMQP URL, that URL's port: the first call
+            checks that the broker behind the API listens for AMQP there. A guessed 15672 on a host running
+            two brokers (a test's private node, a second instance) would otherwise answer for the other one.
     """
 
     base_url: str
@@ -74,6 +80,8 @@ class ManagementApi:
     password: str
     vhost: str
     timeout_s: float = TIMEOUT_S
+    amqp_port: int | None = None
+    _same_broker: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def for_broker(cls, amqp_url: str, management_url: str | None = None) -> ManagementApi:
@@ -97,7 +105,35 @@ class ManagementApi:
             host = amqp.hostname or "127.0.0.1"
             host = f"[{host}]" if ":" in host else host
             base = f"{'https' if tls else 'http'}://{host}:{MANAGEMENT_TLS_PORT if tls else MANAGEMENT_PORT}"
+            port = amqp.port or (AMQPS_PORT if tls else AMQP_PORT)
+            return cls(base.rstrip("/"), user, password, vhost, amqp_port=port)
         return cls(base.rstrip("/"), user, password, vhost)
+
+    def _check_same_broker(self) -> None:
+        """With a guessed address: the broker behind it must listen for AMQP on our AMQP URL's port."""
+        if self.amqp_port is None or self._same_broker:
+            return
+        self._same_broker = True  # set first: the overview below goes through _get too
+        try:
+            rows = self._get("/api/overview", params={"columns": "listeners"}, many=False)
+        except ManagementUnavailable:
+            self._same_broker = False
+            raise
+        listeners = rows[0].get("listeners") if rows else None
+        ports = sorted(
+            {
+                int(x["port"])
+                for x in listeners or []
+                if isinstance(x, dict) and str(x.get("protocol", "")).startswith("amqp") and "port" in x
+            }
+        )
+        if self.amqp_port not in ports:
+            self._same_broker = False
+            raise ManagementUnavailable(
+                f"the management API at {self.base_url} belongs to a broker whose AMQP port is "
+                f"{', '.join(map(str, ports)) or 'unknown'}, not {self.amqp_port}: "
+                "set IGATE_BUS_MANAGEMENT_URL to this broker's management API"
+            )
 
     # -- reads -------------------------------------------------------------------------------------------
     def queues(self) -> list[QueueName]:
@@ -153,7 +189,9 @@ class ManagementApi:
             headers={"accept": "application/json"},
         )
 
-    def _get(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    def _get(self, path: str, params: dict[str, str] | None = None, *, many: bool = True) -> list[dict[str, Any]]:
+        """A listing (``many``) or one object, as a list of one."""
+        self._check_same_broker()
         try:
             with self._client() as client, client.stream("GET", path, params=params) as reply:
                 self._check(reply, path)
@@ -168,11 +206,14 @@ class ManagementApi:
             rows = json.loads(body)
         except (ValueError, RecursionError):
             raise ManagementUnavailable(f"{self.base_url}{path}: the reply is not JSON") from None
+        if not many:
+            rows = [rows]
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise ManagementUnavailable(f"{self.base_url}{path}: the reply is not a list of objects")
         return rows
 
     def _send(self, method: str, path: str, payload: dict[str, Any] | None, *, missing_ok: bool = False) -> None:
+        self._check_same_broker()
         try:
             with self._client() as client:
                 reply = client.request(method, path, json=payload)

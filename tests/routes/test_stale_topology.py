@@ -226,3 +226,14 @@ def test_without_the_management_api_the_check_says_so_and_nothing_breaks(vhost, 
         assert worker.terminate() == 0
     finally:
         worker.stop()
+
+
+def test_a_guessed_management_api_of_another_broker_is_refused(tmp_path):
+    """AMQP on port 5999, the API guessed at :15672 answers for the broker on 5672 ▶ refused, never trusted."""
+    cfg = write_config(tmp_path / "cfg", endpoint="http://127.0.0.1:9")
+    env = env_for("amqp://guest:guest@127.0.0.1:5999/%2F", "sqlite:///unused.sqlite3", cfg)
+    listed = cli("topology", "--stale", env=env)
+    assert listed.returncode == 1
+    assert "AMQP port is 5672, not 5999" in listed.stderr and "IGATE_BUS_MANAGEMENT_URL" in listed.stderr
+    explicit = cli("topology", "--stale", env={**env, "IGATE_BUS_MANAGEMENT_URL": "http://127.0.0.1:15672"})
+    assert explicit.returncode == 0, explicit.stderr  # said explicitly: trusted (a port-forward may differ)
