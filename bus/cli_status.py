@@ -169,6 +169,8 @@ def check_stale(app: App) -> StaleCheck:
         stale = stale_topology(app)
     except ManagementUnavailable as exc:
         return StaleCheck(checked=False, error=str(exc))
+    except Exception as exc:  # an odd listing must not cost the operator the rest of the report
+        return StaleCheck(checked=False, error=f"{type(exc).__name__}: {exc}"[:300])
     return StaleCheck(checked=True, **stale.as_json(), lines=stale.lines())
 
 

@@ -168,8 +168,11 @@ def private_vhost(settings: Settings, *, keep: bool = False) -> Iterator[tuple[S
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
-        if not keep:
-            api.delete_vhost(vhost)
+        try:
+            if not keep:
+                api.delete_vhost(vhost)
+        finally:
+            api.close()
 
 
 def expected_dead_letters(routes: list[Route], broken: list[dict[str, Any]], stray: list[dict[str, Any]]) -> int:

@@ -127,8 +127,8 @@ def stale_topology(app: App) -> Stale:
     """
     from routes.stale import find_stale
 
-    api = management_api(app.settings)
-    return find_stale(topology_of(app.routes), api.queues(), api.bindings())
+    with management_api(app.settings) as api:
+        return find_stale(topology_of(app.routes), api.queues(), api.bindings())
 
 
 def warn_stale(app: App) -> None:

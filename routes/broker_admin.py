@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Self
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
@@ -82,6 +82,7 @@ class ManagementApi:
     timeout_s: float = TIMEOUT_S
     amqp_port: int | None = None
     _same_broker: bool = field(default=False, init=False, repr=False)
+    _http: httpx.Client | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def for_broker(cls, amqp_url: str, management_url: str | None = None) -> ManagementApi:
@@ -181,19 +182,34 @@ class ManagementApi:
         return quote(self.vhost, safe="")
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.base_url,
-            auth=(self.username, self.password),
-            timeout=self.timeout_s,
-            follow_redirects=False,
-            headers={"accept": "application/json"},
-        )
+        """One client for this object's calls (one TLS context, one kept-alive connection); :meth:`close` ends it."""
+        if self._http is None:
+            self._http = httpx.Client(
+                base_url=self.base_url,
+                auth=(self.username, self.password),
+                timeout=self.timeout_s,
+                follow_redirects=False,
+                headers={"accept": "application/json"},
+            )
+        return self._http
+
+    def close(self) -> None:
+        """Close the HTTP client (a later call opens a new one)."""
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def _get(self, path: str, params: dict[str, str] | None = None, *, many: bool = True) -> list[dict[str, Any]]:
         """A listing (``many``) or one object, as a list of one."""
         self._check_same_broker()
         try:
-            with self._client() as client, client.stream("GET", path, params=params) as reply:
+            with self._client().stream("GET", path, params=params) as reply:
                 self._check(reply, path)
                 body = bytearray()
                 for chunk in reply.iter_bytes():
@@ -215,8 +231,7 @@ class ManagementApi:
     def _send(self, method: str, path: str, payload: dict[str, Any] | None, *, missing_ok: bool = False) -> None:
         self._check_same_broker()
         try:
-            with self._client() as client:
-                reply = client.request(method, path, json=payload)
+            reply = self._client().request(method, path, json=payload)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
         if missing_ok and reply.status_code == httpx.codes.NOT_FOUND:
