@@ -25,24 +25,24 @@ from routes.model import binding_matches
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
-API = ManagementApi.for_broker(BROKER)
 
 
 def broker_state() -> tuple[set[str], dict[str, int]]:
     """Vhosts (other test runs' left out) and every queue of ``/`` with its depth."""
-    vhosts = {v for v in API.vhosts() if not v.startswith("igb-")}
+    with ManagementApi.for_broker(BROKER) as api:
+        vhosts = {v for v in api.vhosts() if not v.startswith("igb-")}
+        names = [q.name for q in api.queues()]
     conn = pika.BlockingConnection(pika.URLParameters(BROKER))
     try:
-        depths = {
-            q.name: int(conn.channel().queue_declare(q.name, passive=True).method.message_count) for q in API.queues()
-        }
+        depths = {name: int(conn.channel().queue_declare(name, passive=True).method.message_count) for name in names}
     finally:
         conn.close()
     return vhosts, depths
 
 
 def demo_vhosts() -> list[str]:
-    return [v for v in API.vhosts() if v.startswith(VHOST_PREFIX)]
+    with ManagementApi.for_broker(BROKER) as api:
+        return [v for v in api.vhosts() if v.startswith(VHOST_PREFIX)]
 
 
 def run(tmp_path: Path, *args: str) -> subprocess.Popen[str]:

@@ -109,19 +109,18 @@ def vhost(amqp_url: str, sqlite_url: str, tmp_path: Path) -> dict[str, Any]:
 
 
 def _queues(url: str) -> dict[str, int]:
-    api = ManagementApi.for_broker(url)
-    out = {}
+    with ManagementApi.for_broker(url) as api:
+        names = [q.name for q in api.queues()]
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
-        for q in api.queues():
-            out[q.name] = int(conn.channel().queue_declare(q.name, passive=True).method.message_count)
+        return {name: int(conn.channel().queue_declare(name, passive=True).method.message_count) for name in names}
     finally:
         conn.close()
-    return out
 
 
 def _bindings(url: str) -> set[tuple[str, str, str]]:
-    return {(b.exchange, b.queue, b.routing_key) for b in ManagementApi.for_broker(url).bindings()}
+    with ManagementApi.for_broker(url) as api:
+        return {(b.exchange, b.queue, b.routing_key) for b in api.bindings()}
 
 
 def test_stale_queues_are_listed_warned_at_worker_start_and_shown_by_status(vhost, tmp_path):
