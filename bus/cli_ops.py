@@ -385,7 +385,7 @@ def demo(dossiers: int, keep: bool) -> None:
     try:
         code = run_demo(Plan(received=dossiers), keep=keep)
     except ConfigError as exc:
-        _fail(str(exc))
+        _fail(str(exc).replace("\n", "\nigate-bus: "))
     sys.exit(code)
 
 

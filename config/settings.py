@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, Secret, ValidationError
@@ -22,6 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.model import Duration, parse_duration, within
 from schemas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: the configuration shipped with the package (routes.yaml, connectors.yaml)
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent
@@ -88,35 +91,26 @@ class SecretStoreUrl(SecretUrl):
         return redact_store_url(self.get_secret_value())
 
 
-def _check_amqp_url(value: SecretUrl) -> SecretUrl:
-    """Refuse what pika would refuse later, with a message that never repeats the URL (it has a password)."""
-    parts = urlsplit(value.get_secret_value())
-    if parts.scheme not in _AMQP_SCHEMES:
-        raise ValueError(f"an AMQP URL starts with amqp:// or amqps:// (got {parts.scheme or 'no'} scheme)")
-    try:
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError:
-        raise ValueError("the port of the AMQP URL is not a number from 0 to 65535") from None
-    if not parts.hostname:
-        raise ValueError("the AMQP URL names no host")
-    return value
+def _url_check(what: str, schemes: tuple[str, ...], example: str) -> Callable[[SecretUrl], SecretUrl]:
+    """A validator refusing what the client (pika, httpx) would refuse later, never repeating the URL.
 
+    The message names ``what`` and the rule only: the URL may hold a password.
+    """
 
-def _check_management_url(value: SecretUrl) -> SecretUrl:
-    """Refuse a management API address httpx would refuse later; the message never repeats the URL."""
-    parts = urlsplit(value.get_secret_value())
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(
-            f"the management API's URL starts with http:// or https:// (got {parts.scheme or 'no'} scheme), "
-            "e.g. http://127.0.0.1:15672"
-        )
-    try:
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError:
-        raise ValueError("the port of the management API's URL is not a number from 0 to 65535") from None
-    if not parts.hostname:
-        raise ValueError("the management API's URL names no host")
-    return value
+    def check(value: SecretUrl) -> SecretUrl:
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in schemes:
+            starts = " or ".join(f"{scheme}://" for scheme in schemes)
+            raise ValueError(f"{what} starts with {starts} (got {parts.scheme or 'no'} scheme), e.g. {example}")
+        try:
+            parts.port  # noqa: B018 - parsing the port is the check
+        except ValueError:
+            raise ValueError(f"the port of {what} is not a number from 0 to 65535") from None
+        if not parts.hostname:
+            raise ValueError(f"{what} names no host")
+        return value
+
+    return check
 
 
 def _check_store_url(value: SecretStoreUrl) -> SecretStoreUrl:
@@ -139,9 +133,13 @@ def whole_seconds(value: object) -> int:
     return int(seconds)
 
 
-AmqpUrl = Annotated[SecretUrl, AfterValidator(_check_amqp_url)]
+AmqpUrl = Annotated[
+    SecretUrl, AfterValidator(_url_check("the AMQP URL", _AMQP_SCHEMES, "amqp://USER:PASSWORD@HOST:5672/%2F"))
+]
 StoreUrl = Annotated[SecretStoreUrl, AfterValidator(_check_store_url)]
-ManagementUrl = Annotated[SecretUrl, AfterValidator(_check_management_url)]
+ManagementUrl = Annotated[
+    SecretUrl, AfterValidator(_url_check("the management API's URL", ("http", "https"), "http://HOST:15672"))
+]
 
 
 class Settings(BaseSettings):

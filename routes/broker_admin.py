@@ -67,7 +67,7 @@ class ManagementApi:
     Args:
         base_url: ``http://host:15672`` (no credentials in it).
         username: the API user (the AMQP user by default).
-        password: its password.
+        password: its password (left out of the repr).
         vhost: the vhost the bus uses.
         timeout_s: per request.
         amqp_port: when the API's address was guessed from the AMQP URL, that URL's port: the first call
@@ -77,7 +77,7 @@ class ManagementApi:
 
     base_url: str
     username: str
-    password: str
+    password: str = field(repr=False)  # a repr ends up in tracebacks and logs
     vhost: str
     timeout_s: float = TIMEOUT_S
     amqp_port: int | None = None

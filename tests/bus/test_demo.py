@@ -76,6 +76,8 @@ def test_a_demo_run_leaves_the_broker_as_it_found_it_and_counts_every_dead_lette
     assert out.count("[unrouted]") == 1, out
     assert "ok: every event delivered once" in out
     assert "Nguyễn Thị Hương" not in out and "066190012345" not in out
+    assert "amqp://guest:***@127.0.0.1" in out, out  # the broker is named, its password hidden
+    assert "guest:guest" not in out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

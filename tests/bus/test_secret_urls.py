@@ -1,6 +1,7 @@
-"""The passwords in ``IGATE_BUS_AMQP_URL`` and ``IGATE_BUS_STORE_URL`` never leave the process in clear.
+"""The passwords in ``IGATE_BUS_AMQP_URL``, ``IGATE_BUS_STORE_URL`` and ``IGATE_BUS_MANAGEMENT_URL`` never leave
+the process in clear.
 
-Both URLs are held as secrets (``config.settings.SecretUrl``): whatever renders them shows ``***`` for the
+The URLs are held as secrets (``config.settings.SecretUrl``): whatever renders them shows ``***`` for the
 password. The end-to-end test gives a real worker a broker user of its own with a password only this test
 knows, and a PostgreSQL URL with another (the server trusts local connections, so any password is
 accepted and must still be hidden), then reads the worker's log, ``igate-bus status`` and the errors of
@@ -20,6 +21,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from busenv import ProcessWorker, env_for, ping_events, publish, wait_for, write_config
 
+from bus.wiring import management_api
 from config.settings import HIDDEN, SecretStoreUrl, SecretUrl, Settings, load_settings, redact_store_url, redact_url
 from schemas.errors import ConfigError
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 AMQP_PASSWORD = f"amqp-pw-{uuid.uuid4().hex[:12]}"
 STORE_PASSWORD = f"store-pw-{uuid.uuid4().hex[:12]}"
+MANAGEMENT_PASSWORD = f"mgmt-pw-{uuid.uuid4().hex[:12]}"
 
 
 class TestRendering:
@@ -62,15 +65,30 @@ class TestRendering:
         assert str(SecretStoreUrl(url)) == shown
 
     def test_settings_never_render_a_password(self) -> None:
-        """str, repr and a JSON dump of the settings hide both; the code that connects still gets them."""
+        """str, repr and a JSON dump of the settings hide all three; the code that connects still gets them."""
         settings = Settings(
-            amqp_url=f"amqp://bus:{AMQP_PASSWORD}@mq/v", store_url=f"postgresql+psycopg://bus:{STORE_PASSWORD}@db/x"
+            amqp_url=f"amqp://bus:{AMQP_PASSWORD}@mq/v",
+            store_url=f"postgresql+psycopg://bus:{STORE_PASSWORD}@db/x",
+            management_url=f"http://admin:{MANAGEMENT_PASSWORD}@mq:15672",
         )
         for text in (str(settings), repr(settings), settings.model_dump_json(), str(settings.model_dump())):
             assert AMQP_PASSWORD not in text
             assert STORE_PASSWORD not in text
+            assert MANAGEMENT_PASSWORD not in text
             assert HIDDEN in text
         assert AMQP_PASSWORD in settings.amqp_url.get_secret_value()
+        assert settings.management_url is not None
+        assert MANAGEMENT_PASSWORD in settings.management_url.get_secret_value()
+
+    @pytest.mark.parametrize("management_url", [None, f"http://admin:{MANAGEMENT_PASSWORD}@mq:15672"])
+    def test_the_management_api_client_never_renders_its_password(self, management_url: str | None) -> None:
+        """The client built from the settings has the password (it logs in with it) but its repr does not."""
+        settings = Settings(amqp_url=f"amqp://bus:{AMQP_PASSWORD}@mq/v", management_url=management_url)
+        with management_api(settings) as api:
+            expected = MANAGEMENT_PASSWORD if management_url else AMQP_PASSWORD
+            assert api.password == expected
+            assert expected not in repr(api)
+            assert api.base_url == "http://mq:15672"
 
     @pytest.mark.parametrize(
         ("variable", "url", "words"),
@@ -78,6 +96,8 @@ class TestRendering:
             ("IGATE_BUS_AMQP_URL", f"http://bus:{AMQP_PASSWORD}@mq/", "amqp:// or amqps://"),
             ("IGATE_BUS_AMQP_URL", f"amqp://bus:{AMQP_PASSWORD}@mq:http/", "port"),
             ("IGATE_BUS_STORE_URL", f"not a url:{STORE_PASSWORD}", "not a SQLAlchemy URL"),
+            ("IGATE_BUS_MANAGEMENT_URL", f"amqp://admin:{MANAGEMENT_PASSWORD}@mq/", "http:// or https://"),
+            ("IGATE_BUS_MANAGEMENT_URL", f"http://admin:{MANAGEMENT_PASSWORD}@mq:x/", "port"),
         ],
     )
     def test_a_bad_url_is_refused_without_repeating_it(
@@ -91,6 +111,7 @@ class TestRendering:
         assert variable in str(caught.value)
         assert AMQP_PASSWORD not in str(caught.value)
         assert STORE_PASSWORD not in str(caught.value)
+        assert MANAGEMENT_PASSWORD not in str(caught.value)
 
 
 def _rabbitmqctl(*args: str) -> None:
