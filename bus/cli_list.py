@@ -96,19 +96,12 @@ def list_operations() -> list[Item]:
 
 def list_events() -> list[Item]:
     """Every event type: its payload model, and who publishes it on which exchange."""
-    from schemas.bus import BUS_EVENTS
-    from schemas.igate import IGATE_EVENTS
-    from schemas.results import RESULT_EVENTS
+    from schemas.events import EVENT_GROUPS
 
-    origins = [
-        (IGATE_EVENTS, "iGate, on igate.events"),
-        (RESULT_EVENTS, "external systems and routes' emits, on bus.results"),
-        (BUS_EVENTS, "the bus (bus.ping on igate.events, bus.pong on bus.results)"),
-    ]
     return [
         Item(name, "-", model.__name__, doc_line(model), {"origin": origin})
-        for registry, origin in origins
-        for name, model in sorted(registry.items())
+        for origin, group in EVENT_GROUPS
+        for name, model in sorted(group.items())
     ]
 
 

@@ -19,8 +19,17 @@ from schemas.sftp import FILE_EVENTS
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-#: event type to payload model: iGate's events, the result events on ``bus.results``, the bus's own, files
-EVENT_PAYLOADS: dict[str, type[BaseModel]] = {**IGATE_EVENTS, **RESULT_EVENTS, **BUS_EVENTS, **FILE_EVENTS}
+#: every group of event types with who publishes it where (``igate-bus list events`` shows the origin); a new
+#: group is added here once and reaches the parser, ``check``, the masking and the listing together
+EVENT_GROUPS: tuple[tuple[str, dict[str, type[BaseModel]]], ...] = (
+    ("iGate, on igate.events", IGATE_EVENTS),
+    ("external systems and routes' emits, on bus.results", RESULT_EVENTS),
+    ("the bus (bus.ping on igate.events, bus.pong on bus.results)", BUS_EVENTS),
+    ("file transfer (file.ready on igate.events, file.sent on bus.results)", FILE_EVENTS),
+)
+
+#: event type to payload model, over every group
+EVENT_PAYLOADS: dict[str, type[BaseModel]] = {name: model for _, group in EVENT_GROUPS for name, model in group.items()}
 
 #: field names (and aliases) marked as personal data anywhere in those models
 SENSITIVE_FIELDS: frozenset[str] = sensitive_field_names(EVENT_PAYLOADS.values())
