@@ -5,13 +5,43 @@ in this store, and the claim tells it what an earlier delivery of the same event
 docs/design.md, "Delivery guarantees", and docs/reliability.md, R2/R8/R17):
 
 - ``NEW``: nothing was applied yet, send;
-- ``RECLAIMED``: an earlier attempt took the claim and never finished it, so the effect *may* have been
-  applied: reconcile by looking the idempotency key up at the target before sending again;
+- ``RECLAIMED``: the effect *may* have been applied: reconcile by looking the idempotency key up at the
+  target before anything is sent again;
 - ``DONE``: applied; the stored reply is returned so the result event can be re-emitted unchanged;
 - ``HELD``: another owner holds a live lease: try later.
 
-A claim is never dropped after an ambiguous failure (Camel's ``removeOnFailure`` trap): ``release`` with
-``maybe_applied=True`` keeps it ``in_progress`` with an expired lease, so the next claim is ``RECLAIMED``.
+**The rule.** Once a claim may have been applied, only a lookup that answers "not there"
+(:meth:`IdempotencyStore.confirm_absent`) or the effect being recorded (:meth:`IdempotencyStore.complete`,
+which is also what the target's own duplicate answer leads to) clears that. A failed lookup, a crash, a
+store error, a reply the connector refuses, a release that says "not applied" and a permanent failure all
+keep it. The store holds the rule itself, in the ``maybe_applied`` flag of the row, so no caller can clear it
+by saying the wrong thing (Camel's ``removeOnFailure`` trap: the bug of issue 8 was a failed *lookup*, which
+applies nothing, releasing a claim whose *send* may have applied, as "not applied").
+
+States (``state``, ``maybe_applied`` = M) and transitions; "held" means ``in_progress`` with a live lease
+owned by the caller, "taken" means its lease ended or the owner is the caller::
+
+    from                         call                               to                            answer
+    ---------------------------  ---------------------------------  ----------------------------  ---------
+    (no row)                     claim                              in_progress, M=0, leased      NEW
+    retry or failed (M=0)        claim                              in_progress, M=0, leased      NEW
+    in_progress, live, other     claim                              unchanged                     HELD
+    in_progress, taken           claim                              in_progress, M=1, leased      RECLAIMED
+    any with M=1 (not done)      claim (when not HELD)              in_progress, M=1, leased      RECLAIMED
+    done                         claim                              unchanged                     DONE
+    held, M=1                    confirm_absent (lookup: not there) in_progress, M=0, same lease  -
+    held, M=0                    release(maybe_applied=False)       retry, no lease               -
+    held, M=0                    release(maybe_applied=True)        in_progress, M=1, lease ended -
+    held, M=1                    release(maybe_applied=any)         in_progress, M=1, lease ended -
+    held, M=0                    fail(error)                        failed, error, no lease       -
+    held, M=1                    fail(error)                        in_progress, M=1, lease ended,
+                                                                    error kept                    -
+    anything but done            complete(result)                   done, M=0, result             -
+    done                         complete                           unchanged (first result kept) -
+    not held by the caller       confirm_absent / release / fail    unchanged (a warning)         -
+
+``claim_many`` and ``complete_many`` (the batch path, driver SQL) follow the same rows: a fresh key is
+inserted with M=0, every other key goes through :meth:`IdempotencyStore.claim`'s per-row path.
 
 Claims must be atomic across threads, processes and hosts, on SQLite (the embedded default) and on
 PostgreSQL (several workers). Each call is one short transaction: an ``INSERT ... ON CONFLICT DO NOTHING``
@@ -20,6 +50,11 @@ decides a fresh key (exactly one inserter wins), and an existing row is taken ov
 cannot both win; the loser re-reads and decides again. On SQLite the first statement of every write
 transaction is a write, so the transaction holds the single write lock from its start and never has to
 upgrade a read snapshot (which would fail with ``SQLITE_BUSY`` instead of waiting).
+
+**Upgrades.** The ``maybe_applied`` column came after the first release: opening a store whose table lacks
+it adds it (``ALTER TABLE ... ADD COLUMN ... DEFAULT false``, on SQLite and PostgreSQL, safe when several
+processes start at once). Old rows read M=0; an old row ``in_progress`` still reads RECLAIMED once its lease
+ends, as it always did.
 
 SQLAlchemy Core builds every statement but the two a batch runs (:class:`_DriverSQL`). Datetimes are stored
 in UTC (``timestamptz`` on PostgreSQL, fixed-width UTC text on SQLite) and always come back UTC-aware.
@@ -105,6 +140,7 @@ class ClaimRecord:
         route: The route's name.
         event_id: The event's id (the idempotency key within the route).
         state: ``in_progress``, ``done``, ``failed`` or ``retry``.
+        maybe_applied: True once the effect may have been applied and no lookup has said otherwise since.
         owner: Who claimed it last.
         attempts: How many times it has been claimed.
         claimed_at: When it was claimed last (UTC).
@@ -117,6 +153,7 @@ class ClaimRecord:
     route: str
     event_id: str
     state: str
+    maybe_applied: bool
     owner: str | None
     attempts: int
     claimed_at: datetime
@@ -166,6 +203,8 @@ claims_table: Final = sa.Table(
     sa.Column("route", sa.String(MAX_KEY_LENGTH), primary_key=True),
     sa.Column("event_id", sa.String(MAX_KEY_LENGTH), primary_key=True),
     sa.Column("state", sa.String(16), nullable=False),
+    # added after the first release: _ensure_columns adds it to an older table
+    sa.Column("maybe_applied", sa.Boolean(create_constraint=False), nullable=False, server_default=sa.false()),
     sa.Column("owner", sa.String(MAX_KEY_LENGTH), nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("claimed_at", _UTCDateTime(), nullable=False),
@@ -236,16 +275,23 @@ def _load(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _decide(state: str, holder: str | None, lease_until: datetime | None, owner: str, now: datetime) -> ClaimOutcome:
-    """What claiming an existing row amounts to; NEW and RECLAIMED still have to win the compare-and-set."""
+def _decide(
+    state: str, maybe_applied: bool, holder: str | None, lease_until: datetime | None, owner: str, now: datetime
+) -> ClaimOutcome:
+    """What claiming an existing row amounts to (the table in the module docstring).
+
+    NEW and RECLAIMED still have to win the compare-and-set.
+    """
     if state == DONE:
         return ClaimOutcome.DONE
-    if state in {FAILED, RETRY}:
-        return ClaimOutcome.NEW  # nothing was applied: a fresh attempt
     if state == IN_PROGRESS:
-        if lease_until is None or lease_until <= now or holder == owner:
-            return ClaimOutcome.RECLAIMED  # the holder is gone (or is us): it may have applied the effect
-        return ClaimOutcome.HELD
+        if lease_until is not None and lease_until > now and holder != owner:
+            return ClaimOutcome.HELD
+        return ClaimOutcome.RECLAIMED  # the holder is gone (or is us): it may have applied the effect
+    if state in {FAILED, RETRY}:
+        # nothing was applied, unless the row says otherwise (the store never writes that, but a row that
+        # says "maybe applied" is believed whatever its state)
+        return ClaimOutcome.RECLAIMED if maybe_applied else ClaimOutcome.NEW
     raise RuntimeError(f"a claim has an unknown state {state!r}")
 
 
@@ -265,6 +311,7 @@ class _Statements:
                 route=sa.bindparam("k_route"),
                 event_id=sa.bindparam("k_event_id"),
                 state=IN_PROGRESS,
+                maybe_applied=False,
                 owner=sa.bindparam("n_owner"),
                 attempts=1,
                 claimed_at=sa.bindparam("n_claimed_at", type_=when),
@@ -273,7 +320,9 @@ class _Statements:
             .on_conflict_do_nothing(index_elements=[_c.route, _c.event_id])
             .execution_options(preserve_rowcount=True)
         )
-        self.select_state = sa.select(_c.state, _c.owner, _c.attempts, _c.lease_until, _c.result).where(key)
+        self.select_state = sa.select(
+            _c.state, _c.maybe_applied, _c.owner, _c.attempts, _c.lease_until, _c.result
+        ).where(key)
         # compare-and-set: the row must still be what we read (attempts grows with every claim)
         self.take_over = (
             sa.update(claims_table)
@@ -285,6 +334,7 @@ class _Statements:
             )
             .values(
                 state=IN_PROGRESS,
+                maybe_applied=sa.bindparam("n_maybe_applied"),
                 owner=sa.bindparam("n_owner"),
                 attempts=sa.bindparam("n_attempts"),
                 claimed_at=sa.bindparam("n_claimed_at", type_=when),
@@ -295,6 +345,7 @@ class _Statements:
             route=sa.bindparam("k_route"),
             event_id=sa.bindparam("k_event_id"),
             state=DONE,
+            maybe_applied=False,
             owner=sa.bindparam("n_owner"),
             attempts=1,
             claimed_at=sa.bindparam("n_done_at", type_=when),
@@ -307,6 +358,7 @@ class _Statements:
             index_elements=[_c.route, _c.event_id],
             set_={
                 "state": DONE,
+                "maybe_applied": False,
                 "owner": upsert.excluded.owner,
                 "lease_until": None,
                 "done_at": upsert.excluded.done_at,
@@ -316,9 +368,20 @@ class _Statements:
             where=_c.state != DONE,  # done is final: keep the first result, the one already emitted
         ).execution_options(preserve_rowcount=True)
         held = sa.update(claims_table).where(key, _c.state == IN_PROGRESS, _c.owner == sa.bindparam("k_owner"))
-        self.fail = held.values(state=FAILED, lease_until=None, error=sa.bindparam("n_error"))
-        self.release_applied = held.values(lease_until=sa.bindparam("n_lease_until", type_=when))
-        self.release_clean = held.values(state=RETRY, lease_until=None)
+        # every SET expression reads the row as it was before the UPDATE (SQL, on SQLite and PostgreSQL)
+        maybe = sa.or_(_c.maybe_applied, sa.bindparam("n_applied", type_=sa.Boolean()))
+        ended = sa.bindparam("n_now", type_=when)
+        self.release = held.values(
+            state=sa.case((maybe, IN_PROGRESS), else_=RETRY),
+            maybe_applied=maybe,
+            lease_until=sa.case((maybe, ended), else_=None),
+        )
+        self.fail = held.values(
+            state=sa.case((_c.maybe_applied, IN_PROGRESS), else_=FAILED),
+            lease_until=sa.case((_c.maybe_applied, ended), else_=None),
+            error=sa.bindparam("n_error"),
+        )
+        self.confirm_absent = held.values(maybe_applied=False)
 
 
 class _DriverSQL:
@@ -338,15 +401,16 @@ class _DriverSQL:
         bind = _UTCDateTime().bind_processor(dialect)
         self.when: Any = bind if bind is not None else (lambda value: value)
         table = claims_table.name
-        self._row = "(" + ", ".join([ph] * 7) + ")"
+        self._row = "(" + ", ".join([ph] * 8) + ")"
         # the table name and placeholders are ours; every value is a bound parameter
-        columns = "route, event_id, state, owner, attempts, claimed_at, lease_until"
+        columns = "route, event_id, state, maybe_applied, owner, attempts, claimed_at, lease_until"
         self._insert = f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608
         self._fresh_tail = " ON CONFLICT (route, event_id) DO NOTHING RETURNING event_id"
         self.complete = (
-            f"INSERT INTO {table} (route, event_id, state, owner, attempts, claimed_at, lease_until, done_at, result,"  # noqa: S608
-            f" error) VALUES ({', '.join([ph] * 10)}) ON CONFLICT (route, event_id) DO UPDATE SET"
-            " state = excluded.state, owner = excluded.owner, lease_until = NULL, done_at = excluded.done_at,"
+            f"INSERT INTO {table} (route, event_id, state, maybe_applied, owner, attempts, claimed_at, lease_until,"  # noqa: S608
+            f" done_at, result, error) VALUES ({', '.join([ph] * 11)}) ON CONFLICT (route, event_id) DO UPDATE SET"
+            " state = excluded.state, maybe_applied = excluded.maybe_applied, owner = excluded.owner,"
+            " lease_until = NULL, done_at = excluded.done_at,"
             f" result = excluded.result, error = NULL WHERE {table}.state <> '{DONE}'"
         )
 
@@ -431,6 +495,28 @@ class IdempotencyStore:
             # another process created it between our check and our CREATE: fine if it is there now
             if not sa.inspect(self._engine).has_table(claims_table.name):
                 raise
+        self._ensure_columns()
+
+    def _ensure_columns(self) -> None:
+        """Add the columns a table made by an earlier release lacks (``maybe_applied``), idempotently.
+
+        Why not a migration tool: one column, added with a constant default, which both back ends do in
+        place without rewriting the table. Two processes upgrading at once both try; the loser's
+        "duplicate column" is fine once the column is there.
+        """
+        columns = {c["name"] for c in sa.inspect(self._engine).get_columns(claims_table.name)}
+        if "maybe_applied" in columns:
+            return
+        default = "0" if self._engine.dialect.name == "sqlite" else "FALSE"
+        ddl = f"ALTER TABLE {claims_table.name} ADD COLUMN maybe_applied BOOLEAN NOT NULL DEFAULT {default}"
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.text(ddl))
+        except sa.exc.DBAPIError:
+            columns = {c["name"] for c in sa.inspect(self._engine).get_columns(claims_table.name)}
+            if "maybe_applied" not in columns:
+                raise
+        _log.info("store_upgraded", table=claims_table.name, added="maybe_applied")
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -494,7 +580,9 @@ class IdempotencyStore:
         if not rows:
             return {}
         claimed_at, until = self._driver.when(now), self._driver.when(lease_until)
-        flat = [v for p in rows for v in (route, p["k_event_id"], IN_PROGRESS, p["n_owner"], 1, claimed_at, until)]
+        flat = [
+            v for p in rows for v in (route, p["k_event_id"], IN_PROGRESS, False, p["n_owner"], 1, claimed_at, until)
+        ]
         with self._begin() as conn:
             cursor = conn.connection.cursor()
             try:
@@ -519,7 +607,7 @@ class IdempotencyStore:
             row = conn.execute(sql.select_state, params).first()
             if row is None:  # forgotten between our insert and our read: insert again
                 continue
-            outcome = _decide(row.state, row.owner, row.lease_until, owner, now)
+            outcome = _decide(row.state, bool(row.maybe_applied), row.owner, row.lease_until, owner, now)
             if outcome is ClaimOutcome.DONE:
                 return Claim(outcome, _load(row.result), row.attempts)
             if outcome is ClaimOutcome.HELD:
@@ -531,6 +619,7 @@ class IdempotencyStore:
                 "k_attempts": row.attempts,
                 "k_owner": row.owner,
                 "n_attempts": attempts,
+                "n_maybe_applied": outcome is ClaimOutcome.RECLAIMED,
             }
             if conn.execute(sql.take_over, cas).rowcount == 1:
                 return Claim(outcome, None, attempts)
@@ -584,7 +673,7 @@ class IdempotencyStore:
         for event_id, (owner, result) in results.items():
             _check_key(route, event_id)
             _check_text("owner", owner)
-            rows.append((route, event_id, DONE, owner, 1, done_at, None, done_at, _dump(result), None))
+            rows.append((route, event_id, DONE, False, owner, 1, done_at, None, done_at, _dump(result), None))
         if not rows:
             return
         with self._begin() as conn:
@@ -598,10 +687,13 @@ class IdempotencyStore:
             _log.warning("claim_already_done", route=route, already_done=len(rows) - changed, of=len(rows))
 
     def fail(self, route: str, event_id: str, *, owner: str, error: str) -> None:
-        """Record a permanent rejection (nothing was applied): the claim becomes ``failed``.
+        """Record a permanent rejection: the claim becomes ``failed``, unless it may have been applied.
 
-        The next claim of the event (a replay after the cause was fixed) is ``NEW``. Only the owner of a
-        claim still ``in_progress`` can fail it; otherwise nothing changes (and a warning is logged).
+        A claim that is not "maybe applied" becomes ``failed`` and the next claim of the event (a replay after
+        the cause was fixed) is ``NEW``. One that may have been applied (a lookup was refused, say) keeps
+        that: it stays ``in_progress`` with its lease ended and the error recorded, so a replay reconciles
+        first. Only the owner of a claim still ``in_progress`` can fail it; otherwise nothing changes (and a
+        warning is logged).
 
         Args:
             route: The route's name.
@@ -612,7 +704,8 @@ class IdempotencyStore:
         Raises:
             ValueError: An empty route, event_id or owner.
         """
-        self._settle(route, event_id, owner=owner, stmt=self._sql.fail, values={"n_error": str(error)}, what="fail")
+        values = {"n_error": str(error), "n_now": datetime.now(UTC)}
+        self._settle(route, event_id, owner=owner, stmt=self._sql.fail, values=values, what="fail")
 
     def release(self, route: str, event_id: str, *, owner: str, maybe_applied: bool) -> None:
         """Give a claim back after a transient failure.
@@ -624,19 +717,34 @@ class IdempotencyStore:
             route: The route's name.
             event_id: The event's id.
             owner: The owner that claimed it.
-            maybe_applied: True when the effect may have happened (timeout, reset after sending): the claim
-                stays ``in_progress`` with its lease ended now, so the next claim is ``RECLAIMED`` and
-                reconciles. False when it surely did not (refused before sending): the claim becomes
-                ``retry`` and the next claim is ``NEW``.
+            maybe_applied: True when this attempt may have applied the effect (timeout, reset after sending):
+                the claim stays ``in_progress`` with its lease ended now and "maybe applied", so the next
+                claim is ``RECLAIMED`` and reconciles. False when this attempt surely applied nothing
+                (refused before sending, a lookup that failed): the claim becomes ``retry`` and the next
+                claim is ``NEW``, unless it was already "maybe applied", which only
+                :meth:`confirm_absent` or :meth:`complete` clear.
 
         Raises:
             ValueError: An empty route, event_id or owner.
         """
-        if maybe_applied:
-            stmt, values = self._sql.release_applied, {"n_lease_until": datetime.now(UTC)}
-        else:
-            stmt, values = self._sql.release_clean, {}
-        self._settle(route, event_id, owner=owner, stmt=stmt, values=values, what="release")
+        values = {"n_applied": bool(maybe_applied), "n_now": datetime.now(UTC)}
+        self._settle(route, event_id, owner=owner, stmt=self._sql.release, values=values, what="release")
+
+    def confirm_absent(self, route: str, event_id: str, *, owner: str) -> None:
+        """A lookup at the target answered "not there": the held claim is no longer "maybe applied".
+
+        The caller keeps its claim and lease and may now send. Only the owner of a claim still
+        ``in_progress`` can do this; otherwise nothing changes (and a warning is logged).
+
+        Args:
+            route: The route's name.
+            event_id: The event's id.
+            owner: The owner that claimed it (RECLAIMED) and looked it up.
+
+        Raises:
+            ValueError: An empty route, event_id or owner.
+        """
+        self._settle(route, event_id, owner=owner, stmt=self._sql.confirm_absent, values={}, what="confirm_absent")
 
     def _settle(
         self, route: str, event_id: str, *, owner: str, stmt: sa.Update, values: dict[str, Any], what: str
@@ -664,6 +772,7 @@ class IdempotencyStore:
             route=row.route,
             event_id=row.event_id,
             state=row.state,
+            maybe_applied=bool(row.maybe_applied),
             owner=row.owner,
             attempts=row.attempts,
             claimed_at=row.claimed_at,

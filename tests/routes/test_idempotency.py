@@ -54,6 +54,7 @@ def test_first_claim_is_new_and_holds_a_lease(store: IdempotencyStore) -> None:
         route=ROUTE,
         event_id="e1",
         state="in_progress",
+        maybe_applied=False,
         owner="w1/a",
         attempts=1,
         claimed_at=T0,
@@ -105,7 +106,7 @@ def test_held_for_another_owner_then_reclaimed_when_the_lease_expires(store: Ide
     taken = store.claim(ROUTE, "e1", owner="w2/b", lease_s=60, now=later)
     assert taken == Claim(ClaimOutcome.RECLAIMED, None, 2)
     record = _record(store, "e1")
-    assert (record.state, record.owner, record.attempts) == ("in_progress", "w2/b", 2)
+    assert (record.state, record.maybe_applied, record.owner, record.attempts) == ("in_progress", True, "w2/b", 2)
     assert (record.claimed_at, record.lease_until) == (later, later + timedelta(seconds=60))
     # the first owner is back from its stall: its lease is gone, so it is held off in turn
     assert store.claim(ROUTE, "e1", owner="w1/a", lease_s=30, now=later).outcome is ClaimOutcome.HELD
@@ -130,7 +131,7 @@ def test_release_maybe_applied_makes_the_next_claim_reclaimed(store: Idempotency
     store.claim(ROUTE, "e1", owner="w1/a", lease_s=300)
     store.release(ROUTE, "e1", owner="w1/a", maybe_applied=True)
     record = _record(store, "e1")
-    assert record.state == "in_progress"
+    assert (record.state, record.maybe_applied) == ("in_progress", True)
     assert record.lease_until is not None
     assert record.lease_until <= datetime.now(UTC)
     assert store.claim(ROUTE, "e1", owner="w2/b", lease_s=300) == Claim(ClaimOutcome.RECLAIMED, None, 2)
@@ -169,6 +170,7 @@ def test_release_and_fail_by_a_former_owner_change_nothing(store: IdempotencySto
     store.release(ROUTE, "e1", owner="w1/a", maybe_applied=False)
     store.release(ROUTE, "e1", owner="w1/a", maybe_applied=True)
     store.fail(ROUTE, "e1", owner="w1/a", error="late")
+    store.confirm_absent(ROUTE, "e1", owner="w1/a")
     assert _record(store, "e1") == before
     store.release(ROUTE, "missing", owner="w1/a", maybe_applied=True)  # no row: nothing to do
     assert store.get(ROUTE, "missing") is None
@@ -181,9 +183,131 @@ def test_done_is_final(store: IdempotencyStore) -> None:
     done = _record(store, "e1")
     store.fail(ROUTE, "e1", owner="w1/a", error="x")
     store.release(ROUTE, "e1", owner="w1/a", maybe_applied=False)
+    store.release(ROUTE, "e1", owner="w1/a", maybe_applied=True)
+    store.confirm_absent(ROUTE, "e1", owner="w1/a")
     store.complete(ROUTE, "e1", owner="w2/b", result={"n": 2})
     assert _record(store, "e1") == done
     assert store.claim(ROUTE, "e1", owner="w3/c", lease_s=30).result == {"n": 1}
+
+
+# -- "maybe applied" survives everything but a lookup's "not there" (issue 8) ---------------------------------
+def _maybe_applied(store: IdempotencyStore, event_id: str = "e1", *, owner: str = "w2/b") -> None:
+    """Bring a claim to "held by ``owner``, maybe applied": sent by w1, reclaimed by ``owner``."""
+    store.claim(ROUTE, event_id, owner="w1/a", lease_s=300)
+    store.release(ROUTE, event_id, owner="w1/a", maybe_applied=True)  # e.g. reset after sending
+    assert store.claim(ROUTE, event_id, owner=owner, lease_s=300).outcome is ClaimOutcome.RECLAIMED
+    record = _record(store, event_id)
+    assert (record.state, record.maybe_applied, record.owner) == ("in_progress", True, owner)
+
+
+@pytest.mark.parametrize("says_applied", [False, True])
+def test_a_release_never_clears_maybe_applied(store: IdempotencyStore, says_applied: bool) -> None:
+    """Held and maybe applied ▶ release(any) ▶ in_progress, still maybe applied, lease ended: RECLAIMED next.
+
+    The bug of issue 8: the reconciling lookup failed (a read, "not applied"), the claim went to retry and
+    the next attempt sent the effect again.
+    """
+    _maybe_applied(store)
+    store.release(ROUTE, "e1", owner="w2/b", maybe_applied=says_applied)
+    record = _record(store, "e1")
+    assert (record.state, record.maybe_applied) == ("in_progress", True)
+    assert record.lease_until is not None
+    assert record.lease_until <= datetime.now(UTC)
+    assert store.claim(ROUTE, "e1", owner="w3/c", lease_s=300) == Claim(ClaimOutcome.RECLAIMED, None, 3)
+
+
+def test_release_applied_of_a_clean_claim_makes_it_maybe_applied(store: IdempotencyStore) -> None:
+    """Held, not maybe applied ▶ release(maybe_applied=True) ▶ in_progress, maybe applied, lease ended."""
+    store.claim(ROUTE, "e1", owner="w1/a", lease_s=300)
+    assert _record(store, "e1").maybe_applied is False
+    store.release(ROUTE, "e1", owner="w1/a", maybe_applied=True)
+    record = _record(store, "e1")
+    assert (record.state, record.maybe_applied) == ("in_progress", True)
+
+
+def test_a_lookup_saying_not_there_clears_it_and_keeps_the_lease(store: IdempotencyStore) -> None:
+    """Held, maybe applied ▶ confirm_absent ▶ still held (same lease), no longer maybe applied.
+
+    The holder may now send; if that send fails before leaving, a release "not applied" gives ``retry``
+    and the next claim is NEW again.
+    """
+    _maybe_applied(store)
+    before = _record(store, "e1")
+    store.confirm_absent(ROUTE, "e1", owner="w2/b")
+    after = _record(store, "e1")
+    assert (after.state, after.maybe_applied, after.owner) == ("in_progress", False, "w2/b")
+    assert (after.claimed_at, after.lease_until, after.attempts) == (
+        before.claimed_at,
+        before.lease_until,
+        before.attempts,
+    )
+    store.release(ROUTE, "e1", owner="w2/b", maybe_applied=False)
+    assert (_record(store, "e1").state, _record(store, "e1").maybe_applied) == ("retry", False)
+    assert store.claim(ROUTE, "e1", owner="w3/c", lease_s=300).outcome is ClaimOutcome.NEW
+
+
+def test_a_permanent_failure_keeps_maybe_applied_and_the_error(store: IdempotencyStore) -> None:
+    """Held, maybe applied ▶ fail (e.g. the lookup was refused) ▶ in_progress, maybe applied, error kept.
+
+    The message is dead-lettered; its replay must reconcile first, so the next claim is RECLAIMED.
+    """
+    _maybe_applied(store)
+    store.fail(ROUTE, "e1", owner="w2/b", error="lookup refused: HTTP 400")
+    record = _record(store, "e1")
+    assert (record.state, record.maybe_applied, record.error) == ("in_progress", True, "lookup refused: HTTP 400")
+    assert record.lease_until is not None
+    assert record.lease_until <= datetime.now(UTC)
+    assert store.claim(ROUTE, "e1", owner="w3/c", lease_s=300).outcome is ClaimOutcome.RECLAIMED
+
+
+def test_complete_clears_maybe_applied(store: IdempotencyStore) -> None:
+    """Held, maybe applied ▶ complete (the lookup found it, or the target answered "duplicate") ▶ done."""
+    _maybe_applied(store)
+    store.complete(ROUTE, "e1", owner="w2/b", result={"noteId": "n-1"})
+    record = _record(store, "e1")
+    assert (record.state, record.maybe_applied, record.result) == ("done", False, {"noteId": "n-1"})
+
+
+@pytest.mark.parametrize("state", ["retry", "failed"])
+def test_a_row_that_says_maybe_applied_is_believed_whatever_its_state(
+    store: IdempotencyStore, store_url: str, state: str
+) -> None:
+    """retry/failed with the flag set (the store never writes that; a hand edit might) ▶ RECLAIMED, not NEW."""
+    store.claim(ROUTE, "e1", owner="w1/a", lease_s=300)
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE claims SET state = :s, maybe_applied = :m, lease_until = NULL"),
+                {"s": state, "m": True},
+            )
+    finally:
+        engine.dispose()
+    assert store.claim(ROUTE, "e1", owner="w2/b", lease_s=300).outcome is ClaimOutcome.RECLAIMED
+    assert store.claim_many(ROUTE, {"e1": "w3/c"}, lease_s=300)["e1"].outcome is ClaimOutcome.HELD
+
+
+def test_a_failed_lookup_then_a_crash_then_a_store_error_never_lead_to_a_second_send(
+    store: IdempotencyStore,
+) -> None:
+    """Every way an attempt can end without an answer from the target keeps the claim RECLAIMED."""
+    _maybe_applied(store)  # w1 sent and lost the answer; w2 reclaimed it
+    store.release(ROUTE, "e1", owner="w2/b", maybe_applied=False)  # w2's lookup failed
+    assert store.claim(ROUTE, "e1", owner="w3/c", lease_s=1, now=datetime.now(UTC)).outcome is (ClaimOutcome.RECLAIMED)
+    # w3 crashed holding it (no release at all): its lease ends
+    later = datetime.now(UTC) + timedelta(seconds=2)
+    assert store.claim(ROUTE, "e1", owner="w4/d", lease_s=300, now=later).outcome is ClaimOutcome.RECLAIMED
+    store.fail(ROUTE, "e1", owner="w4/d", error="a reply the connector refused, dead-lettered")
+    # a replay of the dead letter in a batch
+    claims = store.claim_many(ROUTE, {"e1": "w5/e", "fresh": "w5/e"}, lease_s=300)
+    assert (claims["e1"].outcome, claims["fresh"].outcome) == (ClaimOutcome.RECLAIMED, ClaimOutcome.NEW)
+    assert _record(store, "e1").maybe_applied is True
+    assert _record(store, "fresh").maybe_applied is False
+    store.complete_many(ROUTE, {"e1": ("w5/e", {"found": True}), "fresh": ("w5/e", {})})
+    assert [(_record(store, k).state, _record(store, k).maybe_applied) for k in ("e1", "fresh")] == [
+        ("done", False),
+        ("done", False),
+    ]
 
 
 def test_complete_is_unconditional(store: IdempotencyStore) -> None:
@@ -370,6 +494,74 @@ def test_reopening_keeps_claims_and_create_is_idempotent(store_url: str) -> None
         assert second.claim(ROUTE, "e1", owner="w2/b", lease_s=300).outcome is ClaimOutcome.HELD
     with IdempotencyStore(store_url, create=False) as third:
         assert third.counts() == {"in_progress": 1}
+
+
+#: the claims table as the first release created it (before ``maybe_applied``)
+_OLD_TABLE_DDL = """
+CREATE TABLE claims (
+    route VARCHAR(200) NOT NULL,
+    event_id VARCHAR(200) NOT NULL,
+    state VARCHAR(16) NOT NULL,
+    owner VARCHAR(200),
+    attempts INTEGER NOT NULL,
+    claimed_at {ts} NOT NULL,
+    lease_until {ts},
+    done_at {ts},
+    result TEXT,
+    error TEXT,
+    PRIMARY KEY (route, event_id),
+    CONSTRAINT claims_state_valid CHECK (state IN ('in_progress', 'done', 'failed', 'retry'))
+)
+"""
+
+
+def test_a_store_made_by_the_previous_release_is_upgraded_in_place(store_url: str) -> None:
+    """An old table with rows in every state ▶ opened by two stores at once ▶ the column is added, rows work."""
+    engine = sa.create_engine(store_url)
+    ts = "TIMESTAMP WITH TIME ZONE" if engine.dialect.name == "postgresql" else "DATETIME"
+    past = "2020-01-01 00:00:00" + ("+00" if engine.dialect.name == "postgresql" else "")
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(_OLD_TABLE_DDL.format(ts=ts)))
+            for event_id, state, lease in (
+                ("crashed", "in_progress", past),
+                ("retry", "retry", None),
+                ("done", "done", None),
+            ):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO claims (route, event_id, state, owner, attempts, claimed_at, lease_until,"
+                        " result) VALUES (:r, :e, :s, 'old', 1, :t, :l, :res)"
+                    ),
+                    {"r": ROUTE, "e": event_id, "s": state, "t": past, "l": lease, "res": "{}"},
+                )
+    finally:
+        engine.dispose()
+
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            IdempotencyStore(store_url).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+    with IdempotencyStore(store_url) as store:
+        assert _record(store, "crashed").maybe_applied is False
+        assert store.claim(ROUTE, "crashed", owner="new", lease_s=30).outcome is ClaimOutcome.RECLAIMED
+        assert _record(store, "crashed").maybe_applied is True
+        assert store.claim(ROUTE, "retry", owner="new", lease_s=30).outcome is ClaimOutcome.NEW
+        assert store.claim(ROUTE, "done", owner="new", lease_s=30) == Claim(ClaimOutcome.DONE, {}, 1)
+        assert store.claim_many(ROUTE, {"fresh": "new"}, lease_s=30)["fresh"].outcome is ClaimOutcome.NEW
+        store.release(ROUTE, "crashed", owner="new", maybe_applied=False)
+        assert store.claim(ROUTE, "crashed", owner="newer", lease_s=30).outcome is ClaimOutcome.RECLAIMED
 
 
 def test_create_false_does_not_create(sqlite_url: str) -> None:
