@@ -517,7 +517,7 @@ class Bench:
                 "event_type": "bus.ping",
                 "occurred_at": stamp,
                 "source": "bench",
-                "dossier_code": f"PING-{seq}",
+                "dossier_code": f"000.00.16.H16-261126-{seq % 10_000:04d}",
                 "payload": {"seq": seq},
             }
             body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()

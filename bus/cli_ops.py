@@ -130,6 +130,8 @@ def publish(source: str, exchange: str, no_validate: bool) -> None:
     from schemas.errors import InvalidEvent
     from schemas.events import EVENT_PAYLOADS
 
+    settings = _settings(None)
+    rules, now = settings.event_rules(), datetime.now(UTC)
     events: list[dict[str, Any]] = []
     problems: list[str] = []
     for where, raw in read_events(source):
@@ -137,7 +139,8 @@ def publish(source: str, exchange: str, no_validate: bool) -> None:
             if no_validate:
                 events.append(json.loads(raw))
             else:
-                events.append(parse_event(raw, payload_models=EVENT_PAYLOADS).as_dict())
+                event = parse_event(raw, payload_models=EVENT_PAYLOADS, rules=rules, received_at=now)
+                events.append(event.as_dict())
         except (InvalidEvent, ValueError) as exc:
             problems.append(f"{source}:{where}: {exc}")
     if problems:
@@ -145,7 +148,7 @@ def publish(source: str, exchange: str, no_validate: bool) -> None:
             click.echo(p, err=True)
         sys.exit(2)
     try:
-        with Publisher(_settings(None).amqp_url.get_secret_value()) as pub:
+        with Publisher(settings.amqp_url.get_secret_value()) as pub:
             for published in pub.publish_many(events, exchange=exchange):
                 click.echo(published.event_id)
     except PublishFailed as exc:

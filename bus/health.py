@@ -10,9 +10,11 @@ How a state is decided (:func:`derive_state`, first rule that holds):
 
 ========  =====================================================================================
 down      the breaker is open, or the last ``down_after`` probes in a row failed (default 2)
-degraded  the last probe failed; the breaker is half-open; more than ``degraded_error_rate`` (20 %)
-          of the live calls of the last ``window_s`` (60 s) failed, once there are ``min_calls`` (5);
-          or the probe answered but said degraded itself (slow, breaker not closed)
+degraded  the last probe failed; the breaker is half-open; a message was dead-lettered in the last
+          ``window_s`` because the target kept answering replies the connector refuses (garbage);
+          more than ``degraded_error_rate`` (20 %) of the live calls of the last ``window_s`` (60 s)
+          failed, once there are ``min_calls`` (5); or the probe answered but said degraded itself (slow,
+          breaker not closed)
 unknown   not probed yet and no live call seen
 up        otherwise
 ========  =====================================================================================
@@ -137,6 +139,7 @@ def derive_state(  # noqa: PLR0911 - one return per row of the table in the modu
     down_after: int = DEFAULT_DOWN_AFTER,
     degraded_error_rate: float = DEFAULT_DEGRADED_ERROR_RATE,
     breaker_reason: str = "",
+    garbled: str | None = None,
 ) -> tuple[State, str]:
     """The state and its reason from what is known of a connector (pure; the table in the module docstring).
 
@@ -149,6 +152,7 @@ def derive_state(  # noqa: PLR0911 - one return per row of the table in the modu
         down_after: failed probes in a row that make it down.
         degraded_error_rate: failed share above which it is degraded.
         breaker_reason: why the breaker opened (the failure that tripped it), shown with an open breaker.
+        garbled: why a message was dead-lettered for garbage replies within the window, None if none was.
     """
     last = probe.detail if probe is not None else ""
     if breaker == "open":
@@ -159,6 +163,8 @@ def derive_state(  # noqa: PLR0911 - one return per row of the table in the modu
         return "degraded", f"the last probe failed: {last}"
     if breaker == "half-open":
         return "degraded", "the circuit breaker is half-open (a trial call decides)"
+    if garbled is not None:
+        return "degraded", f"answers garbage: a message was dead-lettered after {garbled}"
     if error_rate is not None and error_rate > degraded_error_rate:
         return "degraded", f"{error_rate:.0%} of the last {calls} calls failed"
     if probe is not None and probe.state == "degraded":
@@ -205,6 +211,9 @@ class _Entry:
     last_failure: datetime | None = None
     state: State = "unknown"
     since: datetime | None = None
+    #: when (monotonic) and why a message was last dead-lettered for replies the connector refused
+    garbled_at: float | None = None
+    garbled: str | None = None
 
 
 class HealthMonitor:
@@ -291,6 +300,19 @@ class HealthMonitor:
             else:
                 entry.last_success = wall
 
+    def record_garbled(self, connector: str, detail: str) -> None:
+        """A message was dead-lettered because ``connector``'s target kept answering garbage: degraded now.
+
+        The state is re-evaluated at once, so the change is logged when it happens, not at the next probe.
+        """
+        entry = self._entries.get(connector)
+        if entry is None:
+            return
+        with self._lock:
+            entry.garbled_at, entry.garbled = self._clock(), detail
+            entry.last_failure = self._wall()
+        self.evaluate()
+
     # -- probes ----------------------------------------------------------------------------------------
     def probe(self, name: str) -> Health:
         """Run ``name``'s probe now (bounded by its timeout), record it and re-evaluate; returns the answer."""
@@ -353,6 +375,8 @@ class HealthMonitor:
                     samples = [s for s in entry.samples if now - s[0] <= self.window_s]
                     probe, failures = entry.probe, entry.probe_failures
                     last_success, last_failure = entry.last_success, entry.last_failure
+                    recent = entry.garbled_at is not None and now - entry.garbled_at <= self.window_s
+                    garbled = entry.garbled if recent else None
                 breaker = _breaker_of(entry.connector)
                 reason = getattr(entry.connector, "breaker_reason", "") if breaker == "open" else ""
                 calls = len(samples)
@@ -368,6 +392,7 @@ class HealthMonitor:
                     down_after=self.down_after,
                     degraded_error_rate=self.degraded_error_rate,
                     breaker_reason=reason if isinstance(reason, str) else "",
+                    garbled=garbled,
                 )
                 with self._lock:
                     old = entry.state

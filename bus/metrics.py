@@ -385,6 +385,12 @@ class MetricsObserver(Observer):
         if self.monitor is not None:
             self.monitor.record_call(connector, duration_s, error)
 
+    def after_garbled(self, connector: str, route: str, detail: str) -> None:
+        """The target kept answering garbage: its connector shows degraded."""
+        del route
+        if self.monitor is not None:
+            self.monitor.record_garbled(connector, detail)
+
     def after_process(self, route: str, outcome: str, duration_s: float, error_kind: str | None) -> None:
         """Count the outcome and time the pipeline."""
         self.metrics.record_outcome(route, outcome, duration_s, error_kind)

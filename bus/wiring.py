@@ -16,7 +16,7 @@ from connectors.base import Connector, connector_type
 from routes.amqp import parameters
 from routes.idempotency import IdempotencyStore
 from routes.model import Route, build_routes
-from routes.pipeline import RouteRunner, crash_points_from_env
+from routes.pipeline import RouteRunner, crash_plan_from_env
 from routes.topology import RouteTopology, Topology, build_topology, declare
 from schemas.errors import ConfigError
 from schemas.events import EVENT_PAYLOADS
@@ -166,10 +166,8 @@ def build_runners(
     if app.store is None:
         app.store = IdempotencyStore(app.settings.store_url.get_secret_value())
     connectors = build_connectors(app, sorted({r.connector for r in routes}))
-    crash_points = crash_points_from_env()
-    import os
-
-    crash_rate = float(os.environ.get("IGATE_CRASH_RATE", "1.0"))
+    crash = crash_plan_from_env()
+    rules = app.settings.event_rules()
     runners = []
     for r in routes:
         spec = app.config.connectors.connectors[r.connector]
@@ -182,8 +180,8 @@ def build_runners(
                 payload_models=EVENT_PAYLOADS,
                 worker_id=worker_id,
                 lease_s=spec.timeout.total * 2 + LEASE_MARGIN_S,
-                crash_points=crash_points,
-                crash_rate=crash_rate,
+                crash=crash,
+                rules=rules,
                 observer=observer,
             )
         )
@@ -220,6 +218,6 @@ def build_worker(
         declare=lambda: declare_topology(app.settings, app.routes),
         heartbeat=app.settings.heartbeat,
         blocked_connection_timeout=app.settings.blocked_connection_timeout,
-        crash_points=crash_points_from_env(),
+        crash=crash_plan_from_env(),
         observer=observer,
     )

@@ -112,6 +112,12 @@ class RetrySpec(_Strict):
         examples=[["5s", "30s", "2m", "10m", "1h"]],
     )
     max_attempts: int = Field(default=8, ge=1, le=100, description="Attempts before dead-lettering.")
+    max_garbled: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Replies the connector refuses (hostile, malformed) before the message is dead-lettered.",
+    )
 
 
 class FromSpec(_Strict):

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, Secret, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, Secret, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.model import Duration, parse_duration, within
+from schemas.envelope import DEFAULT_DOSSIER_CODE_PATTERN, DEFAULT_FUTURE_SKEW_S, EventRules
 from schemas.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -176,6 +177,32 @@ class Settings(BaseSettings):
         default=Path("var/audit.log"),
         description="Where `dlq show --reveal` appends who saw which dead letter unmasked, and when.",
     )
+    event_future_skew: Duration = Field(
+        default=DEFAULT_FUTURE_SKEW_S,
+        description="How far after its receipt an event's time may be (e.g. 5m); later is refused at both doors.",
+    )
+    event_max_age: Duration | None = Field(
+        default=None,
+        description="When set (e.g. 30d), an event whose time is older than this at its first receipt is refused.",
+    )
+    dossier_code_pattern: str = Field(
+        default=DEFAULT_DOSSIER_CODE_PATTERN,
+        description="Regular expression a dossier_code must match whole (the province's format).",
+    )
+
+    @field_validator("dossier_code_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str) -> str:
+        EventRules.build(dossier_code=value)
+        return value
+
+    def event_rules(self) -> EventRules:
+        """The envelope's edge rules both doors apply (dossier code format, time bounds)."""
+        return EventRules.build(
+            future_skew_s=self.event_future_skew,
+            max_age_s=self.event_max_age,
+            dossier_code=self.dossier_code_pattern,
+        )
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -31,8 +31,8 @@ connector (``connectors/igate.py``, ...) builds one :class:`HttpClient` from its
   500, 502, 504 and other 5xx                   ``TargetUnavailable(maybe_applied=effect)``: a
                                                 crash after the write, or a proxy whose upstream
                                                 may have applied it, cannot be ruled out
-  reply over the size cap                       ``TargetUnavailable(maybe_applied=effect)``
-  2xx whose body is not the expected JSON       ``TargetUnavailable(maybe_applied=effect)``
+  reply over the size cap, compressed reply     ``TargetGarbled(maybe_applied=effect)``
+  2xx whose body is not the expected JSON       ``TargetGarbled(maybe_applied=effect)``
   other 4xx, refused redirect                   ``TargetRejected(code=str(status))`` with a short
                                                 scrubbed snippet of the body, never the body
   ============================================  ===============================================
@@ -62,6 +62,7 @@ from connectors.kit.guard import WATCHDOG, Guard
 from schemas.errors import (
     BusError,
     ConfigError,
+    TargetGarbled,
     TargetRejected,
     TargetTimeout,
     TargetUnavailable,
@@ -148,7 +149,7 @@ class HttpReply:
         """The body validated as ``model``.
 
         Raises:
-            TargetUnavailable: the body is not JSON or not that shape (the target answered garbage).
+            TargetGarbled: the body is not JSON or not that shape (the target answered garbage).
         """
         if isinstance(self.parsed, model):
             return self.parsed
@@ -157,7 +158,7 @@ class HttpReply:
         except ValidationError as exc:
             first = exc.errors(include_url=False, include_input=False)[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise TargetUnavailable(
+            raise TargetGarbled(
                 f"HTTP {self.status} reply is not a valid {model.__name__}: {where}: {first['msg']}",
                 maybe_applied=self.effect,
             ) from None
@@ -343,17 +344,17 @@ class HttpClient:
         cap = self.spec.max_reply_bytes if whole else ERROR_BODY_BYTES
         encoding = response.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
-            raise TargetUnavailable(f"reply is {encoding}-encoded; we ask for identity", maybe_applied=effect)
+            raise TargetGarbled(f"reply is {encoding}-encoded; we ask for identity", maybe_applied=effect)
         declared = response.headers.get("content-length", "")
         if whole and declared.isdigit() and int(declared) > cap:
-            raise TargetUnavailable(f"reply of {declared} bytes is over the {cap}-byte cap", maybe_applied=effect)
+            raise TargetGarbled(f"reply of {declared} bytes is over the {cap}-byte cap", maybe_applied=effect)
         body = bytearray()
         for chunk in response.iter_raw():
             body += chunk
             if len(body) > cap:
                 if not whole:
                     break
-                raise TargetUnavailable(f"reply passed the {cap}-byte cap", maybe_applied=effect)
+                raise TargetGarbled(f"reply passed the {cap}-byte cap", maybe_applied=effect)
             if time.monotonic() > deadline:
                 raise TargetTimeout(f"the {self.spec.timeout.total:g}s deadline passed mid-reply")
         return bytes(body[:cap])

@@ -34,9 +34,10 @@ here once, so no SOAP connector can forget it (docs/design.md Security, docs/rel
   connection lost after sending, truncated reply       ``TargetUnavailable(maybe_applied=effect)``
   503, 429, 408, 425                                   ``TargetUnavailable(maybe_applied=False)``
   other 5xx without a SOAP envelope                    ``TargetUnavailable(maybe_applied=effect)``
-  reply over the cap, HTML, compressed, not XML,       ``TargetUnavailable(maybe_applied=effect)``: the target
+  reply over the cap, HTML, compressed, not XML,       ``TargetGarbled(maybe_applied=effect)``: the target
   DOCTYPE, entities, too deep, wrong namespace,        answered garbage; the effect may have been applied
-  not the WSDL's shape
+  not the WSDL's shape, a non-200 envelope without
+  a fault
   SOAP fault ``Server``/``Server.*``                   ``TargetUnavailable(maybe_applied=effect)``
   SOAP fault ``Client``/``Client.*``, ``MustUnder-     ``TargetRejected(code="soap:Client…")``
   stand``, ``VersionMismatch``
@@ -77,6 +78,7 @@ from schemas.errors import (
     BusError,
     ConfigError,
     MappingError,
+    TargetGarbled,
     TargetRejected,
     TargetTimeout,
     TargetUnavailable,
@@ -301,13 +303,13 @@ class SoapTransport(zeep.Transport):
             raise _status_error(status, body, headers, effect=ctx.effect)
         encoding = headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in {"", "identity"}:
-            raise TargetUnavailable(f"reply is {encoding}-encoded; we ask for identity", maybe_applied=ctx.effect)
+            raise TargetGarbled(f"reply is {encoding}-encoded; we ask for identity", maybe_applied=ctx.effect)
         media = _media_type(headers)
         if media not in _XML_MEDIA_TYPES:
             if status == 200:
                 # A page where an envelope belongs (a portal, a proxy's login form) says nothing about the
                 # call and may carry anything: it is not quoted.
-                raise TargetUnavailable(
+                raise TargetGarbled(
                     f"HTTP 200 reply is {media or 'untyped'}, not a SOAP envelope", maybe_applied=ctx.effect
                 )
             body = self._read(response, ctx, fired, cap=ERROR_BODY_BYTES, whole=False)
@@ -325,7 +327,7 @@ class SoapTransport(zeep.Transport):
         """The body within ``cap``; an error reply (``whole`` False) is read only as far as its snippet needs."""
         declared = response.headers.get("Content-Length", "")
         if whole and declared.isdigit() and int(declared) > cap:
-            raise TargetUnavailable(f"reply of {declared} bytes is over the {cap}-byte cap", maybe_applied=ctx.effect)
+            raise TargetGarbled(f"reply of {declared} bytes is over the {cap}-byte cap", maybe_applied=ctx.effect)
         body = bytearray()
         try:
             for chunk in response.raw.stream(_READ_CHUNK, decode_content=False):
@@ -333,7 +335,7 @@ class SoapTransport(zeep.Transport):
                 if len(body) > cap:
                     if not whole:
                         break
-                    raise TargetUnavailable(f"reply passed the {cap}-byte cap", maybe_applied=ctx.effect)
+                    raise TargetGarbled(f"reply passed the {cap}-byte cap", maybe_applied=ctx.effect)
                 if time.monotonic() > ctx.deadline:
                     fired.set()
                     break
@@ -398,9 +400,9 @@ def translate(exc: Exception, *, effect: bool, keys: Iterable[str] = ()) -> BusE
         if head == "Server":
             return TargetUnavailable(f"SOAP fault {code}: {text}", maybe_applied=effect)
         # zeep's "Unknown fault occured": a non-200 envelope without a Fault; its detail is the whole reply
-        return TargetUnavailable(f"SOAP fault without a code ({code or 'none'})", maybe_applied=effect)
+        return TargetGarbled(f"SOAP fault without a code ({code or 'none'})", maybe_applied=effect)
     reason = _garbage_reason(exc)
-    return TargetUnavailable(f"reply refused: {reason}", maybe_applied=effect)
+    return TargetGarbled(f"reply refused: {reason}", maybe_applied=effect)
 
 
 #: why a reply was refused, by the class zeep raised (most specific first)
@@ -464,7 +466,7 @@ def parse_answer(answer: Any, model: type[M], *, effect: bool) -> M:
     """What zeep returned, validated as ``model``; a reply of another shape is the target answering garbage.
 
     Raises:
-        TargetUnavailable: the reply does not fit ``model`` (``maybe_applied`` as ``effect`` says).
+        TargetGarbled: the reply does not fit ``model`` (``maybe_applied`` as ``effect`` says).
     """
     data = _drop_none(zeep.helpers.serialize_object(answer, dict))  # type: ignore[no-untyped-call]
     try:
@@ -472,7 +474,7 @@ def parse_answer(answer: Any, model: type[M], *, effect: bool) -> M:
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "reply"
-        raise TargetUnavailable(
+        raise TargetGarbled(
             f"reply is not a valid {model.__name__}: {where}: {first['msg']}", maybe_applied=effect
         ) from None
 

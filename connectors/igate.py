@@ -43,6 +43,7 @@ from connectors.kit import CachedCredential, Credential, KitConnector, operation
 from schemas.errors import (
     AmbiguousOutcome,
     MappingError,
+    TargetGarbled,
     TargetUnavailable,
 )
 from schemas.igate_api import (
@@ -204,7 +205,7 @@ class IGateConnector(KitConnector):
         try:
             return model.model_validate(found.result)
         except ValidationError as exc:
-            raise TargetUnavailable(
+            raise TargetGarbled(
                 f"lookup result is not a valid {model.__name__} ({exc.error_count()} errors)",
                 maybe_applied=True,
             ) from None

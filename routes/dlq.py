@@ -31,6 +31,8 @@ FAILURE_HEADERS = (
     "x-parked",
     "x-failed-at",
     "x-last-error",
+    "x-error-field",
+    "x-garbled",
     "x-death",
     "x-first-death-exchange",
     "x-first-death-queue",

@@ -49,6 +49,18 @@ class Observer:
             error: what it raised (a :mod:`schemas.errors` error, or anything else), None on success.
         """
 
+    def after_garbled(self, connector: str, route: str, detail: str) -> None:
+        """Called on a pipeline thread when a message is dead-lettered because its target kept answering garbage.
+
+        Replies the connector refuses (a DOCTYPE, not the protocol's format, the wrong shape, over the cap)
+        are a fault of the target to surface now: the health monitor shows the connector degraded.
+
+        Args:
+            connector: the connector's name in connectors.yaml.
+            route: the route whose message was dead-lettered.
+            detail: how many replies were refused, and the last reason (scrubbed, no reply body).
+        """
+
     def after_process(self, route: str, outcome: str, duration_s: float, error_kind: str | None) -> None:
         """Called on a pipeline thread when a delivery has its outcome (before its publishes and ack).
 

@@ -1,28 +1,47 @@
-"""The worker pipeline for one delivery: validate ▶ when ▶ claim ▶ adapt ▶ send ▶ record ▶ emit.
+"""The worker pipeline for one delivery: validate ▶ when ▶ claim ▶ reconcile ▶ adapt+send ▶ record ▶ emit.
 
 It runs off the AMQP I/O thread and returns an :class:`Outcome`: the messages to publish (a result event, a
 retry copy or a dead letter) before the delivery may be acked. The I/O thread publishes them with confirms
 and acks only after every one is confirmed, so a crash anywhere leaves the message in the queue and the claim
-in the store tells the next attempt what already happened:
+in the store tells the next attempt what already happened (``routes/idempotency.py`` tables the states):
 
 - claim NEW: nothing applied yet, send;
-- claim RECLAIMED: an earlier attempt may have applied the effect: ask the target by idempotency key first;
+- claim RECLAIMED: the effect may have been applied: ask the target by idempotency key first; only its
+  "not there" lets this attempt send (:meth:`IdempotencyStore.confirm_absent`), and a failed lookup leaves the
+  claim "maybe applied" for the next attempt, which asks again;
 - claim DONE: applied before; re-emit the stored result (same result event_id) and ack;
 - claim HELD: another attempt holds a live lease: park the message in a delay queue.
 
 A side-effecting call whose outcome is unknown is never repeated here: it goes back through the claim.
+
+**Replies that can never succeed.** A reply the connector refuses as hostile or malformed
+(:class:`schemas.errors.TargetGarbled`) is retried like any transient failure, but counted per message in
+``x-garbled``; at ``retry.max_garbled`` (default 3) the message is dead-lettered at once with kind
+``garbled`` (its claim left "maybe applied", so a replay reconciles first) and the observer is told, which
+marks the connector degraded.
+
+**Headers only the bus sets.** ``x-attempts``, ``x-garbled``, ``x-received-at``, ``x-error*``, ``x-route``...
+(every ``x-`` header) are believed only on a delivery that came back through the bus's own retry queues or a
+DLQ replay (the default exchange, which producers cannot write to: README, "Operations"). On a delivery
+through ``igate.events`` or ``bus.results`` they are dropped before anything reads them, and never copied
+into our retry copies or dead letters: a producer cannot spend or reset a message's attempts.
+
+**Crash points** (``IGATE_CRASH_AT=after_claim,...``) SIGKILL the worker at a named point, for reliability
+tests; they exist only when ``IGATE_BUS_TESTING=1`` too, and a worker started with crash points but without
+it refuses to start (:func:`crash_plan_from_env`): a stray variable in production must not kill workers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from zoneinfo import ZoneInfo
 
 import jmespath
@@ -32,12 +51,14 @@ from routes.amqp import copy_properties, event_properties
 from routes.idempotency import Claim, ClaimOutcome, IdempotencyStore
 from routes.parking import PARKS_HEADER, park_delay, parks_before
 from routes.topology import RESULTS_EXCHANGE, dlq, retry_queue
-from schemas.envelope import Event, parse_event
+from schemas.envelope import Event, EventRules, parse_event
 from schemas.errors import (
     AmbiguousOutcome,
     BusError,
     ClaimHeld,
+    ConfigError,
     PermanentError,
+    TargetGarbled,
     TransientError,
 )
 from schemas.pii import scrub_text
@@ -59,9 +80,22 @@ VN_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 RESULT_NS = uuid.UUID("6f1d3c52-8a0e-4d7e-9b0a-3c1f2e4d5a6b")
 #: names idempotency keys sent to targets: uuid5(KEY_NS, "<route>/<event_id>")
 KEY_NS = uuid.UUID("0b7e2f9a-1c4d-4e8b-a5f6-7d8c9e0a1b2c")
-ATTEMPTS_HEADER = "x-attempts"
+#: attempts this message had before this one (set by the bus on retry copies and dead letters)
+ATTEMPTS_HEADER: Final = "x-attempts"
+#: replies the connector refused for this message so far
+GARBLED_HEADER: Final = "x-garbled"
+#: when the route first received this message (ISO 8601): the time its envelope is judged against
+RECEIVED_HEADER: Final = "x-received-at"
+#: every header under this prefix is the bus's (or the broker's); producers' are dropped on a first delivery
+BUS_HEADER_PREFIX: Final = "x-"
 MAX_ERROR_CHARS = 1000
-CRASH_POINTS = frozenset({"after_claim", "after_send", "after_done", "after_result_confirm", "after_ack"})
+CRASH_POINTS: Final = frozenset(
+    {"after_claim", "after_lookup", "after_send", "after_done", "after_result_confirm", "after_ack"}
+)
+CRASH_AT_ENV: Final = "IGATE_CRASH_AT"
+CRASH_RATE_ENV: Final = "IGATE_CRASH_RATE"
+#: the switch without which crash points are refused (set only by reliability tests)
+TESTING_ENV: Final = "IGATE_BUS_TESTING"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +109,47 @@ class Delivery:
     redelivered: bool
 
     @property
+    def first(self) -> bool:
+        """Whether it came through an event exchange (a producer's publish, or the broker's redelivery of one).
+
+        The alternative is the default exchange: a copy the bus made (back from a retry queue) or a DLQ
+        replay, whose ``x-`` headers the bus wrote itself.
+        """
+        return self.exchange != ""
+
+    @property
     def headers(self) -> dict[str, Any]:
-        """The AMQP headers (empty dict when there are none)."""
-        return dict(self.properties.headers or {})
+        """The AMQP headers the bus may read and carry on: without any ``x-`` header on a first delivery."""
+        raw = self.properties.headers or {}
+        if self.first:
+            return {k: v for k, v in raw.items() if not str(k).lower().startswith(BUS_HEADER_PREFIX)}
+        return dict(raw)
+
+    def _count(self, name: str) -> int:
+        value = self.headers.get(name, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
     @property
     def attempts_before(self) -> int:
         """How many attempts this message had before this one (our own header; x-death is not trusted)."""
-        value = self.headers.get(ATTEMPTS_HEADER, 0)
-        return value if isinstance(value, int) and value >= 0 else 0
+        return self._count(ATTEMPTS_HEADER)
+
+    @property
+    def garbled_before(self) -> int:
+        """How many replies the connector refused for this message before this attempt."""
+        return self._count(GARBLED_HEADER)
+
+    @property
+    def received_at(self) -> datetime | None:
+        """When the route first received this message, as the bus stamped it on its copies; None if unknown."""
+        value = self.headers.get(RECEIVED_HEADER)
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        try:
+            at = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+        return at if at is not None and at.tzinfo is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +179,29 @@ class _Job:
     delivery: Delivery
     started: float
     attempt: int
+    garbled: int
+    received_at: datetime
     log: Any
     event: Event | None = None
     event_id: str = ""
     owner: str = ""
     claimed: bool = False
+    #: the claim says the effect may have been applied: a lookup must answer before anything is sent
+    reclaimed: bool = False
     reply: dict[str, Any] | None = None
     outcome: Outcome | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CrashPlan:
+    """Where the worker SIGKILLs itself (reliability tests only), and how often when it passes there."""
+
+    points: frozenset[str] = frozenset()
+    rate: float = 1.0
+
+    def hits(self, point: str) -> bool:
+        """Whether to crash at ``point`` this time."""
+        return point in self.points and (self.rate >= 1.0 or random.random() < self.rate)  # noqa: S311 - not a secret
 
 
 def idempotency_key(route: str, event_id: str) -> str:
@@ -132,14 +214,34 @@ def result_event_id(route: str, event_id: str) -> str:
     return str(uuid.uuid5(RESULT_NS, f"{route}/{event_id}"))
 
 
-def crash_points_from_env() -> frozenset[str]:
-    """``IGATE_CRASH_AT=after_send,after_done`` makes the worker SIGKILL itself there (reliability tests)."""
-    raw = os.environ.get("IGATE_CRASH_AT", "")
+def crash_plan_from_env(environ: Mapping[str, str] | None = None) -> CrashPlan:
+    """``IGATE_CRASH_AT=after_send,after_done`` (and ``IGATE_CRASH_RATE``) with ``IGATE_BUS_TESTING=1``.
+
+    Raises:
+        ConfigError: an unknown crash point, a rate outside (0, 1], or crash points without the testing
+            switch (the worker then refuses to start: a stray variable must not kill production workers).
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get(CRASH_AT_ENV, "")
     points = frozenset(p.strip() for p in raw.split(",") if p.strip())
+    if not points:
+        return CrashPlan()
     unknown = points - CRASH_POINTS
     if unknown:
-        raise ValueError(f"IGATE_CRASH_AT: unknown crash point(s) {sorted(unknown)}; known: {sorted(CRASH_POINTS)}")
-    return points
+        raise ConfigError(f"{CRASH_AT_ENV}: unknown crash point(s) {sorted(unknown)}; known: {sorted(CRASH_POINTS)}")
+    if env.get(TESTING_ENV) != "1":
+        raise ConfigError(
+            f"{CRASH_AT_ENV} is set ({raw}) but {TESTING_ENV} is not 1: crash points SIGKILL the worker on "
+            f"purpose and exist for reliability tests only; unset {CRASH_AT_ENV}, or set {TESTING_ENV}=1 in a "
+            "test environment"
+        )
+    try:
+        rate = float(env.get(CRASH_RATE_ENV, "1.0"))
+    except ValueError:
+        rate = -1.0
+    if not 0.0 < rate <= 1.0:
+        raise ConfigError(f"{CRASH_RATE_ENV} must be a number in (0, 1], got {env.get(CRASH_RATE_ENV)!r}")
+    return CrashPlan(points, rate)
 
 
 class RouteRunner:
@@ -155,8 +257,8 @@ class RouteRunner:
         worker_id: str,
         lease_s: float,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        crash_points: frozenset[str] = frozenset(),
-        crash_rate: float = 1.0,
+        crash: CrashPlan = CrashPlan(),
+        rules: EventRules | None = None,
         observer: Observer | None = None,
     ) -> None:
         self.route = route
@@ -167,8 +269,9 @@ class RouteRunner:
         self.worker_id = worker_id
         self.lease_s = lease_s
         self.clock = clock
-        self.crash_points = crash_points
-        self.crash_rate = crash_rate
+        self.crash = crash
+        #: the envelope's edge rules (dossier code format, time bounds), the same as the ingress's
+        self.rules = rules or EventRules()
         #: told of each outcome and each call to the target (metrics, connector health); None costs nothing
         self.observer = observer
         self._log = structlog.get_logger("igate_bus.route").bind(
@@ -177,6 +280,7 @@ class RouteRunner:
         self._when = route.when
         self._backoff = route.spec.retry.backoff
         self._max_attempts = route.spec.retry.max_attempts
+        self._max_garbled = route.spec.retry.max_garbled
         self._emits = route.spec.emits
 
     # -- the pipeline -------------------------------------------------------------------------------
@@ -193,35 +297,45 @@ class RouteRunner:
         targets get batches of one: see ``Worker._dispatch``). A message's own failure (invalid,
         refused, timed out) touches only its own outcome; the guarantees are those of a single message,
         since every effect is still claimed before it is sent and recorded before its result is emitted.
+
+        One line per step; a job whose outcome is decided skips the steps after it.
         """
         jobs = [self._job(d) for d in deliveries]
-        for job in jobs:
-            self._guard(job, self._validate)
+        self._each(jobs, self._validate)  # parse, the edge rules, `when`
         if self.operation.effect:
-            self._claim_all([j for j in jobs if j.outcome is None])
-        for job in jobs:
-            if job.outcome is None:
-                self._guard(job, self._send)
+            self._claim_all(jobs)  # one transaction: NEW, RECLAIMED, DONE (re-emit) or HELD (later)
+            self._each(jobs, self._reconcile)  # RECLAIMED: ask the target before anything is sent
+        self._each(jobs, self._send)  # adapt and call the target
         if self.operation.effect:
-            self._complete_all([j for j in jobs if j.outcome is None])
-        for job in jobs:
-            if job.outcome is None:
-                self._guard(job, self._deliver)
+            self._complete_all(jobs)  # one transaction: done, with the reply
+        self._each(jobs, self._deliver)  # the result event, if the route emits one
         return [self._done(job) for job in jobs]
 
     def _job(self, delivery: Delivery) -> _Job:
         attempt = delivery.attempts_before + 1
+        received_at = delivery.received_at or self.clock()
         log = self._log.bind(event_id=delivery.properties.message_id, attempt=attempt)
-        return _Job(delivery, time.perf_counter(), attempt, log)
+        return _Job(delivery, time.perf_counter(), attempt, delivery.garbled_before, received_at, log)
+
+    def _each(self, jobs: list[_Job], step: Callable[[_Job], None]) -> None:
+        """Run one step for every job still on its way."""
+        for job in jobs:
+            if job.outcome is None:
+                self._guard(job, step)
 
     def _validate(self, job: _Job) -> None:
         delivery = job.delivery
+        props = delivery.properties
         event = parse_event(
             delivery.body,
             payload_models=self.payload_models,
-            content_type=delivery.properties.content_type,
-            message_id=delivery.properties.message_id,
+            content_type=props.content_type,
+            message_id=props.message_id,
+            amqp_type=props.type,
+            routing_key=delivery.routing_key if delivery.first else None,
             max_bytes=self.route.spec.max_bytes,
+            rules=self.rules,
+            received_at=job.received_at,
         )
         env = event.envelope
         job.log = job.log.bind(
@@ -230,14 +344,14 @@ class RouteRunner:
             event_type=env.event_type,
             correlation_id=env.correlation_id or str(env.event_id),  # as _emit stamps the results
         )
-        if self._when is not None and not _truthy(self._when.search(event.as_dict())):
-            job.outcome = Outcome("skipped")
-            return
         job.event = event
         job.event_id = str(env.event_id)
+        if self._when is not None and not _truthy(self._when.search(event.as_dict())):
+            job.outcome = Outcome("skipped")
 
     def _claim_all(self, jobs: list[_Job]) -> None:
         """Claim every job's event in one transaction; a key met twice in a batch is claimed once, then held."""
+        jobs = [j for j in jobs if j.outcome is None]
         if not jobs:
             return
         first: dict[str, _Job] = {}
@@ -267,20 +381,44 @@ class RouteRunner:
             job.outcome = self._emit(job.event, claim.result or {}, "duplicate")
             return
         job.claimed = True
-        if claim.outcome is ClaimOutcome.RECLAIMED:
-            job.reply = self._reconcile(idempotency_key(self.name, job.event_id), job.log)
+        job.reclaimed = claim.outcome is ClaimOutcome.RECLAIMED
+
+    def _reconcile(self, job: _Job) -> None:
+        """An earlier attempt may have applied the effect: ask the target before sending again.
+
+        Only the target's answer moves the claim: found (the earlier reply becomes this attempt's, and
+        nothing is sent) or "not there" (the store clears "maybe applied" and this attempt sends). A
+        lookup that fails raises, and the claim stays "maybe applied" for the next attempt to ask again.
+        """
+        if not job.reclaimed:
+            return
+        if self.operation.lookup is None:
+            raise AmbiguousOutcome(
+                f"an earlier attempt may have applied {self.route.spec.to} and the target has no lookup"
+            )
+        key = idempotency_key(self.name, job.event_id)
+        found = self._observed(f"{self.route.operation}.lookup", self.operation.lookup, key)
+        job.log.info("reconciled", found=found is not None)
+        self._crash("after_lookup")
+        if found is not None:
+            job.reply = found.model_dump(mode="json")
+            return
+        self.store.confirm_absent(self.name, job.event_id, owner=job.owner)
+        job.reclaimed = False
 
     def _send(self, job: _Job) -> None:
-        if job.reply is None:
-            assert job.event is not None  # noqa: S101 - validated before any send
-            request = self.route.adapter(job.event, now=self.clock())
-            job.reply = self._observed(
-                self.route.operation, self.operation.call, request, idempotency_key(self.name, job.event_id)
-            ).model_dump(mode="json")
-            self._crash("after_send")
+        if job.reply is not None:  # the lookup found the effect: nothing to send
+            return
+        assert job.event is not None  # noqa: S101 - validated before any send
+        request = self.route.adapter(job.event, now=self.clock())
+        job.reply = self._observed(
+            self.route.operation, self.operation.call, request, idempotency_key(self.name, job.event_id)
+        ).model_dump(mode="json")
+        self._crash("after_send")
 
     def _complete_all(self, jobs: list[_Job]) -> None:
         """Record every applied effect in one transaction before any result is emitted."""
+        jobs = [j for j in jobs if j.outcome is None]
         if not jobs:
             return
         try:
@@ -304,33 +442,37 @@ class RouteRunner:
 
     def _fail(self, job: _Job, exc: Exception) -> None:
         if isinstance(exc, TransientError):
-            if job.claimed:
-                self._safe_release(job, maybe_applied=exc.maybe_applied)
-            job.outcome = self._retry_or_dead(job.delivery, exc, job.attempt)
+            self._transient(job, exc)
         elif isinstance(exc, PermanentError):
-            if job.claimed and not isinstance(exc, AmbiguousOutcome):
-                self._safe_fail(job, exc)
-            job.outcome = self._dead(job.delivery, exc, job.attempt)
+            if job.claimed:
+                if isinstance(exc, AmbiguousOutcome):  # nobody can tell: keep it "maybe applied"
+                    self._safe_release(job, maybe_applied=True)
+                else:  # the store keeps a claim "maybe applied" if it was
+                    self._safe_fail(job, exc)
+            job.outcome = self._dead(job, exc)
         else:  # a bug or the store being down: never lose the message, retry it
             job.log.error("unexpected_error", exc_info=exc)
-            if job.claimed:
-                self._safe_release(job, maybe_applied=True)
             wrapped = TransientError(f"internal error: {type(exc).__name__}: {exc}")
             wrapped.kind = "internal"
-            job.outcome = self._retry_or_dead(job.delivery, wrapped, job.attempt)
+            wrapped.maybe_applied = True  # we cannot tell how far it got
+            self._transient(job, wrapped)
         job.claimed = False
 
-    # -- steps ---------------------------------------------------------------------------------------
-    def _reconcile(self, key: str, log: Any) -> dict[str, Any] | None:
-        """An earlier attempt may have applied the effect: ask the target before sending again."""
-        if self.operation.lookup is None:
-            raise AmbiguousOutcome(
-                f"an earlier attempt may have applied {self.route.spec.to} and the target has no lookup"
-            )
-        found = self._observed(f"{self.route.operation}.lookup", self.operation.lookup, key)
-        log.info("reconciled", found=found is not None)
-        return None if found is None else found.model_dump(mode="json")
+    def _transient(self, job: _Job, exc: TransientError) -> None:
+        """Release the claim as this attempt leaves it, then retry, or dead-letter a target answering garbage."""
+        if isinstance(exc, TargetGarbled):
+            job.garbled += 1
+        if job.claimed:
+            self._safe_release(job, maybe_applied=exc.maybe_applied)
+        if isinstance(exc, TargetGarbled) and job.garbled >= self._max_garbled:
+            detail = f"{job.garbled} replies the connector refused for this message; the last: {exc}"
+            if self.observer is not None:
+                self._tell(self.observer.after_garbled, self.route.connector, self.name, _clip(detail))
+            job.outcome = self._dead(job, TargetGarbled(detail))
+            return
+        job.outcome = self._retry_or_dead(job, exc)
 
+    # -- what goes out -------------------------------------------------------------------------------
     def _emit(self, event: Event, reply: dict[str, Any], outcome: str) -> Outcome:
         if self._emits is None:
             return Outcome(outcome)
@@ -354,20 +496,19 @@ class RouteRunner:
         )
         body = json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
         msg = OutMessage(RESULTS_EXCHANGE, self._emits, body, props)
-        return Outcome(outcome, (msg,), crash_after_confirm="after_result_confirm" in self.crash_points)
+        return Outcome(outcome, (msg,), crash_after_confirm=self.crash.hits("after_result_confirm"))
 
-    def _retry_or_dead(self, delivery: Delivery, exc: TransientError, attempt: int) -> Outcome:
+    def _retry_or_dead(self, job: _Job, exc: TransientError) -> Outcome:
         # a held claim, an open breaker or refused credentials sent nothing of this message: waiting for them
         # must not spend the route's attempts
-        next_attempts = attempt - 1 if isinstance(exc, ClaimHeld) or exc.waits_on_connector else attempt
+        next_attempts = job.attempt - 1 if isinstance(exc, ClaimHeld) or exc.waits_on_connector else job.attempt
         if next_attempts >= self._max_attempts:
-            return self._dead(delivery, exc, attempt, kind=f"exhausted:{exc.kind}")
-        headers = delivery.headers
+            return self._dead(job, exc, kind=f"exhausted:{exc.kind}")
+        headers = self._bus_headers(job)
         delay, parked = self._delay(exc, headers, next_attempts)
         headers[ATTEMPTS_HEADER] = next_attempts
         headers["x-last-error"] = _clip(f"{exc.kind}: {exc}")
-        props = copy_properties(delivery.properties, headers)
-        msg = OutMessage("", retry_queue(self.name, delay), delivery.body, props)
+        msg = OutMessage("", retry_queue(self.name, delay), job.delivery.body, self._copy_props(job, headers))
         fields = {"error_kind": exc.kind, "error": _clip(str(exc)), "delay_s": delay}
         return Outcome("retry", (msg,), fields=fields | ({"parked": parked} if parked else {}))
 
@@ -384,28 +525,48 @@ class RouteRunner:
         headers[PARKS_HEADER] = parks
         return park_delay(self._backoff, parks, exc.retry_after), parks
 
-    def _dead(self, delivery: Delivery, exc: BusError, attempt: int, *, kind: str | None = None) -> Outcome:
-        headers = delivery.headers
+    def _dead(self, job: _Job, exc: BusError, *, kind: str | None = None) -> Outcome:
+        delivery = job.delivery
+        headers = self._bus_headers(job)
         headers.update(
             {
                 "x-error-kind": kind or exc.kind,
                 "x-error": _clip(str(exc)),
-                "x-attempts": attempt,
+                ATTEMPTS_HEADER: job.attempt,
                 "x-route": self.name,
                 "x-failed-at": datetime.now(UTC).isoformat(),
                 "x-original-exchange": delivery.exchange,
                 "x-original-routing-key": delivery.routing_key,
             }
         )
-        props = copy_properties(delivery.properties, headers)
-        msg = OutMessage("", dlq(self.name), delivery.body, props)
+        if exc.field:
+            headers["x-error-field"] = exc.field
+        msg = OutMessage("", dlq(self.name), delivery.body, self._copy_props(job, headers))
         return Outcome("dead_lettered", (msg,), fields={"error_kind": kind or exc.kind, "error": _clip(str(exc))})
+
+    def _bus_headers(self, job: _Job) -> dict[str, Any]:
+        """The headers a copy of the delivery carries: the ones it may keep, and when the route first saw it."""
+        headers = job.delivery.headers
+        headers[RECEIVED_HEADER] = job.received_at.isoformat()
+        if job.garbled:
+            headers[GARBLED_HEADER] = job.garbled
+        else:
+            headers.pop(GARBLED_HEADER, None)
+        return headers
+
+    @staticmethod
+    def _copy_props(job: _Job, headers: dict[str, Any]) -> pika.BasicProperties:
+        """The copy's properties (``copy_properties``); the message id in canonical form once the event parsed."""
+        props = copy_properties(job.delivery.properties, headers)
+        if job.event_id:
+            props.message_id = job.event_id
+        return props
 
     # -- helpers -------------------------------------------------------------------------------------
     def _done(self, job: _Job) -> Outcome:
         outcome = job.outcome
         if outcome is None:  # every step ran and none decided: cannot happen, but never ack on a guess
-            outcome = self._retry_or_dead(job.delivery, TransientError("internal error: no outcome"), job.attempt)
+            outcome = self._retry_or_dead(job, TransientError("internal error: no outcome"))
         duration_s = time.perf_counter() - job.started
         duration_ms = round(duration_s * 1000, 2)
         level = "warning" if outcome.outcome in {"retry", "dead_lettered"} else "info"
@@ -453,14 +614,8 @@ class RouteRunner:
             job.log.exception("store_fail_failed")
 
     def _crash(self, point: str) -> None:
-        if point in self.crash_points and (self.crash_rate >= 1.0 or _rand() < self.crash_rate):
+        if self.crash.hits(point):
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _rand() -> float:
-    import random
-
-    return random.random()  # noqa: S311 - chooses when to crash in a test, not a secret  # noqa: S311 - chooses when to crash in a test, not a secret
 
 
 def _truthy(value: Any) -> bool:

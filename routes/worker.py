@@ -35,7 +35,7 @@ import structlog
 from pika.adapters.select_connection import IOLoop
 
 from routes.amqp import broker_version, parameters
-from routes.pipeline import Delivery, Outcome, RouteRunner
+from routes.pipeline import CrashPlan, Delivery, Outcome, RouteRunner
 from routes.topology import route_queue
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class Worker:
         blocked_connection_timeout: float = 10.0,
         drain_timeout: float = 60.0,
         reconnect_max_delay: float = 15.0,
-        crash_points: frozenset[str] = frozenset(),
+        crash: CrashPlan = CrashPlan(),  # noqa: B008 - frozen, so one shared default is safe
         observer: Observer | None = None,
     ) -> None:
         self._url = amqp_url
@@ -97,7 +97,7 @@ class Worker:
         self._blocked_timeout = blocked_connection_timeout
         self._drain_timeout = drain_timeout
         self._reconnect_max = reconnect_max_delay
-        self._crash_after_ack = "after_ack" in crash_points
+        self._crash = crash
         self._log = structlog.get_logger("igate_bus.worker")
         self._ioloop: Any = None
         self._generation = 0
@@ -416,7 +416,7 @@ class Worker:
         else:
             rec.channel.basic_ack(rec.delivery_tag)
             stats.acked += 1
-            if self._crash_after_ack:
+            if self._crash.hits("after_ack"):
                 os.kill(os.getpid(), signal.SIGKILL)
 
     # -- stopping ------------------------------------------------------------------------------------

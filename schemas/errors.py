@@ -12,10 +12,11 @@ engine decides retry versus dead letter from the class alone::
     │   └── ConfigError           routes.yaml / connectors.yaml / topology disagree
     └── TransientError            retried through the per-route delay queues
         ├── TargetTimeout         no answer within the deadline (the effect may have happened)
-        ├── TargetUnavailable     refused connection, 5xx, malformed reply
+        ├── TargetUnavailable     refused connection, 5xx
         │   ├── CredentialsRefused   the target refused the bus's own credentials; an operator must act
-        │   └── HostKeyRefused       the bus refused the server's host key (unknown or changed); an operator
-        │                            must check it
+        │   ├── HostKeyRefused       the bus refused the server's host key (unknown or changed); an operator
+        │   │                        must check it
+        │   └── TargetGarbled     a reply the connector refuses: hostile, malformed, wrong shape, over the cap
         ├── BreakerOpen           the connector's breaker is open; nothing was sent
         └── ClaimHeld             another worker holds a live claim on this event
 
@@ -143,6 +144,19 @@ class HostKeyRefused(TargetUnavailable):
     def __init__(self, message: str, *, field: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, field=field, maybe_applied=False)
         self.retry_after = retry_after
+
+
+class TargetGarbled(TargetUnavailable):
+    """The target answered with a reply the connector refuses (hostile, malformed, wrong shape, over the cap).
+
+    A DOCTYPE or entities, not the protocol's format, not the expected shape, compressed, or over the size
+    cap. Transient for one attempt (a proxy may have hiccuped), but a target that keeps answering garbage will
+    not stop by itself: the pipeline counts these replies per message (``x-garbled``) and dead-letters the
+    message after a few (``retry.max_garbled``, default 3) instead of retrying for a day. The request may
+    have been applied before the reply went wrong, so ``maybe_applied`` follows the operation.
+    """
+
+    kind = "garbled"
 
 
 class BreakerOpen(TransientError):

@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import date
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -36,16 +33,15 @@ from pydantic import (
 )
 
 from schemas.pii import sensitive
+from schemas.strict import MAX_YEAR, MULTILINE_KEY, ExactInt, Instant, IsoDate, PastInstant, multiline
 
 if TYPE_CHECKING:
-    from datetime import datetime
+    from datetime import date
 
 #: bound on every string in a payload whatever its own: nothing from iGate is longer (a summary is ~1000)
 MAX_TEXT = 4000
 #: the largest fee accepted: 10 trillion VND, above any land-use levy, far below float trouble
 MAX_AMOUNT_VND = 10_000_000_000_000
-#: dates outside these years are typing errors, not dossiers
-MIN_YEAR, MAX_YEAR = 2000, 2100
 #: a CCCD's century digit starts at 1900
 MIN_BIRTH_YEAR = 1900
 
@@ -82,26 +78,6 @@ _REF = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 #: UPU S10 postal item code: two letters, eight digits and a check digit, ``VN`` (check not enforced: the
 #: public samples fail it, docs/domain.md section 3)
 S10_PATTERN = r"^[A-Z]{2}[0-9]{9}VN$"
-
-
-def _reject_bool(value: Any) -> Any:
-    # Literal[1, 2] and lax int accept True as 1; a JSON true where a code belongs is a broken producer.
-    if isinstance(value, bool):
-        raise ValueError("a boolean is not a valid code")
-    return value
-
-
-def _reject_number(value: Any) -> Any:
-    # Lax datetime parsing reads a number as Unix seconds in UTC; the contract is ISO 8601 with an offset.
-    if isinstance(value, int | float):
-        raise ValueError("expected an ISO 8601 date-time with offset, not a number")
-    return value
-
-
-def _plausible_year(value: datetime) -> datetime:
-    if not MIN_YEAR <= value.year <= MAX_YEAR:
-        raise ValueError(f"year {value.year} is outside {MIN_YEAR}-{MAX_YEAR}")
-    return value
 
 
 def _plausible_birth(value: date) -> date:
@@ -157,15 +133,20 @@ def check_id_no(id_type: int, id_no: str) -> str:
     return id_no
 
 
-#: an aware date-time given as ISO 8601 text with an offset, year 2000-2100
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_reject_number), AfterValidator(_plausible_year)]
-#: a date of birth, 1900 or later
-BirthDate = Annotated[date, AfterValidator(_plausible_birth)]
+#: an aware date-time given as RFC 3339 text with an offset, year 2000-2100 (a time to come, or any time)
+Timestamp = Instant
+#: a :data:`Timestamp` of something that has happened: not after the event's receipt (plus the skew)
+PastTimestamp = PastInstant
+#: a date of birth as ``YYYY-MM-DD``, 1900 or later
+BirthDate = Annotated[IsoDate, AfterValidator(_plausible_birth)]
+#: a code given as a JSON integer: ``Literal[1, 2]`` alone takes ``true`` and ``2.0`` (even in strict mode)
+Code = ExactInt
 #: a Vietnamese mobile number, normalised to ``0xxxxxxxxx``
 VnMobile = Annotated[str, Field(max_length=30), AfterValidator(normalize_mobile)]
 #: the national 1-10 dossier status (docs/domain.md section 1.1)
 NationalStatus = Annotated[StrictInt, Field(ge=1, le=10)]
-Text = Annotated[str, Field(min_length=1, max_length=2000)]
+#: free text a person typed, possibly over several lines (a reason, a note)
+Text = Annotated[str, multiline(min_length=1, max_length=2000)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Email = Annotated[str, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
 Url = Annotated[str, Field(max_length=2000, pattern=r"^https?://\S+$")]
@@ -196,13 +177,11 @@ class Address(IgateModel):
 class Applicant(IgateModel):
     """The dossier's owner (ChuHoSo): who the SMS goes to and whose id the national portal records."""
 
-    type: Annotated[Literal[1, 2, 3, 4], BeforeValidator(_reject_bool)] = Field(
+    type: Annotated[Literal[1, 2, 3, 4], Code] = Field(
         description="1 citizen, 2 business, 3 state agency, 4 organisation/other (LoaiDoiTuong)"
     )
     name: Name = sensitive()
-    id_type: Annotated[Literal[1, 2], BeforeValidator(_reject_bool)] = Field(
-        description="1 CCCD (12 digits), 2 CMND (9 digits)"
-    )
+    id_type: Annotated[Literal[1, 2], Code] = Field(description="1 CCCD (12 digits), 2 CMND (9 digits)")
     id_no: str = sensitive(max_length=20)
     phone: VnMobile | None = sensitive(default=None)
     email: Email | None = sensitive(default=None)
@@ -231,24 +210,24 @@ class Dates(IgateModel):
     Their order is not checked: a desk clerk's clock or a back-dated entry must not dead-letter an event.
     """
 
-    submitted: Timestamp
-    received: Timestamp | None = None
+    submitted: PastTimestamp
+    received: PastTimestamp | None = None
     appointment: Timestamp | None = None
-    finished: Timestamp | None = None
-    returned: Timestamp | None = None
+    finished: PastTimestamp | None = None
+    returned: PastTimestamp | None = None
 
 
 class ReceivedDates(Dates):
     """Dates of a dossier the agency has received: it has a receipt date and an appointment."""
 
-    received: Timestamp
+    received: PastTimestamp
     appointment: Timestamp
 
 
 class ReturnedDates(ReceivedDates):
     """Dates of a dossier whose result was handed back."""
 
-    returned: Timestamp
+    returned: PastTimestamp
 
 
 class Document(IgateModel):
@@ -310,7 +289,7 @@ class Step(IgateModel):
     name: str = Field(min_length=1, max_length=300)
     from_user: str = Field(min_length=1, max_length=100)
     to_user: str = Field(min_length=1, max_length=100)
-    note: str | None = Field(default=None, max_length=2000)
+    note: str | None = multiline(default=None, max_length=2000)
     deadline: Timestamp | None = None
 
 
@@ -324,7 +303,9 @@ class DossierEvent(IgateModel):
     bcci: Bcci | None = None
     land: Land | None = None
     procedure_name: str | None = Field(default=None, max_length=1000)
-    summary: str | None = sensitive(default=None, max_length=1000, description="TrichYeuHoSo")
+    summary: str | None = sensitive(
+        default=None, max_length=1000, description="TrichYeuHoSo", json_schema_extra={MULTILINE_KEY: True}
+    )
 
 
 # ---- one model per event type --------------------------------------------------------------------------
@@ -341,7 +322,7 @@ class OtpRequested(IgateModel):
 class DossierSubmitted(DossierEvent):
     """``dossier.submitted`` (status 1): an online dossier was submitted, not yet accepted."""
 
-    otp_verified_at: Timestamp | None = None
+    otp_verified_at: PastTimestamp | None = None
     vneid_verified: StrictBool = False
 
 
@@ -400,7 +381,7 @@ class PaymentSettled(DossierEvent):
     fees: tuple[Fee, ...] = Field(min_length=1, max_length=50)
     payment_ref: PaymentRef
     method: Literal["TM", "CK", "TTO"] = Field(description="cash, bank transfer, online")
-    paid_at: Timestamp
+    paid_at: PastTimestamp
     bank_txn: str | None = Field(default=None, max_length=100)
 
 
@@ -408,7 +389,7 @@ class ReceiptCancelRequested(IgateModel):
     """``receipt.cancel_requested``: cancel an issued e-receipt (UnConfirmPaymentFkey, then cancelInv)."""
 
     fkey: str = Field(pattern=r"^(phi|lephi)-[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["phi-PG2611260001"])
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str = multiline(min_length=1, max_length=500)
 
 
 class DossierWithdrawn(DossierEvent):
@@ -430,7 +411,7 @@ class OverdueApology(DossierEvent):
     dates: ReceivedDates
     old_appointment: Timestamp
     new_appointment: Timestamp
-    reason: str | None = Field(default=None, max_length=2000)
+    reason: str | None = multiline(default=None, max_length=2000)
 
     @model_validator(mode="after")
     def _later(self) -> OverdueApology:
@@ -461,16 +442,14 @@ class BcciPickupRequested(IgateModel):
     pickup_address: Address = sensitive()
     documents: tuple[Document, ...] = Field(default=(), max_length=200)
     fees: tuple[Fee, ...] = Field(default=(), max_length=50, description="What the postal worker collects.")
-    note: str | None = Field(default=None, max_length=500)
+    note: str | None = multiline(default=None, max_length=500)
 
 
 class RatingSubmitted(IgateModel):
     """``rating.submitted``: the applicant rated the service (synced to the national portal)."""
 
-    level: Annotated[Literal[1, 2, 3], BeforeValidator(_reject_bool)] = Field(
-        description="1 very satisfied, 2 satisfied, 3 not satisfied"
-    )
-    comment: str | None = sensitive(default=None, max_length=2000)
+    level: Annotated[Literal[1, 2, 3], Code] = Field(description="1 very satisfied, 2 satisfied, 3 not satisfied")
+    comment: str | None = sensitive(default=None, max_length=2000, json_schema_extra={MULTILINE_KEY: True})
 
 
 IGATE_EVENTS: dict[str, type[BaseModel]] = {

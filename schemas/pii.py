@@ -145,14 +145,24 @@ def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
 def sensitive_field_names(models: Iterable[type[BaseModel]]) -> frozenset[str]:
     """The names (and aliases) of every field marked :func:`sensitive` in the models and the models they nest.
 
-    Nested models are found through optionals, unions, lists, tuples and dict values; each model is
-    visited once, so recursive models are fine.
-
     Args:
         models: the payload models to walk, e.g. ``EVENT_PAYLOADS.values()``.
 
     Returns:
         The key names whose logged values must be masked.
+    """
+    return marked_field_names(models, SENSITIVE_KEY)
+
+
+def marked_field_names(models: Iterable[type[BaseModel]], key: str) -> frozenset[str]:
+    """The names (and aliases) of every field whose ``json_schema_extra`` sets ``key`` to True, at any depth.
+
+    Nested models are found through optionals, unions, lists, tuples and dict values; each model is
+    visited once, so recursive models are fine. A marker on an ``Annotated`` type counts as on the field.
+
+    Args:
+        models: the models to walk.
+        key: the marker, e.g. :data:`SENSITIVE_KEY` or ``schemas.strict.MULTILINE_KEY``.
     """
     found: set[str] = set()
     seen: set[type[BaseModel]] = set()
@@ -163,7 +173,8 @@ def sensitive_field_names(models: Iterable[type[BaseModel]]) -> frozenset[str]:
             continue
         seen.add(model)
         for name, field in model.model_fields.items():
-            if is_sensitive(field):
+            extra = field.json_schema_extra
+            if isinstance(extra, dict) and extra.get(key) is True:
                 found.update(_names(name, field))
             pending.extend(_models_in(field.annotation))
     return frozenset(found)

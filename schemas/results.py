@@ -9,12 +9,13 @@ that carry them back to iGate get validated models too.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, Field, StrictInt
 
 from schemas.igate import (
     S10_PATTERN,
+    Code,
     Document,
     IgateModel,
     Name,
@@ -24,6 +25,7 @@ from schemas.igate import (
     VnMobile,
 )
 from schemas.pii import sensitive
+from schemas.strict import multiline
 
 #: a dossier code as iGate writes it, e.g. ``000.00.16.H16-261126-0001`` (also VNPost's order number and the
 #: land office's SoBienNhan)
@@ -69,7 +71,7 @@ class VilisStatusChanged(IgateModel):
     at: Timestamp
     status: NationalStatus | None = Field(default=None, description="The national status this implies.")
     staff_code: str | None = Field(default=None, max_length=100)
-    note: str | None = Field(default=None, max_length=2000)
+    note: str | None = multiline(default=None, max_length=2000)
     new_appointment: Timestamp | None = None
     tax_notices: tuple[TaxNotice, ...] = Field(default=(), max_length=50)
     result_docs: tuple[Document, ...] = Field(default=(), max_length=50)
@@ -86,7 +88,7 @@ class DvcqgSyncResult(IgateModel):
 
     service: str = Field(pattern=r"^[A-Za-z]{3,60}$", examples=["DongBoHoSoMC", "CapNhatTienDoHoSoMC"])
     error_code: str = Field(pattern=r"^-?[0-9A-Za-z]{1,10}$")
-    message: str = Field(default="", max_length=1000)
+    message: str = multiline(default="", max_length=1000)
 
     @property
     def ok(self) -> bool:
@@ -98,10 +100,10 @@ class SmsDeliveryReport(IgateModel):
     """``sms.delivery_report``: a gateway's delivery report, on eSMS's status scale (docs/domain.md section 5)."""
 
     sms_id: str = Field(min_length=1, max_length=100)
-    send_status: Literal[1, 2, 4, 5, 7] = Field(
+    send_status: Annotated[Literal[1, 2, 4, 5, 7], Code] = Field(
         description="1 awaiting approval, 2 queued, 4 rejected, 5 sent, 7 sent awaiting report"
     )
-    telco: Literal[1, 2, 3, 4, 5, 6, 7] | None = Field(
+    telco: Annotated[Literal[1, 2, 3, 4, 5, 6, 7], Code] | None = Field(
         default=None, description="1 Viettel, 2 Mobi, 3 Vina, 4 Vietnamobile, 5 Gtel, 6 Itel, 7 Reddi"
     )
     request_id: str | None = Field(default=None, max_length=100, description="Our idempotency key.")

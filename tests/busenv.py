@@ -15,9 +15,10 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,14 +135,23 @@ def example(event_type: str) -> dict[str, Any]:
     return data
 
 
+def dossier_code(i: int, run: str = "") -> str:
+    """The ``i``-th dossier code of a run, in DOMAIN.md's form ``{unit}-{yyMMdd}-{NNNN}`` (distinct per run and i).
+
+    A run names a day (from its text), and every 10,000 codes move to the next day, as the counter would.
+    """
+    day = date(2020, 1, 1) + timedelta(days=zlib.crc32(run.encode()) % 2000 + i // 10_000)
+    return f"000.00.16.H16-{day:%y%m%d}-{i % 10_000:04d}"
+
+
 def received_events(n: int, *, prefix: str = "T") -> list[dict[str, Any]]:
-    """``n`` distinct dossier.received events (new event_id and dossier code each)."""
+    """``n`` distinct dossier.received events (new event_id and dossier code each; ``prefix`` names the run)."""
     base = example("dossier.received")
     out = []
     for i in range(n):
         ev = json.loads(json.dumps(base))
         ev["event_id"] = str(uuid.uuid4())
-        ev["dossier_code"] = f"000.00.16.H16-261126-{prefix}{i:05d}"[:60]
+        ev["dossier_code"] = dossier_code(i, prefix)
         out.append(ev)
     return out
 
@@ -155,7 +165,7 @@ def ping_events(n: int) -> list[dict[str, Any]]:
             "event_type": "bus.ping",
             "occurred_at": now,
             "source": "test",
-            "dossier_code": f"PING-{i}",
+            "dossier_code": dossier_code(i, "PING"),
             "payload": {"seq": i},
         }
         for i in range(n)

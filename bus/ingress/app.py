@@ -126,6 +126,7 @@ def create_app(
         events=ReplayCache(ttl_s=cfg.replay_ttl, max_entries=cfg.replay_max_entries),
         callbacks=ReplayCache(ttl_s=cfg.replay_ttl, max_entries=cfg.replay_max_entries),
         metrics=IngressMetrics([events.PATH, *(cb.path for cb in CALLBACKS)]),
+        rules=settings.event_rules(),
     )
     state.metrics.registry.register(
         IngressCollector({"events": state.events, "callbacks": state.callbacks}, lambda: state.sink)

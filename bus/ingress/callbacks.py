@@ -152,7 +152,7 @@ async def publish_callback(state: IngressState, event_data: dict[str, Any]) -> t
     """
     raw = canonical_json(event_data)
     try:
-        event = parse_event(raw, payload_models=EVENT_PAYLOADS, content_type=None)
+        event = parse_event(raw, payload_models=EVENT_PAYLOADS, rules=state.rules, received_at=datetime.now(UTC))
     except InvalidEvent as exc:
         raise Problem(422, "invalid_callback", str(exc)) from None
     event_id = str(event.envelope.event_id)

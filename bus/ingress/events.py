@@ -116,7 +116,13 @@ async def accept_event(request: Request, state: IngressState, fields: dict[str, 
         raise Problem(400, "empty_body", "the body is empty")
     models = {t: EVENT_PAYLOADS[t] for t in state.accepted}
     try:
-        event = parse_event(body, payload_models=models, content_type=None, max_bytes=cfg.max_body_bytes)
+        event = parse_event(
+            body,
+            payload_models=models,
+            max_bytes=cfg.max_body_bytes,
+            rules=state.rules,
+            received_at=datetime.now(UTC),
+        )
     except InvalidEvent as exc:
         raise classify(exc, body, state.accepted) from None
     except RecursionError:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 from bus.ingress.metrics import UNMATCHED
 from bus.ingress.problems import Problem
 from bus.ingress.state import state_of
-from schemas.envelope import loads_strict
+from schemas.envelope import is_json_content_type, loads_strict
 from schemas.errors import InvalidEvent
 
 if TYPE_CHECKING:
@@ -32,14 +32,8 @@ def endpoint_of(request: Request) -> str:
 
 
 def is_json(content_type: str | None) -> bool:
-    """Whether a ``Content-Type`` is JSON in UTF-8 (``application/json``, optionally ``charset=utf-8``)."""
-    if content_type is None:
-        return False
-    media, _, params = content_type.partition(";")
-    if media.strip().lower() != JSON_TYPE:
-        return False
-    charset = params.strip().lower().replace(" ", "")
-    return charset in {"", "charset=utf-8"}
+    """Whether a ``Content-Type`` is JSON in UTF-8: the one rule the worker applies to AMQP's too."""
+    return is_json_content_type(content_type)
 
 
 def too_deep() -> Problem:

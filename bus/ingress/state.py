@@ -8,8 +8,10 @@ publisher there that fails on purpose).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+from schemas.envelope import EventRules
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -50,6 +52,7 @@ class IngressState:
         events: the replay cache of ``POST /events``.
         callbacks: the replay cache of the callbacks.
         metrics: the ingress's series.
+        rules: the envelope's edge rules, the same the workers apply (``Settings.event_rules``).
         sink: the publisher, while the app runs.
     """
 
@@ -59,6 +62,7 @@ class IngressState:
     events: ReplayCache
     callbacks: ReplayCache
     metrics: IngressMetrics
+    rules: EventRules = field(default_factory=EventRules)
     sink: EventSink | None = None
 
 

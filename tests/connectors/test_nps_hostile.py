@@ -30,7 +30,7 @@ from connectors.nps import NpsConnector
 from routes.idempotency import IdempotencyStore
 from routes.model import Route
 from routes.pipeline import Delivery, RouteRunner, idempotency_key
-from schemas.errors import BusError, TargetRejected, TargetTimeout, TargetUnavailable
+from schemas.errors import BusError, TargetGarbled, TargetRejected, TargetTimeout, TargetUnavailable
 from schemas.events import EVENT_PAYLOADS
 from schemas.nps import DongBoHoSoMCRequest, HoSoMC, portal_time
 from schemas.results import DvcqgSyncResult
@@ -71,18 +71,18 @@ class Case:
 
 
 CASES = [
-    Case("billion_laughs", TargetUnavailable, "not well-formed XML", maybe_applied=True),
-    Case("quadratic_blowup", TargetUnavailable, "not well-formed XML", maybe_applied=True),
-    Case("xxe", TargetUnavailable, "DOCTYPE", maybe_applied=True),
-    Case("doctype_system", TargetUnavailable, "DOCTYPE", maybe_applied=True),
-    Case("deep_nesting", TargetUnavailable, "not well-formed XML", maybe_applied=True),
-    Case("huge", TargetUnavailable, f"passed the {CAP_BYTES}-byte cap", maybe_applied=True),
-    Case("huge", TargetUnavailable, "over the", maybe_applied=True, extra=(("huge_declare_length", True),)),
+    Case("billion_laughs", TargetGarbled, "not well-formed XML", maybe_applied=True),
+    Case("quadratic_blowup", TargetGarbled, "not well-formed XML", maybe_applied=True),
+    Case("xxe", TargetGarbled, "DOCTYPE", maybe_applied=True),
+    Case("doctype_system", TargetGarbled, "DOCTYPE", maybe_applied=True),
+    Case("deep_nesting", TargetGarbled, "not well-formed XML", maybe_applied=True),
+    Case("huge", TargetGarbled, f"passed the {CAP_BYTES}-byte cap", maybe_applied=True),
+    Case("huge", TargetGarbled, "over the", maybe_applied=True, extra=(("huge_declare_length", True),)),
     Case("drip", TargetTimeout, "deadline passed mid-reply", maybe_applied=True, extra=(("drip_interval_s", 0.05),)),
-    Case("html", TargetUnavailable, "text/html, not a SOAP envelope", maybe_applied=True),
+    Case("html", TargetGarbled, "text/html, not a SOAP envelope", maybe_applied=True),
     Case("pii_fault", TargetRejected, "SOAP fault Client", maybe_applied=None),
-    Case("wrong_namespace", TargetUnavailable, "does not match the WSDL", maybe_applied=True),
-    Case("soap12_envelope", TargetUnavailable, "not a SOAP 1.1 envelope", maybe_applied=True),
+    Case("wrong_namespace", TargetGarbled, "does not match the WSDL", maybe_applied=True),
+    Case("soap12_envelope", TargetGarbled, "not a SOAP 1.1 envelope", maybe_applied=True),
     Case("truncated", TargetUnavailable, "connection lost mid-reply", maybe_applied=True),
 ]
 IDS = [c.mode + ("_declared" if c.extra and c.extra[0][0] == "huge_declare_length" else "") for c in CASES]
@@ -361,7 +361,7 @@ def test_fault_with_personal_data_is_dead_lettered_at_once_with_a_scrubbed_reaso
 def test_record_the_portal_rejects_is_dead_lettered_at_once_not_retried(sim: NpsSimulator, runner: RouteRunner) -> None:
     """The portal's business rule refuses the record: DLQ at attempt 1 with code and reason, sent once."""
     _, event = _example()
-    event["payload"]["dates"]["received"] = "2026-11-26T07:00:00+07:00"  # before it was submitted
+    event["payload"]["dates"]["received"] = "2025-11-26T07:00:00+07:00"  # before it was submitted
     bad = json.dumps(event, ensure_ascii=False).encode()
 
     outcome = runner.handle(_delivery(bad, event["event_id"]))
@@ -386,7 +386,7 @@ def test_a_batch_keeps_each_message_to_itself(sim: NpsSimulator, runner: RouteRu
     rejected = json.loads(body)
     rejected["event_id"] = "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
     rejected["dossier_code"] = "000.00.16.H16-261126-0003"
-    rejected["payload"]["dates"]["received"] = "2026-11-26T07:00:00+07:00"  # before it was submitted
+    rejected["payload"]["dates"]["received"] = "2025-11-26T07:00:00+07:00"  # before it was submitted
     deliveries = [
         _delivery(body, event["event_id"]),
         _delivery(json.dumps(second, ensure_ascii=False).encode(), second["event_id"]),

@@ -68,7 +68,7 @@ def test_bad_inputs_are_dead_lettered_with_a_reason_and_the_worker_keeps_running
     cfg = write_config(tmp_path / "cfg", endpoint="http://127.0.0.1:9")
     cases: dict[str, tuple[bytes, str | None, str | None, str]] = {
         "malformed": (b'{"event_id": "x", ', "application/json", None, "malformed JSON"),
-        "content_type": (json.dumps(_ping(0)).encode(), "text/xml", None, "content type 'text/xml'"),
+        "content_type": (json.dumps(_ping(0)).encode(), "text/xml", None, "content_type: 'text/xml'"),
         "schema": (json.dumps(_ping(1, payload={"seq": -5})).encode(), "application/json", None, "payload.seq"),
         "not_utf8": (b'{"event_type": "bus.ping", "x": "\xff\xfe"}', "application/json", None, "not UTF-8"),
         "oversize": (b'{"pad": "' + b"a" * 1_100_000 + b'"}', "application/json", None, "over the limit"),

@@ -20,6 +20,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import busenv
 import pytest
 import yaml
 from busenv import ROOT, depth, drained, example, get_all, publish, thread_worker, wait_for
@@ -136,7 +137,7 @@ def _at(value: str) -> str:
 
 def dossier_code(run: str, i: int) -> str:
     """A dossier code of this run, in iGate's form (agency-yyMMdd-number)."""
-    return f"000.00.16.H16-261126-{run}{i:05d}"
+    return busenv.dossier_code(i, run)
 
 
 def life(code: str, i: int) -> dict[str, dict[str, Any]]:
