@@ -40,14 +40,16 @@ Faults (:class:`Faults`, set in Python or over HTTP at ``/_sim/faults``; determi
 ``latency_s`` (slow), and one ``mode`` drawn at ``rate`` per request on ``only_operations``: ``http_500``,
 ``http_503``, ``server_fault``, ``client_fault``, ``reject``, ``hang``, ``truncated``, ``wrong_namespace``,
 ``soap12_envelope``, ``html``, ``ok_code`` (handle the request, then answer it with ``ok_code``, "3" or
-"-3": codes TH also takes as success, docs/domain.md section 2), and the hostile replies ``billion_laughs``,
-``quadratic_blowup``, ``xxe``,
-``doctype_system``, ``deep_nesting``, ``huge`` (50 MB), ``drip`` (one byte per ``drip_interval_s``) and
-``pii_fault`` (a fault echoing a CCCD and a phone). Modes that mangle a reply apply the request first unless
-``apply`` says otherwise, so the ambiguous outcome (applied, answer lost) is what a client sees. Control
-endpoints (never recorded, never faulted): ``GET/POST /_sim/faults``, ``GET /_sim/faults/schema``,
-``GET /_sim/requests``, ``GET /_sim/effects``, ``GET /_sim/dossiers[/CODE]``, ``POST /_sim/reset``,
-``POST /_sim/sessions/expire`` (docs/simulators.md).
+"-3": codes TH also takes as success, docs/domain.md section 2), ``drop`` (reset the connection without a
+word), ``apply_then_drop`` (the same after applying: the ambiguous outcome), and the hostile replies
+``billion_laughs``, ``quadratic_blowup``, ``xxe``, ``doctype_system``, ``deep_nesting``, ``huge`` (50 MB),
+``drip`` (one byte per ``drip_interval_s``) and ``pii_fault`` (a fault echoing a CCCD and a phone). Modes
+that mangle a reply apply the request first unless ``apply`` says otherwise, so the ambiguous outcome
+(applied, answer lost) is what a client sees. Drawn on their own, ``lookup_fail_rate`` fails lookups
+(``TraCuuHoSo``) with ``lookup_fail`` (``http_503`` or ``drop``), so a test can break reconciliation while
+effects still go through. Control endpoints (never recorded, never faulted): ``GET/POST /_sim/faults``,
+``GET /_sim/faults/schema``, ``GET /_sim/requests``, ``GET /_sim/effects``, ``GET /_sim/dossiers[/CODE]``,
+``POST /_sim/reset``, ``POST /_sim/sessions/expire`` (docs/simulators.md).
 """
 
 from __future__ import annotations
@@ -154,9 +156,13 @@ FaultMode = Literal[
     "drip",
     "pii_fault",
     "ok_code",
+    "drop",
+    "apply_then_drop",
 ]
 #: modes that answer without handling the request (unless ``apply`` is set)
-_REFUSING: Final = frozenset({"http_500", "http_503", "server_fault", "client_fault", "reject", "hang", "html"})
+_REFUSING: Final = frozenset({"http_500", "http_503", "server_fault", "client_fault", "reject", "hang", "html", "drop"})
+#: the lookup service, which ``lookup_fail_rate`` fails on its own
+LOOKUP_OPERATION: Final = "TraCuuHoSo"
 Rate = Annotated[float, Field(ge=0.0, le=1.0, description="Probability per request.")]
 
 
@@ -185,6 +191,8 @@ class Faults(BaseModel):
         default=None, max_length=100_000, description="Text of injected SOAP faults; null: a stock text."
     )
     only_operations: list[str] = Field(default_factory=list, description="Operations to fault; empty = all.")
+    lookup_fail_rate: Rate = Field(default=0.0, description="Fail TraCuuHoSo calls at this rate, on their own.")
+    lookup_fail: Literal["http_503", "drop"] = Field(default="http_503", description="How a failed lookup fails.")
     seed: int | None = Field(default=None, description="Seeds the draws, so a run repeats exactly.")
 
     def covers(self, operation: str) -> bool:
@@ -434,6 +442,9 @@ class NpsSimulator(ServedSimulator[Faults]):
     def _draw(self, operation: str) -> tuple[Faults, FaultMode | None]:
         with self._lock:
             faults = self._faults
+            rate = faults.lookup_fail_rate
+            if operation == LOOKUP_OPERATION and (rate >= 1.0 or (rate > 0.0 and self._rng.random() < rate)):
+                return faults, faults.lookup_fail
             if faults.mode is None or not faults.covers(operation):
                 return faults, None
             if faults.rate >= 1.0 or (faults.rate > 0.0 and self._rng.random() < faults.rate):
@@ -860,6 +871,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, _envelope(operation, {**answer, "error_code": faults.ok_code}), xml)
         elif mode == "hang":
             self.server.sim._sleep(faults.hang_s)  # noqa: SLF001
+            self._reset_connection()
+        elif mode in {"drop", "apply_then_drop"}:
             self._reset_connection()
         elif mode == "truncated":
             data = _envelope(operation, answer)

@@ -198,11 +198,19 @@ def publish_raw(
     content_type: str | None = "application/json",
     message_id: str | None = None,
     exchange: str = "igate.events",
+    amqp_type: str | None = "",
+    headers: dict[str, Any] | None = None,
 ) -> None:
-    """Publish arbitrary bytes (hostile inputs) with confirms."""
+    """Publish arbitrary bytes (hostile inputs) with confirms; ``type`` is the routing key unless given."""
     from routes.publisher import Publisher
 
-    props = pika.BasicProperties(content_type=content_type, delivery_mode=2, message_id=message_id, type=routing_key)
+    props = pika.BasicProperties(
+        content_type=content_type,
+        delivery_mode=2,
+        message_id=message_id,
+        type=routing_key if amqp_type == "" else amqp_type,
+        headers=headers,
+    )
     with Publisher(amqp_url) as pub:
         pub.publish_raw(body, exchange=exchange, routing_key=routing_key, properties=props)
 

@@ -352,6 +352,38 @@ class TestFaults:
 
         assert sim.effect_counts() == {"atd": 1}
 
+    def test_only_methods_faults_effects_and_spares_lookups(self, sim: IGateSimulator, http: httpx.Client) -> None:
+        """apply_then_drop on POST/PUT only: the note is applied and dropped; the lookup answers it."""
+        headers = bearer(http)
+        http.post("/_sim/faults", json={"apply_then_drop_rate": 1, "only_paths": ["/pa/"], "only_methods": ["POST"]})
+
+        with pytest.raises(httpx.TransportError):
+            http.post(f"/pa/dossier/{CODE}/--bus-note", json=note_body("m1"), headers=headers)
+        found = http.get("/pa/dossier/--bus-request", params={"clientRequestId": "m1"}, headers=headers)
+
+        assert found.status_code == 200
+        assert sim.effect_counts() == {"m1": 1}
+
+    @pytest.mark.parametrize(("how", "status"), [("error", 503), ("drop_connection", "dropped")])
+    def test_lookup_fail_rate_fails_lookups_only(
+        self, sim: IGateSimulator, http: httpx.Client, how: str, status: object
+    ) -> None:
+        """lookup_fail_rate 1: every lookup fails (503 or a reset) while notes still apply and answer."""
+        headers = bearer(http)
+        http.post("/_sim/faults", json={"lookup_fail_rate": 1, "lookup_fail": how})
+
+        note = http.post(f"/pa/dossier/{CODE}/--bus-note", json=note_body("l1"), headers=headers)
+        assert note.status_code == 200
+        if how == "error":
+            lookup = http.get("/pa/dossier/--bus-request", params={"clientRequestId": "l1"}, headers=headers)
+            assert lookup.status_code == 503
+        else:
+            with pytest.raises(httpx.TransportError):
+                http.get("/pa/dossier/--bus-request", params={"clientRequestId": "l1"}, headers=headers)
+
+        assert sim.effect_counts() == {"l1": 1}
+        assert sim.requests("/pa/dossier/--bus-request")[-1]["status"] == status
+
     def test_timeout_hangs_past_the_client_timeout(self, sim: IGateSimulator, http: httpx.Client) -> None:
         """The request is received and not answered within the client's read timeout."""
         headers = bearer(http)

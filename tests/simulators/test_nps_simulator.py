@@ -472,6 +472,31 @@ class TestFaults:
             post(http, "DongBoHoSoMC", envelope(body, header(session, "k2")))
         assert [e["maYeuCau"] for e in sim.effects()] == ["k2"]
 
+    def test_drop_applies_nothing_and_apply_then_drop_applies(self, sim: NpsSimulator, http: httpx.Client) -> None:
+        """drop resets the connection before handling; apply_then_drop after: the ambiguous outcome."""
+        session = login(http)
+        body = f"<t:DongBoHoSoMC>{fields({'isUpdating': 'true', 'data': hoso()})}</t:DongBoHoSoMC>"
+        sim.set_faults(mode="drop", only_operations=["DongBoHoSoMC"])
+        with pytest.raises(httpx.TransportError):
+            post(http, "DongBoHoSoMC", envelope(body, header(session, "k1")))
+        assert sim.effects() == []
+
+        sim.set_faults(mode="apply_then_drop", only_operations=["DongBoHoSoMC"])
+        with pytest.raises(httpx.TransportError):
+            post(http, "DongBoHoSoMC", envelope(body, header(session, "k2")))
+        assert [e["maYeuCau"] for e in sim.effects()] == ["k2"]
+
+    def test_lookup_fail_rate_fails_lookups_only(self, sim: NpsSimulator, http: httpx.Client) -> None:
+        """lookup_fail_rate 1: TraCuuHoSo answers 503 while records still apply."""
+        session = login(http)
+        sim.set_faults(lookup_fail_rate=1.0)
+        dong_bo(http, session, "k-applied")
+        body = f"<t:TraCuuHoSo>{fields({'MaYeuCau': 'k-applied'})}</t:TraCuuHoSo>"
+
+        assert post(http, "TraCuuHoSo", envelope(body, header(session))).status_code == 503
+        assert [e["maYeuCau"] for e in sim.effects()] == ["k-applied"]
+        assert sim.requests("TraCuuHoSo")[-1]["fault"] == "http_503"
+
     def test_rate_and_seed_repeat_exactly(self, sim: NpsSimulator, http: httpx.Client) -> None:
         """rate 0.5 with a seed faults the same requests on two runs."""
 
