@@ -162,11 +162,15 @@ def build_connectors(app: App, names: Iterable[str]) -> dict[str, Connector]:
 def build_runners(
     app: App, routes: list[Route], *, worker_id: str, observer: Observer | None = None
 ) -> list[RouteRunner]:
-    """One pipeline runner per route, sharing connectors, the store and the observer (metrics, health)."""
+    """One pipeline runner per route, sharing connectors, the store and the observer (metrics, health).
+
+    Raises:
+        ConfigError: crash points are set without the testing switch (``routes.pipeline.crash_plan_from_env``).
+    """
+    crash = crash_plan_from_env()  # first: a refused start touches nothing
     if app.store is None:
         app.store = IdempotencyStore(app.settings.store_url.get_secret_value())
     connectors = build_connectors(app, sorted({r.connector for r in routes}))
-    crash = crash_plan_from_env()
     rules = app.settings.event_rules()
     runners = []
     for r in routes:
@@ -203,6 +207,7 @@ def build_worker(
     routes = select_routes(app.routes, route_names)
     if not routes:
         raise ConfigError("no route to run: every route is disabled or none was selected")
+    crash = crash_plan_from_env()  # before anything starts: crash points without the testing switch refuse
     observer = None
     if observe:
         from bus.ops_api import make_ops
@@ -218,6 +223,6 @@ def build_worker(
         declare=lambda: declare_topology(app.settings, app.routes),
         heartbeat=app.settings.heartbeat,
         blocked_connection_timeout=app.settings.blocked_connection_timeout,
-        crash=crash_plan_from_env(),
+        crash=crash,
         observer=observer,
     )

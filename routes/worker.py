@@ -35,7 +35,7 @@ import structlog
 from pika.adapters.select_connection import IOLoop
 
 from routes.amqp import broker_version, parameters
-from routes.pipeline import CrashPlan, Delivery, Outcome, RouteRunner
+from routes.pipeline import CrashPlan, Delivery, Outcome, RouteRunner, kill
 from routes.topology import route_queue
 
 if TYPE_CHECKING:
@@ -402,7 +402,7 @@ class Worker:
             rec.remaining -= 1
             if rec.remaining == 0:
                 if rec.outcome is not None and rec.outcome.crash_after_confirm:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    kill("after_result_confirm")
                 self._settle(rec, requeue=rec.failed)
 
     def _settle(self, rec: _InFlight, *, requeue: bool) -> None:
@@ -416,8 +416,7 @@ class Worker:
         else:
             rec.channel.basic_ack(rec.delivery_tag)
             stats.acked += 1
-            if self._crash.hits("after_ack"):
-                os.kill(os.getpid(), signal.SIGKILL)
+            self._crash.crash("after_ack")
 
     # -- stopping ------------------------------------------------------------------------------------
     def _tick(self) -> None:

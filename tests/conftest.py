@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -42,9 +43,8 @@ def _broker_up() -> None:
         pytest.fail(f"RabbitMQ is not reachable at {AMQP_HOST}:{AMQP_PORT} ({exc!r}); run `make services`")
 
 
-@pytest.fixture
-def amqp_url() -> Iterator[str]:
-    """A fresh vhost on the shared broker (nameko's rabbit_config), deleted afterwards."""
+@contextmanager
+def _fresh_vhost() -> Iterator[str]:
     _broker_up()
     vhost = f"igb-test-{uuid.uuid4().hex[:10]}"
     _rabbitmqctl("add_vhost", vhost)
@@ -53,6 +53,20 @@ def amqp_url() -> Iterator[str]:
         yield f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
     finally:
         _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def amqp_url() -> Iterator[str]:
+    """A fresh vhost on the shared broker (nameko's rabbit_config), deleted afterwards."""
+    with _fresh_vhost() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_amqp_url() -> Iterator[str]:
+    """One fresh vhost for a whole module (a vhost costs seconds); its tests leave their queues empty."""
+    with _fresh_vhost() as url:
+        yield url
 
 
 @pytest.fixture
