@@ -98,12 +98,13 @@ def _run(amqp_url: str, tmp_path: Path, point: str, *, events: int, rate: float,
         kills = 0
         for _ in range(restarts):
             worker = ProcessWorker(crash_env, log, routes=ROUTE).start()
-            assert worker.proc is not None
+            proc = worker.proc
+            assert proc is not None
             try:
-                wait_for(lambda: worker.proc.poll() is not None or finished(), timeout=90, what="a crash or the end")  # noqa: B023
+                wait_for(lambda: proc.poll() is not None or finished(), timeout=90, what="a crash or the end")  # noqa: B023
             finally:
                 worker.stop()
-            if worker.proc.returncode == -9:
+            if proc.returncode == -9:
                 kills += 1
             if finished():
                 break
