@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
@@ -191,6 +192,17 @@ def test_a_worker_sigkilled_mid_run_loses_nothing_and_duplicates_nothing(amqp_ur
         second.stop()
     _assert_exactly_once(sim, events)
     _queues_empty(amqp_url)
+    # the claims the killed worker held were reconciled by lookup, not sent blindly (issue 10, item 21)
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    reconciled = [x for x in lines if x.get("event") == "reconciled"]
+    lookups = sim.requests("/pa/dossier/--bus-request")
+    print(f"killed at {applied_at_kill} notes; {len(reconciled)} reconciled by lookup ({len(lookups)} lookups)")
+    assert reconciled, "no claim was reconciled after the kill: the reconcile-by-lookup path never ran"
+    assert len(lookups) == len(reconciled), "each reconcile is one lookup at the simulator"
+    found = {r["client_request_id"] for r in lookups if r["status"] == 200}
+    posts = [r for r in sim.requests("/pa/dossier/") if r["method"] == "POST"]
+    sent = Counter(r["client_request_id"] for r in posts)
+    assert all(sent[k] == 1 for k in found), "an effect the lookup found was sent again"
 
 
 def test_sigterm_drains_in_flight_work_and_exits_cleanly(amqp_url, sqlite_url, tmp_path, sim):
