@@ -154,7 +154,7 @@ def build(case: Case, i: int) -> tuple[dict[str, Any], bytes]:
 
 
 @pytest.fixture(scope="module")
-def broker_url(module_amqp_url) -> str:
+def broker_url(module_amqp_url: str) -> str:
     """The module's vhost, with a capture queue bound to igate.events."""
     bind_capture(module_amqp_url, "igate.events")
     return module_amqp_url
