@@ -191,7 +191,9 @@ def _check_string(text: str, path: tuple[str | int, ...], *, multiline: bool, wh
         return
     ch = bad.group()
     where = field_path(path) or "event"
-    if ch in "\t\n\r\u2028\u2029":
+    if ch in "\u2028\u2029":
+        reason = "a Unicode line or paragraph separator (only LF, CR and tab break lines, in multi-line fields)"
+    elif ch in "\t\n\r":
         reason = "a line break or tab, and this field is a single line"
     elif "\u061c" <= ch <= "\u2069" or ch in "\u200e\u200f":
         reason = "a bidirectional formatting character (it can make the text read as something else)"
