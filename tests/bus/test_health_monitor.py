@@ -169,6 +169,30 @@ class TestLiveCalls:
         conn.breaker_state = "closed"
         assert monitor.snapshot()["igate"].state == "up"
 
+    def test_a_message_dead_lettered_for_garbage_degrades_at_once_for_a_window(self, monitor, clock):
+        """record_garbled ▶ degraded now (logged once, naming garbage) even with a good probe; a window later ▶ up."""
+        monitor.probe("igate")
+        with capture_logs() as logs:
+            monitor.record_garbled("igate", "3 replies the connector refused for this message; the last: DOCTYPE")
+        h = monitor.snapshot()["igate"]
+        assert h.state == "degraded"
+        assert "answers garbage" in h.detail and "DOCTYPE" in h.detail
+        changes = [x for x in logs if x["event"] == "connector_state_changed"]
+        assert [(x["old"], x["new"]) for x in changes] == [("up", "degraded")]
+        monitor.record_garbled("nobody", "ignored")
+        clock.now += monitor.window_s + 1
+        assert monitor.snapshot()["igate"].state == "up"
+
+    def test_garbage_does_not_hide_a_worse_state(self):
+        """An open breaker or failed probes still read down."""
+        assert derive_state(probe=None, probe_failures=0, breaker="open", error_rate=None, calls=0, garbled="x")[0] == (
+            "down"
+        )
+        assert derive_state(probe=None, probe_failures=0, breaker=None, error_rate=None, calls=0, garbled="x") == (
+            "degraded",
+            "answers garbage: a message was dead-lettered after x",
+        )
+
 
 class TestProbes:
     """Probes: failures in a row, timeouts, and the log line on each change."""
