@@ -730,11 +730,15 @@ class IdempotencyStore:
         values = {"n_applied": bool(maybe_applied), "n_now": datetime.now(UTC)}
         self._settle(route, event_id, owner=owner, stmt=self._sql.release, values=values, what="release")
 
-    def confirm_absent(self, route: str, event_id: str, *, owner: str) -> None:
+    def confirm_absent(self, route: str, event_id: str, *, owner: str) -> bool:
         """A lookup at the target answered "not there": the held claim is no longer "maybe applied".
 
         The caller keeps its claim and lease and may now send. Only the owner of a claim still
         ``in_progress`` can do this; otherwise nothing changes (and a warning is logged).
+
+        Returns:
+            True when the claim was the caller's and is cleared; False when the caller no longer holds it
+            (its lease ran out and another attempt took it): then it must not send.
 
         Args:
             route: The route's name.
@@ -744,17 +748,20 @@ class IdempotencyStore:
         Raises:
             ValueError: An empty route, event_id or owner.
         """
-        self._settle(route, event_id, owner=owner, stmt=self._sql.confirm_absent, values={}, what="confirm_absent")
+        sql = self._sql.confirm_absent
+        return self._settle(route, event_id, owner=owner, stmt=sql, values={}, what="confirm_absent")
 
     def _settle(
         self, route: str, event_id: str, *, owner: str, stmt: sa.Update, values: dict[str, Any], what: str
-    ) -> None:
+    ) -> bool:
         _check_key(route, event_id)
         _check_text("owner", owner)
         params = {"k_route": route, "k_event_id": event_id, "k_owner": owner, **values}
         with self._begin() as conn:
-            if conn.execute(stmt, params).rowcount != 1:
-                _log.warning("claim_not_held", action=what, route=route, event_id=event_id, owner=owner)
+            if conn.execute(stmt, params).rowcount == 1:
+                return True
+        _log.warning("claim_not_held", action=what, route=route, event_id=event_id, owner=owner)
+        return False
 
     # -- inspection ----------------------------------------------------------------------------------
     def get(self, route: str, event_id: str) -> ClaimRecord | None:

@@ -414,7 +414,9 @@ class RouteRunner:
         if found is not None:
             job.reply = found.model_dump(mode="json")
             return
-        self.store.confirm_absent(self.name, job.event_id, owner=job.owner)
+        if not self.store.confirm_absent(self.name, job.event_id, owner=job.owner):
+            job.claimed = False  # another attempt took it over meanwhile: it decides, not us
+            raise ClaimHeld("the claim's lease ran out while reconciling; the attempt that took it over decides")
         job.reclaimed = False
 
     def _send(self, job: _Job) -> None:

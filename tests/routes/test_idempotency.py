@@ -170,7 +170,7 @@ def test_release_and_fail_by_a_former_owner_change_nothing(store: IdempotencySto
     store.release(ROUTE, "e1", owner="w1/a", maybe_applied=False)
     store.release(ROUTE, "e1", owner="w1/a", maybe_applied=True)
     store.fail(ROUTE, "e1", owner="w1/a", error="late")
-    store.confirm_absent(ROUTE, "e1", owner="w1/a")
+    assert store.confirm_absent(ROUTE, "e1", owner="w1/a") is False
     assert _record(store, "e1") == before
     store.release(ROUTE, "missing", owner="w1/a", maybe_applied=True)  # no row: nothing to do
     assert store.get(ROUTE, "missing") is None
@@ -233,7 +233,7 @@ def test_a_lookup_saying_not_there_clears_it_and_keeps_the_lease(store: Idempote
     """
     _maybe_applied(store)
     before = _record(store, "e1")
-    store.confirm_absent(ROUTE, "e1", owner="w2/b")
+    assert store.confirm_absent(ROUTE, "e1", owner="w2/b") is True
     after = _record(store, "e1")
     assert (after.state, after.maybe_applied, after.owner) == ("in_progress", False, "w2/b")
     assert (after.claimed_at, after.lease_until, after.attempts) == (
