@@ -40,6 +40,7 @@ from routes.pipeline import CRASH_POINTS, idempotency_key, result_event_id
 from simulators.igate import IGateSimulator
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 ROUTE = "bus-ack"
@@ -77,6 +78,25 @@ def _crashes(log: Path, point: str) -> int:
     return sum(1 for x in lines if x.get("event") == "crash_point" and x.get("point") == point)
 
 
+def _crash_until_done(env: dict[str, str], log: Path, finished: Callable[[], bool], restarts: int) -> int:
+    """Run the crashing worker again and again until it dies no more or the run is done; returns its deaths."""
+    kills = 0
+    for _ in range(restarts):
+        worker = ProcessWorker(env, log, routes=ROUTE).start()
+        proc = worker.proc
+        assert proc is not None
+        try:
+            wait_for(lambda: proc.poll() is not None or finished(), timeout=90, what="a crash or the end")  # noqa: B023
+            died = proc.poll() is not None
+        finally:
+            worker.stop()
+        if not died:
+            break  # every note is in while it lived: a clean worker drains what is in flight
+        assert proc.returncode == -9, f"the worker exited {proc.returncode}, not by its crash point"
+        kills += 1
+    return kills
+
+
 def _run(amqp_url: str, tmp_path: Path, point: str, *, events: int, rate: float, restarts: int) -> None:
     _purge(amqp_url, "unrouted")  # results of an earlier test in this vhost
     with IGateSimulator(username=SIM_USER, password=SIM_PASSWORD) as sim:
@@ -95,20 +115,8 @@ def _run(amqp_url: str, tmp_path: Path, point: str, *, events: int, rate: float,
         def finished() -> bool:
             return len(sim.effect_counts()) == len(keys) and all(depth(amqp_url, q) == 0 for q in QUEUES)
 
-        kills = 0
-        for _ in range(restarts):
-            worker = ProcessWorker(crash_env, log, routes=ROUTE).start()
-            proc = worker.proc
-            assert proc is not None
-            try:
-                wait_for(lambda: proc.poll() is not None or finished(), timeout=90, what="a crash or the end")  # noqa: B023
-            finally:
-                worker.stop()
-            if proc.returncode == -9:
-                kills += 1
-            if finished():
-                break
-        assert kills >= 1, f"the worker never died at {point}: the test proved nothing\n{worker.tail()}"
+        kills = _crash_until_done(crash_env, log, finished, restarts)
+        assert kills >= 1, f"the worker never died at {point}: the test proved nothing"
         assert _crashes(log, point) == kills, f"a kill was not at {point}"
         sim.set_faults()
         worker = ProcessWorker(env, log, routes=ROUTE).start()  # no crash points: it finishes the run
@@ -117,6 +125,7 @@ def _run(amqp_url: str, tmp_path: Path, point: str, *, events: int, rate: float,
             assert worker.terminate() == 0
         finally:
             worker.stop()
+        assert all(depth(amqp_url, q) == 0 for q in QUEUES), "messages left after the drain"
 
         counts = sim.effect_counts()
         lost = keys - counts.keys()

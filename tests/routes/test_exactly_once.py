@@ -37,12 +37,22 @@ from busenv import (
     wait_for,
     write_config,
 )
-from test_nps_routes import LIFE, NPS_PASSWORD, NPS_USER, PASSWORD_ENV, ROUTES_OF, USER_ENV, dossier_code, life
+from test_nps_routes import (
+    LIFE,
+    NPS_PASSWORD,
+    NPS_USER,
+    PASSWORD_ENV,
+    ROUTES_OF,
+    USER_ENV,
+    dossier_code,
+    life,
+    write_nps_config,
+)
 
 from routes.dlq import DeadLetter, DeadLetters
 from routes.pipeline import idempotency_key, result_event_id
 from simulators.igate import LOOKUP_PATH, IGateSimulator
-from simulators.nps import DEFAULT_MADONVI, NpsSimulator
+from simulators.nps import NpsSimulator
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -241,38 +251,27 @@ def _mixed_config(
     backoff: tuple[str, ...] = ("300ms", "1s"),
     max_attempts: int = 60,
 ) -> Path:
-    """The shipped iGate note, results and portal routes, short backoff; both connectors at the simulators."""
+    """The shipped portal routes (test_nps_routes' config) plus the shipped iGate note and results routes."""
+    write_nps_config(folder, endpoint=nps, backoff=backoff, max_attempts=max_attempts)
     shipped = yaml.safe_load((ROOT / "config" / "routes.yaml").read_text(encoding="utf-8"))
-    wanted = {"bus-ack", "results-to-igate"}
-    routes = [r for r in shipped["routes"] if r["name"] in wanted or r["name"].startswith("nps-")]
-    for r in routes:
-        r["retry"] = {"backoff": list(backoff), "max_attempts": max_attempts}
-    timeout = {"connect": "1s", "read": "2s", "total": "3s"}
-    breaker = {"fail_max": 1000, "reset_timeout": "1s"}
-    connectors = {
-        "connectors": {
-            "igate": {
-                "type": "igate",
-                "endpoint": igate,
-                "timeout": timeout,
-                "breaker": breaker,
-                "credentials": {"username": "IGATE_BUS_IGATE_USERNAME", "password": "IGATE_BUS_IGATE_PASSWORD"},
-                "options": {"realm": "digo", "client_id": "igate-bus"},
-            },
-            "nps": {
-                "type": "nps",
-                "endpoint": nps,
-                "timeout": timeout,
-                "breaker": breaker,
-                "max_reply_bytes": 1048576,
-                "credentials": {"username": USER_ENV, "password": PASSWORD_ENV},
-                "options": {"madonvi": DEFAULT_MADONVI},
-            },
-            "noop": {"type": "noop"},
-        }
+    routes = yaml.safe_load((folder / "routes.yaml").read_text(encoding="utf-8"))
+    for r in shipped["routes"]:
+        if r["name"] in {"bus-ack", "results-to-igate"}:
+            r["retry"] = {"backoff": list(backoff), "max_attempts": max_attempts}
+            routes["routes"].append(r)
+    connectors = yaml.safe_load((folder / "connectors.yaml").read_text(encoding="utf-8"))
+    nps_spec = connectors["connectors"]["nps"]
+    nps_spec["timeout"] = {"connect": "1s", "read": "2s", "total": "3s"}
+    nps_spec["breaker"] = {"fail_max": 1000, "reset_timeout": "1s"}
+    connectors["connectors"]["igate"] = {
+        "type": "igate",
+        "endpoint": igate,
+        "timeout": nps_spec["timeout"],
+        "breaker": nps_spec["breaker"],
+        "credentials": {"username": "IGATE_BUS_IGATE_USERNAME", "password": "IGATE_BUS_IGATE_PASSWORD"},
+        "options": {"realm": "digo", "client_id": "igate-bus"},
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "routes.yaml").write_text(yaml.safe_dump({"routes": routes}, allow_unicode=True, sort_keys=False))
+    (folder / "routes.yaml").write_text(yaml.safe_dump(routes, allow_unicode=True, sort_keys=False))
     (folder / "connectors.yaml").write_text(yaml.safe_dump(connectors, sort_keys=False))
     return folder
 
