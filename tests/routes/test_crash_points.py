@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import pika
@@ -36,6 +37,7 @@ from busenv import (
     write_config,
 )
 
+from routes.idempotency import IdempotencyStore
 from routes.pipeline import CRASH_POINTS, idempotency_key, result_event_id
 from simulators.igate import IGateSimulator
 
@@ -71,6 +73,15 @@ def _purge(amqp_url: str, queue: str) -> None:
     finally:
         if conn.is_open:
             conn.close()
+
+
+def _settled(amqp_url: str) -> bool:
+    """The route's queues empty on two looks a second apart (a retry copy returns within 600 ms)."""
+    for _ in range(2):
+        if any(depth(amqp_url, q) for q in QUEUES):
+            return False
+        time.sleep(1)
+    return True
 
 
 def _crashes(log: Path, point: str) -> int:
@@ -122,6 +133,11 @@ def _run(amqp_url: str, tmp_path: Path, point: str, *, events: int, rate: float,
         worker = ProcessWorker(env, log, routes=ROUTE).start()  # no crash points: it finishes the run
         try:
             wait_for(finished, timeout=120, what="every note after the crashes")
+            # every claim done, then nothing left to come back: a redelivery still waiting out a dead
+            # worker's lease (a retry copy) is acked as a duplicate once it returns
+            with IdempotencyStore(store_url) as store:
+                wait_for(lambda: store.counts(ROUTE) == {"done": len(keys)}, timeout=60, what="every claim done")
+            wait_for(lambda: _settled(amqp_url), timeout=60, what="the queues to stay empty")
             assert worker.terminate() == 0
         finally:
             worker.stop()
