@@ -417,9 +417,9 @@ def _assert_mixed(
 def test_mixed_events_with_both_targets_dropping_answers_and_failing_lookups_sigkill_3_times(
     amqp_url, sqlite_url, tmp_path
 ):
-    """40 lives (320 events) on the iGate and portal routes, 30 % apply-then-drop and failed lookups at both
+    """25 lives (200 events) on the iGate and portal routes, 30 % apply-then-drop and failed lookups at both
     simulators, the worker SIGKILLed 3 times ▶ 0 lost, 0 duplicate effects at either simulator."""
-    _mixed_chaos(amqp_url, sqlite_url, tmp_path, lives=40, kills=3, timeout=180)
+    _mixed_chaos(amqp_url, sqlite_url, tmp_path, lives=25, kills=3, timeout=180)
 
 
 @pytest.mark.chaos
