@@ -180,7 +180,7 @@ def received_events(n: int, tag: str) -> list[dict[str, Any]]:
     for i in range(n):
         ev = json.loads(json.dumps(base))
         ev["event_id"] = str(uuid.uuid4())
-        # DOMAIN.md's form: the tag names a day, every 10,000 codes the next one (as the daily counter would)
+        # docs/domain.md's form: the tag names a day, every 10,000 codes the next one (as the daily counter would)
         day = date(2020, 1, 1) + timedelta(days=int(tag, 16) % 2000 + i // 10_000)
         ev["dossier_code"] = f"000.00.16.H16-{day:%y%m%d}-{i % 10_000:04d}"
         out.append(ev)

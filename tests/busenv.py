@@ -136,7 +136,7 @@ def example(event_type: str) -> dict[str, Any]:
 
 
 def dossier_code(i: int, run: str = "") -> str:
-    """The ``i``-th dossier code of a run, in DOMAIN.md's form ``{unit}-{yyMMdd}-{NNNN}`` (distinct per run and i).
+    """The ``i``-th dossier code of a run, in docs/domain.md's form ``{unit}-{yyMMdd}-{NNNN}`` (distinct per run and i).
 
     A run names a day (from its text), and every 10,000 codes move to the next day, as the counter would.
     """
