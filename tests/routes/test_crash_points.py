@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from typing import TYPE_CHECKING
 
 import pika
@@ -29,6 +28,7 @@ from busenv import (
     ProcessWorker,
     declare_routes,
     depth,
+    drained,
     env_for,
     get_all,
     publish,
@@ -84,14 +84,6 @@ def _purge(amqp_url: str, queue: str) -> None:
             conn.close()
 
 
-def _settled(amqp_url: str) -> bool:
-    """The route's queues empty on two looks 0.7 s apart (a retry copy returns within 600 ms)."""
-    if any(depth(amqp_url, q) for q in QUEUES):
-        return False
-    time.sleep(0.7)
-    return not any(depth(amqp_url, q) for q in QUEUES)
-
-
 def _crashes(log: Path, point: str) -> int:
     lines = [json.loads(x) for x in log.read_text(errors="replace").splitlines() if x.startswith("{")]
     return sum(1 for x in lines if x.get("event") == "crash_point" and x.get("point") == point)
@@ -145,7 +137,7 @@ def _run(amqp_url: str, tmp_path: Path, point: str, *, events: int, rate: float,
             # worker's lease (a retry copy) is acked as a duplicate once it returns
             with IdempotencyStore(store_url) as store:
                 wait_for(lambda: store.counts(ROUTE) == {"done": len(keys)}, timeout=60, what="every claim done")
-            wait_for(lambda: _settled(amqp_url), timeout=60, what="the queues to stay empty")
+            wait_for(lambda: drained(amqp_url, QUEUES, pause=0.7), timeout=60, what="the queues to stay empty")
             assert worker.terminate() == 0
         finally:
             worker.stop()
