@@ -22,6 +22,7 @@ from busenv import (
     ProcessWorker,
     declare_routes,
     depth,
+    dossier_code,
     drained,
     env_for,
     get_all,
@@ -115,7 +116,7 @@ def _files(spool: Path, n: int, *, big_every: int = 10) -> tuple[list[dict[str, 
                 "event_type": "file.ready",
                 "occurred_at": now,
                 "source": "test",
-                "dossier_code": f"FILE-{i}",
+                "dossier_code": dossier_code(i, "FILE"),
                 "payload": {
                     "target": "finance",
                     "source": f"out/{i}.bin",
@@ -200,7 +201,9 @@ def test_a_worker_sigkilled_right_after_an_upload_does_not_upload_it_again(
     publish(amqp_url, events)
     log = tmp_path / "worker.log"
     proxy.bandwidth_bps = 4 << 20  # keep the 3 MiB uploads in flight when the kill lands
-    first = ProcessWorker(env_for(amqp_url, sqlite_url, cfg, IGATE_CRASH_AT="after_send"), log, routes=ROUTE).start()
+    first = ProcessWorker(
+        env_for(amqp_url, sqlite_url, cfg, IGATE_CRASH_AT="after_send", IGATE_BUS_TESTING="1"), log, routes=ROUTE
+    ).start()
     try:
         assert first.proc is not None
         first.proc.wait(120)
