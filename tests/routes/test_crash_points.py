@@ -14,18 +14,16 @@ crashes at a rate over 300 events, the worker restarted after every one.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import TYPE_CHECKING
 
 import pika
 import pytest
 import yaml
 from busenv import (
-    ROOT,
     SIM_PASSWORD,
     SIM_USER,
     ProcessWorker,
+    cli,
     declare_routes,
     depth,
     drained,
@@ -178,15 +176,7 @@ def test_crash_points_without_the_testing_switch_refuse_to_start(tmp_path):
     env = env_for("amqp://guest:guest@127.0.0.1:9/%2F", f"sqlite:///{tmp_path / 's.sqlite3'}", cfg)
     env.pop("IGATE_BUS_TESTING", None)
     env["IGATE_CRASH_AT"] = "after_send"
-    run = subprocess.run(
-        [sys.executable, "-m", "bus.cli", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
+    run = cli("run", env=env)
     assert run.returncode == 2, run.stderr
     assert "IGATE_CRASH_AT is set (after_send) but IGATE_BUS_TESTING is not 1" in run.stderr
     assert "Traceback" not in run.stderr
