@@ -24,6 +24,7 @@ from busenv import (
     SIM_PASSWORD,
     SIM_USER,
     depth,
+    dossier_code,
     env_for,
     get_all,
     publish,
@@ -165,7 +166,7 @@ def test_list_masks_and_fits_80_columns_with_whole_unique_ids_and_readable_reaso
     assert max(len(line) for line in wide.splitlines()) <= 200, wide
     assert "reason" in wide and sorted(re.findall(r"[│|]\s*([0-9a-f-]{8,})\s*[│|]", wide)) == sorted(prefixes.values())
     for i in range(3):  # one row per letter, the reply's message whole
-        assert f"HTTP 404: dossier 000.00.16.H16-261126-X0000{i} not found" in wide, wide
+        assert f"HTTP 404: dossier {dossier_code(i, 'X')} not found" in wide, wide
 
 
 def test_ambiguous_or_too_short_prefixes_are_refused(letters):
