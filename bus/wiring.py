@@ -13,6 +13,7 @@ import pika
 from config.loader import LoadedConfig, load_config
 from config.settings import Settings
 from connectors.base import Connector, connector_type
+from connectors.kit.state import ConnectorState, HasState
 from routes.amqp import parameters
 from routes.idempotency import IdempotencyStore
 from routes.model import Route, build_routes
@@ -149,13 +150,27 @@ def warn_stale(app: App) -> None:
         log.warning("stale_topology", finding=finding, fix="igate-bus topology --prune")
 
 
+def open_store(app: App) -> IdempotencyStore:
+    """The process's store, opened on first use and shared by the pipeline and the connectors' state."""
+    if app.store is None:
+        app.store = IdempotencyStore(app.settings.store_url.get_secret_value())
+    return app.store
+
+
 def build_connectors(app: App, names: Iterable[str]) -> dict[str, Connector]:
-    """Build (once) each named connector from connectors.yaml."""
+    """Build (once) each named connector from connectors.yaml, its state (connectors/kit/state.py) attached.
+
+    The state opens the store only when the connector first uses it: ``status`` and ``map`` build
+    connectors that never touch it.
+    """
     specs = app.config.connectors.connectors
     for name in names:
         if name not in app.connectors:
             spec = specs[name]
-            app.connectors[name] = connector_type(spec.type)(name, spec)
+            conn = connector_type(spec.type)(name, spec)
+            if isinstance(conn, HasState):
+                conn.attach_state(lambda n=name: ConnectorState(open_store(app), connector=n))  # type: ignore[misc]
+            app.connectors[name] = conn
     return {n: app.connectors[n] for n in names}
 
 
@@ -168,8 +183,7 @@ def build_runners(
         ConfigError: crash points are set without the testing switch (``routes.pipeline.crash_plan_from_env``).
     """
     crash = crash_plan_from_env()  # first: a refused start touches nothing
-    if app.store is None:
-        app.store = IdempotencyStore(app.settings.store_url.get_secret_value())
+    store = open_store(app)
     connectors = build_connectors(app, sorted({r.connector for r in routes}))
     rules = app.settings.event_rules()
     runners = []
@@ -180,7 +194,7 @@ def build_runners(
             RouteRunner(
                 r,
                 op,
-                store=app.store,
+                store=store,
                 payload_models=EVENT_PAYLOADS,
                 worker_id=worker_id,
                 lease_s=spec.timeout.total * 2 + LEASE_MARGIN_S,

@@ -87,6 +87,7 @@ __all__ = [
     "ClaimOutcome",
     "ClaimRecord",
     "IdempotencyStore",
+    "UTCDateTime",
     "claims_table",
     "metadata",
 ]
@@ -167,7 +168,7 @@ class ClaimContentionError(RuntimeError):
     """The row kept changing under a claim for :data:`MAX_CLAIM_ROUNDS` rounds; the caller retries later."""
 
 
-class _UTCDateTime(sa.types.TypeDecorator[datetime]):
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
     """A datetime stored in UTC and read back UTC-aware on every back end.
 
     PostgreSQL keeps ``timestamptz`` and psycopg returns it in the session's zone; SQLite keeps naive text,
@@ -207,9 +208,9 @@ claims_table: Final = sa.Table(
     sa.Column("maybe_applied", sa.Boolean(create_constraint=False), nullable=False, server_default=sa.false()),
     sa.Column("owner", sa.String(MAX_KEY_LENGTH), nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("claimed_at", _UTCDateTime(), nullable=False),
-    sa.Column("lease_until", _UTCDateTime(), nullable=True),
-    sa.Column("done_at", _UTCDateTime(), nullable=True),
+    sa.Column("claimed_at", UTCDateTime(), nullable=False),
+    sa.Column("lease_until", UTCDateTime(), nullable=True),
+    sa.Column("done_at", UTCDateTime(), nullable=True),
     sa.Column("result", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.CheckConstraint(f"state IN ({', '.join(repr(s) for s in STATES)})", name="claims_state_valid"),
@@ -303,8 +304,9 @@ class _Statements:
     """
 
     def __init__(self, dialect_insert: Any) -> None:
+        self.insert = dialect_insert
         key = sa.and_(_c.route == sa.bindparam("k_route"), _c.event_id == sa.bindparam("k_event_id"))
-        when = _UTCDateTime()
+        when = UTCDateTime()
         self.insert_fresh = (
             dialect_insert(claims_table)
             .values(
@@ -390,7 +392,7 @@ class _DriverSQL:
     Why: SQLAlchemy's per-execution work (parameter processing, result set-up) costs more than SQLite
     takes to run these statements, and a batch claim must learn which keys it inserted (``RETURNING``),
     which Core only offers through its slower insertmanyvalues path. Same columns, same conflict rules and
-    the same stored forms (datetimes go through :class:`_UTCDateTime`'s own bind processor) as the Core
+    the same stored forms (datetimes go through :class:`UTCDateTime`'s own bind processor) as the Core
     statements of :class:`_Statements`, so every other method reads these rows as its own (the
     ``claim_many``/``complete_many`` tests read them back through :meth:`IdempotencyStore.get` on both back
     ends). Measured: half the store's CPU per message of a batch (109 ▶ 50 µs at 16 per batch on SQLite).
@@ -398,7 +400,7 @@ class _DriverSQL:
 
     def __init__(self, dialect: sa.Dialect) -> None:
         ph = "?" if dialect.paramstyle == "qmark" else "%s"
-        bind = _UTCDateTime().bind_processor(dialect)
+        bind = UTCDateTime().bind_processor(dialect)
         self.when: Any = bind if bind is not None else (lambda value: value)
         table = claims_table.name
         self._row = "(" + ", ".join([ph] * 8) + ")"
@@ -488,14 +490,30 @@ class IdempotencyStore:
         return engine
 
     def _create(self) -> None:
+        self.create_table(claims_table)
+        self._ensure_columns()
+
+    def create_table(self, table: sa.Table) -> None:
+        """Create ``table`` (and its indexes) in this store's database when missing; safe across processes.
+
+        Other parts that keep rows beside the claims (``connectors/kit/state.py``) create theirs here, so
+        every table of the store is created the same way.
+        """
         try:
             with self._engine.begin() as conn:
-                metadata.create_all(conn, checkfirst=True)
+                table.create(conn, checkfirst=True)
         except sa.exc.DBAPIError:
             # another process created it between our check and our CREATE: fine if it is there now
-            if not sa.inspect(self._engine).has_table(claims_table.name):
+            if not sa.inspect(self._engine).has_table(table.name):
                 raise
-        self._ensure_columns()
+
+    def begin(self) -> AbstractContextManager[Connection]:
+        """One transaction on a pooled connection (serialised on an in-memory SQLite store)."""
+        return self._begin()
+
+    def insert(self, table: sa.Table) -> Any:
+        """The dialect's ``INSERT`` for ``table`` (it has ``on_conflict_do_nothing`` on both back ends)."""
+        return self._sql.insert(table)
 
     def _ensure_columns(self) -> None:
         """Add the columns a table made by an earlier release lacks (``maybe_applied``), idempotently.

@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 from connectors.base import Operation, OperationSpec, typed
+from connectors.kit.state import HasState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -81,7 +82,7 @@ def operation(
     return mark
 
 
-class Declared:
+class Declared(HasState):
     """Gives a connector class ``OPERATIONS`` and its instances ``operations()``, from its declared operations.
 
     The instance needs a ``name`` (the connector's name in ``connectors.yaml``) before ``operations()``.
