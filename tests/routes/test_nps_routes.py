@@ -297,7 +297,7 @@ def test_200_whole_lives_end_at_their_final_state_with_every_step_once(amqp_url,
     _whole_lives(amqp_url, store_url, tmp_path, sim, 200, timeout=120)
 
 
-@pytest.mark.slow  # about 130 s on a 2-CPU machine
+@pytest.mark.chaos  # about 130 s on a 2-CPU machine: the 200-life version runs in `make test`
 @pytest.mark.timeout(900)
 def test_1000_whole_lives_end_at_their_final_state_with_every_step_once(amqp_url, pg_url, tmp_path, sim):
     """Issue 4: 1,000 lives (8,000 events) at once ▶ each at its final state, every step once, never regressed."""
