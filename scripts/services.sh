@@ -28,13 +28,28 @@ PY
 }
 
 # --- RabbitMQ -------------------------------------------------------------------------------------------
+start_rabbitmq() {
+  if command -v setpriv >/dev/null && id rabbitmq >/dev/null 2>&1 && [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    ( ulimit -n "$(ulimit -Hn)" 2>/dev/null; cd /var/lib/rabbitmq && HOME=/var/lib/rabbitmq \
+        setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups /usr/lib/rabbitmq/bin/rabbitmq-server -detached )
+  else
+    rabbitmq-server -detached
+  fi
+}
 if ! amqp_up; then
   command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || need_root_install rabbitmq-server
   say "starting RabbitMQ"
-  if [ "$(id -u)" = 0 ]; then rabbitmq-server -detached || true; else
+  # the node's file handle cache sizes itself from the soft limit: at Debian's 1024 a few hundred quorum
+  # queues (each test run declares ~40 per vhost) leave no handle for a new socket, and every AMQP handshake
+  # then waits forever in file_handle_cache:obtain while TCP still connects; raise it to the hard limit
+  # (Debian's rabbitmq-server wrapper goes through `su`, whose PAM session resets the limit: start the node
+  # as the rabbitmq user with setpriv, which keeps it)
+  if [ "$(id -u)" = 0 ]; then start_rabbitmq || true; else
     say "RabbitMQ is installed but stopped; start it as root: sudo rabbitmq-server -detached"; exit 1; fi
   for _ in $(seq 1 60); do amqp_up && break; sleep 1; done
-  amqp_up || { say "RabbitMQ did not come up on 127.0.0.1:5672 within 60 s"; exit 1; }
+  amqp_up || { say "RabbitMQ did not answer AMQP on 127.0.0.1:5672 within 60 s; if a node is running but silent,"
+               say "its file handles may be exhausted (rabbitmq-diagnostics status: file_descriptors); restart it"
+               say "as root from this script so it gets the raised limit"; exit 1; }
 fi
 
 # --- RabbitMQ management API ----------------------------------------------------------------------------
