@@ -190,7 +190,7 @@ def map_(route_name: str, event_file: Path, force: bool, config: Path | None) ->
     click.echo(_render(app, route.connector, route.operation, request))
 
 
-def why_not(route: Route, event: Event) -> str | None:
+def why_not(route: Route, event: Event) -> str | None:  # noqa: PLR0911 - one return per reason
     """Why the worker would never hand ``route`` this event, or None when it would (pure).
 
     The same three gates the message path has: the route is enabled, one of its binding keys matches the
@@ -200,13 +200,17 @@ def why_not(route: Route, event: Event) -> str | None:
 
     from routes.model import binding_matches
     from routes.pipeline import _truthy
+    from schemas.bus import TICK_EVENT
 
     spec = route.spec
     event_type = event.envelope.event_type
     if not spec.enabled:
         return "is disabled (enabled: false in routes.yaml)"
+    schedule = spec.from_.schedule
+    if schedule is not None and event_type == TICK_EVENT:
+        return None  # the route's own schedule fires these (routes/scheduler.py)
     if not spec.from_.events:
-        return f"binds no event type: it runs on a schedule ({spec.from_.schedule})"
+        return f"binds no event type: it runs on a schedule ({schedule.describe() if schedule else '?'})"
     if not any(binding_matches(key, event_type) for key in spec.from_.events):
         return f"does not bind {event_type} (it binds {', '.join(spec.from_.events)} on {spec.from_.exchange})"
     if route.when is None:

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import click
 from pydantic import BaseModel, Field
 
+from bus.schedule_status import SchedulesCheck, gather_schedules, render_schedules
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -101,6 +103,9 @@ class StatusReport(BaseModel):
     connectors: list[ConnectorRow]
     routes: list[dict[str, Any]] = Field(description="RouteStatus objects of bus/ops_api.py.")
     stale: StaleCheck | None = Field(default=None, description="Null when not checked (--no-stale).")
+    schedules: SchedulesCheck | None = Field(
+        default=None, description="Each scheduled route's owner, last and next run; null when no route has one."
+    )
 
 
 # -- gathering -------------------------------------------------------------------------------------------
@@ -188,11 +193,12 @@ def gather(app: App, *, bus_url: str | None, probe: bool, stale: bool = True) ->
 
     routes = select_routes(app.routes, None)
     names = sorted({r.connector for r in routes})
-    with ThreadPoolExecutor(len(names) + 3, thread_name_prefix="igate-bus-status") as pool:
+    with ThreadPoolExecutor(len(names) + 4, thread_name_prefix="igate-bus-status") as pool:
         bus_f = pool.submit(ask_bus, bus_url) if bus_url else None
         probe_fs = {n: pool.submit(probe_connector, app, n) for n in names} if probe else {}
         queues_f = pool.submit(QueueInspector(app.settings.amqp_url.get_secret_value(), routes, cache_s=0).inspect)
         stale_f = pool.submit(check_stale, app) if stale else None
+        schedules_f = pool.submit(gather_schedules, app, routes)
         bus, bus_error = bus_f.result() if bus_f is not None else (None, None)
         probes = {n: f.result() for n, f in probe_fs.items()}
         try:
@@ -208,6 +214,7 @@ def gather(app: App, *, bus_url: str | None, probe: bool, stale: bool = True) ->
         connectors=connectors,
         routes=_route_rows(routes, infos, {c.name: c.state for c in connectors}, bus),
         stale=stale_check,
+        schedules=schedules_f.result(),
     )
 
 
@@ -320,6 +327,7 @@ def render(report: StatusReport) -> None:
     if not console.is_terminal:  # piped or captured: no terminal width to fit, keep rows on one line
         console = Console(width=200)
     console.print(table)
+    render_schedules(report.schedules, console)
     bus = report.bus
     if bus.url is None:
         console.print("bus: not asked")

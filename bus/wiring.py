@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from bus.ops_api import Ops
     from routes.broker_admin import ManagementApi
     from routes.observer import Observer
+    from routes.schedule_store import ScheduleStore
+    from routes.scheduler import Scheduler
     from routes.stale import Stale
     from routes.worker import Worker
 
@@ -44,6 +46,8 @@ class App:
     routes: list[Route]
     connectors: dict[str, Connector] = field(default_factory=dict)
     store: IdempotencyStore | None = None
+    #: the schedules' rows (leases, firing times, cursors), in the same database as ``store``
+    schedules: ScheduleStore | None = None
     #: health monitor, metrics and ops HTTP server of this process (bus/ops_api.py), once a worker built them
     ops: Ops | None = None
 
@@ -184,6 +188,7 @@ def build_runners(
     """
     crash = crash_plan_from_env()  # first: a refused start touches nothing
     store = open_store(app)
+    schedules = schedule_store(app) if any(r.spec.from_.schedule for r in routes) else None
     connectors = build_connectors(app, sorted({r.connector for r in routes}))
     rules = app.settings.event_rules()
     runners = []
@@ -201,9 +206,44 @@ def build_runners(
                 crash=crash,
                 rules=rules,
                 observer=observer,
+                schedules=schedules,
             )
         )
     return runners
+
+
+def schedule_store(app: App) -> ScheduleStore:
+    """The schedules' rows in the app's store (built once; the table is created when missing)."""
+    from routes.schedule_store import ScheduleStore
+
+    if app.schedules is None:
+        app.schedules = ScheduleStore(open_store(app))
+    return app.schedules
+
+
+def build_scheduler(app: App, routes: Iterable[Route], *, worker_id: str) -> Scheduler | None:
+    """The scheduler of the routes that have a schedule, publishing their ticks on its own connection.
+
+    None when no route has one (a worker without schedules starts no scheduler thread).
+    """
+    from routes.publisher import Publisher
+    from routes.schedule import Schedule
+    from routes.scheduler import ScheduledRoute, Scheduler
+
+    scheduled = [ScheduledRoute(r.name, Schedule(r.spec.from_.schedule)) for r in routes if r.spec.from_.schedule]
+    if not scheduled:
+        return None
+    publisher = Publisher(
+        app.settings.amqp_url.get_secret_value(),
+        name=f"igate-bus scheduler {worker_id}",
+        heartbeat=app.settings.heartbeat,
+        blocked_connection_timeout=app.settings.blocked_connection_timeout,
+    )
+
+    def publish(queue: str, body: bytes, props: pika.BasicProperties) -> None:
+        publisher.publish_raw(body, exchange="", routing_key=queue, properties=props)
+
+    return Scheduler(scheduled, schedule_store(app), publish=publish, owner=worker_id, on_stop=publisher.close)
 
 
 def build_worker(
@@ -228,9 +268,8 @@ def build_worker(
 
         app.ops = make_ops(app, routes=routes)
         observer = app.ops.observer
-    runners = build_runners(
-        app, routes, worker_id=worker_id or app.settings.worker_id or make_worker_id(), observer=observer
-    )
+    worker_id = worker_id or app.settings.worker_id or make_worker_id()
+    runners = build_runners(app, routes, worker_id=worker_id, observer=observer)
     return Worker(
         app.settings.amqp_url.get_secret_value(),
         runners,
@@ -239,4 +278,5 @@ def build_worker(
         blocked_connection_timeout=app.settings.blocked_connection_timeout,
         crash=crash,
         observer=observer,
+        scheduler=build_scheduler(app, routes, worker_id=worker_id),
     )

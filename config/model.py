@@ -120,6 +120,77 @@ class RetrySpec(_Strict):
     )
 
 
+#: the time zone of a schedule unless it names one: the province's
+DEFAULT_TIMEZONE: Final = "Asia/Ho_Chi_Minh"
+#: how late a firing may start and still count as on time (``grace``), unless the schedule says otherwise
+DEFAULT_GRACE_S: Final = 600.0
+
+
+class ScheduleSpec(_Strict):
+    """When a polling route fires: every fixed interval or at cron times, in a time zone, with a misfire policy.
+
+    Each firing becomes a ``bus.tick`` event through the route's own pipeline (``routes/scheduler.py``).
+    The cron expression is checked by ``igate-bus check`` (``routes/schedule.py``), which needs APScheduler;
+    the shape and the time zone are checked here.
+    """
+
+    every: Annotated[Duration, within(1.0)] | None = Field(
+        default=None,
+        description="Fire every this long (on a grid from 2000-01-01 00:00 in the time zone).",
+        examples=["5m", "12h"],
+    )
+    cron: str | None = Field(
+        default=None,
+        description="Five cron fields: minute hour day-of-month month day-of-week.",
+        examples=["0 2 * * *", "*/15 7-17 * * mon-fri"],
+    )
+    timezone: str = Field(default=DEFAULT_TIMEZONE, description="IANA time zone the cron fields are read in.")
+    misfire: Literal["run_once", "skip"] = Field(
+        default="run_once",
+        description="A firing later than `grace` (the bus was down): run it once (run_once) or drop it (skip).",
+    )
+    grace: Duration = Field(default=DEFAULT_GRACE_S, description="How late a firing may start and be on time.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ScheduleSpec:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of every (an interval, e.g. 5m) or cron (e.g. '0 2 * * *')")
+        return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}: use an IANA name, e.g. Asia/Ho_Chi_Minh") from None
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not a cron expression: give 5 fields (minute hour day month weekday)")
+        return value
+
+    def describe(self) -> str:
+        """``every 5m`` or ``cron 0 2 * * * (Asia/Ho_Chi_Minh)``: how ``status`` and ``list`` show it."""
+        if self.every is not None:
+            return f"every {format_duration(self.every)}"
+        return f"cron {self.cron} ({self.timezone})"
+
+
+def _schedule_mapping(value: object) -> object:
+    if isinstance(value, str):
+        raise ValueError(
+            f"{value!r}: write the schedule as a mapping, e.g. {{every: 12h}} or {{cron: '0 2 * * *'}}, "
+            "with optional timezone, misfire and grace"
+        )
+    return value
+
+
 class FromSpec(_Strict):
     """Where a route's messages come from: bindings on an exchange, or a schedule for polling routes."""
 
@@ -127,8 +198,8 @@ class FromSpec(_Strict):
     events: list[Annotated[str, Field(pattern=BINDING_KEY)]] = Field(
         default_factory=list, description="Binding keys (event types, * and # allowed).", examples=[["dossier.*"]]
     )
-    schedule: str | None = Field(
-        default=None, description="Interval ('every 12h') or cron ('cron 0 */2 * * *') for polling routes."
+    schedule: Annotated[ScheduleSpec | None, BeforeValidator(_schedule_mapping)] = Field(
+        default=None, description="When a polling route fires ({every: 12h} or {cron: '0 2 * * *'})."
     )
 
     @model_validator(mode="after")

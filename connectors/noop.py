@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from connectors.base import Health
 from connectors.kit.declare import Declared, operation
-from schemas.bus import NoopReply, NoopRequest
+from schemas.bus import NoopReply, NoopRequest, PollReply
 
 if TYPE_CHECKING:
     from config.model import ConnectorSpec
@@ -24,6 +24,22 @@ class NoopConnector(Declared):
     def send(self, request: NoopRequest, idempotency_key: str) -> NoopReply:
         """Echo the request back."""
         return NoopReply(data=request.data, idempotency_key=idempotency_key)
+
+    @operation(NoopRequest, PollReply, lookup="lookup_poll", waits_on_io=False)
+    def poll(self, request: NoopRequest, idempotency_key: str) -> PollReply:
+        """Move the request's ``cursor`` (a count, empty at first) on by one: a polling target with no I/O."""
+        previous = request.data.get("cursor", "")
+        position = int(previous) if isinstance(previous, int) or str(previous).isdigit() else 0
+        return PollReply(
+            idempotency_key=idempotency_key,
+            cursor=str(position + 1),
+            polled_at=str(request.data.get("scheduled_at", "")),
+        )
+
+    def lookup_poll(self, idempotency_key: str) -> PollReply | None:
+        """Nothing is remembered: never found."""
+        del idempotency_key
+        return None
 
     def lookup(self, idempotency_key: str) -> NoopReply | None:
         """Nothing is remembered: never found."""

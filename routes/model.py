@@ -29,8 +29,9 @@ from config.loader import (
     format_field,
     load_config,
 )
-from config.model import parse_duration
 from connectors.base import CONNECTOR_TYPES, ConnectorType, OperationSpec, connector_type
+from routes.schedule import schedule_problem
+from schemas.bus import TICK_EVENT
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -243,7 +244,11 @@ def _adapter(check: _Check, reg: _Registries, index: int, spec: RouteSpec) -> Ad
 def _check_bindings(check: _Check, reg: _Registries, index: int, spec: RouteSpec, adapter: Adapter | None) -> None:
     for j, key in enumerate(spec.from_.events):
         loc: LinePath = ("from", "events", j)
-        matched = sorted(t for t in reg.event_types if binding_matches(key, t))
+        if key == TICK_EVENT:
+            check.route(index, spec, loc, f"{TICK_EVENT} is fired by the route's schedule (from.schedule), not bound")
+            continue
+        # a tick never comes through an exchange (the pipeline refuses one that does): no key binds it
+        matched = sorted(t for t in reg.event_types if t != TICK_EVENT and binding_matches(key, t))
         if not matched:
             hint = None if "*" in key or "#" in key else did_you_mean(key, reg.event_types)
             check.route(index, spec, loc, f"unreachable route: binds no known event type ({key!r})", hint)
@@ -260,24 +265,21 @@ def _check_bindings(check: _Check, reg: _Registries, index: int, spec: RouteSpec
                 )
 
 
-def _check_schedule(check: _Check, index: int, spec: RouteSpec) -> None:
+def _check_schedule(check: _Check, index: int, spec: RouteSpec, adapter: Adapter | None) -> None:
+    """A schedule must be able to fire, and the route's adapter must take the ``bus.tick`` it fires."""
     schedule = spec.from_.schedule
     if schedule is None:
         return
-    kind, _, rest = schedule.strip().partition(" ")
-    if kind not in {"every", "cron"}:
-        message = f"{schedule!r} is not a schedule: use 'every <duration>' (every 12h) or 'cron <5 fields>'"
-        check.route(index, spec, ("from", "schedule"), message)
-        return
-    try:
-        if kind == "every":
-            parse_duration(rest.strip())
-        else:
-            from apscheduler.triggers.cron import CronTrigger
-
-            CronTrigger.from_crontab(rest.strip(), timezone="Asia/Ho_Chi_Minh")
-    except ValueError as exc:
-        check.route(index, spec, ("from", "schedule"), f"{schedule!r}: {exc}")
+    if schedule.cron is not None and (problem := schedule_problem(schedule)) is not None:
+        check.route(index, spec, ("from", "schedule", "cron"), problem)
+    if adapter is not None and not _accepts(adapter, TICK_EVENT):
+        takes = ", ".join(sorted(adapter.accepts))
+        check.route(
+            index,
+            spec,
+            ("adapter",),
+            f"the route has a schedule, but adapter {adapter.name} does not accept {TICK_EVENT} (it accepts {takes})",
+        )
 
 
 def _check_emits(check: _Check, reg: _Registries, index: int, spec: RouteSpec) -> None:
@@ -368,7 +370,7 @@ def build_routes(
                 f"but {spec.to} takes {op_spec.request.__name__}",
             )
         _check_bindings(check, reg, index, spec, adapter)
-        _check_schedule(check, index, spec)
+        _check_schedule(check, index, spec, adapter)
         _check_emits(check, reg, index, spec)
         _check_retry(check, index, spec)
         if adapter is not None and op_spec is not None:

@@ -48,15 +48,19 @@ import jmespath
 import structlog
 
 from routes.amqp import copy_properties, event_properties
+from routes.emissions import Emissions
 from routes.idempotency import Claim, ClaimOutcome, IdempotencyStore
 from routes.parking import PARKS_HEADER, park_delay, parks_before
+from routes.ticks import TickSteps
 from routes.topology import RESULTS_EXCHANGE, dlq, retry_queue
+from schemas.bus import TICK_EVENT
 from schemas.envelope import Event, EventRules, parse_event
 from schemas.errors import (
     AmbiguousOutcome,
     BusError,
     ClaimHeld,
     ConfigError,
+    InvalidEvent,
     PermanentError,
     TargetGarbled,
     TransientError,
@@ -72,6 +76,7 @@ if TYPE_CHECKING:
     from connectors.base import Operation
     from routes.model import Route
     from routes.observer import Observer
+    from routes.schedule_store import ScheduleStore
 
 T = TypeVar("T")
 
@@ -190,6 +195,8 @@ class _Job:
     reclaimed: bool = False
     reply: dict[str, Any] | None = None
     outcome: Outcome | None = None
+    #: a schedule's tick: the version of the route's cursor it was handed (routes/ticks.py)
+    cursor_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +278,7 @@ class RouteRunner:
         crash: CrashPlan = CrashPlan(),
         rules: EventRules | None = None,
         observer: Observer | None = None,
+        schedules: ScheduleStore | None = None,
     ) -> None:
         self.route = route
         self.name = route.spec.name
@@ -293,6 +301,12 @@ class RouteRunner:
         self._max_attempts = route.spec.retry.max_attempts
         self._max_garbled = route.spec.retry.max_garbled
         self._emits = route.spec.emits
+        #: the tick steps of a scheduled route (routes/ticks.py); None for a route without a schedule
+        self._ticks = TickSteps(self.name, schedules) if schedules is not None and route.spec.from_.schedule else None
+        #: the result events a reply carries (routes/emissions.py); None when the reply model has none
+        self._emissions = (
+            Emissions(self.name, operation.reply, payload_models) if Emissions.wanted(operation.reply) else None
+        )
 
     # -- the pipeline -------------------------------------------------------------------------------
     def handle(self, delivery: Delivery) -> Outcome:
@@ -357,6 +371,10 @@ class RouteRunner:
         )
         job.event = event
         job.event_id = str(env.event_id)
+        if TickSteps.is_tick(event):
+            if self._ticks is None:
+                raise InvalidEvent(f"{TICK_EVENT} reached route {self.name}, which has no schedule", field="event_type")
+            job.event, job.cursor_version = self._ticks.admit(event, first=delivery.first)
         if self._when is not None and not _truthy(self._when.search(event.as_dict())):
             job.outcome = Outcome("skipped")
 
@@ -444,6 +462,8 @@ class RouteRunner:
 
     def _deliver(self, job: _Job) -> None:
         assert job.event is not None  # noqa: S101 - validated before delivery
+        if self._ticks is not None and job.cursor_version is not None:
+            self._ticks.save_cursor(job.reply, job.cursor_version, job.log)
         job.outcome = self._emit(job.event, job.reply or {}, "delivered")
 
     def _guard(self, job: _Job, step: Callable[..., None], *args: Any) -> None:
@@ -487,9 +507,15 @@ class RouteRunner:
 
     # -- what goes out -------------------------------------------------------------------------------
     def _emit(self, event: Event, reply: dict[str, Any], outcome: str) -> Outcome:
-        if self._emits is None:
-            return Outcome(outcome)
         env = event.envelope
+        messages = [
+            OutMessage(RESULTS_EXCHANGE, key, body, props)
+            for key, body, props in (self._emissions.messages(reply, env) if self._emissions is not None else ())
+        ]
+        if self._emits is None:
+            if not messages:
+                return Outcome(outcome)
+            return Outcome(outcome, tuple(messages), crash_after_confirm=self.crash.hits("after_result_confirm"))
         rid = result_event_id(self.name, str(env.event_id))
         correlation = env.correlation_id or str(env.event_id)
         result = {
@@ -509,7 +535,7 @@ class RouteRunner:
         )
         body = json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
         msg = OutMessage(RESULTS_EXCHANGE, self._emits, body, props)
-        return Outcome(outcome, (msg,), crash_after_confirm=self.crash.hits("after_result_confirm"))
+        return Outcome(outcome, (msg, *messages), crash_after_confirm=self.crash.hits("after_result_confirm"))
 
     def _retry_or_dead(self, job: _Job, exc: TransientError) -> Outcome:
         # a held claim, an open breaker or refused credentials sent nothing of this message: waiting for them
@@ -586,6 +612,8 @@ class RouteRunner:
         if outcome.fields.get("parked"):  # the connector's breaker says it once per change, with a count
             level = "debug"
         getattr(job.log, level)("processed", outcome=outcome.outcome, duration_ms=duration_ms, **outcome.fields)
+        if self._ticks is not None and job.cursor_version is not None:
+            self._ticks.record(outcome.outcome, job.log)
         if self.observer is not None:
             kind = outcome.fields.get("error_kind")
             self._tell(self.observer.after_process, self.name, outcome.outcome, duration_s, kind)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from routes.observer import Observer
+    from routes.scheduler import Scheduler
 
 PUB_SEQ_HEADER = "x-pub-seq"
 #: most deliveries one pipeline thread takes at once on a route that waits on no I/O (one transaction each
@@ -89,8 +90,11 @@ class Worker:
         reconnect_max_delay: float = 15.0,
         crash: CrashPlan = CrashPlan(),  # noqa: B008 - frozen, so one shared default is safe
         observer: Observer | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self._url = amqp_url
+        #: fires the ticks of the worker's scheduled routes while it runs (routes/scheduler.py)
+        self.scheduler = scheduler
         self._runners = runners
         self._declare = declare
         self._heartbeat = heartbeat
@@ -131,9 +135,13 @@ class Worker:
         self._ioloop.call_later(0.2, self._tick)
         if self.observer is not None:
             self._tell(self.observer.before_worker_boot, self)
+        if self.scheduler is not None:
+            self.scheduler.start()
         try:
             self._ioloop.start()
         finally:
+            if self.scheduler is not None:  # first: its leases end now, so another worker fires on time
+                self.scheduler.stop()
             for ex in self._executors.values():
                 ex.shutdown(wait=True)
             self._ioloop.close()

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 EVENT_GROUPS: tuple[tuple[str, dict[str, type[BaseModel]]], ...] = (
     ("iGate, on igate.events", IGATE_EVENTS),
     ("external systems and routes' emits, on bus.results", RESULT_EVENTS),
-    ("the bus (bus.ping on igate.events, bus.pong on bus.results)", BUS_EVENTS),
+    ("the bus (bus.ping on igate.events, bus.pong on bus.results, bus.tick fired by a route's schedule)", BUS_EVENTS),
     ("file transfer (file.ready on igate.events, file.sent on bus.results)", FILE_EVENTS),
 )
 

@@ -143,14 +143,17 @@ class TestConfigFiles:
         assert problem.startswith(f"{tmp_path / 'routes.yaml'}:{_line(ROUTES, 'backoff:')}: route bus-ping: {field}: ")
         assert words in problem
 
-    @pytest.mark.parametrize(("schedule", "words"), [("every 5", "'5' has no unit"), ("every 12 h", "e.g. 12h")])
+    @pytest.mark.parametrize(
+        ("schedule", "words"),
+        [("{every: 5}", "5 has no unit"), ("{every: 12 h}", "e.g. 12h"), ("{every: 5s, grace: 10}", "10 has no unit")],
+    )
     def test_routes_yaml_schedule(self, tmp_path: Path, schedule: str, words: str) -> None:
-        """A polling route's ``every`` takes a duration like any other."""
+        """A polling route's ``every`` and ``grace`` take a duration like any other."""
         routes = ROUTES.replace("      events: [bus.ping]\n", f"      schedule: {schedule}\n")
-        problems = [p for p in _problems(tmp_path, routes=routes) if "from.schedule" in p]
+        problems = [p for p in _problems(tmp_path, routes=routes) if "from.schedule." in p]
         assert problems, "the schedule was not checked"
         line = _line(routes, "schedule:")
-        assert problems[0].startswith(f"{tmp_path / 'routes.yaml'}:{line}: route bus-ping: from.schedule: ")
+        assert problems[0].startswith(f"{tmp_path / 'routes.yaml'}:{line}: route bus-ping: from.schedule.")
         assert words in problems[0]
 
     def test_every_duration_of_the_shipped_config_has_its_unit(self) -> None:
