@@ -29,6 +29,7 @@ from schemas.errors import MappingError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from datetime import datetime
 
     import pika
 
@@ -91,20 +92,49 @@ class Emissions:
             message = f"result event {emission.key!r} ({emission.event_type}): {problem}"
             raise MappingError(message, field="reply") from None
         rid = emission_id(self.route, emission.key)
-        correlation = cause.correlation_id or str(cause.event_id)
-        event = {
-            "event_id": rid,
-            "event_type": emission.event_type,
-            "occurred_at": emission.occurred_at.astimezone(VN_TZ).isoformat(),
-            "source": f"igate-bus/{self.route}",
-            "dossier_code": emission.dossier_code,
-            "correlation_id": correlation,
-            "payload": payload,
-        }
-        props = event_properties(
+        body, props = result_event(
+            route=self.route,
             event_id=rid,
             event_type=emission.event_type,
-            correlation_id=correlation,
-            headers={"x-route": self.route, "x-cause": str(cause.event_id), "x-key": emission.key},
+            occurred_at=emission.occurred_at,
+            dossier_code=emission.dossier_code,
+            cause=cause,
+            payload=payload,
+            headers={"x-key": emission.key},
         )
-        return emission.event_type, json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode(), props
+        return emission.event_type, body, props
+
+
+def result_event(
+    *,
+    route: str,
+    event_id: str,
+    event_type: str,
+    occurred_at: datetime,
+    dossier_code: str | None,
+    cause: Envelope,
+    payload: dict[str, Any],
+    headers: dict[str, Any] | None = None,
+) -> tuple[bytes, pika.BasicProperties]:
+    """The body and properties of a result event a route publishes on ``bus.results`` for ``cause``.
+
+    The one shape of every result (a route's ``emits`` and each emission): it follows the cause's correlation
+    id, names the route as its source, and says in ``x-cause`` which event it answers.
+    """
+    correlation = cause.correlation_id or str(cause.event_id)
+    event = {
+        "event_id": event_id,
+        "event_type": event_type,
+        "occurred_at": occurred_at.astimezone(VN_TZ).isoformat(),
+        "source": f"igate-bus/{route}",
+        "dossier_code": dossier_code,
+        "correlation_id": correlation,
+        "payload": payload,
+    }
+    props = event_properties(
+        event_id=event_id,
+        event_type=event_type,
+        correlation_id=correlation,
+        headers={"x-route": route, "x-cause": str(cause.event_id), **(headers or {})},
+    )
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode(), props

@@ -33,7 +33,6 @@ it refuses to start (:func:`crash_plan_from_env`): a stray variable in productio
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -47,8 +46,8 @@ from zoneinfo import ZoneInfo
 import jmespath
 import structlog
 
-from routes.amqp import copy_properties, event_properties
-from routes.emissions import Emissions
+from routes.amqp import copy_properties
+from routes.emissions import Emissions, result_event
 from routes.idempotency import Claim, ClaimOutcome, IdempotencyStore
 from routes.parking import PARKS_HEADER, park_delay, parks_before
 from routes.ticks import TickSteps
@@ -516,24 +515,15 @@ class RouteRunner:
             if not messages:
                 return Outcome(outcome)
             return Outcome(outcome, tuple(messages), crash_after_confirm=self.crash.hits("after_result_confirm"))
-        rid = result_event_id(self.name, str(env.event_id))
-        correlation = env.correlation_id or str(env.event_id)
-        result = {
-            "event_id": rid,
-            "event_type": self._emits,
-            "occurred_at": self.clock().astimezone(VN_TZ).isoformat(),
-            "source": f"igate-bus/{self.name}",
-            "dossier_code": env.dossier_code,
-            "correlation_id": correlation,
-            "payload": reply,
-        }
-        props = event_properties(
-            event_id=rid,
+        body, props = result_event(
+            route=self.name,
+            event_id=result_event_id(self.name, str(env.event_id)),
             event_type=self._emits,
-            correlation_id=correlation,
-            headers={"x-route": self.name, "x-cause": str(env.event_id)},
+            occurred_at=self.clock(),
+            dossier_code=env.dossier_code,
+            cause=env,
+            payload=reply,
         )
-        body = json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
         msg = OutMessage(RESULTS_EXCHANGE, self._emits, body, props)
         return Outcome(outcome, (msg, *messages), crash_after_confirm=self.crash.hits("after_result_confirm"))
 
