@@ -41,7 +41,7 @@ def test_status_lists_each_schedule(amqp_url: str, sqlite_url: str, tmp_path: Pa
     now = datetime.now(UTC).replace(microsecond=0)
     idem = IdempotencyStore(sqlite_url)
     try:
-        store = ScheduleStore(idem.engine)
+        store = ScheduleStore(idem)
         store.ensure("poll-noop", now)
         assert store.acquire("poll-noop", "w1", lease_s=600, now=now)
         assert store.advance("poll-noop", "w1", next_run_at=now + timedelta(minutes=5), fired=now, now=now)
