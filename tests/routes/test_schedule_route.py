@@ -6,6 +6,9 @@ by the cursor). So what the route executed can be counted three ways that must a
 (one per tick, claimed once), the saved cursor (one step per execution) and the result events (one per
 position, ids derived from the fact).
 
+``igate-bus status`` is run as an operator runs it (the CLI in a subprocess) against rows the store's own calls
+wrote, as the scheduler writes them.
+
 The must-show (two worker processes sharing PostgreSQL, SIGKILL the lease holder) runs ~20 ticks here and
 100 under ``@pytest.mark.chaos``. Executions are counted from the store's claims, and every scheduled time
 from the first tick to the last must have exactly one executed tick; a guard fails the test unless the
@@ -21,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import pika
 import pytest
 import sqlalchemy as sa
-from busenv import ProcessWorker, declare_routes, depth, env_for, get_all, thread_worker, wait_for
+from busenv import ProcessWorker, cli, declare_routes, depth, env_for, get_all, thread_worker, wait_for
 from wallclock import assert_within
 
 from routes.idempotency import IdempotencyStore, claims_table
 from routes.schedule import tick_id
 from routes.schedule_store import ScheduleStore
-from routes.topology import dlq
+from routes.topology import dlq, route_queue
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -91,11 +94,74 @@ def _done(store_url: str) -> int:
     return sum(1 for claim in _claims(store_url) if claim.state == "done")
 
 
+STATUS_ROUTES = """\
+routes:
+  - name: poll-noop
+    from: {schedule: {every: 5m, misfire: skip}}
+    adapter: builtin.tick
+    to: noop.poll
+  - name: poll-nightly
+    from: {schedule: {cron: "0 2 * * *"}}
+    adapter: builtin.tick
+    to: noop.poll
+"""
+
+
+def test_status_lists_each_schedule(module_amqp_url: str, sqlite_url: str, tmp_path: Path) -> None:
+    """poll-noop is held by w1 and ran; poll-nightly was never run: ``nobody``, ``never run``, its next 02:00."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "routes.yaml").write_text(STATUS_ROUTES)
+    (config / "connectors.yaml").write_text("connectors:\n  noop:\n    type: noop\n")
+    amqp_url = module_amqp_url
+    declare_routes(amqp_url, config)
+    now = datetime.now(UTC).replace(microsecond=0)
+    idem = IdempotencyStore(sqlite_url)
+    try:
+        store = ScheduleStore(idem)
+        store.ensure("poll-noop", now)
+        assert store.acquire("poll-noop", "w1", lease_s=600, now=now)
+        assert store.advance("poll-noop", "w1", next_run_at=now + timedelta(minutes=5), fired=now, now=now)
+        store.record_outcome("poll-noop", "delivered", now=now)
+    finally:
+        idem.close()
+    env = env_for(amqp_url, sqlite_url, config)
+    proc = cli("status", "--json", "--no-probe", "--no-stale", "--url", "none", env=env)
+    assert proc.returncode == 0, proc.stderr
+    schedules = json.loads(proc.stdout)["schedules"]
+    assert schedules["ok"], schedules
+    by_route = {s["route"]: s for s in schedules["schedules"]}
+    held = by_route["poll-noop"]
+    assert (held["owner"], held["schedule"], held["misfire"], held["last_outcome"]) == (
+        "w1",
+        "every 5m",
+        "skip",
+        "delivered",
+    )
+    assert datetime.fromisoformat(held["next_run"]) == now + timedelta(minutes=5)
+    assert datetime.fromisoformat(held["last_run"]) == now
+    never = by_route["poll-nightly"]
+    assert (never["owner"], never["last_outcome"]) == (None, "never run")
+    assert datetime.fromisoformat(never["next_run"]).astimezone(UTC).hour == 19  # 02:00 in Ho Chi Minh City
+
+    table = cli("status", "--no-probe", "--no-stale", "--url", "none", env=env, columns=200)
+    assert table.returncode == 0, table.stderr
+    [line] = [row for row in table.stdout.splitlines() if "poll-noop" in row and "every 5m" in row]
+    assert "w1" in line
+    assert "delivered" in line
+    [line] = [row for row in table.stdout.splitlines() if "poll-nightly" in row and "cron" in row]
+    assert "nobody" in line
+    assert "never run" in line
+
+
 class TestOneWorker:
     """A worker runs its route's schedule; each tick goes through the pipeline with the route's cursor."""
 
-    def test_ticks_run_once_each_and_carry_the_cursor_on(self, amqp_url: str, sqlite_url: str, tmp_path: Path) -> None:
+    def test_ticks_run_once_each_and_carry_the_cursor_on(
+        self, module_amqp_url: str, sqlite_url: str, tmp_path: Path
+    ) -> None:
         """4+ ticks: each claimed once, the cursor one step per tick, one result per step, status rows filled."""
+        amqp_url = module_amqp_url
         config = _config(tmp_path)
         declare_routes(amqp_url, config)
         _bind_pongs(amqp_url)
@@ -115,6 +181,7 @@ class TestOneWorker:
         assert sorted(int(p["payload"]["data"]["cursor"]) for p in pongs) == list(range(1, len(done) + 1))
         assert len({p["event_id"] for p in pongs}) == len(pongs)
         assert depth(amqp_url, dlq(ROUTE)) == 0
+        get_all(amqp_url, route_queue(ROUTE))  # a tick fired while the worker stopped: the module's vhost is shared
 
 
 def _grid(first: datetime, last: datetime) -> list[datetime]:
