@@ -226,7 +226,7 @@ def build_scheduler(app: App, routes: Iterable[Route], *, worker_id: str) -> Sch
 
     None when no route has one (a worker without schedules starts no scheduler thread).
     """
-    from routes.publisher import Publisher
+    from routes.publisher import Publisher, PublishFailed
     from routes.schedule import Schedule
     from routes.scheduler import ScheduledRoute, Scheduler
 
@@ -241,7 +241,12 @@ def build_scheduler(app: App, routes: Iterable[Route], *, worker_id: str) -> Sch
     )
 
     def publish(queue: str, body: bytes, props: pika.BasicProperties) -> None:
-        publisher.publish_raw(body, exchange="", routing_key=queue, properties=props)
+        try:
+            publisher.publish_raw(body, exchange="", routing_key=queue, properties=props)
+        except PublishFailed:
+            # between firings nobody services the connection's heartbeats, so the broker may have closed it:
+            # once more on a fresh one (the same tick id, so a tick that did get through runs once anyway)
+            publisher.publish_raw(body, exchange="", routing_key=queue, properties=props)
 
     return Scheduler(scheduled, schedule_store(app), publish=publish, owner=worker_id, on_stop=publisher.close)
 

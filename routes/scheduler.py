@@ -130,6 +130,7 @@ class Scheduler:
         self._lock = threading.Lock()  # one wake-up at a time: the publisher is one AMQP channel
         self._holding: set[str] = set()
         self._ensured: set[str] = set()
+        self._failing: dict[str, str] = {}
         self._scheduler: Any = None
         self._log = structlog.get_logger("igate_bus.scheduler").bind(owner=owner)
 
@@ -184,7 +185,13 @@ class Scheduler:
             try:
                 self._wake(self.routes[name])
             except Exception as exc:  # the store or the broker is down: the next wake-up tries again
-                self._log.warning("schedule_wake_failed", route=name, error=repr(exc))
+                error = f"{type(exc).__name__}: {exc}"
+                if self._failing.get(name) != error:  # once per new error, not once per beat
+                    self._log.warning("schedule_wake_failed", route=name, error=error)
+                self._failing[name] = error
+                return
+            if self._failing.pop(name, None) is not None:
+                self._log.info("schedule_wake_recovered", route=name)
 
     def _wake(self, route: ScheduledRoute) -> None:
         now = self._clock()
