@@ -11,18 +11,24 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pika
 import pytest
+from pydantic import BaseModel
 
 from bus.wiring import build_runners, load_app, schedule_store
 from config.settings import Settings
-from routes.emissions import emission_id
+from routes.emissions import Emissions, emission_id
 from routes.pipeline import Delivery, RouteRunner
 from routes.scheduler import tick_message
+from schemas.bus import Emission
+from schemas.envelope import parse_event
+from schemas.errors import MappingError
+from schemas.events import EVENT_PAYLOADS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -146,3 +152,52 @@ class TestCursorAndResults:
         """The same fact found by two routes is two results (each route reports its own)."""
         assert emission_id("a", "EE123456785VN/0005") != emission_id("b", "EE123456785VN/0005")
         assert uuid.UUID(emission_id("a", "k")).version == 5
+
+
+class _Found(BaseModel):
+    """A reply that reports what a poll found, some of it broken on purpose."""
+
+    facts: list[tuple[str, str, dict[str, Any]]]
+
+    def result_events(self) -> list[Emission]:
+        return [
+            Emission(key=key, event_type=kind, payload=payload, occurred_at=datetime(2026, 11, 28, 19, tzinfo=UTC))
+            for key, kind, payload in self.facts
+        ]
+
+
+class TestEmissionChecks:
+    """A result event the reply names is checked before anything goes out; a broken one names its key."""
+
+    def _messages(self, *facts: tuple[str, str, dict[str, Any]]) -> list[Any]:
+        body, props = tick_message("r", datetime(2026, 11, 28, 19, tzinfo=UTC), fired_at=datetime.now(UTC))
+        cause = parse_event(
+            body,
+            payload_models=EVENT_PAYLOADS,
+            content_type="application/json",
+            message_id=props.message_id,
+            amqp_type="bus.tick",
+        ).envelope
+        return Emissions("r", _Found, EVENT_PAYLOADS).messages({"facts": list(facts)}, cause)
+
+    def test_each_fact_becomes_a_result_in_order(self) -> None:
+        """Two facts ▶ two bus.pong results, ids from their keys, the cause in x-cause."""
+        pong = {"data": {"n": 1}, "idempotency_key": "k"}
+        out = self._messages(("EE1/0001", "bus.pong", pong), ("EE1/0002", "bus.pong", pong))
+        assert [json.loads(body)["event_id"] for _, body, _ in out] == [
+            emission_id("r", "EE1/0001"),
+            emission_id("r", "EE1/0002"),
+        ]
+        assert out[0][2].headers["x-key"] == "EE1/0001"
+
+    @pytest.mark.parametrize(
+        ("fact", "words"),
+        [
+            (("EE1/0003", "bus.nothing", {}), "result event 'EE1/0003' has the unknown type 'bus.nothing'"),
+            (("EE1/0004", "bus.pong", {"data": {}}), "result event 'EE1/0004' (bus.pong): payload.idempotency_key"),
+        ],
+    )
+    def test_a_broken_fact_is_a_mapping_error_naming_its_key(self, fact: Any, words: str) -> None:
+        """Unknown type or invalid payload: MappingError (dead-lettered as ``mapping``), nothing published."""
+        with pytest.raises(MappingError, match=re.escape(words)):
+            self._messages(("EE1/0001", "bus.pong", {"data": {}, "idempotency_key": "k"}), fact)
