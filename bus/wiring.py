@@ -248,7 +248,14 @@ def build_scheduler(app: App, routes: Iterable[Route], *, worker_id: str) -> Sch
             # once more on a fresh one (the same tick id, so a tick that did get through runs once anyway)
             publisher.publish_raw(body, exchange="", routing_key=queue, properties=props)
 
-    return Scheduler(scheduled, schedule_store(app), publish=publish, owner=worker_id, on_stop=publisher.close)
+    return Scheduler(
+        scheduled,
+        schedule_store(app),
+        publish=publish,
+        owner=worker_id,
+        on_stop=publisher.close,
+        crash=crash_plan_from_env(),
+    )
 
 
 def build_worker(

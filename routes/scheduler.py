@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from routes.amqp import event_properties
-from routes.pipeline import RECEIVED_HEADER
+from routes.pipeline import RECEIVED_HEADER, CrashPlan
 from routes.schedule import Schedule, tick_id
 from routes.topology import route_queue
 from schemas.bus import TICK_EVENT
@@ -109,6 +109,7 @@ class Scheduler:
         owner: this worker's id (the lease's owner; ``status`` shows it).
         clock: the current time, UTC-aware.
         on_stop: called last by :meth:`stop` (closes the publisher's connection).
+        crash: where to SIGKILL the process (reliability tests: ``after_tick_publish``).
     """
 
     def __init__(
@@ -120,7 +121,9 @@ class Scheduler:
         owner: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_stop: Callable[[], None] | None = None,
+        crash: CrashPlan = CrashPlan(),  # noqa: B008 - frozen, so one shared default is safe
     ) -> None:
+        self._crash = crash
         self._on_stop = on_stop
         self.routes = {r.name: r for r in routes}
         self.store = store
@@ -244,6 +247,7 @@ class Scheduler:
         """Publish the tick of ``at`` (confirmed), then move the schedule on; False if the lease was lost."""
         body, props = tick_message(route.name, at, fired_at=self._clock())
         self._publish(route_queue(route.name), body, props)  # confirmed before the store moves on
+        self._crash.crash("after_tick_publish")  # the next holder fires it again: the claim runs it once
         log = self._log.bind(route=route.name, scheduled_at=at.isoformat(), event_id=props.message_id)
         if self.store.advance(route.name, self.owner, next_run_at=following, fired=at, now=self._clock()):
             log.info("tick_fired", next_run_at=following.isoformat())

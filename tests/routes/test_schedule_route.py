@@ -301,3 +301,57 @@ def test_two_workers_sigkill_the_holder_100_ticks(amqp_url: str, pg_url: str, tm
     """Must-show: 100 ticks, the holder SIGKILLed after 50; each scheduled time executed exactly once."""
     result = _two_workers_sigkill_holder(amqp_url, pg_url, tmp_path, ticks=100)
     _assert_exactly_once(result, 100)
+
+
+def _processed(*logs: Path) -> list[tuple[str, str]]:
+    """(event_id, outcome) of every delivery the workers logged as processed."""
+    out = []
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            if '"processed"' in line:
+                entry = json.loads(line)
+                out.append((entry["event_id"], entry["outcome"]))
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_a_holder_killed_between_publish_and_record_fires_twice_and_runs_once(
+    amqp_url: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    """w1 dies (SIGKILL at ``after_tick_publish``) after its first tick is confirmed, before the store knows.
+
+    w2 takes the schedule over and fires that scheduled time again, with the same id: the tick is in the queue
+    twice, delivered once and acked once as a duplicate, and the cursor moved one step for it.
+    """
+    config = _config(tmp_path)
+    declare_routes(amqp_url, config)
+    crashing = env_for(
+        amqp_url, sqlite_url, config, IGATE_BUS_WORKER_ID="w1", IGATE_BUS_OPS_PORT="0", IGATE_BUS_TESTING="1"
+    )
+    w1 = ProcessWorker({**crashing, "IGATE_CRASH_AT": "after_tick_publish"}, tmp_path / "w1.log").start()
+    w2 = ProcessWorker(
+        env_for(amqp_url, sqlite_url, config, IGATE_BUS_WORKER_ID="w2", IGATE_BUS_OPS_PORT="0"), tmp_path / "w2.log"
+    )
+    try:
+        assert w1.proc is not None
+        wait_for(lambda: w1.proc is not None and w1.proc.poll() is not None, timeout=60, what="w1's crash point")
+        # guard: w1 died where it was made to, after the publish and before the store recorded the tick
+        assert w1.proc.returncode == -9, w1.tail()
+        assert '"point": "after_tick_publish"' in (tmp_path / "w1.log").read_text(), w1.tail()
+        row = _row(sqlite_url)
+        assert (row.owner, row.last_scheduled_at) == ("w1", None)
+        first = tick_id(ROUTE, row.next_run_at)
+        w2.start()
+        wait_for(lambda: _done(sqlite_url) >= 4, timeout=60, what="4 ticks executed by w2")
+        assert w2.terminate() == 0
+    finally:
+        w1.stop()
+        w2.stop()
+    assert first in {event_id for event_id, _ in _fired(tmp_path / "w2.log")}, "w2 did not fire the tick again"
+    outcomes = [
+        outcome for event_id, outcome in _processed(tmp_path / "w1.log", tmp_path / "w2.log") if event_id == first
+    ]
+    assert sorted(outcomes) == ["delivered", "duplicate"], outcomes
+    done = [c for c in _claims(sqlite_url) if c.state == "done"]
+    row = _row(sqlite_url)
+    assert (row.cursor, row.cursor_version) == (str(len(done)), len(done))
