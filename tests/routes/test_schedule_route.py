@@ -39,11 +39,11 @@ ROUTE = "poll-noop"
 INTERVAL_S = 1.0
 PONGS = "test.pongs"
 
-ROUTES_YAML = f"""\
+ROUTES_YAML = """\
 routes:
-  - name: {ROUTE}
+  - name: poll-noop
     from:
-      schedule: {{every: 1s, misfire: run_once}}
+      schedule: {{every: {every}, misfire: run_once}}
     adapter: builtin.tick
     to: noop.poll
     retry: {{backoff: [300ms], max_attempts: 5}}
@@ -52,10 +52,10 @@ routes:
 CONNECTORS_YAML = "connectors:\n  noop:\n    type: noop\n"
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, every: str = "1s") -> Path:
     folder = tmp_path / "config"
     folder.mkdir()
-    (folder / "routes.yaml").write_text(ROUTES_YAML)
+    (folder / "routes.yaml").write_text(ROUTES_YAML.format(every=every))
     (folder / "connectors.yaml").write_text(CONNECTORS_YAML)
     return folder
 
@@ -321,9 +321,11 @@ def test_a_holder_killed_between_publish_and_record_fires_twice_and_runs_once(
     """w1 dies (SIGKILL at ``after_tick_publish``) after its first tick is confirmed, before the store knows.
 
     w2 takes the schedule over and fires that scheduled time again, with the same id: the tick is in the queue
-    twice, delivered once and acked once as a duplicate, and the cursor moved one step for it.
+    twice, delivered once and acked once as a duplicate, and the cursor moved one step for it. Every 3 s, so
+    that w2, started once w1 holds the schedule, is up before more than two firings are due (more would be a
+    misfire, fired once for the latest).
     """
-    config = _config(tmp_path)
+    config = _config(tmp_path, every="3s")
     declare_routes(amqp_url, config)
     crashing = env_for(
         amqp_url, sqlite_url, config, IGATE_BUS_WORKER_ID="w1", IGATE_BUS_OPS_PORT="0", IGATE_BUS_TESTING="1"
@@ -334,6 +336,8 @@ def test_a_holder_killed_between_publish_and_record_fires_twice_and_runs_once(
     )
     try:
         assert w1.proc is not None
+        wait_for(lambda: '"schedule_acquired"' in w1.log_path.read_text(), timeout=60, what="w1 holding the schedule")
+        w2.start()
         wait_for(lambda: w1.proc is not None and w1.proc.poll() is not None, timeout=60, what="w1's crash point")
         # guard: w1 died where it was made to, after the publish and before the store recorded the tick
         assert w1.proc.returncode == -9, w1.tail()
@@ -341,8 +345,7 @@ def test_a_holder_killed_between_publish_and_record_fires_twice_and_runs_once(
         row = _row(sqlite_url)
         assert (row.owner, row.last_scheduled_at) == ("w1", None)
         first = tick_id(ROUTE, row.next_run_at)
-        w2.start()
-        wait_for(lambda: _done(sqlite_url) >= 4, timeout=60, what="4 ticks executed by w2")
+        wait_for(lambda: _done(sqlite_url) >= 3, timeout=60, what="3 ticks executed by w2")
         assert w2.terminate() == 0
     finally:
         w1.stop()
