@@ -41,7 +41,6 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
-from zoneinfo import ZoneInfo
 
 import jmespath
 import structlog
@@ -79,7 +78,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-VN_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 #: names result event ids: uuid5(RESULT_NS, "<route>/<event_id>") is the same on every re-emit
 RESULT_NS = uuid.UUID("6f1d3c52-8a0e-4d7e-9b0a-3c1f2e4d5a6b")
 #: names idempotency keys sent to targets: uuid5(KEY_NS, "<route>/<event_id>")
