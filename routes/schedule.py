@@ -112,8 +112,8 @@ class Schedule:
                 at += timedelta(seconds=self._every)
             return at
         at = self._cron.get_next_fire_time(t, t)
-        if at is None:  # a cron of 5 fields always fires again; never seen, but never loop on None
-            raise ScheduleError(f"cron {self.spec.cron!r} never fires after {t.isoformat()}")
+        if at is None:  # no such date (February 31st): check refuses it, so a worker never gets here
+            raise ScheduleError(f"cron {self.spec.cron!r} names no date that exists: it would never fire")
         result: datetime = at.astimezone(UTC)
         return result
 
@@ -146,9 +146,13 @@ class Schedule:
 
 
 def schedule_problem(spec: ScheduleSpec) -> str | None:
-    """Why a schedule cannot fire, for ``igate-bus check``; None when it can."""
+    """Why a schedule cannot fire, for ``igate-bus check``; None when it can.
+
+    A cron that parses may still name no date at all (``0 0 31 2 *``, February 31st): refused too, since
+    the route would be accepted and never run.
+    """
     try:
-        Schedule(spec)
+        Schedule(spec).next_after(datetime.now(UTC))
     except ScheduleError as exc:
         return str(exc)
     return None
