@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("igate_bus.metrics")
 
 NAMESPACE: Final = "igate_bus"
-OUTCOMES: Final = ("delivered", "skipped", "duplicate", "retry", "dead_lettered")
+OUTCOMES: Final = ("delivered", "skipped", "duplicate", "superseded", "retry", "dead_lettered")
 #: pipeline and connector latencies: from a local noop (ms) to a slow SOAP target (tens of seconds)
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: seconds a queue inspection may take (connect, declare, peek) before the broker counts as unreachable

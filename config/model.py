@@ -209,6 +209,35 @@ class FromSpec(_Strict):
         return self
 
 
+class OrderSpec(_Strict):
+    """Per-dossier order toward one target (routes/ordering.py): ``latest`` or ``fifo``.
+
+    ``latest``: an event older than what was already applied for (target, dossier) is not sent, it is acked
+    as superseded (status routes, where only the newest state matters: the portal). ``fifo``: every event is
+    delivered, in the order the route first saw them per dossier; a later one waits while an earlier one is
+    pending. Routes that name the same ``target`` share one position per dossier.
+    """
+
+    mode: Literal["latest", "fifo"] = Field(description="latest: skip what is older; fifo: deliver all, in order.")
+    target: str = Field(
+        pattern=r"^[a-z][a-z0-9_-]{0,62}$",
+        description="Names the state the order is kept against; routes to the same system share it.",
+        examples=["nps"],
+    )
+    by: Literal["occurred_at"] | None = Field(
+        default=None,
+        description="What orders events in mode latest: the envelope's occurred_at (then status, then event_id).",
+    )
+
+    @model_validator(mode="after")
+    def _by_fits_mode(self) -> OrderSpec:
+        if self.mode == "latest" and self.by is None:
+            raise ValueError("mode latest needs by: occurred_at (what makes one event newer than another)")
+        if self.mode == "fifo" and self.by is not None:
+            raise ValueError("mode fifo orders by when the route first saw each event: leave out by")
+        return self
+
+
 class RouteSpec(_Strict):
     """One route: from ▶ when ▶ adapter ▶ to ▶ emits, with its retry policy."""
 
@@ -223,6 +252,7 @@ class RouteSpec(_Strict):
     concurrency: int = Field(default=8, ge=1, le=256, description="Deliveries worked on at once.")
     delivery_limit: int = Field(default=20, ge=2, le=1000, description="Broker redeliveries before DLQ.")
     max_bytes: int = Field(default=1_048_576, ge=256, le=16_777_216)
+    order: OrderSpec | None = Field(default=None, description="Per-dossier order toward a target; none: any order.")
     enabled: bool = True
 
     @field_validator("when")

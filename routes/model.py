@@ -373,6 +373,9 @@ def build_routes(
         _check_schedule(check, index, spec, adapter)
         _check_emits(check, reg, index, spec)
         _check_retry(check, index, spec)
+        if spec.order is not None and op_spec is not None and not op_spec.effect:
+            message = f"{spec.to} applies nothing at its target: there is no state to keep in order"
+            check.route(index, spec, ("order",), message)
         if adapter is not None and op_spec is not None:
             routes.append(_route(spec, adapter, op_spec))
     if check.problems:

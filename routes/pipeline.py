@@ -1,5 +1,9 @@
 """The worker pipeline for one delivery: validate ▶ when ▶ claim ▶ reconcile ▶ adapt+send ▶ record ▶ emit.
 
+A route with ``order:`` in routes.yaml also runs its order step (routes/ordering.py) around the rest: enter
+after ``when`` (latest: an older event is acked as ``superseded``; the dossier busy: the message waits without
+spending an attempt) and leave once the outcome is known (the position moves if the effect may be applied).
+
 It runs off the AMQP I/O thread and returns an :class:`Outcome`: the messages to publish (a result event, a
 retry copy or a dead letter) before the delivery may be acked. The I/O thread publishes them with confirms
 and acks only after every one is confirmed, so a crash anywhere leaves the message in the queue and the claim
@@ -47,7 +51,9 @@ import structlog
 
 from routes.amqp import copy_properties
 from routes.emissions import Emissions, result_event
+from routes.idempotency import DONE as CLAIM_DONE
 from routes.idempotency import Claim, ClaimOutcome, IdempotencyStore
+from routes.ordering import order_step
 from routes.parking import PARKS_HEADER, park_delay, parks_before
 from routes.ticks import TickSteps
 from routes.topology import RESULTS_EXCHANGE, dlq, retry_queue
@@ -74,6 +80,7 @@ if TYPE_CHECKING:
     from connectors.base import Operation
     from routes.model import Route
     from routes.observer import Observer
+    from routes.ordering import Ticket
     from routes.schedule_store import ScheduleStore
 
 T = TypeVar("T")
@@ -90,6 +97,10 @@ GARBLED_HEADER: Final = "x-garbled"
 RECEIVED_HEADER: Final = "x-received-at"
 #: every header under this prefix is the bus's (or the broker's); producers' are dropped on a first delivery
 BUS_HEADER_PREFIX: Final = "x-"
+#: the result event of an event an ordered route did not send (something newer was applied): schemas/ordering.py
+SUPERSEDED_EVENT: Final = "bus.superseded"
+#: outcomes whose effect is applied at the target (the order's position moves to them)
+_APPLIED: Final = frozenset({"delivered", "duplicate"})
 MAX_ERROR_CHARS = 1000
 CRASH_POINTS: Final = frozenset(
     {"after_claim", "after_lookup", "after_send", "after_done", "after_result_confirm", "after_ack"}
@@ -170,7 +181,7 @@ class OutMessage:
 class Outcome:
     """What became of a delivery, and what must be confirmed before its ack."""
 
-    outcome: str  # delivered | skipped | duplicate | retry | dead_lettered
+    outcome: str  # delivered | skipped | duplicate | superseded | retry | dead_lettered
     messages: tuple[OutMessage, ...] = ()
     crash_after_confirm: bool = False
     fields: dict[str, Any] = field(default_factory=dict)
@@ -196,6 +207,8 @@ class _Job:
     outcome: Outcome | None = None
     #: a schedule's tick: the version of the route's cursor it was handed (routes/ticks.py)
     cursor_version: int | None = None
+    #: the place this attempt holds in its dossier's order (ordered routes), settled when the outcome is known
+    ticket: Ticket | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +320,8 @@ class RouteRunner:
         self._emissions = (
             Emissions(self.name, operation.reply, payload_models) if Emissions.wanted(operation.reply) else None
         )
+        #: the per-dossier order step (routes/ordering.py); None for a route without ``order``
+        self._order = order_step(route.spec.order, self.name, store, worker_id=worker_id, lease_s=lease_s)
 
     # -- the pipeline -------------------------------------------------------------------------------
     def handle(self, delivery: Delivery) -> Outcome:
@@ -327,6 +342,8 @@ class RouteRunner:
         """
         jobs = [self._job(d) for d in deliveries]
         self._each(jobs, self._validate)  # parse, the edge rules, `when`
+        if self._order is not None:
+            self._each(jobs, self._order_enter)  # per-dossier order: pass, superseded, or wait
         if self.operation.effect:
             self._claim_all(jobs)  # one transaction: NEW, RECLAIMED, DONE (re-emit) or HELD (later)
             self._each(jobs, self._reconcile)  # RECLAIMED: ask the target before anything is sent
@@ -334,6 +351,8 @@ class RouteRunner:
         if self.operation.effect:
             self._complete_all(jobs)  # one transaction: done, with the reply
         self._each(jobs, self._deliver)  # the result event, if the route emits one
+        if self._order is not None:
+            self._order_leave(jobs)  # the position moves (latest) or the event settles (fifo)
         return [self._done(job) for job in jobs]
 
     def _job(self, delivery: Delivery) -> _Job:
@@ -377,6 +396,55 @@ class RouteRunner:
             job.event, job.cursor_version = self._ticks.admit(event, first=delivery.first)
         if self._when is not None and not _truthy(self._when.search(event.as_dict())):
             job.outcome = Outcome("skipped")
+
+    def _order_enter(self, job: _Job) -> None:
+        assert job.event is not None  # noqa: S101 - validated before the order
+        assert self._order is not None  # noqa: S101 - only called for an ordered route
+        env = job.event.envelope
+        ticket = self._order.enter(env)
+        if ticket.superseded_by is None:
+            job.ticket = ticket
+            return
+        payload = {
+            "route": self.name,
+            "target": self._order.target,
+            "event_id": job.event_id,
+            "event_type": env.event_type,
+            "position": ticket.position,
+            "applied": ticket.superseded_by,
+        }
+        fields = {"target": self._order.target, "position": ticket.position, "applied": ticket.superseded_by}
+        job.outcome = self._result(job.event, SUPERSEDED_EVENT, payload, "superseded", fields)
+
+    def _order_leave(self, jobs: list[_Job]) -> None:
+        """Settle each job's place in its dossier's order, now that its outcome is known.
+
+        The position moves when the effect is applied or may be (the claim says done or "maybe applied"),
+        so an older event is never sent after one that may have reached the target. A failure to settle
+        turns a delivered job into a retry (its claim is done: the retry re-emits, sends nothing) so its
+        place is settled then; other jobs' places are settled by their retry or, latest, by the lease's end.
+        """
+        assert self._order is not None  # noqa: S101 - only called for an ordered route
+        for job in jobs:
+            ticket, outcome = job.ticket, job.outcome
+            if ticket is None:
+                continue
+            job.ticket = None
+            name = outcome.outcome if outcome is not None else ""
+            try:
+                applied = name in _APPLIED or self._maybe_applied(job)
+                self._order.leave(ticket, applied=applied, dead=name == "dead_lettered", log=job.log)
+            except Exception as exc:
+                job.log.exception("order_leave_failed", error=_clip(f"{type(exc).__name__}: {exc}"))
+                if name in _APPLIED:
+                    job.outcome = self._retry_or_dead(job, ClaimHeld(f"order not settled: {type(exc).__name__}"))
+
+    def _maybe_applied(self, job: _Job) -> bool:
+        """Whether the claim says this event's effect is applied or may be (unknown counts as may be)."""
+        if not self.operation.effect:
+            return False
+        record = self.store.get(self.name, job.event_id)
+        return record is not None and (record.state == CLAIM_DONE or record.maybe_applied)
 
     def _claim_all(self, jobs: list[_Job]) -> None:
         """Claim every job's event in one transaction; a key met twice in a batch is claimed once, then held."""
@@ -516,17 +584,31 @@ class RouteRunner:
             if not messages:
                 return Outcome(outcome)
             return Outcome(outcome, tuple(messages), crash_after_confirm=self.crash.hits("after_result_confirm"))
+        first = self._result(event, self._emits, reply, outcome)
+        return Outcome(outcome, (*first.messages, *messages), crash_after_confirm=first.crash_after_confirm)
+
+    def _result(
+        self,
+        event: Event,
+        event_type: str,
+        payload: dict[str, Any],
+        outcome: str,
+        fields: dict[str, Any] | None = None,
+    ) -> Outcome:
+        """The outcome with its result event: one id per (route, event), whatever the result's type."""
+        env = event.envelope
         body, props = result_event(
             route=self.name,
             event_id=result_event_id(self.name, str(env.event_id)),
-            event_type=self._emits,
+            event_type=event_type,
             occurred_at=self.clock(),
             dossier_code=env.dossier_code,
             cause=env,
-            payload=reply,
+            payload=payload,
         )
-        msg = OutMessage(RESULTS_EXCHANGE, self._emits, body, props)
-        return Outcome(outcome, (msg, *messages), crash_after_confirm=self.crash.hits("after_result_confirm"))
+        msg = OutMessage(RESULTS_EXCHANGE, event_type, body, props)
+        crash = self.crash.hits("after_result_confirm")
+        return Outcome(outcome, (msg,), crash_after_confirm=crash, fields=fields or {})
 
     def _retry_or_dead(self, job: _Job, exc: TransientError) -> Outcome:
         # a held claim, an open breaker or refused credentials sent nothing of this message: waiting for them

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from schemas.bus import BUS_EVENTS
 from schemas.igate import IGATE_EVENTS
+from schemas.ordering import ORDERING_EVENTS
 from schemas.pii import sensitive_field_names
 from schemas.results import RESULT_EVENTS
 from schemas.sftp import FILE_EVENTS
@@ -26,6 +27,7 @@ EVENT_GROUPS: tuple[tuple[str, dict[str, type[BaseModel]]], ...] = (
     ("external systems and routes' emits, on bus.results", RESULT_EVENTS),
     ("the bus (bus.ping on igate.events, bus.pong on bus.results, bus.tick fired by a route's schedule)", BUS_EVENTS),
     ("file transfer (file.ready on igate.events, file.sent on bus.results)", FILE_EVENTS),
+    ("the bus, a route's per-dossier order (bus.superseded on bus.results)", ORDERING_EVENTS),
 )
 
 #: event type to payload model, over every group

@@ -26,7 +26,11 @@ exists, so it wraps the portal's JSON services ([F] OC, TH) in SOAP 1.1 document
   keeps the newest rating by ``ThoiGian``. [A] Unknown dossiers are created unless ``strict_dossiers``.
 - **The newest state wins** (docs/reliability.md R12): a dossier's status is the one with the latest time among
   its records (``NgayCapNhat``) and steps (``ThoiDiemXuLy``); an older one arriving later is kept in the
-  history but never overwrites it (the call still answers "0": the portal has a newer state).
+  history but never overwrites it (the call still answers "0": the portal has a newer state). [A] Nothing says
+  the real portal checks this: the fault switch ``ordering_check: false`` turns it off, and then the last
+  call wins whatever its time (how the bus's own per-dossier order is tested, routes/ordering.py). Either
+  way each dossier keeps ``arrivals``, one entry per applied call in the order the calls came (the status it
+  carried and that status's time), so a test can see whether an older status came after a newer one.
 - ``TraCuuHoSo`` by ``MaHoSo``, or [A] by ``MaYeuCau``: the proxy logs the ``maYeuCau`` header of every call
   with the dossier and the answer, so a client can ask whether a request was applied.
 - Error codes ([A] beyond [F] "0" = success): "1" record refused, "2" already exists, "4" not found,
@@ -193,6 +197,9 @@ class Faults(BaseModel):
     only_operations: list[str] = Field(default_factory=list, description="Operations to fault; empty = all.")
     lookup_fail_rate: Rate = Field(default=0.0, description="Fail TraCuuHoSo calls at this rate, on their own.")
     lookup_fail: Literal["http_503", "drop"] = Field(default="http_503", description="How a failed lookup fails.")
+    ordering_check: bool = Field(
+        default=True, description="Keep the newest status by its time; false: the last call wins whatever its time."
+    )
     seed: int | None = Field(default=None, description="Seeds the draws, so a run repeats exactly.")
 
     def covers(self, operation: str) -> bool:
@@ -296,7 +303,7 @@ def _reply(code: str, message: str, **extra: Any) -> dict[str, Any]:
 class _Dossier:
     """What the portal holds of one dossier: the newest record, status, steps, rating and the history."""
 
-    __slots__ = ("history", "rating", "record", "record_time", "status", "status_time", "steps")
+    __slots__ = ("arrivals", "history", "rating", "record", "record_time", "status", "status_time", "steps")
 
     def __init__(self) -> None:
         self.record: dict[str, Any] | None = None
@@ -306,10 +313,12 @@ class _Dossier:
         self.steps: dict[tuple[str, str], dict[str, Any]] = {}
         self.rating: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
+        #: one entry per applied call, in arrival order: the status the call carried last, and its time
+        self.arrivals: list[dict[str, Any]] = []
 
-    def offer_status(self, status: str, at: str, source: str) -> bool:
-        """Take ``status`` if ``at`` is not older than the status held; returns whether it was taken."""
-        taken = at >= self.status_time  # yyyyMMddHHmmss compares as text
+    def offer_status(self, status: str, at: str, source: str, *, check: bool = True) -> bool:
+        """Take ``status`` if ``at`` is not older than the status held (any ``at`` without ``check``)."""
+        taken = not check or at >= self.status_time  # yyyyMMddHHmmss compares as text
         self.history.append({"status": status, "at": at, "source": source, "taken": taken})
         if taken:
             self.status, self.status_time = status, at
@@ -421,6 +430,7 @@ class NpsSimulator(ServedSimulator[Faults]):
                         "steps": sorted(found.steps.values(), key=lambda s: s["ThoiDiemXuLy"]),
                         "rating": found.rating,
                         "history": found.history,
+                        "arrivals": found.arrivals,
                     }
                 )
             )
@@ -566,14 +576,16 @@ class NpsSimulator(ServedSimulator[Faults]):
                 if existing is not None:
                     return _reply(EXISTS_CODE, f"Hồ sơ {existing} {ALREADY_EXISTS} trên hệ thống"), existing
             skipped = 0
+            check = self._faults.ordering_check
             for record in records:
                 dossier = self._dossiers.setdefault(record.MaHoSo, _Dossier())
                 wire = record.wire()
-                if record.NgayCapNhat >= dossier.record_time:
+                if not check or record.NgayCapNhat >= dossier.record_time:
                     dossier.record, dossier.record_time = wire, record.NgayCapNhat
                 else:
                     skipped += 1
-                dossier.offer_status(record.TrangThaiHoSo, record.NgayCapNhat, "DongBoHoSoMC")
+                dossier.offer_status(record.TrangThaiHoSo, record.NgayCapNhat, "DongBoHoSoMC", check=check)
+                dossier.arrivals.append(_arrival(record.TrangThaiHoSo, record.NgayCapNhat, "DongBoHoSoMC", key))
                 self._effect("DongBoHoSoMC", record.MaHoSo, key, "update" if updating else "create")
         message = "Đồng bộ thành công" + (f" ({skipped} bản ghi cũ hơn dữ liệu hiện có được bỏ qua)" if skipped else "")
         return _reply("0", message), first_code
@@ -592,11 +604,17 @@ class NpsSimulator(ServedSimulator[Faults]):
             missing = next((s.MaHoSo for s in steps if s.MaHoSo not in self._dossiers), None)
             if missing is not None and self.strict_dossiers:
                 return _reply(NOT_FOUND_CODE, f"Không tìm thấy hồ sơ {missing}"), missing
+            check = self._faults.ordering_check
+            last: dict[str, TienDoHoSo] = {}
             for step in steps:
                 dossier = self._dossiers.setdefault(step.MaHoSo, _Dossier())
                 dossier.steps[(step.ThoiDiemXuLy, step.TrangThai)] = step.wire()
-                dossier.offer_status(step.TrangThai, step.ThoiDiemXuLy, "CapNhatTienDoHoSoMC")
+                dossier.offer_status(step.TrangThai, step.ThoiDiemXuLy, "CapNhatTienDoHoSoMC", check=check)
                 self._effect("CapNhatTienDoHoSoMC", step.MaHoSo, key, "step")
+                last[step.MaHoSo] = step
+            for code, step in last.items():  # a call's status for a dossier is its last step's
+                arrival = _arrival(step.TrangThai, step.ThoiDiemXuLy, "CapNhatTienDoHoSoMC", key)
+                self._dossiers[code].arrivals.append(arrival)
         return _reply("0", f"Cập nhật {len(steps)} bước xử lý thành công"), first_code
 
     def _sync_rating(self, data: dict[str, Any], key: str | None) -> tuple[dict[str, Any], str]:
@@ -695,6 +713,10 @@ def _envelope_root(body: bytes, headers: Mapping[str, str]) -> Any:
     if root.tag != f"{{{SOAP11_ENV}}}Envelope":
         raise _SoapFault("VersionMismatch", f"Phần tử gốc {root.tag} không phải SOAP 1.1 Envelope")
     return root
+
+
+def _arrival(status: Any, at: str, source: str, key: str | None) -> dict[str, Any]:
+    return {"status": str(status), "at": at, "source": source, "maYeuCau": key}
 
 
 def _record_problem(record: HoSoMC) -> str | None:

@@ -21,6 +21,7 @@ import pytest
 from config.loader import ConfigInvalid, ConfigProblem, load_config
 from config.settings import DEFAULT_CONFIG_DIR
 from routes.model import binding_matches
+from schemas.events import EVENT_PAYLOADS
 
 BASE_ROUTES = textwrap.dedent("""\
     # a comment, so that lines and list items do not start at 1
@@ -304,11 +305,14 @@ class TestRegistryProblems:
         )
 
     def test_adapter_does_not_accept_bound_event(self, write_config: WriteConfig) -> None:
-        """``bus.*`` also binds ``bus.pong``, which the ping adapter cannot map: refused before it arrives."""
+        """``bus.*`` also binds ``bus.pong`` (and the bus's other events), which the ping adapter cannot map:
+        refused before it arrives, naming every type it refuses."""
         cfg = write_config(BASE_ROUTES.replace("events: [bus.ping]", "events: ['bus.*']"))
+        refused = sorted(t for t in EVENT_PAYLOADS if t.startswith("bus.") and t != "bus.ping")
+        assert "bus.pong" in refused
         assert _only_problem(cfg.check()) == (
             f"{cfg.routes}:{cfg.line('events:')}: route bus-ping: from.events[0]: "
-            "adapter builtin.ping does not accept bus.pong (it accepts bus.ping)"
+            f"adapter builtin.ping does not accept {', '.join(refused)} (it accepts bus.ping)"
         )
 
     def test_unknown_emits(self, write_config: WriteConfig) -> None:

@@ -80,13 +80,20 @@ def write_nps_config(
     endpoint: str,
     backoff: tuple[str, ...] = ("300ms", "600ms"),
     max_attempts: int = 10,
+    ordered: bool = False,
 ) -> Path:
-    """The shipped ``nps-*`` routes (and only those) with a short backoff, and the nps connector at ``endpoint``."""
+    """The shipped ``nps-*`` routes (and only those) with a short backoff, and the nps connector at ``endpoint``.
+
+    Without ``ordered`` the routes' ``order`` blocks are left out: these tests exercise the portal's own
+    ordering check (R12) and count every event's effect; tests/routes/test_ordering_routes.py keeps them.
+    """
     shipped = yaml.safe_load((ROOT / "config" / "routes.yaml").read_text(encoding="utf-8"))
     routes = [r for r in shipped["routes"] if r["name"].startswith("nps-")]
     assert len(routes) == 14, f"expected the 14 shipped nps routes, found {len(routes)}"
     for r in routes:
         r["retry"] = {"backoff": list(backoff), "max_attempts": max_attempts}
+        if not ordered:
+            r.pop("order", None)
     connectors = {
         "connectors": {
             "nps": {
