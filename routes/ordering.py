@@ -87,8 +87,10 @@ __all__ = [
     "position_of",
 ]
 
-#: how long a thread waits in place for a dossier's lease (or an earlier event) before parking the message
+#: how long a thread waits in place for a dossier's lease before parking the message (a lease lasts one call)
 ORDER_WAIT_S: Final = 2.0
+#: fifo's wait in place for an earlier event: shorter, since that one is often in a delay queue, not in a call
+FIFO_WAIT_S: Final = 0.5
 #: pause before the second look at a busy dossier; it doubles up to ORDER_POLL_MAX_S (each look is a write)
 ORDER_POLL_S: Final = 0.02
 ORDER_POLL_MAX_S: Final = 0.25
@@ -393,7 +395,8 @@ class OrderStep:
         store: The idempotency store (the order's tables live beside the claims).
         worker_id: Names this worker's leases.
         lease_s: How long a lease lasts: the claim's lease, so an attempt's order outlives its call.
-        wait_s: How long a thread waits in place for a busy dossier before the message is parked.
+        wait_s: How long a thread waits in place for a busy dossier before the message is parked; None:
+            :data:`ORDER_WAIT_S` (latest) or :data:`FIFO_WAIT_S` (fifo).
         sleep: Waits between two looks (tests pass their own).
     """
 
@@ -405,7 +408,7 @@ class OrderStep:
         *,
         worker_id: str,
         lease_s: float,
-        wait_s: float = ORDER_WAIT_S,
+        wait_s: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.spec = spec
@@ -415,7 +418,7 @@ class OrderStep:
         self.orders = OrderStore.of(store)
         self.worker_id = worker_id
         self.lease_s = lease_s
-        self.wait_s = wait_s
+        self.wait_s = wait_s if wait_s is not None else FIFO_WAIT_S if self.fifo else ORDER_WAIT_S
         self._sleep = sleep
 
     def enter(self, envelope: Envelope) -> Ticket:

@@ -1,0 +1,175 @@
+# mypy: allow-untyped-defs
+"""Per-dossier fifo order end to end: real broker, real store, the iGate simulator over HTTP, a real worker.
+
+A route with ``order: {mode: fifo, target: igate}`` writes VNPost tracking updates onto their dossiers in
+iGate. The simulator fails every call for a few dossiers until each of them has failed at least once (the
+guard), so their first event goes to a retry queue while their later events are already in the route's
+queue: without the order those would overtake it. The simulator's effects, read in arrival order per dossier,
+must follow the order the route first saw the events (the store's numbering, which here is the publish order),
+each applied exactly once, nothing lost, nothing dead-lettered.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+from busenv import SIM_PASSWORD, SIM_USER, depth, drained, example, get_all, publish, thread_worker, wait_for
+from busenv import dossier_code as make_code
+from structlog.testing import capture_logs
+
+from routes.idempotency import IdempotencyStore
+from routes.ordering import OrderStore
+from routes.pipeline import idempotency_key
+from simulators.igate import IGateSimulator
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ROUTE = "tracking-to-igate"
+BACKOFF = ("300ms", "600ms")
+ROUTES_YAML = """\
+routes:
+  - name: tracking-to-igate
+    from: {{exchange: bus.results, events: [vnpost.tracking_updated]}}
+    adapter: results_to_igate.status_update
+    to: igate.update_dossier
+    order: {{mode: fifo, target: igate}}
+    retry: {{backoff: [300ms, 600ms], max_attempts: {max_attempts}}}
+    prefetch: 8
+    concurrency: 4
+"""
+CONNECTORS_YAML = """\
+connectors:
+  igate:
+    type: igate
+    endpoint: {endpoint}
+    timeout: {{connect: 1s, read: 3s, total: 5s}}
+    breaker: {{fail_max: 1000, reset_timeout: 1s}}
+    credentials: {{username: IGATE_BUS_IGATE_USERNAME, password: IGATE_BUS_IGATE_PASSWORD}}
+    options: {{realm: digo, client_id: igate-bus}}
+"""
+MAX_ATTEMPTS = 20
+QUEUES = (f"route.{ROUTE}", *(f"retry.{ROUTE}.{d}" for d in BACKOFF))
+
+
+@pytest.fixture
+def sim() -> Iterator[IGateSimulator]:
+    """An iGate simulator on a free port."""
+    with IGateSimulator(username=SIM_USER, password=SIM_PASSWORD) as s:
+        yield s
+
+
+def _tracking(code: str, k: int, base: datetime) -> dict[str, object]:
+    """The ``k``-th tracking update of a dossier's parcel (times increase with k)."""
+    ev = example("vnpost.tracking_updated")
+    at = base + timedelta(minutes=10 * k)
+    ev["event_id"] = str(uuid.uuid4())
+    ev["dossier_code"] = code
+    ev["occurred_at"] = (at + timedelta(seconds=5)).isoformat()
+    payload = dict(ev["payload"])
+    payload.update(order_number=code, status_code=k + 1, status_message=f"bước {k + 1}", at=at.isoformat())
+    ev["payload"] = payload
+    return ev
+
+
+def test_fifo_keeps_each_dossiers_order_when_its_first_call_fails(amqp_url, sqlite_url, tmp_path, sim):
+    """30 dossiers × 5 updates; the first call of 6 dossiers fails ▶ every update applied once, in order."""
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "routes.yaml").write_text(ROUTES_YAML.format(max_attempts=MAX_ATTEMPTS))
+    (cfg / "connectors.yaml").write_text(CONNECTORS_YAML.format(endpoint=sim.url))
+    run = uuid.uuid4().hex[:4].upper()
+    codes = [make_code(i, run) for i in range(30)]
+    failing = codes[::5]
+    base = datetime.fromisoformat("2025-12-11T08:00:00+07:00")
+    lives = {code: [_tracking(code, k, base) for k in range(5)] for code in codes}
+    # round robin: update k of every dossier before update k+1 of any, so two updates of one dossier are never
+    # in the route's prefetch window together and the order first seen is the publish order
+    batch = [lives[code][k] for k in range(5) for code in codes]
+    sim.set_faults(error_rate=1.0, error_status=503, only_paths=[f"/pa/dossier/{c}/" for c in failing])
+
+    def failed_once() -> set[str]:
+        return {c for c in failing if any(r["status"] == 503 for r in sim.requests(f"/pa/dossier/{c}/"))}
+
+    with thread_worker(amqp_url, sqlite_url, cfg) as tw:
+        publish(amqp_url, batch, exchange="bus.results")
+        wait_for(lambda: failed_once() == set(failing), timeout=30, what="a failed call for each failing dossier")
+        sim.set_faults()  # the guard held: every failing dossier's first call failed; let them through now
+        want = {idempotency_key(ROUTE, str(e["event_id"])) for e in batch}
+        wait_for(lambda: want <= sim.effect_counts().keys(), timeout=90, interval=0.5, what="150 updates")
+        wait_for(lambda: drained(amqp_url, QUEUES, pause=0.5), timeout=30, what="the route's queues to drain")
+        outcomes = dict(tw.worker.stats[ROUTE].outcomes)
+    print(f"\n  outcomes {outcomes}")
+
+    counts = sim.effect_counts()
+    assert counts.keys() == want, "updates lost or applied under unknown keys"
+    dupes = {k: n for k, n in counts.items() if n > 1}
+    assert not dupes, f"{len(dupes)} updates applied twice"
+    by_dossier: dict[str, list[str]] = defaultdict(list)
+    for e in sim.effects():
+        by_dossier[e["dossier_code"]].append(e["client_request_id"])
+    store = IdempotencyStore(sqlite_url)
+    try:
+        orders = OrderStore.of(store)
+        for code in codes:
+            expected = [idempotency_key(ROUTE, str(e["event_id"])) for e in lives[code]]
+            assert by_dossier[code] == expected, f"{code}: applied out of order"
+            states = orders.fifo_states("igate", code)
+            assert [eid for _, eid, _ in states] == [str(e["event_id"]) for e in lives[code]]
+            assert Counter(s for _, _, s in states) == {"done": 5}
+    finally:
+        store.close()
+    # guards: the failing dossiers' calls did fail, and their later updates waited (parked) rather than overtook
+    failed = [r for c in failing for r in sim.requests(f"/pa/dossier/{c}/") if r["status"] == 503]
+    assert len(failed) >= len(failing)
+    parked = outcomes.get("retry", 0) - len(failed)  # retries that were not a failed call: waits for the order
+    assert parked > 0, f"later updates never waited for their dossier's first one: {outcomes}, {len(failed)} failed"
+    assert outcomes.get("dead_lettered", 0) == 0
+    assert depth(amqp_url, f"dlq.{ROUTE}") == 0
+
+
+def test_fifo_a_dead_lettered_update_releases_the_next_with_a_log_line(amqp_url, sqlite_url, tmp_path, sim):
+    """iGate fails (503) every call for 2 of 6 dossiers until their first update has spent its 3 attempts ▶ it
+    is dead-lettered, ``order_released`` is logged naming the next (which waited meanwhile), and the dossier's
+    later updates are then applied, in order; nothing else lost."""
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "routes.yaml").write_text(ROUTES_YAML.format(max_attempts=3))
+    (cfg / "connectors.yaml").write_text(CONNECTORS_YAML.format(endpoint=sim.url))
+    run = uuid.uuid4().hex[:4].upper()
+    codes = [make_code(i, run) for i in range(6)]
+    failing = codes[:2]
+    base = datetime.fromisoformat("2025-12-11T08:00:00+07:00")
+    lives = {code: [_tracking(code, k, base) for k in range(3)] for code in codes}
+    batch = [lives[code][k] for k in range(3) for code in codes]
+    sim.set_faults(error_rate=1.0, error_status=503, only_paths=[f"/pa/dossier/{c}/" for c in failing])
+    firsts = {str(lives[c][0]["event_id"]) for c in failing}
+    with capture_logs() as logs, thread_worker(amqp_url, sqlite_url, cfg):
+        publish(amqp_url, batch, exchange="bus.results")
+        dlq = f"dlq.{ROUTE}"
+        wait_for(lambda: depth(amqp_url, dlq) >= 2, timeout=30, interval=0.05, what="2 dead-lettered updates")
+        sim.set_faults()
+        want = {idempotency_key(ROUTE, str(e["event_id"])) for e in batch if str(e["event_id"]) not in firsts}
+        wait_for(lambda: want <= sim.effect_counts().keys(), timeout=60, interval=0.5, what="16 updates")
+        wait_for(lambda: drained(amqp_url, QUEUES, pause=0.5), timeout=30, what="the route's queues to drain")
+
+    dead = [json.loads(body)["event_id"] for _, body in get_all(amqp_url, f"dlq.{ROUTE}")]
+    assert sorted(dead) == sorted(firsts), "only the failing dossiers' first updates are dead-lettered"
+    assert sim.effect_counts().keys() == want
+    assert all(n == 1 for n in sim.effect_counts().values())
+    by_dossier: dict[str, list[str]] = defaultdict(list)
+    for e in sim.effects():
+        by_dossier[e["dossier_code"]].append(e["client_request_id"])
+    for code in codes:
+        updates = lives[code][1:] if code in failing else lives[code]
+        assert by_dossier[code] == [idempotency_key(ROUTE, str(e["event_id"])) for e in updates], code
+    released = [e for e in logs if e["event"] == "order_released"]
+    assert sorted(e["event_id"] for e in released) == sorted(firsts), released
+    for e in released:  # the next update had been seen and was waiting: the release names it
+        assert e["next_event_id"] == str(lives[e["dossier_code"]][1]["event_id"]), e
+        assert e["target"] == "igate"
