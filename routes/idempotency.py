@@ -536,15 +536,6 @@ class IdempotencyStore:
                 raise
         _log.info("store_upgraded", table=claims_table.name, added="maybe_applied")
 
-    @property
-    def engine(self) -> Engine:
-        """The store's engine, for tables that live beside the claims (routes/ordering.py)."""
-        return self._engine
-
-    def transaction(self) -> AbstractContextManager[Connection]:
-        """One transaction on the store's database, as the claims take theirs (for routes/ordering.py)."""
-        return self._begin()
-
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
         if self._closed:

@@ -64,7 +64,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.dialects import postgresql, sqlite
 
 from routes.idempotency import IdempotencyStore, UTCDateTime
 from schemas.errors import ClaimHeld, InvalidEvent
@@ -105,12 +104,20 @@ _log = structlog.get_logger("igate_bus.order")
 
 order_metadata: Final = sa.MetaData()
 
+
+def _dossier_key() -> tuple[sa.Column[str], sa.Column[str]]:
+    """The columns that name one dossier toward one target, leading each table's primary key."""
+    return (
+        sa.Column("target", sa.String(64), primary_key=True),
+        sa.Column("dossier_code", sa.String(_KEY_LENGTH), primary_key=True),
+    )
+
+
 #: one row per (target, dossier): latest's applied position and lease; fifo's sequence counter
 order_table: Final = sa.Table(
     "dossier_order",
     order_metadata,
-    sa.Column("target", sa.String(64), primary_key=True),
-    sa.Column("dossier_code", sa.String(_KEY_LENGTH), primary_key=True),
+    *_dossier_key(),
     sa.Column("applied", sa.String(_KEY_LENGTH), nullable=True),
     sa.Column("holder", sa.String(_KEY_LENGTH), nullable=True),
     sa.Column("lease_until", UTCDateTime(), nullable=True),
@@ -123,8 +130,7 @@ order_table: Final = sa.Table(
 fifo_table: Final = sa.Table(
     "dossier_fifo",
     order_metadata,
-    sa.Column("target", sa.String(64), primary_key=True),
-    sa.Column("dossier_code", sa.String(_KEY_LENGTH), primary_key=True),
+    *_dossier_key(),
     sa.Column("event_id", sa.String(_KEY_LENGTH), primary_key=True),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
@@ -207,16 +213,8 @@ class OrderStore:
 
     def __init__(self, store: IdempotencyStore) -> None:
         self._store = store
-        engine = store.engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        try:
-            with engine.begin() as conn:
-                order_metadata.create_all(conn, checkfirst=True)
-        except sa.exc.DBAPIError:
-            # another process created them between our check and our CREATE: fine if they are there now
-            inspector = sa.inspect(engine)
-            if not all(inspector.has_table(t.name) for t in order_metadata.sorted_tables):
-                raise
+        for table in order_metadata.sorted_tables:
+            store.create_table(table)
 
     @classmethod
     def of(cls, store: IdempotencyStore) -> OrderStore:
@@ -233,7 +231,7 @@ class OrderStore:
             if not value or len(value) > _KEY_LENGTH:
                 raise ValueError(f"{name} must be 1-{_KEY_LENGTH} characters, got {value!r}")
         key = sa.and_(_o.target == target, _o.dossier_code == dossier)
-        fresh = self._insert(order_table).values(target=target, dossier_code=dossier, next_seq=0, updated_at=now)
+        fresh = self._store.insert(order_table).values(target=target, dossier_code=dossier, next_seq=0, updated_at=now)
         conn.execute(fresh.on_conflict_do_nothing(index_elements=[_o.target, _o.dossier_code]))
         conn.execute(sa.update(order_table).where(key).values(updated_at=now))
         return conn.execute(sa.select(order_table).where(key)).one()
@@ -256,7 +254,7 @@ class OrderStore:
             applied position) or HELD (another attempt's lease is live).
         """
         now = datetime.now(UTC) if now is None else now
-        with self._store.transaction() as conn:
+        with self._store.begin() as conn:
             row = self._row(conn, target, dossier, now)
             applied = row.applied
             if row.holder is not None:
@@ -285,7 +283,7 @@ class OrderStore:
             counting the caller's position as applied); nothing changes then.
         """
         now = datetime.now(UTC)
-        with self._store.transaction() as conn:
+        with self._store.begin() as conn:
             row = self._row(conn, target, dossier, now)
             if row.holder != owner:
                 _log.warning("order_lease_lost", target=target, dossier_code=dossier, owner=owner)
@@ -297,7 +295,7 @@ class OrderStore:
     def applied(self, target: str, dossier: str) -> str | None:
         """The newest position applied for (target, dossier), or None."""
         key = sa.and_(_o.target == target, _o.dossier_code == dossier)
-        with self._store.transaction() as conn:
+        with self._store.begin() as conn:
             return conn.execute(sa.select(_o.applied).where(key)).scalar_one_or_none()
 
     # -- fifo ----------------------------------------------------------------------------------------
@@ -308,7 +306,7 @@ class OrderStore:
             PASS (send it) or WAIT (with the earliest pending event before it); ``seq`` is the event's number.
         """
         now = datetime.now(UTC) if now is None else now
-        with self._store.transaction() as conn:
+        with self._store.begin() as conn:
             row = self._row(conn, target, dossier, now)
             mine = sa.and_(_f.target == target, _f.dossier_code == dossier, _f.event_id == event_id)
             seen = conn.execute(sa.select(_f.seq, _f.state).where(mine)).first()
@@ -345,7 +343,7 @@ class OrderStore:
         if state not in {DONE, RELEASED}:
             raise ValueError(f"an event settles done or released, not {state!r}")
         now = datetime.now(UTC)
-        with self._store.transaction() as conn:
+        with self._store.begin() as conn:
             self._row(conn, target, dossier, now)
             mine = sa.and_(_f.target == target, _f.dossier_code == dossier, _f.event_id == event_id)
             conn.execute(sa.update(fifo_table).where(mine, _f.state == PENDING).values(state=state, settled_at=now))
@@ -358,7 +356,7 @@ class OrderStore:
 
     def fifo_states(self, target: str, dossier: str) -> list[tuple[int, str, str]]:
         """(seq, event_id, state) of every event of the dossier, in order: for tests and operators."""
-        with self._store.transaction() as conn:
+        with self._store.begin() as conn:
             rows = conn.execute(
                 sa.select(_f.seq, _f.event_id, _f.state)
                 .where(_f.target == target, _f.dossier_code == dossier)

@@ -420,9 +420,11 @@ class RouteRunner:
         """Settle each job's place in its dossier's order, now that its outcome is known.
 
         The position moves when the effect is applied or may be (the claim says done or "maybe applied"),
-        so an older event is never sent after one that may have reached the target. A failure to settle
-        turns a delivered job into a retry (its claim is done: the retry re-emits, sends nothing) so its
-        place is settled then; other jobs' places are settled by their retry or, latest, by the lease's end.
+        so an older event is never sent after one that may have reached the target. A failure to settle (the
+        store down) turns a delivered job into a retry that spends no attempt (its claim is done: the retry
+        re-emits, sends nothing, and settles its place then), and so a fifo dead letter too, whose place would
+        otherwise hold its dossier's later events forever; a latest lease left unsettled ends on its own and
+        then counts as applied (routes/ordering.py).
         """
         assert self._order is not None  # noqa: S101 - only called for an ordered route
         for job in jobs:
@@ -436,11 +438,11 @@ class RouteRunner:
                 self._order.leave(ticket, applied=applied, dead=name == "dead_lettered", log=job.log)
             except Exception as exc:
                 job.log.exception("order_leave_failed", error=_clip(f"{type(exc).__name__}: {exc}"))
-                if name in _APPLIED:
+                if name in _APPLIED or (self._order.fifo and name == "dead_lettered"):
                     job.outcome = self._retry_or_dead(job, ClaimHeld(f"order not settled: {type(exc).__name__}"))
 
     def _maybe_applied(self, job: _Job) -> bool:
-        """Whether the claim says this event's effect is applied or may be (unknown counts as may be)."""
+        """Whether the claim says this event's effect is applied or may be; a store that cannot say raises."""
         if not self.operation.effect:
             return False
         record = self.store.get(self.name, job.event_id)

@@ -147,7 +147,7 @@ def dossier_code(run: str, i: int) -> str:
     return busenv.dossier_code(i, run)
 
 
-def life(code: str, i: int) -> dict[str, dict[str, Any]]:
+def life(code: str, i: int, types: tuple[str, ...] = LIFE) -> dict[str, dict[str, Any]]:
     """The events of dossier ``i``'s life by type: the examples with ``code``, fresh ids, times moved by i×7 min.
 
     The examples' own times already increase along the life (26 Nov submitted … 11 Dec returned, rated an hour
@@ -156,7 +156,7 @@ def life(code: str, i: int) -> dict[str, dict[str, Any]]:
     delta = timedelta(minutes=7 * i)
     correlation = str(uuid.uuid4())
     out = {}
-    for event_type in LIFE:
+    for event_type in types:
         ev = _shift(example(event_type), delta)
         ev["event_id"] = str(uuid.uuid4())
         ev["dossier_code"] = code

@@ -17,17 +17,16 @@ import random
 import time
 import uuid
 from collections import Counter
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from busenv import depth, drained, example, get_all, publish, thread_worker, wait_for
+from busenv import depth, drained, get_all, publish, thread_worker, wait_for
 from test_nps_routes import (  # the portal routes' harness: config, simulator fixture, timestamps
     ROUTES_OF,
     _at,
-    _shift,
     dossier_code,
     effects_by_key,
+    life,
     sim,
     write_nps_config,
 )
@@ -60,20 +59,6 @@ ORDERED_ROUTES: dict[str, dict[str, int]] = {
 }
 
 
-def status_life(code: str, i: int) -> dict[str, dict[str, Any]]:
-    """Dossier ``i``'s 8 status events: the examples with ``code``, fresh ids, times moved by i×7 minutes."""
-    delta = timedelta(minutes=7 * i)
-    correlation = str(uuid.uuid4())
-    out = {}
-    for event_type in STATUS_LIFE:
-        ev = _shift(example(event_type), delta)
-        ev["event_id"] = str(uuid.uuid4())
-        ev["dossier_code"] = code
-        ev["correlation_id"] = correlation
-        out[event_type] = ev
-    return out
-
-
 def _queues(config: Path, *, retry: bool) -> list[str]:
     import yaml
 
@@ -96,7 +81,7 @@ def _shuffled_lives(amqp_url: str, store_url: str, tmp_path: Path, sim: NpsSimul
     sim.set_faults(ordering_check=False)
     cfg = write_nps_config(tmp_path / "cfg", endpoint=sim.endpoint, ordered=True)
     run = uuid.uuid4().hex[:4].upper()
-    lives = {dossier_code(run, i): status_life(dossier_code(run, i), i) for i in range(n)}
+    lives = {dossier_code(run, i): life(dossier_code(run, i), i, STATUS_LIFE) for i in range(n)}
     pairs = {
         (route, ev["event_id"]) for events in lives.values() for t, ev in events.items() for route in ORDERED_ROUTES[t]
     }
