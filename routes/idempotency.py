@@ -76,6 +76,8 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 
+from routes.store_init import prepare_store
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -451,12 +453,12 @@ class IdempotencyStore:
             raise ValueError(f"the idempotency store supports sqlite and postgresql, not {backend!r}")
         self._driver = _DriverSQL(self._engine.dialect)
         self._closed = False
-        if create:
-            try:
-                self._create()
-            except BaseException:
-                self._engine.dispose()
-                raise
+        try:
+            # WAL (SQLite) and the table, safe when several processes open a fresh store at once
+            prepare_store(self._engine, [claims_table], create=create, upgrade=self._ensure_columns)
+        except BaseException:
+            self._engine.dispose()
+            raise
 
     def _sqlite_engine(self, sa_url: sa.URL) -> Engine:
         database = sa_url.database or ""
@@ -480,32 +482,24 @@ class IdempotencyStore:
             del connection_record
             cursor = dbapi_connection.cursor()
             try:
-                # busy_timeout first: switching to WAL needs a lock another process may hold
+                # WAL is a property of the file, set once by prepare_store under its lock: switching to it
+                # here, on every connection, is what crashed a second worker opening a fresh store
                 cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-                cursor.execute("PRAGMA journal_mode = WAL")
                 cursor.execute("PRAGMA synchronous = NORMAL")
             finally:
                 cursor.close()
 
         return engine
 
-    def _create(self) -> None:
-        self.create_table(claims_table)
-        self._ensure_columns()
-
     def create_table(self, table: sa.Table) -> None:
         """Create ``table`` (and its indexes) in this store's database when missing; safe across processes.
 
         Other parts that keep rows beside the claims (``connectors/kit/state.py``) create theirs here, so
-        every table of the store is created the same way.
+        every table of the store is created the same way: through :func:`routes.store_init.prepare_store`,
+        under its lock (a file lock on SQLite, an advisory lock on PostgreSQL).
         """
-        try:
-            with self._engine.begin() as conn:
-                table.create(conn, checkfirst=True)
-        except sa.exc.DBAPIError:
-            # another process created it between our check and our CREATE: fine if it is there now
-            if not sa.inspect(self._engine).has_table(table.name):
-                raise
+        with self._lock:  # the one shared connection of an in-memory store
+            prepare_store(self._engine, [table])
 
     def begin(self) -> AbstractContextManager[Connection]:
         """One transaction on a pooled connection (serialised on an in-memory SQLite store)."""
@@ -515,25 +509,24 @@ class IdempotencyStore:
         """The dialect's ``INSERT`` for ``table`` (it has ``on_conflict_do_nothing`` on both back ends)."""
         return self._sql.insert(table)
 
-    def _ensure_columns(self) -> None:
+    @staticmethod
+    def _ensure_columns(conn: Connection) -> None:
         """Add the columns a table made by an earlier release lacks (``maybe_applied``), idempotently.
 
         Why not a migration tool: one column, added with a constant default, which both back ends do in
-        place without rewriting the table. Two processes upgrading at once both try; the loser's
-        "duplicate column" is fine once the column is there.
+        place without rewriting the table. It runs under :func:`prepare_store`'s lock, so two processes
+        upgrading at once take turns and the second finds the column there.
         """
-        columns = {c["name"] for c in sa.inspect(self._engine).get_columns(claims_table.name)}
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(claims_table.name):
+            return  # opened with create=False on a store that has no table yet
+        columns = {c["name"] for c in inspector.get_columns(claims_table.name)}
         if "maybe_applied" in columns:
             return
-        default = "0" if self._engine.dialect.name == "sqlite" else "FALSE"
-        ddl = f"ALTER TABLE {claims_table.name} ADD COLUMN maybe_applied BOOLEAN NOT NULL DEFAULT {default}"
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(sa.text(ddl))
-        except sa.exc.DBAPIError:
-            columns = {c["name"] for c in sa.inspect(self._engine).get_columns(claims_table.name)}
-            if "maybe_applied" not in columns:
-                raise
+        default = "0" if conn.dialect.name == "sqlite" else "FALSE"
+        conn.execute(
+            sa.text(f"ALTER TABLE {claims_table.name} ADD COLUMN maybe_applied BOOLEAN NOT NULL DEFAULT {default}")
+        )
         _log.info("store_upgraded", table=claims_table.name, added="maybe_applied")
 
     @contextmanager
