@@ -38,7 +38,10 @@ chaos: venv services
 demo: venv services
 	$(BIN)/igate-bus demo
 
+# real routes against the simulators beside a plain client (`real-route ratio:`), then the no-I/O route
+# beside raw pika, whose `ratio:` line stays the last one printed
 bench: venv services
+	$(BIN)/python bench/bench_routes.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench.py
 
 clean:
