@@ -599,7 +599,7 @@ class Bench:
             ]
             env = dict(os.environ)
         else:
-            args = [sys.executable, "-m", "bus.cli", "run", "--routes", BUS_ROUTE]
+            args = [sys.executable, "-m", "bus.cli", "run", "--routes", BUS_ROUTE, "--processes", "1"]
             env = dict(os.environ)
             env.update(
                 {

@@ -228,6 +228,18 @@ class Simulator:
 
 
 # -- measuring a process -----------------------------------------------------------------------------------
+def tree(pid: int) -> list[int]:
+    """``pid`` and its children (a supervisor's workers with ``--processes N``)."""
+    out = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
 class CpuSampler:
     """CPU seconds of a process sampled every 50 ms (wall clock ``time.time``, the simulators' clock)."""
 
@@ -240,7 +252,7 @@ class CpuSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), proc_cpu_s(self.pid)))
+            self.samples.append((time.time(), sum(proc_cpu_s(p) for p in tree(self.pid))))
             self._stop.wait(0.05)
 
     def stop(self) -> None:
@@ -440,7 +452,7 @@ class Bench:
             "IGATE_BUS_OPS_PORT": "0",
         }
         log = (self.tmp / f"worker-{kind.name}-{target_ms}.log").open("ab")
-        argv = [sys.executable, "-m", "bus.cli", "run", "--routes", kind.route]
+        argv = [sys.executable, "-m", "bus.cli", "run", "--routes", kind.route, "--processes", str(self.args.processes)]
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)  # noqa: S603
         self.procs.append(proc)
         try:
@@ -464,7 +476,7 @@ class Bench:
             got = sim.wait(keys, 600, lambda: proc.poll() is None)
             sent = {self.key(kind, events[i]): started + t for i, t in publisher.sent_at.items()}
             self.latency(got, sent, res)
-            res.peak_mib = max(res.peak_mib, proc_peak_mib(proc.pid))
+            res.peak_mib = max(res.peak_mib, sum(proc_peak_mib(p) for p in tree(proc.pid)))
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -570,7 +582,8 @@ class Bench:
         console.print(
             f"{a.messages:,} events ready before each throughput run (rate = first ▶ last effect at the simulator); "
             f"latency = publish ▶ effect over {a.latency_messages:,} events at half the subject's rate; concurrency "
-            f"{a.concurrency or 'route default'}; store {a.store}; worker log {a.log_level}; median of {a.repeat}; "
+            f"{a.concurrency or 'route default'}; {a.processes} worker process(es); store {a.store}; worker log "
+            f"{a.log_level}; median of {a.repeat}; "
             f"{os.cpu_count()} CPUs shared by RabbitMQ, the simulator, the subject and the bench; load = the 1-minute "
             "load average after each run (above the CPU count, other work shared the CPUs: noisy figures).",
             highlight=False,
@@ -590,6 +603,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kinds", default="rest,soap", help="rest, soap or both (default rest,soap)")
     p.add_argument("--store", choices=["sqlite", "pg"], default="sqlite", help="the bus's store (default sqlite)")
     p.add_argument("--log-level", default="info", help="the worker's log level (default info)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="the bus's worker processes (run --processes; default 1); CPU and "
+        "peak MiB then add up the supervisor and its workers",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs of everything; medians reported (default 1)")
     p.add_argument("--quick", action="store_true", help="smaller runs (about a minute in all)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) and print its path")

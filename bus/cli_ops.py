@@ -66,7 +66,15 @@ config_option = click.option(
 @click.command()
 @config_option
 @click.option("--routes", "route_names", default="", help="Comma-separated route names (default: all enabled).")
-def run(config: Path | None, route_names: str) -> None:
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1, max=256),
+    default=None,
+    envvar="IGATE_BUS_PROCESSES",
+    show_envvar=True,
+    help="Worker processes sharing the routes, under one supervisor (default: the number of cores).",
+)
+def run(config: Path | None, route_names: str, processes: int | None) -> None:
     """Run the worker: consume the routes' queues until SIGTERM/SIGINT, then drain and stop."""
     import threading
 
@@ -76,6 +84,11 @@ def run(config: Path | None, route_names: str) -> None:
 
     app = _load(config)
     configure_logging(app.settings.log_level, app.settings.log_format)
+    from bus.supervisor import default_processes
+
+    processes = processes or default_processes()
+    if processes > 1:
+        _supervise(app, config, route_names, processes)
     try:
         worker = build_worker(app, [n for n in route_names.split(",") if n] or None)
     except ConfigError as exc:
@@ -87,6 +100,32 @@ def run(config: Path | None, route_names: str) -> None:
         worker.run()
     finally:
         app.close()
+
+
+def _supervise(app: App, config: Path | None, route_names: str, processes: int) -> NoReturn:
+    """``run --processes N``: check what every child would refuse once, then run N of them (bus/supervisor.py)."""
+    import os
+
+    from bus.ops_api import ops_address
+    from bus.supervisor import Supervisor, child_command
+    from bus.wiring import select_routes
+    from routes.pipeline import crash_plan_from_env
+    from schemas.errors import ConfigError
+
+    try:  # refused here once, rather than by N children restarted again and again
+        crash_plan_from_env()
+        routes = select_routes(app.routes, [n for n in route_names.split(",") if n] or None)
+        host, port = ops_address()
+    except ConfigError as exc:
+        _fail(str(exc))
+    if not routes:
+        _fail("no route to run: every route is disabled or none was selected")
+    app.close()
+    supervisor = Supervisor(
+        child_command(route_names, config), processes, env=dict(os.environ), ops_host=host, ops_port=port
+    )
+    supervisor.install_signal_handlers()
+    sys.exit(supervisor.run())
 
 
 def read_events(source: str) -> Iterator[tuple[int, bytes]]:

@@ -107,6 +107,7 @@ def env_for(amqp_url: str, store_url: str, config_dir: Path, **extra: str) -> di
             "IGATE_BUS_IGATE_USERNAME": SIM_USER,
             "IGATE_BUS_IGATE_PASSWORD": SIM_PASSWORD,
             "IGATE_BUS_HEARTBEAT": "10s",
+            "IGATE_BUS_PROCESSES": "1",  # one worker process per ProcessWorker (a test of --processes sets more)
             **extra,
         }
     )

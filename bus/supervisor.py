@@ -1,0 +1,281 @@
+"""``igate-bus run --processes N``: N worker processes sharing the routes, one supervisor watching them.
+
+Where it sits: around the whole path (event → route → adapter → connector → result/DLQ), as process
+management. A worker process holds one core at most (the GIL), so a host with N cores runs N workers; they
+share each route's queue as competing consumers and the store's claims keep effects exactly-once between
+them, exactly as N workers on N hosts do (README, "Scaling").
+
+The supervisor:
+
+- starts N children (``igate-bus run --processes 1``, the same routes and config), each with its ops
+  server off and ``PROMETHEUS_MULTIPROC_DIR`` set, so their counters and histograms land in one folder;
+- restarts a child that dies, after a backoff that doubles with each death in a row (1 s up to 30 s; a
+  child that lived a minute resets it), logging ``worker_died`` (pid, exit code or signal, when it
+  restarts) and ``worker_started``; a child that exits with the configuration's exit code (2) is not
+  restarted (it would only fail again): the supervisor stops the others and exits 2;
+- passes SIGTERM (or SIGINT) on to every child: each drains (finishes what it holds, acks, closes) and the
+  supervisor exits 0 once all have exited 0 (1 otherwise);
+- serves one ``GET /metrics`` (prometheus-client's multiprocess collector: each series summed over the
+  children, living and dead, gauges per pid) and one ``GET /health`` (200 while every child runs, 503 with
+  the list otherwise) on ``IGATE_BUS_OPS_HOST:IGATE_BUS_OPS_PORT``.
+
+What the multiprocess mode leaves out: the series a worker computes when scraped (queue depths and ages,
+connector health, breaker state) live in each child's own registry; with several processes, read them
+with ``igate-bus status`` or from one child started with its ops port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["Child", "Supervisor", "child_command", "default_processes"]
+
+log = structlog.get_logger("igate_bus.supervisor")
+
+#: prometheus-client reads this variable when a process imports it: set only in the children's environment
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+#: the exit code of a refused configuration (``bus/cli_ops.py``): restarting would only fail again
+EXIT_CONFIG: Final = 2
+FIRST_BACKOFF_S: Final = 1.0
+MAX_BACKOFF_S: Final = 30.0
+#: a child that lived this long before dying restarts after FIRST_BACKOFF_S again
+STABLE_AFTER_S: Final = 60.0
+_POLL_S: Final = 0.2
+
+
+@dataclass(slots=True)
+class Child:
+    """One worker slot: its process (None while it waits for a restart), deaths in a row, the next start."""
+
+    slot: int
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff_s: float = FIRST_BACKOFF_S
+    restart_at: float | None = None
+    pids: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Runs ``processes`` children of ``child_argv`` until SIGTERM/SIGINT; see the module docstring.
+
+    Args:
+        child_argv: the command of one worker (``python -m bus.cli run --processes 1 ...``).
+        processes: how many run at once.
+        env: their environment (the supervisor adds the metrics folder and turns their ops server off).
+        ops_host, ops_port: where ``/metrics`` and ``/health`` are served; port 0 serves nothing.
+        drain_timeout_s: how long SIGTERM waits for the children before killing them.
+    """
+
+    def __init__(
+        self,
+        child_argv: Sequence[str],
+        processes: int,
+        *,
+        env: dict[str, str],
+        ops_host: str,
+        ops_port: int,
+        drain_timeout_s: float = 90.0,
+    ) -> None:
+        if processes < 1:
+            raise ValueError("processes must be at least 1")
+        self._argv = list(child_argv)
+        self._env = env
+        self._ops = (ops_host, ops_port)
+        self._drain_timeout = drain_timeout_s
+        self._children = [Child(slot) for slot in range(processes)]
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._metrics_dir = Path(env[MULTIPROC_ENV]) if env.get(MULTIPROC_ENV) else None
+        self._own_dir = self._metrics_dir is None
+        self._server: ThreadingHTTPServer | None = None
+        self._exit_code = 0
+
+    # -- public --------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Begin the graceful stop; safe from signal handlers and other threads."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the supervisor gracefully (call from the main thread)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda _s, _f: self.stop())
+
+    def run(self) -> int:
+        """Start the children, keep them running until :meth:`stop`, drain them; the exit code."""
+        self._prepare_metrics_dir()
+        try:
+            self._serve_ops()
+            for child in self._children:
+                self._start(child)
+            while not self._stop.wait(_POLL_S):
+                self._watch()
+            self._drain()
+        finally:
+            if self._server is not None:
+                self._server.shutdown()
+                self._server.server_close()
+            if self._own_dir and self._metrics_dir is not None:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        log.info("supervisor_stopped", exit_code=self._exit_code)
+        return self._exit_code
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether every child runs, and each one's pid and restarts (what ``GET /health`` answers)."""
+        with self._lock:
+            workers = [
+                {
+                    "slot": c.slot,
+                    "pid": c.proc.pid if c.proc is not None else None,
+                    "alive": c.proc is not None and c.proc.poll() is None,
+                    "restarts": c.restarts,
+                }
+                for c in self._children
+            ]
+        ok = all(w["alive"] for w in workers) and not self._stop.is_set()
+        return ok, {"status": "ok" if ok else "degraded", "processes": len(workers), "workers": workers}
+
+    def metrics(self) -> bytes:
+        """The children's series, aggregated (prometheus-client's multiprocess collector)."""
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    # -- children --------------------------------------------------------------------------------------
+    def _prepare_metrics_dir(self) -> None:
+        if self._metrics_dir is None:
+            self._metrics_dir = Path(tempfile.mkdtemp(prefix="igate-bus-metrics-"))
+        self._metrics_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self._metrics_dir.glob("*.db"):  # a previous run's children: not ours to count
+            stale.unlink()
+
+    def _start(self, child: Child) -> None:
+        env = {**self._env, MULTIPROC_ENV: str(self._metrics_dir), "IGATE_BUS_OPS_PORT": "0"}
+        proc = subprocess.Popen(self._argv, env=env)  # noqa: S603 - our own interpreter and CLI
+        with self._lock:
+            child.proc, child.started_at, child.restart_at = proc, time.monotonic(), None
+            child.pids.append(proc.pid)
+        log.info("worker_started", slot=child.slot, pid=proc.pid, restarts=child.restarts)
+
+    def _watch(self) -> None:
+        now = time.monotonic()
+        for child in self._children:
+            proc = child.proc
+            if proc is not None and (code := proc.poll()) is not None:
+                self._died(child, proc, code, now)
+            elif proc is None and child.restart_at is not None and now >= child.restart_at:
+                child.restarts += 1
+                self._start(child)
+
+    def _died(self, child: Child, proc: subprocess.Popen[bytes], code: int, now: float) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(proc.pid, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
+        how = {"signal": signal.Signals(-code).name} if code < 0 else {"exit_code": code}
+        if code == EXIT_CONFIG:
+            log.error("worker_refused_config", slot=child.slot, pid=proc.pid, **how)
+            with self._lock:
+                child.proc = None
+            self._exit_code = EXIT_CONFIG
+            self._stop.set()
+            return
+        if now - child.started_at >= STABLE_AFTER_S:
+            child.backoff_s = FIRST_BACKOFF_S
+        delay = child.backoff_s
+        child.backoff_s = min(child.backoff_s * 2, MAX_BACKOFF_S)
+        with self._lock:
+            child.proc, child.restart_at = None, now + delay
+        log.error("worker_died", slot=child.slot, pid=proc.pid, restart_in_s=delay, **how)
+
+    def _drain(self) -> None:
+        live = [c.proc for c in self._children if c.proc is not None and c.proc.poll() is None]
+        log.info("supervisor_stopping", workers=[p.pid for p in live])
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self._drain_timeout
+        for proc in live:
+            try:
+                code = proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.error("worker_drain_timeout", pid=proc.pid, timeout_s=self._drain_timeout)  # noqa: TRY400 - no traceback wanted
+                proc.kill()
+                code = proc.wait()
+            if code != 0:
+                log.warning("worker_exited", pid=proc.pid, exit_code=code)
+                self._exit_code = self._exit_code or 1
+
+    # -- /metrics and /health ------------------------------------------------------------------------
+    def _serve_ops(self) -> None:
+        host, port = self._ops
+        if not port:
+            return
+        supervisor = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+                del format, args
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    from prometheus_client import CONTENT_TYPE_LATEST
+
+                    self._send(200, supervisor.metrics(), CONTENT_TYPE_LATEST)
+                elif path in {"/health", "/health/ready"}:
+                    ok, body = supervisor.health()
+                    self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
+                else:
+                    self._send(404, b'{"error": "not_found"}', "application/json")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:  # as a single worker does: say so and run without it
+            log.error("ops_server_failed", host=host, port=port, error=str(exc))  # noqa: TRY400 - said in one line
+            return
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="igate-bus-supervisor-ops", daemon=True).start()
+        log.info("ops_listening", host=host, port=port, processes=len(self._children))
+
+
+def child_command(route_names: str, config: Path | None) -> list[str]:
+    """The command line of one child worker: this interpreter, ``bus.cli run``, one process."""
+    argv = [sys.executable, "-m", "bus.cli", "run", "--processes", "1"]
+    if route_names:
+        argv += ["--routes", route_names]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return argv
+
+
+def default_processes() -> int:
+    """The number of cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -1,0 +1,143 @@
+"""``igate-bus run --processes N``: real worker processes on the real broker, under one supervisor (issue 15).
+
+A child SIGKILLed is restarted and the death logged; one ``/metrics`` adds up every child's counters (the
+dead one's too); SIGTERM drains every child and the supervisor exits 0; a configuration the children would
+refuse is refused once, by the supervisor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+from busenv import (
+    ProcessWorker,
+    cli,
+    declare_routes,
+    depth,
+    env_for,
+    ping_events,
+    publish,
+    wait_for,
+    write_config,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+DELIVERED = re.compile(r'^igate_bus_messages_processed_total\{outcome="delivered",route="bus-ping"\} (\S+)$', re.M)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - our own localhost URL
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _health(port: int) -> tuple[int, dict[str, Any]]:
+    status, body = _get(f"http://127.0.0.1:{port}/health")
+    return status, json.loads(body)
+
+
+def _delivered(port: int) -> float:
+    status, body = _get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    found = DELIVERED.search(body.decode())
+    return float(found.group(1)) if found else 0.0
+
+
+def _log_lines(worker: ProcessWorker) -> list[dict[str, Any]]:
+    out = []
+    for line in worker.log_path.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def test_two_processes_restart_a_killed_one_aggregate_metrics_and_drain(amqp_url: str, tmp_path: Path) -> None:
+    """2 workers ▶ 20 pings ▶ SIGKILL one ▶ restarted, logged ▶ 20 more ▶ /metrics says 40 ▶ SIGTERM ▶ exit 0."""
+    cfg = write_config(tmp_path / "cfg", endpoint="http://127.0.0.1:9")
+    declare_routes(amqp_url, cfg)
+    port = _free_port()
+    env = env_for(
+        amqp_url,
+        f"sqlite:///{tmp_path / 'store.sqlite3'}",  # fresh: both children open it at once
+        cfg,
+        IGATE_BUS_PROCESSES="2",
+        IGATE_BUS_OPS_PORT=str(port),
+    )
+    worker = ProcessWorker(env, tmp_path / "supervisor.log", routes="bus-ping").start()
+    try:
+        worker.wait_consuming(2, timeout=60)
+        wait_for(lambda: _health(port)[0] == 200, timeout=30, what="supervisor health")
+        pids = [w["pid"] for w in _health(port)[1]["workers"]]
+        assert len(set(pids)) == 2
+        assert worker.proc is not None
+        assert worker.proc.pid not in pids
+
+        publish(amqp_url, ping_events(20))
+        wait_for(lambda: _delivered(port) == 20, timeout=60, what="20 delivered in /metrics")
+
+        victim = pids[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: any(e.get("event") == "worker_died" and e.get("pid") == victim for e in _log_lines(worker)),
+            timeout=30,
+            what="worker_died logged",
+        )
+        died = next(e for e in _log_lines(worker) if e.get("event") == "worker_died")
+        assert died["signal"] == "SIGKILL"
+        assert died["restart_in_s"] > 0
+
+        def restarted() -> bool:
+            status, body = _health(port)
+            now = [w["pid"] for w in body["workers"]]
+            return status == 200 and victim not in now and len(set(now)) == 2
+
+        wait_for(restarted, timeout=60, what="the killed worker restarted")
+        assert sum(w["restarts"] for w in _health(port)[1]["workers"]) == 1
+        worker.wait_consuming(3, timeout=60)  # the new child consumes too
+
+        publish(amqp_url, ping_events(20))
+        wait_for(lambda: _delivered(port) == 40, timeout=60, what="40 delivered: the dead child's 20 still count")
+        assert depth(amqp_url, "route.bus-ping") == 0
+
+        assert worker.terminate(timeout=120) == 0, worker.tail()
+        events = [e.get("event") for e in _log_lines(worker)]
+        assert events.count("worker_stopped") == 2, worker.tail()
+        assert events[-1] == "supervisor_stopped"
+    finally:
+        worker.stop()
+
+
+def test_a_config_the_children_would_refuse_is_refused_once(tmp_path: Path) -> None:
+    """Crash points without the testing switch ▶ the supervisor exits 2 at once, naming why; no child starts."""
+    cfg = write_config(tmp_path / "cfg", endpoint="http://127.0.0.1:9")
+    env = env_for(
+        "amqp://guest:guest@127.0.0.1:9/%2F",
+        f"sqlite:///{tmp_path / 's.sqlite3'}",
+        cfg,
+        IGATE_BUS_PROCESSES="2",
+        IGATE_CRASH_AT="after_claim",
+    )
+    env.pop("IGATE_BUS_TESTING", None)
+    result = cli("run", "--routes", "bus-ping", env=env)
+    assert result.returncode == 2
+    assert "IGATE_BUS_TESTING" in result.stderr
+    assert "worker_started" not in result.stderr
