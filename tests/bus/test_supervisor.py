@@ -31,7 +31,9 @@ from busenv import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-DELIVERED = re.compile(r'^igate_bus_messages_processed_total\{outcome="delivered",route="bus-ping"\} (\S+)$', re.M)
+DELIVERED = re.compile(
+    r'^igate_bus_messages_processed_total\{outcome="delivered",route="bus-ping"\} (\S+)$', re.MULTILINE
+)
 
 
 def _free_port() -> int:
