@@ -260,9 +260,13 @@ class CpuSampler:
         self._thread.join(5)
 
     def at(self, when: float) -> float:
-        """CPU seconds at ``when``: the last sample before it (samples are 50 ms apart)."""
-        before = [cpu for t, cpu in self.samples if t <= when]
-        return before[-1] if before else self.samples[0][1]
+        """CPU seconds at ``when``, interpolated between the samples around it."""
+        before = [(t, cpu) for t, cpu in self.samples if t <= when]
+        after = [(t, cpu) for t, cpu in self.samples if t > when]
+        if not before or not after:
+            return (before or after or [(0.0, 0.0)])[-1 if before else 0][1]
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 + (c1 - c0) * (when - t0) / max(t1 - t0, 1e-9)
 
 
 @dataclass
@@ -457,9 +461,13 @@ class Bench:
         self.procs.append(proc)
         try:
             sampler = CpuSampler(proc.pid)
+            spy = self.py_spy(proc.pid, f"{kind.name}-{target_ms}")
             keys = {self.key(kind, e) for e in events}
             got = sim.wait(keys, 600, lambda: proc.poll() is None)
             sampler.stop()
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
             self.throughput(got, sampler, res)
             # latency: the same worker, events published at a steady pace
             sim.reset(target_ms)
@@ -484,6 +492,16 @@ class Bench:
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
+
+    def py_spy(self, pid: int, name: str) -> subprocess.Popen[bytes] | None:
+        """With ``--py-spy``: sample the worker's threads (collapsed stacks, kept in the temp folder)."""
+        if not self.args.py_spy:
+            return None
+        out = self.tmp / f"py-spy-{name}.txt"
+        argv = ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--nonblocking"]
+        spy = subprocess.Popen([*argv, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+        self.procs.append(spy)
+        return spy
 
     @staticmethod
     def key(kind: Kind, event: dict[str, Any]) -> str:
@@ -612,6 +630,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--repeat", type=int, default=1, help="runs of everything; medians reported (default 1)")
     p.add_argument("--quick", action="store_true", help="smaller runs (about a minute in all)")
+    p.add_argument("--py-spy", action="store_true", help="sample the worker with py-spy (implies --keep)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) and print its path")
     p.add_argument("--plain-worker", nargs=3, metavar=("KIND", "URL", "CONCURRENCY"), help=argparse.SUPPRESS)
     p.add_argument("--burst", action="store_true", help=argparse.SUPPRESS)
@@ -619,6 +638,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.messages = args.messages or (400 if args.quick else 2000)
     args.latency_messages = args.latency_messages or (100 if args.quick else 300)
     args.kinds = [k for k in args.kinds.split(",") if k]
+    args.keep = args.keep or args.py_spy
     if not set(args.kinds) <= set(KINDS) or args.messages < 10 or args.latency_messages < 10:
         p.error("--kinds from rest,soap; --messages and --latency-messages >= 10")
     return args
