@@ -116,6 +116,10 @@ class Worker:
         self._waiting: dict[str, deque[tuple[_InFlight, Delivery]]] = {r.name: deque() for r in runners}
         self._busy = {r.name: 0 for r in runners}  # batches in a pipeline thread, per route
         self._dispatch_due: set[str] = set()
+        #: outcomes handed back by pipeline threads, drained by the I/O loop (see _handoff)
+        self._processed: deque[tuple[RouteRunner, list[_InFlight], Future[list[Outcome]]]] = deque()
+        self._wake_lock = threading.Lock()
+        self._wake_due = False
         self._running = 0  # deliveries taken and not yet handed back from the pipeline
         self._unacked = 0  # deliveries of the live generation not yet acked
         self._stop_requested = threading.Event()
@@ -344,8 +348,26 @@ class Worker:
             future.add_done_callback(partial(self._handoff, runner, [r for r, _ in batch]))
 
     def _handoff(self, runner: RouteRunner, recs: list[_InFlight], future: Future[list[Outcome]]) -> None:
-        """Runs in a pipeline thread: pass the outcomes to the I/O loop, the only thread that may use pika."""
-        self._ioloop.add_callback_threadsafe(partial(self._on_processed, runner, recs, future))
+        """Runs in a pipeline thread: pass the outcomes to the I/O loop, the only thread that may use pika.
+
+        One wake-up of the I/O loop per group of completions, not one per batch: each wake-up is a pipe
+        write, a poll and a callback (about 550 µs of CPU per message on a real route, issue 15). The
+        outcome is queued first and the flag tested after, while the loop clears the flag before it drains
+        the queue, so an outcome is either drained by a wake-up already coming or asks for its own.
+        """
+        self._processed.append((runner, recs, future))
+        with self._wake_lock:
+            if self._wake_due:
+                return
+            self._wake_due = True
+        self._ioloop.add_callback_threadsafe(self._drain_processed)
+
+    def _drain_processed(self) -> None:
+        """On the I/O loop: hand every outcome queued since the last wake-up to :meth:`_on_processed`."""
+        with self._wake_lock:
+            self._wake_due = False
+        while self._processed:
+            self._on_processed(*self._processed.popleft())
 
     def _on_processed(self, runner: RouteRunner, recs: list[_InFlight], future: Future[list[Outcome]]) -> None:
         self._running -= len(recs)
