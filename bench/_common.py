@@ -8,13 +8,18 @@ Imported as ``_common``: the scripts run as ``python bench/NAME.py``, which puts
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -85,3 +90,62 @@ def temp_store(kind: str, work: Path, *, prefix: str = "igb_bench") -> Iterator[
         yield url
     finally:
         drop_pg_database(PG_ADMIN_URL, name)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a simulator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SimulatorProcess:
+    """A simulator (``python -m MODULE --port P``) as a child process, driven over its control endpoints.
+
+    Its own process, so its protocol work does not share the measured process's GIL.
+    """
+
+    def __init__(self, module: str, workdir: Path, env: dict[str, str], *, log_name: str, root: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = (workdir / log_name).open("wb")
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", module, "--port", str(self.port)],
+            cwd=root,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.get("/_sim/faults")
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the simulator {module} did not start") from None
+                time.sleep(0.1)
+
+    def get(self, path: str) -> Any:
+        """GET a control endpoint, as JSON."""
+        with urllib.request.urlopen(self.url + path, timeout=60) as r:  # noqa: S310 - our own localhost URL
+            return json.loads(r.read())
+
+    def post(self, path: str, data: Any) -> Any:
+        """POST JSON to a control endpoint, as JSON."""
+        req = urllib.request.Request(  # noqa: S310 - our own localhost URL
+            self.url + path, data=json.dumps(data).encode(), method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        """Stop it (terminate, then kill) and close its log."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,13 +47,13 @@ from typing import Any
 from urllib.parse import quote
 
 import yaml
-from _common import percentile, proc_cpu_s, rabbitmqctl, temp_store
+from _common import SimulatorProcess, percentile, proc_cpu_s, rabbitmqctl, temp_store
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench_soap import free_port, received_events  # noqa: E402
+from bench_soap import received_events  # noqa: E402
 
 from bench import AsyncPublisher, blocking, proc_peak_mib  # noqa: E402 - after the path fix
 
@@ -149,42 +148,13 @@ def plain_worker(kind: str, url: str, concurrency: int, *, burst: bool) -> int:
 
 
 # -- the simulators ----------------------------------------------------------------------------------------
-class Simulator:
+class Simulator(SimulatorProcess):
     """A simulator as a child process, driven over its control endpoints."""
 
     def __init__(self, kind: Kind, workdir: Path) -> None:
+        super().__init__(kind.simulator, workdir, ENV_CREDENTIALS, log_name=f"sim-{kind.name}.log", root=ROOT)
         self.kind = kind
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.endpoint = self.url + kind.path
-        self._log = (workdir / f"sim-{kind.name}.log").open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", kind.simulator, "--port", str(self.port)],
-            cwd=ROOT,
-            env={**os.environ, **ENV_CREDENTIALS},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.get("/_sim/faults")
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the {kind.name} simulator did not start") from None
-                time.sleep(0.1)
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=60) as r:  # noqa: S310 - our own localhost URL
-            return json.loads(r.read())
-
-    def post(self, path: str, data: Any) -> Any:
-        req = urllib.request.Request(  # noqa: S310 - our own localhost URL
-            self.url + path, data=json.dumps(data).encode(), method="POST", headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310
-            return json.loads(r.read())
 
     def reset(self, target_ms: float) -> None:
         """Forget effects and faults; then answer every call after ``target_ms``."""
@@ -215,16 +185,6 @@ class Simulator:
             if time.monotonic() > deadline or not alive():
                 raise RuntimeError(f"{self.kind.name}: {len(keys & got.keys())}/{len(keys)} effects after {timeout}s")
             time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
 
 
 # -- measuring a process -----------------------------------------------------------------------------------

@@ -41,13 +41,10 @@ import os
 import pstats
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -57,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import yaml
-from _common import percentile, proc_cpu_s, rabbitmqctl, temp_store
+from _common import SimulatorProcess, percentile, proc_cpu_s, rabbitmqctl, temp_store
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -93,59 +90,22 @@ def temp_vhost() -> Iterator[str]:
         rabbitmqctl("delete_vhost", vhost)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Simulator:
+class Simulator(SimulatorProcess):
     """The portal simulator as a child process, driven over its control endpoints."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        env = {USER_ENV: USER, PASSWORD_ENV: PASSWORD}
+        super().__init__("simulators.nps", workdir, env, log_name="simulator.log", root=ROOT)
         self.endpoint = f"{self.url}/lgsp/dvcqg"
-        env = {**os.environ, USER_ENV: USER, PASSWORD_ENV: PASSWORD}
-        self._log = (workdir / "simulator.log").open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "simulators.nps", "--port", str(self.port)],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self._get("/_sim/faults")
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the simulator did not start") from None
-                time.sleep(0.1)
 
     def _get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:  # noqa: S310 - our own localhost URL
-            return json.loads(r.read())
+        return self.get(path)
 
     def effects(self) -> list[dict[str, Any]]:
-        return list(self._get("/_sim/effects")["effects"])
+        return list(self.get("/_sim/effects")["effects"])
 
     def reset(self) -> None:
-        req = urllib.request.Request(self.url + "/_sim/reset", data=b"{}", method="POST")  # noqa: S310
-        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
-            r.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+        self.post("/_sim/reset", {})
 
 
 def write_config(folder: Path, endpoint: str, *, concurrency: int, prefetch: int) -> Path:
