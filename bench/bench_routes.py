@@ -592,6 +592,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smaller runs (about a minute in all)")
     p.add_argument("--py-spy", action="store_true", help="sample the worker with py-spy (implies --keep)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) and print its path")
+    p.add_argument(
+        "--amqp-url", default=None, help="a broker (vhost) of your own, used as is: no temporary vhost is made"
+    )
     p.add_argument("--plain-worker", nargs=3, metavar=("KIND", "URL", "CONCURRENCY"), help=argparse.SUPPRESS)
     p.add_argument("--burst", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -608,6 +611,19 @@ def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def run_bench(args: argparse.Namespace, amqp_url: str, store_url: str, tmp: Path) -> None:
+    """The cases, then every process it started stopped, whatever happened."""
+    bench = Bench(args, amqp_url, store_url, tmp)
+    try:
+        bench.run()
+    finally:
+        for proc in bench.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        bench.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.plain_worker:
@@ -617,23 +633,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     vhost = f"igb-bench-routes-{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="igb-bench-routes-"))
-    bench: Bench | None = None
     made = False
     try:
-        rabbitmqctl("add_vhost", vhost)
-        made = True
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        amqp_url = f"amqp://guest:guest@{AMQP_HOST}/{quote(vhost, safe='')}"
+        if args.amqp_url:
+            amqp_url = args.amqp_url
+        else:
+            rabbitmqctl("add_vhost", vhost)
+            made = True
+            rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+            amqp_url = f"amqp://guest:guest@{AMQP_HOST}/{quote(vhost, safe='')}"
         with temp_store(args.store, tmp, prefix="igb_bench_routes") as store_url:
-            bench = Bench(args, amqp_url, store_url, tmp)
-            try:
-                bench.run()
-            finally:
-                for proc in bench.procs:
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.wait(10)
-                bench.close()
+            run_bench(args, amqp_url, store_url, tmp)
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
         return 130
