@@ -17,7 +17,9 @@ The supervisor:
   supervisor exits 0 once all have exited 0 (1 otherwise);
 - serves one ``GET /metrics`` (prometheus-client's multiprocess collector: each series summed over the
   children, living and dead, gauges per pid) and one ``GET /health`` (200 while every child runs, 503 with
-  the list otherwise) on ``IGATE_BUS_OPS_HOST:IGATE_BUS_OPS_PORT``.
+  the list otherwise) on ``IGATE_BUS_OPS_HOST:IGATE_BUS_OPS_PORT``; ``GET /health/ready`` is a live
+  child's readiness report (``igate-bus status`` reads it; each child serves its own ops endpoint on a
+  loopback port of its own), 503 unless every child runs and that one is ready.
 
 What the multiprocess mode leaves out: the series a worker computes when scraped (queue depths and ages,
 connector health, breaker state) live in each child's own registry; with several processes, read them
@@ -30,11 +32,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -101,6 +106,8 @@ class Supervisor:
         self._ops = (ops_host, ops_port)
         self._drain_timeout = drain_timeout_s
         self._children = [Child(slot) for slot in range(processes)]
+        #: each child's own ops endpoint (readiness), when the supervisor serves one
+        self._child_ports = [_free_port() if ops_port else 0 for _ in range(processes)]
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._metrics_dir = Path(env[MULTIPROC_ENV]) if env.get(MULTIPROC_ENV) else None
@@ -152,6 +159,22 @@ class Supervisor:
         ok = all(w["alive"] for w in workers) and not self._stop.is_set()
         return ok, {"status": "ok" if ok else "degraded", "processes": len(workers), "workers": workers}
 
+    def readiness(self) -> tuple[int, bytes]:
+        """A live child's readiness report; 503 unless every child runs and that child is ready."""
+        ok, body = self.health()
+        for worker in body["workers"]:
+            port = self._child_ports[worker["slot"]]
+            if not worker["alive"] or not port:
+                continue
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=10) as r:
+                    return (200 if ok else 503), r.read()
+            except urllib.error.HTTPError as exc:  # 503: not ready, with the same report
+                return 503, exc.read()
+            except OSError:
+                continue  # still starting: ask the next one
+        return 503, json.dumps(body).encode()
+
     def metrics(self) -> bytes:
         """The children's series, aggregated (prometheus-client's multiprocess collector)."""
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess
@@ -169,7 +192,12 @@ class Supervisor:
             stale.unlink()
 
     def _start(self, child: Child) -> None:
-        env = {**self._env, MULTIPROC_ENV: str(self._metrics_dir), "IGATE_BUS_OPS_PORT": "0"}
+        env = {
+            **self._env,
+            MULTIPROC_ENV: str(self._metrics_dir),
+            "IGATE_BUS_OPS_HOST": "127.0.0.1",
+            "IGATE_BUS_OPS_PORT": str(self._child_ports[child.slot]),
+        }
         proc = subprocess.Popen(self._argv, env=env)  # noqa: S603 - our own interpreter and CLI
         with self._lock:
             child.proc, child.started_at, child.restart_at = proc, time.monotonic(), None
@@ -240,7 +268,9 @@ class Supervisor:
                     from prometheus_client import CONTENT_TYPE_LATEST
 
                     self._send(200, supervisor.metrics(), CONTENT_TYPE_LATEST)
-                elif path in {"/health", "/health/ready"}:
+                elif path == "/health/ready" or (path == "/health" and "ready=1" in self.path):
+                    self._send(*supervisor.readiness(), "application/json")
+                elif path == "/health":
                     ok, body = supervisor.health()
                     self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
                 else:
@@ -261,6 +291,12 @@ class Supervisor:
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="igate-bus-supervisor-ops", daemon=True).start()
         log.info("ops_listening", host=host, port=port, processes=len(self._children))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def child_command(route_names: str, config: Path | None) -> list[str]:

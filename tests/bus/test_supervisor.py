@@ -28,6 +28,8 @@ from busenv import (
     write_config,
 )
 
+from bus.ops_api import HealthReport
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -115,6 +117,10 @@ def test_two_processes_restart_a_killed_one_aggregate_metrics_and_drain(amqp_url
         wait_for(restarted, timeout=60, what="the killed worker restarted")
         assert sum(w["restarts"] for w in _health(port)[1]["workers"]) == 1
         worker.wait_consuming(3, timeout=60)  # the new child consumes too
+
+        ready, report = _get(f"http://127.0.0.1:{port}/health/ready")  # what `igate-bus status` reads
+        assert ready in {200, 503}
+        assert "worker" in HealthReport.model_validate_json(report).checks
 
         publish(amqp_url, ping_events(20))
         wait_for(lambda: _delivered(port) == 40, timeout=60, what="40 delivered: the dead child's 20 still count")
