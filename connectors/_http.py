@@ -6,10 +6,10 @@ connector (``connectors/igate.py``, ...) builds one :class:`HttpClient` from its
 
 - **The transport is urllib3** (a pool per origin, no retries, no redirects of its own), chosen by
   measurement (issue 15): the iGate connector's whole ``add_note`` (guard, token, request, reply parsed)
-  against the iGate simulator, 2,000 calls on 8 threads, cost 459-494 µs of CPU per call on urllib3 and
-  743-903 µs on httpx (load average 18 on 2 CPUs; two runs each); httpx's connection pool takes locks per
-  call that eight worker threads contend for, and builds a request and response model of its own. The
-  worker held one core, so that difference was about a third of its throughput.
+  against the iGate simulator, 2,000 calls on 8 threads, two runs each: 459-494 µs of CPU per call on
+  urllib3 and 743-903 µs on httpx at load average 18 on the 2 CPUs; 607-608 µs (1,396 calls/s) against
+  704-956 µs (941-1,067 calls/s) at load 2. httpx's connection pool takes locks per call that eight
+  worker threads contend for, and it builds request and response models of its own.
   Everything around the transport (the table below, the deadline, the cap) is this module's, not the
   library's, so the choice changes no behaviour.
 - **Timeouts on every phase** (connect, read), each capped by what is left of the operation's
