@@ -51,6 +51,7 @@ import structlog
 
 from routes.amqp import copy_properties
 from routes.emissions import Emissions, result_event
+from routes.group_commit import GroupCommit
 from routes.idempotency import DONE as CLAIM_DONE
 from routes.idempotency import Claim, ClaimOutcome, IdempotencyStore
 from routes.ordering import order_step
@@ -322,6 +323,13 @@ class RouteRunner:
         )
         #: the per-dossier order step (routes/ordering.py); None for a route without ``order``
         self._order = order_step(route.spec.order, self.name, store, worker_id=worker_id, lease_s=lease_s)
+        # the claims and completions of threads that reach the store together share a transaction
+        self._claims: GroupCommit[str, Claim] = GroupCommit(
+            lambda owners: self.store.claim_many(self.name, owners, lease_s=self.lease_s)
+        )
+        self._completions: GroupCommit[tuple[str, dict[str, Any]], None] = GroupCommit(
+            lambda results: self.store.complete_many(self.name, results)
+        )
 
     # -- the pipeline -------------------------------------------------------------------------------
     def handle(self, delivery: Delivery) -> Outcome:
@@ -459,9 +467,7 @@ class RouteRunner:
             job.owner = owner
             first.setdefault(job.event_id, job)
         try:
-            claims = self.store.claim_many(
-                self.name, {eid: job.owner for eid, job in first.items()}, lease_s=self.lease_s
-            )
+            claims = self._claims.submit({eid: job.owner for eid, job in first.items()}) or {}
         except Exception as exc:  # the store is down: nothing was claimed, nothing sent; retry every one
             for job in jobs:
                 self._fail(job, exc)
@@ -523,7 +529,7 @@ class RouteRunner:
         if not jobs:
             return
         try:
-            self.store.complete_many(self.name, {j.event_id: (j.owner, j.reply or {}) for j in jobs})
+            self._completions.submit({j.event_id: (j.owner, j.reply or {}) for j in jobs})
         except Exception as exc:  # a bug or the store being down: the effects may be applied, reconcile later
             for job in jobs:
                 self._fail(job, exc)
