@@ -9,7 +9,9 @@ other parts of the engine add tables).
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from routes.idempotency import IdempotencyStore
-from routes.store_init import prepare_store, sqlite_path
+from routes.store_init import ADVISORY_LOCK_KEY, prepare_store, sqlite_path
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIALS = 10
@@ -103,6 +105,60 @@ def test_two_processes_open_fresh_sqlite_stores_together(tmp_path: Path) -> None
     assert _open_together(urls) == []
     for url in urls:
         _assert_ready(url)
+
+
+_OPEN_ONE = """
+import sys, time
+from routes.idempotency import IdempotencyStore
+IdempotencyStore(sys.argv[1]).close()
+print(time.time())
+"""
+
+
+def _open_while_held(url: str, hold: object, release: object) -> tuple[float, float]:
+    """Hold the first-open lock, start a process opening ``url``; (when we released it, when it finished)."""
+    hold()  # type: ignore[operator]
+    proc = subprocess.Popen([sys.executable, "-c", _OPEN_ONE, url], cwd=ROOT, stdout=subprocess.PIPE)
+    time.sleep(3.0)  # its imports, then it waits on the lock
+    released = time.time()
+    release()  # type: ignore[operator]
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    return released, float(out)
+
+
+def test_a_first_open_waits_for_the_sqlite_init_lock(tmp_path: Path) -> None:
+    """The lock is what makes first opens safe: while it is held, another process's first open waits for it.
+
+    (The crash it prevents is a race: about one open in 200 when two processes open a fresh store at once.)
+    """
+    db = tmp_path / "store.sqlite3"
+    fd = os.open(f"{db}.init.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        released, finished = _open_while_held(
+            f"sqlite:///{db}", lambda: fcntl.flock(fd, fcntl.LOCK_EX), lambda: fcntl.flock(fd, fcntl.LOCK_UN)
+        )
+    finally:
+        os.close(fd)
+    assert finished >= released
+
+
+def test_a_first_open_waits_for_the_postgresql_advisory_lock(pg_url: str) -> None:
+    """While a session holds the store's advisory lock, another process's first open (CREATE TABLE) waits."""
+    engine = sa.create_engine(pg_url)
+    conn = engine.connect()
+    try:
+        lock = sa.text("SELECT pg_advisory_lock(:k)")
+        unlock = sa.text("SELECT pg_advisory_unlock(:k)")
+        released, finished = _open_while_held(
+            pg_url,
+            lambda: conn.execute(lock, {"k": ADVISORY_LOCK_KEY}),
+            lambda: conn.execute(unlock, {"k": ADVISORY_LOCK_KEY}),
+        )
+    finally:
+        conn.close()
+        engine.dispose()
+    assert finished >= released
 
 
 def test_two_processes_open_fresh_postgresql_stores_together(pg_urls: list[str]) -> None:
