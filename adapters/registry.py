@@ -28,6 +28,7 @@ ADAPTER_MODULES: tuple[str, ...] = (
     "adapters.results_to_igate",
     "adapters.igate_to_nps",
     "adapters.files",
+    "adapters.igate_to_sms",
 )
 
 

@@ -21,6 +21,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from bus.logging import MaskPersonalData
+from schemas.events import SECRET_FIELDS
+from schemas.pii import MASK
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -66,9 +68,18 @@ def _body(raw: bytes) -> Any:
         return text
 
 
+def _hide_secrets(value: Any) -> Any:
+    """``value`` with every field marked as a secret (an OTP code) masked, at any depth."""
+    if isinstance(value, dict):
+        return {k: MASK if k in SECRET_FIELDS and v is not None else _hide_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_secrets(v) for v in value]
+    return value
+
+
 def revealed_letter(letter: DeadLetter) -> dict[str, Any]:
-    """One dead letter whole, personal data included: what ``dlq show --reveal`` prints."""
-    return {**letter.summary(), "headers": _plain(letter.headers), "body": _body(letter.body)}
+    """One dead letter whole, personal data included but secrets (OTP codes) never: ``dlq show --reveal``."""
+    return {**letter.summary(), "headers": _plain(letter.headers), "body": _hide_secrets(_body(letter.body))}
 
 
 def masked_letter(letter: DeadLetter) -> dict[str, Any]:

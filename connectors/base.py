@@ -100,6 +100,7 @@ CONNECTOR_TYPES: dict[str, str] = {
     "noop": "connectors.noop:NoopConnector",
     "nps": "connectors.nps:NpsConnector",
     "sftp": "connectors.sftp:SftpConnector",
+    "sms": "connectors.sms:SmsConnector",
 }
 
 

@@ -9,6 +9,7 @@ engine decides retry versus dead letter from the class alone::
     │   ├── MappingError          an adapter cannot map the event (names the field)
     │   ├── TargetRejected        the target refused the request (4xx, SOAP client fault, error code)
     │   ├── AmbiguousOutcome      an effect may have happened and the target offers no lookup
+    │   ├── Expired               too late to be worth sending (an OTP past its expiry): never sent late
     │   └── ConfigError           routes.yaml / connectors.yaml / topology disagree
     └── TransientError            retried through the per-route delay queues
         ├── TargetTimeout         no answer within the deadline (the effect may have happened)
@@ -18,6 +19,7 @@ engine decides retry versus dead letter from the class alone::
         │   │                        must check it
         │   └── TargetGarbled     a reply the connector refuses: hostile, malformed, wrong shape, over the cap
         ├── BreakerOpen           the connector's breaker is open; nothing was sent
+        ├── Held                  the message must wait (an SMS notice in the quiet hours); nothing was sent
         └── ClaimHeld             another worker holds a live claim on this event
 
 An open breaker, refused credentials and a refused host key say nothing about the message: they
@@ -76,6 +78,15 @@ class AmbiguousOutcome(PermanentError):
     """An effect may have been applied and the target has no lookup to tell; a person must decide."""
 
     kind = "ambiguous"
+
+
+class Expired(PermanentError):
+    """The message stopped being worth sending before it could be sent (an OTP code past its expiry).
+
+    Checked at send time, also after retries and parking, so a late one is dead-lettered, never delivered.
+    """
+
+    kind = "expired"
 
 
 class ConfigError(PermanentError):
@@ -167,6 +178,20 @@ class BreakerOpen(TransientError):
 
     def __init__(self, message: str, *, field: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
+class Held(TransientError):
+    """The message must wait for a time window (an SMS notice during the quiet hours); nothing was sent.
+
+    It waits on the connector like an open breaker (no attempt spent), ``retry_after`` the window's end.
+    """
+
+    kind = "held"
+    waits_on_connector = True
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
         self.retry_after = retry_after
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from schemas.bus import BUS_EVENTS
 from schemas.igate import IGATE_EVENTS
 from schemas.ordering import ORDERING_EVENTS
-from schemas.pii import sensitive_field_names
+from schemas.pii import secret_field_names, sensitive_field_names
 from schemas.results import RESULT_EVENTS
 from schemas.sftp import FILE_EVENTS
 
@@ -35,3 +35,6 @@ EVENT_PAYLOADS: dict[str, type[BaseModel]] = {name: model for _, group in EVENT_
 
 #: field names (and aliases) marked as personal data anywhere in those models
 SENSITIVE_FIELDS: frozenset[str] = sensitive_field_names(EVENT_PAYLOADS.values())
+
+#: field names marked as secrets (OTP codes): masked even by ``dlq show --reveal``
+SECRET_FIELDS: frozenset[str] = secret_field_names(EVENT_PAYLOADS.values())

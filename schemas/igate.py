@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.pii import sensitive
+from schemas.pii import secret, sensitive
 from schemas.strict import MAX_YEAR, MULTILINE_KEY, ExactInt, Instant, IsoDate, PastInstant, multiline
 
 if TYPE_CHECKING:
@@ -312,10 +312,16 @@ class DossierEvent(IgateModel):
 
 
 class OtpRequested(IgateModel):
-    """``dossier.otp_requested``: send a one-time code to confirm an online submission."""
+    """``dossier.otp_requested``: send a one-time code to confirm an online submission.
+
+    iGate makes the code (it checks what the citizen types back) and the bus delivers it: ``otp_code`` is a
+    secret, masked in every log and dead-letter view, ``--reveal`` included. The code is valid for ``ttl_s``
+    from ``occurred_at`` ([A] docs/domain.md section 7); the SMS route never sends it after that.
+    """
 
     phone: VnMobile = sensitive()
-    ttl_s: StrictInt = Field(ge=120, le=600, description="Code lifetime in seconds.")
+    otp_code: str = secret(pattern=r"^[0-9]{4,8}$", description="The one-time code, 4-8 digits.")
+    ttl_s: StrictInt = Field(ge=120, le=600, description="Code lifetime in seconds, from occurred_at.")
     purpose: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$", examples=["nop_ho_so"])
 
 

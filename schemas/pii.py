@@ -17,8 +17,10 @@ not enough to call anyone.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import threading
 import unicodedata
 from typing import TYPE_CHECKING, Any, get_args, get_origin
 
@@ -26,12 +28,15 @@ from pydantic import AliasChoices, AliasPath, BaseModel, Field
 from pydantic_core import PydanticUndefined
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Generator, Iterable, Iterator
 
     from pydantic.fields import FieldInfo
 
 #: key set to True in a field's ``json_schema_extra`` (and so in the JSON schema) for personal data
 SENSITIVE_KEY = "sensitive"
+#: key set to True (with :data:`SENSITIVE_KEY`) for a secret: an OTP code, masked even where an operator
+#: asked to see personal data (``dlq show --reveal``)
+SECRET_KEY = "secret"  # noqa: S105 - a marker's name, not a secret
 #: what replaces a masked value
 MASK = "***"
 #: trailing digits kept as a hint on a masked number
@@ -106,6 +111,70 @@ def sensitive(default: Any = PydanticUndefined, **field_kwargs: Any) -> Any:
     if extra is not None and not isinstance(extra, dict):
         raise TypeError("sensitive() takes json_schema_extra as a dict only")
     return Field(default, **field_kwargs, json_schema_extra={**(extra or {}), SENSITIVE_KEY: True})
+
+
+def secret(default: Any = PydanticUndefined, **field_kwargs: Any) -> Any:
+    """A pydantic ``Field`` holding a secret (an OTP code): personal data that even ``--reveal`` keeps masked.
+
+    Args:
+        default: the field's default; required when not given.
+        **field_kwargs: any other ``Field`` argument.
+    """
+    extra = field_kwargs.pop("json_schema_extra", None) or {}
+    return sensitive(default, **field_kwargs, json_schema_extra={**extra, SECRET_KEY: True})
+
+
+def secret_field_names(models: Iterable[type[BaseModel]]) -> frozenset[str]:
+    """The names (and aliases) of every field marked :func:`secret` in the models and those they nest."""
+    return marked_field_names(models, SECRET_KEY)
+
+
+class _LiveSecrets:
+    """Secrets (OTP codes) being sent right now: any text scrubbed meanwhile has them masked.
+
+    A gateway may echo a request in its fault or error page, and that text reaches an error message, the
+    logs and a dead letter's ``x-error``; the connector cannot know where. It registers the code while it
+    sends, and :func:`scrub_text` masks every run of 4-8 digits that is a registered code.
+    """
+
+    __slots__ = ("_counts", "_lock")
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, value: str) -> None:
+        with self._lock:
+            self._counts[value] = self._counts.get(value, 0) + 1
+
+    def discard(self, value: str) -> None:
+        with self._lock:
+            left = self._counts.get(value, 0) - 1
+            if left > 0:
+                self._counts[value] = left
+            else:
+                self._counts.pop(value, None)
+
+    def scrub(self, text: str) -> str:
+        if not self._counts:
+            return text
+        live = self._counts
+        return _DIGIT_RUN.sub(lambda m: MASK if m.group() in live else m.group(), text)
+
+
+_LIVE = _LiveSecrets()
+#: a run of digits an OTP code could be (codes are 4-8 digits)
+_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9]{4,8}(?![0-9])")
+
+
+@contextlib.contextmanager
+def live_secret(value: str) -> Generator[None]:
+    """Mask ``value`` in every text :func:`scrub_text` sees while the block runs (in any thread)."""
+    _LIVE.add(value)
+    try:
+        yield
+    finally:
+        _LIVE.discard(value)
 
 
 def is_sensitive(field: FieldInfo) -> bool:
@@ -264,6 +333,7 @@ def scrub_text(text: str, *, keys: Iterable[str] = ()) -> str:
     Returns:
         The text with each finding replaced by :func:`mask` of it.
     """
+    text = _LIVE.scrub(text)
     key_set = keys if isinstance(keys, frozenset) else frozenset(keys)
     if key_set and _MAYBE_KEYED.search(text):
         text = _key_pattern(key_set).sub(_replace_keyed, text)
