@@ -61,7 +61,7 @@ import structlog
 from connectors.base import Health
 from connectors.kit import Declared, operation, run_probe
 from connectors.sms_gateways import Gateway, build_gateway
-from schemas.errors import BreakerOpen, BusError, ConfigError, Expired, Held, TransientError
+from schemas.errors import BreakerOpen, BusError, ConfigError, Expired, Held, TargetUnavailable, TransientError
 from schemas.pii import MASK, live_secret
 from schemas.sms import OtpSms, SmsNotice, SmsReceipt
 
@@ -287,10 +287,8 @@ class SmsConnector(Declared):
         return iter(self.gateways)
 
 
-class _NoGateway(TransientError):
+class _NoGateway(TargetUnavailable):
     """Every gateway said it sent nothing (refused, 503, its account refused): retry later, nothing applied."""
-
-    kind = "unavailable"
 
 
 def render(operation_name: str, request: SmsNotice | OtpSms) -> str:

@@ -54,6 +54,8 @@ ESMS_MESSAGE_CODES: Final = frozenset({"108", "146"})
 VIETTEL_ACCOUNT: Final = ("auth", "balance")
 VIETTEL_PHONE: Final = "phone"
 MAX_KEY_CHARS: Final = 100
+#: the gateways :func:`build_gateway` knows
+GATEWAY_KINDS: Final = ("viettel", "esms")
 
 
 class Gateway(Protocol):
@@ -319,6 +321,11 @@ def build_gateway(connector: str, kind: str, spec: ConnectorSpec) -> Gateway:
     Raises:
         ConfigError: an unknown kind, or a missing endpoint, option or credential.
     """
+    if kind not in GATEWAY_KINDS:
+        raise ConfigError(
+            f"connector {connector!r}: unknown SMS gateway {kind!r} (known: {', '.join(GATEWAY_KINDS)})",
+            field="options.gateways",
+        )
     options = spec.options
     name = f"{connector}.{kind}"
 
@@ -332,15 +339,17 @@ def build_gateway(connector: str, kind: str, spec: ConnectorSpec) -> Gateway:
         value = options.get(f"{kind}_{key}", default)
         return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
 
-    from config.model import BreakerSpec, parse_duration
+    from config.model import BreakerSpec
 
     sub = spec.model_copy(
         update={
             "endpoint": opt("endpoint"),
             "rate_limit": float(opt("rate_limit", str(spec.rate_limit or 50))),
-            "breaker": BreakerSpec(
-                fail_max=int(opt("fail_max", str(spec.breaker.fail_max))),
-                reset_timeout=parse_duration(opt("reset_timeout", f"{spec.breaker.reset_timeout:g}s")),
+            "breaker": BreakerSpec.model_validate(
+                {
+                    "fail_max": int(opt("fail_max", str(spec.breaker.fail_max))),
+                    "reset_timeout": opt("reset_timeout", f"{spec.breaker.reset_timeout * 1000:g}ms"),
+                }
             ),
         }
     )
