@@ -31,6 +31,7 @@ from schemas.errors import (
     TransientError,
 )
 from schemas.sms import SmsReceipt
+from simulators._sms import Faults
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -257,7 +258,7 @@ class TestGatewayAnswers:
     def test_garbled_reply_is_maybe_applied_and_not_switched(self, sims: Sims, fault: str) -> None:
         """A broken or DOCTYPE reply after the send: garbled, maybe applied; eSMS is not tried."""
         viettel, esms_sim = sims
-        viettel.set_faults(**{fault: 1.0})
+        viettel.set_faults(Faults.model_validate({fault: 1.0}))
         conn = connect(sims)
         try:
             with pytest.raises(TargetGarbled) as caught:
