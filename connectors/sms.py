@@ -75,7 +75,8 @@ log = structlog.get_logger("igate_bus.connector")
 VIETNAM: Final = ZoneInfo("Asia/Ho_Chi_Minh")
 DEFAULT_GATEWAYS: Final = "viettel,esms"
 DEFAULT_OTP_MIN_LEFT: Final = 15.0
-_WINDOW = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])$")
+_CLOCK = r"([01][0-9]|2[0-3]):([0-5][0-9])(?::([0-5][0-9]))?"
+_WINDOW = re.compile(rf"^{_CLOCK}-{_CLOCK}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,7 @@ class QuietHours:
 
     @classmethod
     def parse(cls, text: str) -> QuietHours | None:
-        """``HH:MM-HH:MM``, or None for an empty text.
+        """``HH:MM-HH:MM`` (seconds optional: ``HH:MM:SS``), or None for an empty text.
 
         Raises:
             ConfigError: not that form, or an empty window.
@@ -97,10 +98,11 @@ class QuietHours:
         found = _WINDOW.match(text)
         if found is None:
             raise ConfigError(f"quiet_hours {text!r} is not HH:MM-HH:MM", field="options.quiet_hours")
-        a, b, c, d = (int(g) for g in found.groups())
-        if (a, b) == (c, d):
+        h1, m1, s1, h2, m2, s2 = (int(g or 0) for g in found.groups())
+        start, end = time(h1, m1, s1), time(h2, m2, s2)
+        if start == end:
             raise ConfigError("quiet_hours starts and ends at the same time", field="options.quiet_hours")
-        return cls(time(a, b), time(c, d))
+        return cls(start, end)
 
     def left(self, now: datetime) -> float:
         """Seconds until the window ends when ``now`` is inside it, else 0."""
@@ -164,7 +166,7 @@ class SmsConnector(Declared):
         if self.quiet is not None:
             left = self.quiet.left(self.clock())
             if left > 0:
-                raise Held(f"quiet hours until {self.quiet.end:%H:%M} (Asia/Ho_Chi_Minh)", retry_after=left)
+                raise Held(f"quiet hours until {self.quiet.end:%H:%M:%S} (Asia/Ho_Chi_Minh)", retry_after=left)
         return self._send(request, idempotency_key, expires_at=None)
 
     @operation(OtpSms, SmsReceipt, lookup="lookup")

@@ -45,7 +45,8 @@ VIETTEL_WSDL: Final = WSDL_DIR / "viettel_bulksms.wsdl"
 VIETTEL_BINDING: Final = "{http://impl.bulkSms.ws/}CpMtPortBinding"
 ESMS_SEND: Final = "/MainService.svc/json/SendMultipleMessage_V4_post_json/"
 ESMS_LOOKUP: Final = "/MainService.svc/json/GetSendStatusByRequestId_get"
-ESMS_BALANCE: Final = "/MainService.svc/json/GetBalance"
+#: the keys travel as query parameters: the call logs show the path, never the query
+ESMS_BALANCE: Final = "/MainService.svc/json/GetBalance_json"
 #: [F] eSMS codes (docs/domain.md section 5); 118 "no such request id" is [A]
 ESMS_OK, ESMS_DUPLICATE, ESMS_NOT_FOUND = "100", "124", "118"
 ESMS_ACCOUNT_CODES: Final = frozenset({"99", "101", "103", "104", "140"})
@@ -300,10 +301,14 @@ class EsmsGateway:
 
     def check(self) -> float | None:
         """The balance, bypassing the breaker."""
-        auth = self._auth()
-        path = f"{ESMS_BALANCE}/{auth['ApiKey']}/{auth['SecretKey']}"
         reply = self._http.request(
-            "GET", path, deadline=self.guard.deadline(), effect=False, guard=False, expect=_EsmsBalance
+            "GET",
+            ESMS_BALANCE,
+            deadline=self.guard.deadline(),
+            effect=False,
+            params=self._auth(),
+            guard=False,
+            expect=_EsmsBalance,
         )
         answer = reply.parse(_EsmsBalance)
         if answer.CodeResponse != ESMS_OK:

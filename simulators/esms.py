@@ -13,8 +13,8 @@ What it answers (docs/domain.md section 5; [F] = eSMS's documentation, [A] = ass
 - [A] ``GET /MainService.svc/json/GetSendStatusByRequestId_get?ApiKey=&SecretKey=&RequestId=`` → 100 with
   ``SMSID`` and ``SendStatus`` 5 when it sent that request id, 118 when it has none (eSMS documents a status
   query by SMSID; one by our RequestId is assumed, so a lost answer can be reconciled).
-- [A] ``GET /MainService.svc/json/GetBalance/{ApiKey}/{SecretKey}`` → ``{Balance, CodeResponse: "100"}``
-  (the probe).
+- [A] ``GET /MainService.svc/json/GetBalance_json?ApiKey=&SecretKey=`` → ``{Balance, CodeResponse: "100"}``
+  (the probe; eSMS also documents the keys as path segments, which would put them into every access log).
 
 Faults: :class:`simulators._sms.Faults` (down, latency, errors, hangs, drops, apply-then-drop, garbage and
 hostile replies, the gateway's own codes).
@@ -42,7 +42,7 @@ API_KEY_ENV: Final = "IGATE_BUS_ESMS_API_KEY"
 SECRET_KEY_ENV: Final = "IGATE_BUS_ESMS_SECRET_KEY"  # noqa: S105 - a variable's name
 SEND_PATH: Final = "/MainService.svc/json/SendMultipleMessage_V4_post_json/"
 LOOKUP_PATH: Final = "/MainService.svc/json/GetSendStatusByRequestId_get"
-BALANCE_PREFIX: Final = "/MainService.svc/json/GetBalance/"
+BALANCE_PATH: Final = "/MainService.svc/json/GetBalance_json"
 #: [F] eSMS result codes
 OK, BAD_KEY, DUPLICATE, NOT_FOUND = "100", "101", "124", "118"
 _MESSAGES: Final = {
@@ -116,9 +116,8 @@ class EsmsSimulator(GatewaySimulator):
                 request_id=query.get("RequestId", ""),
                 authorised=self._authorised(query.get("ApiKey"), query.get("SecretKey")),
             )
-        if method == "GET" and path.startswith(BALANCE_PREFIX):
-            key, _, secret = path[len(BALANCE_PREFIX) :].partition("/")
-            return Call("probe", authorised=self._authorised(key, secret))
+        if method == "GET" and path == BALANCE_PATH:
+            return Call("probe", authorised=self._authorised(query.get("ApiKey"), query.get("SecretKey")))
         return _json({"CodeResult": "99", "ErrorMessage": f"no method {path}"}, 404)
 
     def answer(self, call: Call, sent: dict[str, Any] | None, *, duplicate: bool) -> Answer:

@@ -364,7 +364,7 @@ class TestQuietHours:
         assert noon is not None
         assert noon.left(datetime(2026, 1, 1, 5, 0, tzinfo=UTC)) == 90 * 60
 
-    @pytest.mark.parametrize("text", ["9:00-7:00", "21:00-21:00", "25:00-07:00", "21:00"])
+    @pytest.mark.parametrize("text", ["9:00-7:00", "21:00-21:00", "25:00-07:00", "21:00", "21:00:60-07:00"])
     def test_bad_window_refused(self, text: str) -> None:
         """A window not HH:MM-HH:MM, or empty, is a ConfigError naming the option."""
         with pytest.raises(ConfigError) as caught:
