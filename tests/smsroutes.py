@@ -11,10 +11,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import smsenv
 import yaml
 from busenv import dossier_code, example
-
-import smsenv
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -26,14 +26,16 @@ from wallclock import assert_within
 
 from routes.pipeline import idempotency_key
 from routes.publisher import Publisher
-from simulators.esms import EsmsSimulator
-from simulators.viettel_sms import ViettelSmsSimulator
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from simulators.esms import EsmsSimulator
+    from simulators.viettel_sms import ViettelSmsSimulator
+
 QUEUES = ("route.sms-otp", "route.sms-notices")
+Sims = tuple["ViettelSmsSimulator", "EsmsSimulator"]
 
 
 @pytest.fixture
@@ -50,7 +52,7 @@ def keys(route: str, events: list[dict[str, Any]]) -> set[str]:
 
 def sent_once(viettel: ViettelSmsSimulator, esms_sim: EsmsSimulator, wanted: set[str]) -> dict[str, int]:
     """How many times each wanted key was sent, over both gateways together."""
-    counts = {k: 0 for k in wanted}
+    counts = dict.fromkeys(wanted, 0)
     for sim in (viettel, esms_sim):
         for key, n in sim.effect_counts().items():
             if key in counts:
@@ -95,7 +97,7 @@ def dead_letters(amqp_url: str, route: str) -> list[tuple[dict[str, Any], dict[s
 
 
 def run_otp_priority(
-    amqp_url: str, store_url: str, tmp_path: Path, sims, *, otps: int, notices: int
+    amqp_url: str, store_url: str, tmp_path: Path, sims: Sims, *, otps: int, notices: int
 ) -> tuple[float, float, int]:
     """Queue ``notices``, publish ``otps`` at ~50/s behind them; return (p50, p99, OTPs delivered), checked once."""
     viettel, esms_sim = sims
@@ -122,14 +124,14 @@ def run_otp_priority(
     return p50, p99, backlog
 
 
-def test_otp_ahead_of_queued_notices(amqp_url: str, sqlite_url: str, tmp_path: Path, sims) -> None:
+def test_otp_ahead_of_queued_notices(amqp_url: str, sqlite_url: str, tmp_path: Path, sims: Sims) -> None:
     """100 OTPs published while 500 notices are queued: each OTP reaches a gateway within 2 s (p99)."""
     _, p99, _ = run_otp_priority(amqp_url, sqlite_url, tmp_path, sims, otps=100, notices=500)
     assert_within(p99, 2.0, "OTP p99 from publish to the gateway")
 
 
 @pytest.mark.chaos
-def test_otp_ahead_of_queued_notices_full(amqp_url: str, sqlite_url: str, tmp_path: Path, sims) -> None:
+def test_otp_ahead_of_queued_notices_full(amqp_url: str, sqlite_url: str, tmp_path: Path, sims: Sims) -> None:
     """The issue's size: 1,000 OTPs while 5,000 notices are queued, p99 within 2 s."""
     _, p99, _ = run_otp_priority(amqp_url, sqlite_url, tmp_path, sims, otps=1000, notices=5000)
     assert_within(p99, 2.0, "OTP p99 from publish to the gateway")
@@ -138,7 +140,7 @@ def test_otp_ahead_of_queued_notices_full(amqp_url: str, sqlite_url: str, tmp_pa
 # -- failover ---------------------------------------------------------------------------------------------
 
 
-def run_failover(amqp_url: str, store_url: str, tmp_path: Path, sims, *, n: int) -> None:
+def run_failover(amqp_url: str, store_url: str, tmp_path: Path, sims: Sims, *, n: int) -> None:
     """Primary down: all via eSMS, once; primary back: traffic returns; primary dropping answers: still once."""
     viettel, esms_sim = sims
     config = write_sms_config(tmp_path / "cfg", viettel, esms_sim, fail_max=3, reset_timeout="2s")
@@ -175,13 +177,13 @@ def run_failover(amqp_url: str, store_url: str, tmp_path: Path, sims, *, n: int)
     assert depth(amqp_url, "dlq.sms-notices") == 0
 
 
-def test_primary_down_failover_and_back(amqp_url: str, sqlite_url: str, tmp_path: Path, sims) -> None:
+def test_primary_down_failover_and_back(amqp_url: str, sqlite_url: str, tmp_path: Path, sims: Sims) -> None:
     """Viettel down ▶ eSMS within the breaker threshold, each SMS once over both; back to Viettel when healthy."""
     run_failover(amqp_url, sqlite_url, tmp_path, sims, n=30)
 
 
 @pytest.mark.chaos
-def test_primary_down_failover_and_back_full(amqp_url: str, pg_url: str, tmp_path: Path, sims) -> None:
+def test_primary_down_failover_and_back_full(amqp_url: str, pg_url: str, tmp_path: Path, sims: Sims) -> None:
     """The same with 300 notices a phase on the PostgreSQL store."""
     run_failover(amqp_url, pg_url, tmp_path, sims, n=300)
 
@@ -189,7 +191,7 @@ def test_primary_down_failover_and_back_full(amqp_url: str, pg_url: str, tmp_pat
 # -- expiry, bad numbers, secrets ------------------------------------------------------------------------
 
 
-def test_expired_otps_dead_lettered_never_sent(amqp_url: str, sqlite_url: str, tmp_path: Path, sims) -> None:
+def test_expired_otps_dead_lettered_never_sent(amqp_url: str, sqlite_url: str, tmp_path: Path, sims: Sims) -> None:
     """OTPs too old to arrive in time, and OTPs parked behind two dead gateways until they expire: never sent."""
     viettel, esms_sim = sims
     config = write_sms_config(tmp_path / "cfg", viettel, esms_sim, fail_max=1, reset_timeout="1s")
@@ -211,7 +213,7 @@ def test_expired_otps_dead_lettered_never_sent(amqp_url: str, sqlite_url: str, t
     assert {h.get("x-error-field") for h, _ in letters} == {"expires_at"}
 
 
-def test_bad_numbers_refused_naming_the_field(amqp_url: str, sqlite_url: str, tmp_path: Path, sims) -> None:
+def test_bad_numbers_refused_naming_the_field(amqp_url: str, sqlite_url: str, tmp_path: Path, sims: Sims) -> None:
     """A landline or a foreign number: dead-lettered ``invalid`` naming payload.phone; none reaches a gateway."""
     viettel, esms_sim = sims
     config = write_sms_config(tmp_path / "cfg", viettel, esms_sim)
@@ -235,7 +237,7 @@ def test_bad_numbers_refused_naming_the_field(amqp_url: str, sqlite_url: str, tm
     assert send_requests(viettel) == [] and send_requests(esms_sim) == []
 
 
-def test_no_otp_code_in_any_log_or_dead_letter(amqp_url: str, sqlite_url: str, tmp_path: Path, sims) -> None:
+def test_no_otp_code_in_any_log_or_dead_letter(amqp_url: str, sqlite_url: str, tmp_path: Path, sims: Sims) -> None:
     """A real worker process, gateways echoing the request in errors, OTPs sent and expired: no code anywhere.
 
     Greps the worker's whole log, ``dlq list``, ``dlq show`` and ``dlq show --reveal`` for every code.
@@ -290,7 +292,7 @@ def test_otp_code_is_distinct_per_event() -> None:
 # -- quiet hours ----------------------------------------------------------------------------------------
 
 
-def test_notices_held_in_quiet_hours_then_sent(amqp_url: str, sqlite_url: str, tmp_path: Path, sims) -> None:
+def test_notices_held_in_quiet_hours_then_sent(amqp_url: str, sqlite_url: str, tmp_path: Path, sims: Sims) -> None:
     """Notices in the window wait (no request at a gateway) and go when it ends; OTPs go at once meanwhile."""
     viettel, esms_sim = sims
     # a window that began an hour ago and ends 6 s from now, in Vietnam's time
