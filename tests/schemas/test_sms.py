@@ -1,4 +1,4 @@
-"""The SMS schemas: GSM-7 versus UCS-2 segments, the no-diacritics fold, the gateway phone form, the catalogue limits."""
+"""The SMS schemas: GSM-7 and UCS-2 segments, the no-diacritics fold, the gateway phone form, the catalogue."""
 
 from __future__ import annotations
 
