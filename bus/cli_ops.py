@@ -387,9 +387,9 @@ def _stale_and_prune(app: App, *, prune: bool, force: bool) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("system", type=click.Choice(["igate", "nps"]))
+@click.argument("system", type=click.Choice(["igate", "nps", "viettel-sms", "esms"]))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=None, type=int, help="Default: 8601 for igate, 8602 for nps.")
+@click.option("--port", default=None, type=int, help="Default: 8601 igate, 8602 nps, 8603 viettel-sms, 8604 esms.")
 @click.option(
     "--token-ttl",
     type=DURATION,
@@ -411,6 +411,14 @@ def simulate(system: str, host: str, port: int | None, token_ttl: float | None) 
         from simulators import nps
 
         nps.serve(host, port or nps.DEFAULT_PORT, session_ttl_s=token_ttl or nps.DEFAULT_SESSION_TTL_S)
+    elif system == "viettel-sms":
+        from simulators import viettel_sms
+
+        viettel_sms.serve(host, port or viettel_sms.DEFAULT_PORT)
+    elif system == "esms":
+        from simulators import esms
+
+        esms.serve(host, port or esms.DEFAULT_PORT)
     else:
         from simulators import igate
 
