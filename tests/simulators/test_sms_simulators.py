@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -41,12 +41,14 @@ def soap(sim: ViettelSmsSimulator, body: str) -> httpx.Response:
     return httpx.post(sim.url + viettel_sms.PATH, content=body.encode(), headers={"Content-Type": "text/xml"})
 
 
-def esms_send(sim: EsmsSimulator, rid: str, *, phone: str = "84912000111", key: str = esms.DEFAULT_API_KEY) -> dict:
+def esms_send(
+    sim: EsmsSimulator, rid: str, *, phone: str = "84912000111", key: str = esms.DEFAULT_API_KEY
+) -> dict[str, Any]:
     """One eSMS send, its JSON answer."""
     body = {"ApiKey": key, "SecretKey": esms.DEFAULT_SECRET_KEY, "Phone": phone, "Content": "x", "RequestId": rid}
     reply = httpx.post(sim.url + esms.SEND_PATH, json=body)
     assert reply.status_code == 200
-    data: dict = reply.json()
+    data: dict[str, Any] = reply.json()
     return data
 
 
