@@ -21,7 +21,7 @@ def test_the_readme_route_example_passes_check(tmp_path: Path) -> None:
     (tmp_path / "routes.yaml").write_text(routes, encoding="utf-8")
     shutil.copy(ROOT / "config" / "connectors.yaml", tmp_path / "connectors.yaml")
     code, lines = check_config(tmp_path)
-    assert (code, lines) == (0, ["ok: 1 route, 3 connectors"])
+    assert (code, lines) == (0, ["ok: 1 route, 4 connectors"])
 
 
 def test_the_readme_connector_example_passes_check(tmp_path: Path) -> None:
