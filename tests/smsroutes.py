@@ -7,13 +7,20 @@ the two simulators with the credential variables of ``tests/smsenv.py``.
 from __future__ import annotations
 
 import json
+import math
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import busenv
 import smsenv
 import yaml
-from busenv import dossier_code, example
+from busenv import depth, dossier_code, drained, example, publish, thread_worker, wait_for
+
+from routes.pipeline import idempotency_key
+from routes.publisher import Publisher
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -117,3 +124,91 @@ def notice_events(n: int, *, run: str, phone: str | None = "0912000111") -> list
         ev["payload"]["applicant"]["phone"] = phone
         out.append(ev)
     return out
+
+
+QUEUES = ("route.sms-otp", "route.sms-notices")
+
+
+def keys(route: str, events: list[dict[str, Any]]) -> set[str]:
+    """The request ids the connector sends for these events on ``route``."""
+    return {idempotency_key(route, e["event_id"]) for e in events}
+
+
+def first_receipt(viettel: ViettelSmsSimulator, esms_sim: EsmsSimulator) -> dict[str, float]:
+    """When each request id first reached a gateway that sent it (the simulator's clock)."""
+    seen: dict[str, float] = {}
+    for sim in (viettel, esms_sim):
+        for sent in sim.sent():
+            key = sent["request_id"]
+            seen[key] = min(seen.get(key, sent["received_at"]), sent["received_at"])
+    return seen
+
+
+def sent_counts(viettel: ViettelSmsSimulator, esms_sim: EsmsSimulator, wanted: set[str]) -> dict[str, int]:
+    """How many times each wanted key was sent, over both gateways together."""
+    counts = dict.fromkeys(wanted, 0)
+    for sim in (viettel, esms_sim):
+        for key, n in sim.effect_counts().items():
+            if key in counts:
+                counts[key] += n
+    return counts
+
+
+def publish_timed(amqp_url: str, events: list[dict[str, Any]], *, pause_s: float = 0.0) -> dict[str, float]:
+    """Publish one by one (confirmed), recording each event's wall-clock publish time by event id."""
+    at: dict[str, float] = {}
+    with Publisher(amqp_url) as pub:
+        for ev in events:
+            at[ev["event_id"]] = time.time()
+            for _ in pub.publish_many([ev]):
+                pass
+            if pause_s:
+                time.sleep(pause_s)
+    return at
+
+
+@dataclass(frozen=True)
+class OtpRun:
+    """What one OTP-behind-notices run measured."""
+
+    latencies: list[float]  #: seconds from publish to the gateway, per OTP, sorted
+    backlog: int  #: notices still queued when the last OTP had gone out
+    counts: dict[str, int]  #: sends per request id (OTPs and notices), over both gateways
+
+
+def measure_otp_priority(
+    amqp_url: str,
+    store_url: str,
+    folder: Path,
+    viettel: ViettelSmsSimulator,
+    esms_sim: EsmsSimulator,
+    *,
+    otps: int,
+    notices: int,
+    otp_rate: float = 50.0,
+    gateway_latency_s: float = 0.02,
+) -> OtpRun:
+    """Queue ``notices``, then publish ``otps`` at ``otp_rate`` a second behind them; time each OTP to a gateway."""
+    viettel.set_faults(latency_s=gateway_latency_s)
+    config = write_sms_config(folder, viettel, esms_sim)
+    busenv.declare_routes(amqp_url, config)
+    notice_evs = notice_events(notices, run="prio")
+    otp_evs = otp_events(otps, run="prio")
+    publish(amqp_url, notice_evs)
+    with thread_worker(amqp_url, store_url, config):
+        wait_for(lambda: len(viettel.sent()) >= 10, timeout=60, what="notices flowing")
+        published = publish_timed(amqp_url, otp_evs, pause_s=1.0 / otp_rate)
+        otp_keys = keys("sms-otp", otp_evs)
+        wait_for(lambda: otp_keys <= set(first_receipt(viettel, esms_sim)), timeout=300, what="every OTP sent")
+        backlog = depth(amqp_url, "route.sms-notices")
+        wait_for(lambda: drained(amqp_url, QUEUES), timeout=1800, what="the notices drained")
+    seen = first_receipt(viettel, esms_sim)
+    latencies = sorted(seen[idempotency_key("sms-otp", e["event_id"])] - published[e["event_id"]] for e in otp_evs)
+    counts = sent_counts(viettel, esms_sim, otp_keys | keys("sms-notices", notice_evs))
+    return OtpRun(latencies, backlog, counts)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of ``values`` (``q`` in 0..1)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]

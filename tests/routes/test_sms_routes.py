@@ -21,11 +21,19 @@ import busenv
 import pytest
 import smsenv
 from busenv import depth, drained, get_all, publish, thread_worker, wait_for
-from smsroutes import notice_events, otp_code, otp_events, write_sms_config
+from smsroutes import (
+    QUEUES,
+    first_receipt,
+    keys,
+    measure_otp_priority,
+    notice_events,
+    otp_code,
+    otp_events,
+    percentile,
+    sent_counts,
+    write_sms_config,
+)
 from wallclock import assert_within
-
-from routes.pipeline import idempotency_key
-from routes.publisher import Publisher
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -34,7 +42,6 @@ if TYPE_CHECKING:
     from simulators.esms import EsmsSimulator
     from simulators.viettel_sms import ViettelSmsSimulator
 
-QUEUES = ("route.sms-otp", "route.sms-notices")
 Sims = tuple["ViettelSmsSimulator", "EsmsSimulator"]
 
 
@@ -43,44 +50,6 @@ def sims() -> Iterator[tuple[ViettelSmsSimulator, EsmsSimulator]]:
     """Both simulators, credentials in the environment."""
     smsenv.sms_env()
     yield from smsenv.simulators()
-
-
-def keys(route: str, events: list[dict[str, Any]]) -> set[str]:
-    """The request ids the connector sends for these events on ``route``."""
-    return {idempotency_key(route, e["event_id"]) for e in events}
-
-
-def sent_once(viettel: ViettelSmsSimulator, esms_sim: EsmsSimulator, wanted: set[str]) -> dict[str, int]:
-    """How many times each wanted key was sent, over both gateways together."""
-    counts = dict.fromkeys(wanted, 0)
-    for sim in (viettel, esms_sim):
-        for key, n in sim.effect_counts().items():
-            if key in counts:
-                counts[key] += n
-    return counts
-
-
-def publish_timed(amqp_url: str, events: list[dict[str, Any]], *, pause_s: float = 0.0) -> dict[str, float]:
-    """Publish one by one (confirmed), recording each event's wall-clock publish time by event id."""
-    at: dict[str, float] = {}
-    with Publisher(amqp_url) as pub:
-        for ev in events:
-            at[ev["event_id"]] = time.time()
-            for _ in pub.publish_many([ev]):
-                pass
-            if pause_s:
-                time.sleep(pause_s)
-    return at
-
-
-def first_receipt(viettel: ViettelSmsSimulator, esms_sim: EsmsSimulator) -> dict[str, float]:
-    """When each request id first reached a gateway that sent it (the simulator's clock)."""
-    seen: dict[str, float] = {}
-    for sim in (viettel, esms_sim):
-        for sent in sim.sent():
-            key = sent["request_id"]
-            seen[key] = min(seen.get(key, sent["received_at"]), sent["received_at"])
-    return seen
 
 
 def send_requests(sim: ViettelSmsSimulator | EsmsSimulator) -> list[dict[str, Any]]:
@@ -96,45 +65,24 @@ def dead_letters(amqp_url: str, route: str) -> list[tuple[dict[str, Any], dict[s
 # -- OTP ahead of notices --------------------------------------------------------------------------------
 
 
-def run_otp_priority(
-    amqp_url: str, store_url: str, tmp_path: Path, sims: Sims, *, otps: int, notices: int
-) -> tuple[float, float, int]:
-    """Queue ``notices``, publish ``otps`` at ~50/s behind them; return (p50, p99, OTPs delivered), checked once."""
-    viettel, esms_sim = sims
-    viettel.set_faults(latency_s=0.02)  # a gateway answers in tens of ms; notices then take a while
-    config = write_sms_config(tmp_path / "cfg", viettel, esms_sim)
-    busenv.declare_routes(amqp_url, config)
-    notice_evs = notice_events(notices, run="prio")
-    otp_evs = otp_events(otps, run="prio")
-    publish(amqp_url, notice_evs)
-    with thread_worker(amqp_url, store_url, config):
-        wait_for(lambda: len(viettel.sent()) >= 10, timeout=60, what="notices flowing")
-        published = publish_timed(amqp_url, otp_evs, pause_s=0.02)
-        otp_keys = keys("sms-otp", otp_evs)
-        wait_for(lambda: otp_keys <= set(first_receipt(viettel, esms_sim)), timeout=120, what="every OTP sent")
-        backlog = depth(amqp_url, "route.sms-notices")
-        wait_for(lambda: drained(amqp_url, QUEUES), timeout=600, what="the notices drained")
-    seen = first_receipt(viettel, esms_sim)
-    latencies = sorted(seen[idempotency_key("sms-otp", e["event_id"])] - published[e["event_id"]] for e in otp_evs)
-    p50 = statistics.median(latencies)
-    p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
-    counts = sent_once(viettel, esms_sim, otp_keys | keys("sms-notices", notice_evs))
-    assert set(counts.values()) == {1}, "an SMS was lost or sent twice"
-    assert backlog > 0, "guard: notices were still queued while the OTPs went out"
-    return p50, p99, backlog
+def check_otp_priority(amqp_url: str, store_url: str, tmp_path: Path, sims: Sims, *, otps: int, notices: int) -> None:
+    """OTPs behind queued notices: every SMS once over both gateways, notices still queued, OTP p99 within 2 s."""
+    run = measure_otp_priority(amqp_url, store_url, tmp_path / "cfg", *sims, otps=otps, notices=notices)
+    assert set(run.counts.values()) == {1}, "an SMS was lost or sent twice"
+    assert run.backlog > 0, "guard: notices were still queued while the OTPs went out"
+    p99 = percentile(run.latencies, 0.99)
+    assert_within(p99, 2.0, f"OTP p99 from publish to the gateway (p50 {statistics.median(run.latencies):.3f} s)")
 
 
 def test_otp_ahead_of_queued_notices(amqp_url: str, sqlite_url: str, tmp_path: Path, sims: Sims) -> None:
     """100 OTPs published while 500 notices are queued: each OTP reaches a gateway within 2 s (p99)."""
-    _, p99, _ = run_otp_priority(amqp_url, sqlite_url, tmp_path, sims, otps=100, notices=500)
-    assert_within(p99, 2.0, "OTP p99 from publish to the gateway")
+    check_otp_priority(amqp_url, sqlite_url, tmp_path, sims, otps=100, notices=500)
 
 
 @pytest.mark.chaos
 def test_otp_ahead_of_queued_notices_full(amqp_url: str, sqlite_url: str, tmp_path: Path, sims: Sims) -> None:
     """The issue's size: 1,000 OTPs while 5,000 notices are queued, p99 within 2 s."""
-    _, p99, _ = run_otp_priority(amqp_url, sqlite_url, tmp_path, sims, otps=1000, notices=5000)
-    assert_within(p99, 2.0, "OTP p99 from publish to the gateway")
+    check_otp_priority(amqp_url, sqlite_url, tmp_path, sims, otps=1000, notices=5000)
 
 
 # -- failover ---------------------------------------------------------------------------------------------
@@ -170,7 +118,7 @@ def run_failover(amqp_url: str, store_url: str, tmp_path: Path, sims: Sims, *, n
     assert viettel.sent() and all(k in keys("sms-notices", back + lossy) for k in viettel.effect_counts())
     back_on_viettel = len(keys("sms-notices", back) & set(viettel.effect_counts()))
     assert back_on_viettel >= n - 2, f"only {back_on_viettel} of {n} went back to the primary"
-    counts = sent_once(viettel, esms_sim, keys("sms-notices", down + back + lossy))
+    counts = sent_counts(viettel, esms_sim, keys("sms-notices", down + back + lossy))
     assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
     dropped = [r for r in viettel.requests() if r.get("fault") == "apply_then_drop"]
     assert dropped, "guard: no answer was ever lost"
@@ -317,5 +265,5 @@ def test_notices_held_in_quiet_hours_then_sent(amqp_url: str, sqlite_url: str, t
     assert window_left < 0, "guard: the window did end"
     assert done_at >= 4, "notices went out before the window ended"
     assert_within(done_at, 6 + 5, "notices after the window closed (one backoff step)")
-    assert set(sent_once(viettel, esms_sim, keys("sms-notices", notices)).values()) == {1}
+    assert set(sent_counts(viettel, esms_sim, keys("sms-notices", notices)).values()) == {1}
     assert depth(amqp_url, "dlq.sms-notices") == 0
