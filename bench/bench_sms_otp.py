@@ -25,10 +25,10 @@ import tempfile
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from _common import percentile, rabbitmqctl
 
-from bench._common import percentile, rabbitmqctl  # noqa: E402 - after the path set-up
+#: the tests' helpers (simulators, config, events) are what the bench runs, so the two measure the same thing
+TESTS = Path(__file__).resolve().parents[1] / "tests"
 
 
 def main() -> int:
@@ -39,7 +39,7 @@ def main() -> int:
     parser.add_argument("--otp-rate", type=float, default=50.0, help="OTPs published a second (default 50)")
     parser.add_argument("--gateway-latency", type=float, default=0.02, help="seconds Viettel takes to answer")
     args = parser.parse_args()
-
+    sys.path.insert(0, str(TESTS))
     import smsenv
     from smsroutes import measure_otp_priority
 
