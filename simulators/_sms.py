@@ -15,21 +15,26 @@ Control endpoints (never recorded, never faulted): ``GET/POST /_sim/faults``, ``
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import itertools
 import json
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from simulators._server import ServedSimulator, SimServer
+from simulators._server import ServedSimulator, SimServer, configure_cli_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +109,9 @@ class GatewaySimulator(ServedSimulator[Faults]):
         self._init_server(host, port, Faults())
         self._ids = itertools.count(10_000_001)
         self._by_key: dict[str, dict[str, Any]] = {}
+
+    def _make_server(self) -> SmsServer:
+        return SmsServer((self.host, self.port), GatewayHandler)
 
     # -- what a module implements -------------------------------------------------------------------------
     def parse(self, method: str, path: str, query: dict[str, str], body: bytes) -> Call | Answer:
@@ -325,3 +333,26 @@ class GatewayHandler(BaseHTTPRequestHandler):
             self.wfile.write(answer.body)
         except OSError:
             self.close_connection = True
+
+
+def serve_gateway(sim: GatewaySimulator, shown_url: str) -> None:
+    """Run a gateway simulator in the foreground until interrupted, logging each request."""
+    sim.log_requests = True
+    try:
+        sim.start()
+        log.info("sms_sim.listening", gateway=sim.gateway, url=shown_url or sim.url)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        log.info("sms_sim.stopping", gateway=sim.gateway)
+    finally:
+        sim.stop()
+
+
+def gateway_main(argv: list[str] | None, *, name: str, port: int, serve: Callable[[str, int], None]) -> None:
+    """``python -m simulators.<name> [--host H] [--port P]``."""
+    parser = argparse.ArgumentParser(prog=f"python -m simulators.{name}", description=f"The {name} simulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+    args = parser.parse_args(argv)
+    configure_cli_logging()
+    serve(args.host, args.port)

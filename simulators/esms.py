@@ -22,16 +22,13 @@ hostile replies, the gateway's own codes).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import threading
 from typing import Any, ClassVar, Final
 
 import structlog
 
-from simulators._server import configure_cli_logging
-from simulators._sms import Answer, Call, GatewayHandler, GatewaySimulator, SmsServer
+from simulators._sms import Answer, Call, GatewaySimulator, gateway_main, serve_gateway
 
 log = structlog.get_logger(__name__)
 
@@ -85,9 +82,6 @@ class EsmsSimulator(GatewaySimulator):
         super().__init__(host, port)
         self.api_key = api_key
         self.secret_key = secret_key
-
-    def _make_server(self) -> SmsServer:
-        return SmsServer((self.host, self.port), GatewayHandler)
 
     def _authorised(self, api_key: Any, secret_key: Any) -> bool:
         return bool(api_key == self.api_key and secret_key == self.secret_key)
@@ -159,31 +153,13 @@ class EsmsSimulator(GatewaySimulator):
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
     """Run the simulator in the foreground until interrupted (``igate-bus simulate esms``)."""
-    sim = EsmsSimulator(
-        host,
-        port,
-        api_key=os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY,
-        secret_key=os.environ.get(SECRET_KEY_ENV) or DEFAULT_SECRET_KEY,
-    )
-    sim.log_requests = True
-    try:
-        sim.start()
-        log.info("esms_sim.listening", url=sim.url)
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        log.info("esms_sim.stopping")
-    finally:
-        sim.stop()
+    key, secret = os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY, os.environ.get(SECRET_KEY_ENV) or DEFAULT_SECRET_KEY
+    serve_gateway(EsmsSimulator(host, port, api_key=key, secret_key=secret), "")
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m simulators.esms [--host H] [--port P]``."""
-    parser = argparse.ArgumentParser(prog="python -m simulators.esms", description="The eSMS simulator.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    args = parser.parse_args(argv)
-    configure_cli_logging()
-    serve(args.host, args.port)
+    gateway_main(argv, name="esms", port=DEFAULT_PORT, serve=serve)
 
 
 if __name__ == "__main__":

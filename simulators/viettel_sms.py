@@ -20,16 +20,13 @@ Requests are parsed with entities unresolved, no network and no DTD. Faults: :cl
 
 from __future__ import annotations
 
-import argparse
 import os
-import threading
 from typing import Any, ClassVar, Final
 
 import structlog
 from lxml import etree  # type: ignore[import-untyped]  # lxml ships no type hints
 
-from simulators._server import configure_cli_logging
-from simulators._sms import Answer, Call, GatewayHandler, GatewaySimulator, SmsServer
+from simulators._sms import Answer, Call, GatewaySimulator, gateway_main, serve_gateway
 
 log = structlog.get_logger(__name__)
 
@@ -100,9 +97,6 @@ class ViettelSmsSimulator(GatewaySimulator):
         self.user = user
         self.password = password
         self.cp_code = cp_code
-
-    def _make_server(self) -> SmsServer:
-        return SmsServer((self.host, self.port), GatewayHandler)
 
     def parse(self, method: str, path: str, query: dict[str, str], body: bytes) -> Call | Answer:
         """The call of a SOAP request."""
@@ -184,31 +178,14 @@ class ViettelSmsSimulator(GatewaySimulator):
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
     """Run the simulator in the foreground until interrupted (``igate-bus simulate viettel-sms``)."""
-    sim = ViettelSmsSimulator(
-        host,
-        port,
-        user=os.environ.get(USER_ENV) or DEFAULT_USER,
-        password=os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD,
-    )
-    sim.log_requests = True
-    try:
-        sim.start()
-        log.info("viettel_sms_sim.listening", url=sim.url + PATH)
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        log.info("viettel_sms_sim.stopping")
-    finally:
-        sim.stop()
+    user, password = os.environ.get(USER_ENV) or DEFAULT_USER, os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD
+    sim = ViettelSmsSimulator(host, port, user=user, password=password)
+    serve_gateway(sim, f"http://{host}:{port}{PATH}")
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m simulators.viettel_sms [--host H] [--port P]``."""
-    parser = argparse.ArgumentParser(prog="python -m simulators.viettel_sms", description="The Viettel SMS simulator.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    args = parser.parse_args(argv)
-    configure_cli_logging()
-    serve(args.host, args.port)
+    gateway_main(argv, name="viettel_sms", port=DEFAULT_PORT, serve=serve)
 
 
 if __name__ == "__main__":
