@@ -33,7 +33,7 @@ not closed), ``down`` when none answers. ``breaker_state`` is ``open`` only when
     sms:
       type: sms
       timeout: {connect: 2s, read: 5s, total: 8s}
-      breaker: {fail_max: 3, reset_timeout: 30s}          # each gateway's, unless <kind>_fail_max... say
+      breaker: {fail_max: 3, reset_timeout: 30s}          # each gateway's own, unless <kind>_fail_max...
       credentials: {viettel_user: IGATE_BUS_VIETTEL_SMS_USER, viettel_password: IGATE_BUS_VIETTEL_SMS_PASSWORD,
                     esms_api_key: IGATE_BUS_ESMS_API_KEY, esms_secret_key: IGATE_BUS_ESMS_SECRET_KEY}
       options: {gateways: "viettel,esms", quiet_hours: "21:00-07:00", otp_min_left: 15s,
@@ -66,7 +66,7 @@ from schemas.pii import MASK, live_secret
 from schemas.sms import OtpSms, SmsNotice, SmsReceipt
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from config.model import ConnectorSpec
 
@@ -283,10 +283,6 @@ class SmsConnector(Declared):
         for gateway in self.gateways:
             with contextlib.suppress(Exception):
                 gateway.close()
-
-    def iter_gateways(self) -> Iterator[Gateway]:
-        """The gateways, in failover order."""
-        return iter(self.gateways)
 
 
 class _NoGateway(TargetUnavailable):
