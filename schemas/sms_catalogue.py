@@ -33,7 +33,15 @@ FIELD_MAX: Final[Mapping[str, int]] = MappingProxyType(
 
 
 class CatalogueError(ValueError):
-    """A template of the catalogue is malformed or can overflow its limit; names the template."""
+    """A value does not fit its template's placeholder (the adapter makes it a mapping error)."""
+
+
+class CatalogueInvalid(ImportError):
+    """The catalogue has a template that is malformed or can overflow its limit; names the template.
+
+    An ImportError, raised while the module loads: ``igate-bus check`` reports an adapter module that cannot
+    be imported on the ``adapter`` line of each route using it, with this message, and exits 2.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +94,7 @@ class Template:
 def _catalogue(*templates: Template) -> Mapping[str, Template]:
     problems = [p for t in templates for p in t.problems()]
     if problems:
-        raise CatalogueError("; ".join(problems))
+        raise CatalogueInvalid("; ".join(problems))
     return MappingProxyType({t.key: t for t in templates})
 
 

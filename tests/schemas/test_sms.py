@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from schemas.igate import OtpRequested, normalize_mobile, to_msisdn
 from schemas.pii import live_secret, scrub_text, secret_field_names
 from schemas.sms import OtpSms, SmsNotice, encoding_of, fold_diacritics, segments
-from schemas.sms_catalogue import CATALOGUE, FIELD_MAX, CatalogueError, Template, _catalogue
+from schemas.sms_catalogue import CATALOGUE, FIELD_MAX, CatalogueError, CatalogueInvalid, Template, _catalogue
 
 
 class TestSegments:
@@ -120,15 +120,51 @@ class TestCatalogue:
     def test_too_long_template_refused_naming_it(self) -> None:
         """A template whose longest rendering overflows: the catalogue refuses to load, naming the template."""
         long = Template("dossier.received", "Hồ sơ {code} " + "đã được tiếp nhận " * 4, 1)
-        with pytest.raises(CatalogueError, match=r"'dossier.received'.*UCS-2.*over its limit of 1"):
+        with pytest.raises(CatalogueInvalid, match=r"'dossier.received'.*UCS-2.*over its limit of 1"):
             _catalogue(long)
 
     def test_unknown_placeholder_refused(self) -> None:
         """A placeholder without a known longest value cannot be checked, so it is refused."""
-        with pytest.raises(CatalogueError, match=r"unknown placeholder \{name\}"):
+        with pytest.raises(CatalogueInvalid, match=r"unknown placeholder \{name\}"):
             _catalogue(Template("x", "Chào {name}", 1))
 
     def test_value_over_its_longest_refused(self) -> None:
         """Rendering with a value longer than its placeholder's limit fails (the check would not hold)."""
         with pytest.raises(CatalogueError, match="over 40"):
             CATALOGUE["dossier.received"].render(code="X" * (FIELD_MAX["code"] + 1), appointment="01/01/2026")
+
+
+CHECK_WITH_LONG_OTP = """
+import importlib.abc, importlib.util, sys
+from pathlib import Path
+SRC = Path("schemas/sms_catalogue.py").read_text(encoding="utf-8").replace(
+    '"Mã OTP nộp hồ sơ: {otp}.', '"Mã OTP để xác nhận hồ sơ nộp trực tuyến của ông/bà là: {otp}.'
+)
+class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path, target=None):
+        return importlib.util.spec_from_loader(name, self) if name == "schemas.sms_catalogue" else None
+    def create_module(self, spec):
+        return None
+    def exec_module(self, module):
+        exec(compile(SRC, "schemas/sms_catalogue.py", "exec"), module.__dict__)
+sys.meta_path.insert(0, Finder())
+from bus.cli import main
+sys.argv = ["igate-bus", "check"]
+main()
+"""
+
+
+def test_check_refuses_a_template_that_can_overflow() -> None:
+    """`igate-bus check` with an OTP template too long for one segment: exit 2, naming the template, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-c", CHECK_WITH_LONG_OTP], cwd=root, capture_output=True, text=True, timeout=120, check=False
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 2, out
+    assert "SMS template 'otp'" in out and "over its limit of 1" in out
+    assert "routes.yaml" in out and "adapter" in out and "Traceback" not in out
