@@ -308,7 +308,8 @@ class TestRegistryProblems:
         """``bus.*`` also binds ``bus.pong`` (and the bus's other events), which the ping adapter cannot map:
         refused before it arrives, naming every type it refuses."""
         cfg = write_config(BASE_ROUTES.replace("events: [bus.ping]", "events: ['bus.*']"))
-        refused = sorted(t for t in EVENT_PAYLOADS if t.startswith("bus.") and t != "bus.ping")
+        # bus.tick is never delivered through a binding (only the scheduler publishes it, into the route's queue)
+        refused = sorted(t for t in EVENT_PAYLOADS if t.startswith("bus.") and t not in {"bus.ping", "bus.tick"})
         assert "bus.pong" in refused
         assert _only_problem(cfg.check()) == (
             f"{cfg.routes}:{cfg.line('events:')}: route bus-ping: from.events[0]: "
