@@ -29,6 +29,8 @@ ADAPTER_MODULES: tuple[str, ...] = (
     "adapters.igate_to_nps",
     "adapters.files",
     "adapters.igate_to_sms",
+    "adapters.igate_to_vilis",
+    "adapters.vilis_to_igate",
 )
 
 

@@ -38,12 +38,17 @@ if TYPE_CHECKING:
 RESULT_EVENTS: Final = (
     "dvcqg.sync_result",
     "vilis.status_changed",
+    "vilis.change_checked",
     "vnpost.tracking_updated",
     "receipt.issued",
     "sms.delivery_report",
 )
 #: payload fields that carry the dossier code when the envelope lacks it
-_CODE_FIELDS: Final = {"vilis.status_changed": "so_bien_nhan", "vnpost.tracking_updated": "order_number"}
+_CODE_FIELDS: Final = {
+    "vilis.status_changed": "so_bien_nhan",
+    "vilis.change_checked": "so_bien_nhan",
+    "vnpost.tracking_updated": "order_number",
+}
 _LAND_KINDS: Final = {
     "tiep_nhan": "đã tiếp nhận",
     "yeu_cau_bo_sung": "yêu cầu bổ sung hồ sơ",
@@ -107,6 +112,7 @@ def _sms_note(f: dict[str, Any]) -> str:
 _NOTES: Final[dict[str, Callable[[dict[str, Any]], str]]] = {
     "dvcqg.sync_result": _portal_note,
     "vilis.status_changed": _land_note,
+    "vilis.change_checked": _land_note,
     "vnpost.tracking_updated": _postal_note,
     "receipt.issued": _receipt_note,
     "sms.delivery_report": _sms_note,

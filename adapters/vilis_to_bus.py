@@ -63,10 +63,28 @@ def _note(*parts: str | None) -> str | None:
 
 
 def _docs(files: list[VilisFile]) -> list[dict[str, Any]]:
-    # The land system sends no document code: number them KQ1, KQ2... [A]
+    # The land system sends no document code: number them KQ1, KQ2... [A]; a link that is not a web address
+    # is a path on the shared SFTP server (see _files), not a URL
     return [
-        {"code": f"KQ{i}", "name": f.TenGiayTo or f"Giấy tờ kết quả {i}", "url": f.LinkFile}
+        {
+            "code": f"KQ{i}",
+            "name": f.TenGiayTo or f"Giấy tờ kết quả {i}",
+            "url": f.LinkFile if _web(f.LinkFile) else None,
+        }
         for i, f in enumerate(files, start=1)
+    ]
+
+
+def _web(link: str | None) -> bool:
+    return link is not None and link.lower().startswith(("http://", "https://"))
+
+
+def _files(files: list[VilisFile]) -> list[dict[str, Any]]:
+    # [A] a result document on the shared SFTP server: its path there and the SHA-256 the land office gives
+    return [
+        {"name": f.TenGiayTo or f"Giấy tờ kết quả {i}", "path": f.LinkFile, "sha256": f.Sha256}
+        for i, f in enumerate(files, start=1)
+        if f.LinkFile and f.Sha256 and not _web(f.LinkFile)
     ]
 
 
@@ -120,6 +138,7 @@ def ket_thuc(m: KetThucHoSo, now: datetime) -> dict[str, Any]:
         "staff_code": m.MaCanBoXuLy,
         "note": _note(returned, m.GhiChu),
         "result_docs": _docs(m.DanhSachGiayToKetQua),
+        "result_files": _files(m.DanhSachGiayToKetQua),
     }
 
 

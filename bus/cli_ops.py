@@ -387,16 +387,19 @@ def _stale_and_prune(app: App, *, prune: bool, force: bool) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("system", type=click.Choice(["igate", "nps", "viettel-sms", "esms"]))
+@click.argument("system", type=click.Choice(["igate", "nps", "viettel-sms", "esms", "vilis"]))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=None, type=int, help="Default: 8601 igate, 8602 nps, 8603 viettel-sms, 8604 esms.")
+@click.option(
+    "--port", default=None, type=int, help="Default: 8601 igate, 8602 nps, 8603 viettel-sms, 8604 esms, 8605 vilis."
+)
+@click.option("--bus-url", default=None, help="vilis: the bus's ingress to call back (e.g. http://127.0.0.1:8600).")
 @click.option(
     "--token-ttl",
     type=DURATION,
     default=None,
     help="Lifetime of an issued token (igate) or session (nps), e.g. 5m (default: 5m igate, 1h nps).",
 )
-def simulate(system: str, host: str, port: int | None, token_ttl: float | None) -> None:
+def simulate(system: str, host: str, port: int | None, bus_url: str | None, token_ttl: float | None) -> None:
     """Run a system's simulator in the foreground (record at /_sim/requests, faults at /_sim/faults).
 
     It logs JSON lines like the bus (IGATE_BUS_LOG_FORMAT, IGATE_BUS_LOG_LEVEL), personal data masked, and
@@ -407,7 +410,11 @@ def simulate(system: str, host: str, port: int | None, token_ttl: float | None) 
 
     settings = _settings(None)
     configure_logging(settings.log_level, settings.log_format)
-    if system == "nps":
+    if system == "vilis":
+        from simulators import vilis
+
+        vilis.serve(host, port or vilis.DEFAULT_PORT, bus_url=bus_url, life="callback")
+    elif system == "nps":
         from simulators import nps
 
         nps.serve(host, port or nps.DEFAULT_PORT, session_ttl_s=token_ttl or nps.DEFAULT_SESSION_TTL_S)

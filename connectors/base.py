@@ -101,6 +101,7 @@ CONNECTOR_TYPES: dict[str, str] = {
     "nps": "connectors.nps:NpsConnector",
     "sftp": "connectors.sftp:SftpConnector",
     "sms": "connectors.sms:SmsConnector",
+    "vilis": "connectors.vilis:VilisConnector",
 }
 
 

@@ -63,6 +63,14 @@ class TaxNotice(IgateModel):
     url: Url | None = None
 
 
+class ResultFile(IgateModel):
+    """[A] A result document the land office put on the shared SFTP server: its path there and its SHA-256."""
+
+    name: str = Field(min_length=1, max_length=500)
+    path: str = Field(min_length=1, max_length=1000, pattern=r"^[^/\x00-\x1f][^\x00-\x1f]*$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class VilisStatusChanged(IgateModel):
     """``vilis.status_changed``: the land office reported progress on a dossier it processes."""
 
@@ -75,6 +83,28 @@ class VilisStatusChanged(IgateModel):
     new_appointment: Timestamp | None = None
     tax_notices: tuple[TaxNotice, ...] = Field(default=(), max_length=50)
     result_docs: tuple[Document, ...] = Field(default=(), max_length=50)
+    result_files: tuple[ResultFile, ...] = Field(default=(), max_length=50)
+
+
+class CheckedFile(IgateModel):
+    """A result document the bus fetched from the SFTP server and proved whole (its SHA-256 matched)."""
+
+    name: str = Field(min_length=1, max_length=500)
+    path: str = Field(min_length=1, max_length=1000)
+    local_path: str = Field(min_length=1, max_length=1000)
+    size: StrictInt = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class VilisChangeChecked(VilisStatusChanged):
+    """``vilis.change_checked``: a land-office change the bus checked (the dossier was sent; result files whole).
+
+    What iGate hears of the land office: ``vilis.status_changed`` becomes this only after the bus made sure it
+    sent the dossier to the land office and fetched every result document, hash checked
+    (``connectors/vilis.py``, ``check_change``).
+    """
+
+    checked_files: tuple[CheckedFile, ...] = Field(default=(), max_length=50)
 
 
 #: the portal's answer codes that mean success (docs/domain.md section 2, [F]): "0" in TH's deployments, "00" in
@@ -141,6 +171,7 @@ class DossierUpdated(IgateModel):
 RESULT_EVENTS: dict[str, type[BaseModel]] = {
     "vnpost.tracking_updated": TrackingUpdated,
     "vilis.status_changed": VilisStatusChanged,
+    "vilis.change_checked": VilisChangeChecked,
     "dvcqg.sync_result": DvcqgSyncResult,
     "sms.delivery_report": SmsDeliveryReport,
     "receipt.issued": ReceiptIssued,

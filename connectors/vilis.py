@@ -1,0 +1,365 @@
+"""The land system connector (VBDLIS/ILIS, "VILIS"): land dossiers to the land office, their files over SFTP.
+
+Where it sits: the connector step of the ``vilis-*`` routes (event → route → ``adapters/igate_to_vilis.py`` →
+**connector** → result/DLQ); the land office's answers come back the other way, through the ingress
+callback (``bus/ingress/vilis.py``) as ``vilis.status_changed``.
+
+The contract is the one-stop shop's VBDLIS/ILIS shape (docs/domain.md section 6): JSON ``POST {endpoint}/
+tiepnhan`` (a new dossier), ``capnhattrangthaibosunghoso`` (supplement received), ``capnhattrangthaitraketquahoso``
+(result returned), ``phanhoihososaiketqua`` (a wrong result reported), each answered ``{data, status{success,
+code, message}}`` [F]. What the bus adds, each an assumption [A] the simulator (``simulators/vilis.py``) plays:
+
+- **Documents over SFTP, not base64.** Before ``tiepnhan`` (or a supplement) is sent, every document with a
+  file is uploaded from the spool (``adapters/igate_to_vilis.py`` says how it gets there) to the shared
+  SFTP server as ``<dossier code>/<document code>-<file id>`` with ``connectors/_sftp.py`` (checked host
+  key, read-back verified, at most once per key, resumed after a cut), and the request lists each file's
+  path, size and SHA-256 in ``TapTin``. The request is sent only when every file is on the server whole.
+- **Our key travels** as ``MaYeuCau``; ``GET tracuuyeucau?maYeuCau=KEY`` answers what the land office
+  applied under it, so an attempt whose answer was lost is looked up before anything is sent again.
+- **Auth**: HTTP Basic with the bus's account on every call (a password never expires: the kit's
+  ``Credential.lasting``); 401 is the bus's credentials refused.
+
+Error table (how each failure reaches :mod:`schemas.errors`):
+
+  ===========================================  ===============================================================
+  what happened                                raised
+  ===========================================  ===============================================================
+  connection refused, reset, timeout, 5xx      ``TargetUnavailable``/``TargetTimeout`` (``connectors/_http.py``;
+                                               ``maybe_applied`` after the request went out)
+  401                                          ``CredentialsRefused`` (breaker opens, messages wait)
+  other 4xx                                    ``TargetRejected(code=<status>)``
+  200 with ``status.success`` false            ``TargetRejected(code=<status.code>)``: the land office refused
+                                               the dossier; its message, scrubbed of personal data, is the reason
+  a reply that is not the answer's shape,      ``TargetGarbled`` (retried, then dead-lettered ``garbled``)
+  not JSON, or over ``max_reply_bytes``
+  a lookup 404 that does not name our key      ``TargetUnavailable(maybe_applied=True)``: never "not applied"
+  a lookup naming another key or action        ``AmbiguousOutcome``
+  a document missing from the spool, an        ``MappingError`` naming ``documents[i]`` (from the SFTP client)
+  unsafe name
+  SFTP: host key, login, cut, disk             as ``connectors/_sftp.py``'s table; a cut upload resumes on the
+                                               next attempt, nothing is sent to the land system before it is
+                                               whole
+  ===========================================  ===============================================================
+
+``connectors.yaml``::
+
+    vilis:
+      type: vilis
+      endpoint: https://vilis.stnmt.daklak.gov.vn/api/motcua/
+      timeout: {connect: 3s, read: 30s, total: 10m}   # total covers a dossier's uploads and the call
+      credentials:
+        username: IGATE_BUS_VILIS_USERNAME
+        password: IGATE_BUS_VILIS_PASSWORD
+        sftp_private_key: IGATE_BUS_VILIS_SFTP_KEY
+      options:
+        sftp_endpoint: sftp://sftp.stnmt.daklak.gov.vn:22/motcua
+        sftp_username: igate-bus
+        sftp_known_hosts: /etc/igate-bus/known_hosts
+        spool_dir: /var/lib/igate-bus/spool/vilis
+
+Options: ``sftp_endpoint``, ``sftp_username``, ``sftp_known_hosts``, ``spool_dir`` (required),
+``sftp_host_key_alias``, ``sftp_ledger_dir``, ``sftp_max_file_bytes``; ``degraded_ms`` and the
+:class:`connectors._http.HttpClient` options.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from typing import TYPE_CHECKING, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from config.model import ConnectorSpec
+from connectors._http import HttpClient
+from connectors._sftp import SftpClient
+from connectors._spool import Spool
+from connectors.base import credential, required_option
+from connectors.kit import CachedCredential, Credential, KitConnector, operation
+from schemas.errors import AmbiguousOutcome, MappingError, TargetRejected, TargetUnavailable
+from schemas.pii import scrub_text
+from schemas.results import CheckedFile, VilisChangeChecked
+from schemas.vilis import (
+    BoSungRequest,
+    CheckChangeRequest,
+    GiayTo,
+    SaiKetQuaRequest,
+    SentFile,
+    TiepNhanRequest,
+    TraKetQuaRequest,
+    VilisAnswer,
+    VilisSent,
+)
+
+if TYPE_CHECKING:
+    from connectors._http import HttpReply
+
+#: the land system's paths for each operation (docs/domain.md section 6)
+PATHS: Final = {
+    "tiep_nhan": "tiepnhan",
+    "bo_sung": "capnhattrangthaibosunghoso",
+    "tra_ket_qua": "capnhattrangthaitraketquahoso",
+    "sai_ket_qua": "phanhoihososaiketqua",
+}
+LOOKUP_PATH: Final = "tracuuyeucau"
+PROBE_PATH: Final = "danhmuc/trangthai"
+_NOT_FOUND: Final = 404
+_REFUSED: Final = frozenset({401})
+_SFTP_OPTIONS: Final = ("host_key_alias", "ledger_dir", "max_file_bytes", "requests_in_flight")
+
+
+#: the bus's own record on the SFTP server that it sent a dossier: a manifest put under this ledger key [A]
+MANIFEST_NAME: Final = "HoSoMotCua.json"
+
+
+def manifest_key(dossier: str) -> str:
+    """The SFTP ledger key of the manifest that says the bus sent ``dossier`` to the land office."""
+    return f"hoso-{dossier}"
+
+
+class LookupAnswer(BaseModel):
+    """[A] ``GET tracuuyeucau?maYeuCau=KEY``: what the land office applied under our key."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    MaYeuCau: str = Field(min_length=1, max_length=128)
+    ThaoTac: str = Field(min_length=1, max_length=60)
+    SoBienNhan: str = Field(min_length=1, max_length=60)
+    data: int | None = None
+
+
+def sftp_spec(name: str, spec: ConnectorSpec) -> ConnectorSpec:
+    """The SFTP half of the land connector's entry, as the spec :class:`SftpClient` reads."""
+    options: dict[str, str | int | float | bool] = {
+        "username": required_option(name, spec, "sftp_username", "the SFTP account"),
+        "known_hosts": required_option(name, spec, "sftp_known_hosts", "the SFTP server's host key"),
+    }
+    options.update({k: spec.options[f"sftp_{k}"] for k in _SFTP_OPTIONS if f"sftp_{k}" in spec.options})
+    creds = {k.removeprefix("sftp_"): v for k, v in spec.credentials.items() if k.startswith("sftp_")}
+    return ConnectorSpec(
+        type="sftp",
+        endpoint=required_option(name, spec, "sftp_endpoint", "the shared SFTP server"),
+        timeout=spec.timeout,
+        breaker=spec.breaker,
+        credentials=creds,
+        options=options,
+    )
+
+
+def wire(request: BaseModel, idempotency_key: str | None) -> dict[str, Any]:
+    """The JSON body the land system receives: the request with ``MaYeuCau`` (the spool paths left out)."""
+    body = request.model_dump(mode="json", exclude_none=True)
+    if idempotency_key is not None:
+        body["MaYeuCau"] = idempotency_key
+    return body
+
+
+def render(operation_name: str, request: BaseModel) -> str:
+    """What ``igate-bus map`` shows: the path and the body; file hashes are known only once uploaded."""
+    path = PATHS.get(operation_name, operation_name)
+    body = wire(request, "<idempotency key>")
+    return f"POST {{endpoint}}/{path}\n{json.dumps(body, ensure_ascii=False, indent=2)}\n"
+
+
+class VilisConnector(KitConnector):
+    """The land system over REST, its documents over SFTP: a dossier, a supplement, a return, a wrong result.
+
+    Args:
+        name: the connector's name in ``connectors.yaml``.
+        spec: its entry; see the module docstring.
+
+    Raises:
+        ConfigError: no endpoint, a missing option, an unset credential variable, a bad SFTP setting.
+    """
+
+    PROBE_ANSWERED = "status catalogue answered"
+
+    def __init__(self, name: str, spec: ConnectorSpec) -> None:
+        self._http = HttpClient(name, spec)
+        super().__init__(name, spec, guard=self._http.guard)
+        user = credential(name, spec, "username").get_secret_value()
+        password = credential(name, spec, "password").get_secret_value()
+        self._basic = SecretStr("Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        self._auth = CachedCredential(
+            name,
+            self._password_credential,
+            breaker=self.guard.breaker,
+            what="password",
+            issuer="the land system",
+            target="the land system",
+        )
+        self.files = SftpClient(f"{name}-sftp", sftp_spec(name, spec))
+        self.spool = Spool(name, required_option(name, spec, "spool_dir", "where the dossiers' files wait"))
+
+    def _password_credential(self, deadline: float, guard: bool) -> Credential:
+        """The account, sent with every call: a credential that lasts until the land system refuses it."""
+        del deadline, guard
+        return Credential.lasting(self._basic, None)
+
+    # -- the Connector protocol -------------------------------------------------------------------------
+
+    def check(self) -> float | None:
+        """Read the status catalogue (no side effect), bypassing the breaker."""
+        return self._call("GET", PROBE_PATH, effect=False, guard=False).elapsed_ms
+
+    def close(self) -> None:
+        """Close the pooled connections (each SFTP operation closes its own)."""
+        self._http.close()
+
+    # -- operations -------------------------------------------------------------------------------------
+
+    @operation(TiepNhanRequest, VilisSent, lookup="lookup")
+    def tiep_nhan(self, request: TiepNhanRequest, idempotency_key: str) -> VilisSent:
+        """Upload the dossier's files over SFTP, then hand the dossier to the land office (``tiepnhan``)."""
+        docs, files = self._upload(request.SoBienNhan, request.DanhSachGiayToDinhKem, idempotency_key)
+        self._put_manifest(request.SoBienNhan)
+        body = request.model_copy(update={"DanhSachGiayToDinhKem": docs})
+        return self._send("tiep_nhan", body, request.SoBienNhan, idempotency_key, files)
+
+    @operation(BoSungRequest, VilisSent, lookup="lookup")
+    def bo_sung(self, request: BoSungRequest, idempotency_key: str) -> VilisSent:
+        """Upload the supplement's files, then tell the land office they came (``capnhattrangthaibosunghoso``)."""
+        docs, files = self._upload(request.SoBienNhan, request.DanhSachGiayToBoSung, idempotency_key)
+        body = request.model_copy(update={"DanhSachGiayToBoSung": docs})
+        return self._send("bo_sung", body, request.SoBienNhan, idempotency_key, files)
+
+    @operation(TraKetQuaRequest, VilisSent, lookup="lookup")
+    def tra_ket_qua(self, request: TraKetQuaRequest, idempotency_key: str) -> VilisSent:
+        """Tell the land office the result was handed back (``capnhattrangthaitraketquahoso``)."""
+        return self._send("tra_ket_qua", request, request.SoBienNhan, idempotency_key, [])
+
+    @operation(SaiKetQuaRequest, VilisSent, lookup="lookup")
+    def sai_ket_qua(self, request: SaiKetQuaRequest, idempotency_key: str) -> VilisSent:
+        """Report a wrong result back to the land office (``phanhoihososaiketqua``)."""
+        return self._send("sai_ket_qua", request, request.SoBienNhan, idempotency_key, [])
+
+    @operation(CheckChangeRequest, VilisChangeChecked, effect=False)
+    def check_change(self, request: CheckChangeRequest, idempotency_key: str = "") -> VilisChangeChecked:
+        """Check a land-office change before iGate hears of it: the bus sent that dossier; result files whole.
+
+        Raises:
+            TargetRejected: ``unknown_dossier`` when the bus never sent the dossier to the land office (no
+                manifest in the SFTP ledger); ``not_found`` when a result file is not on the server.
+            TargetUnavailable: a result file's bytes do not hash to what the land office said (retried: a file
+                still being written settles; after the route's attempts, dead-lettered).
+        """
+        del idempotency_key
+        change = request.change
+        if self.files.lookup(manifest_key(change.so_bien_nhan)) is None:
+            raise TargetRejected(
+                f"the land system reported {change.kind} on dossier {change.so_bien_nhan}, which the bus never sent it",
+                code="unknown_dossier",
+            )
+        checked = []
+        for i, file in enumerate(change.result_files):
+            directory, _, name = file.path.rpartition("/")
+            dest = self.spool.destination(f"ketqua/{file.path}", field=f"change.result_files[{i}].path")
+            got = self.files.get(directory, name, dest, expected_sha256=file.sha256)
+            checked.append(
+                CheckedFile(
+                    name=file.name,
+                    path=file.path,
+                    local_path=self.spool.relative(got.path),
+                    size=got.size,
+                    sha256=got.sha256,
+                )
+            )
+        return VilisChangeChecked(**dict(change), checked_files=tuple(checked))
+
+    def lookup(self, idempotency_key: str) -> VilisSent | None:
+        """What the land office applied under this key, or None when it applied nothing under it."""
+        reply = self._call(
+            "GET", LOOKUP_PATH, effect=False, params={"maYeuCau": idempotency_key}, accept=frozenset({_NOT_FOUND})
+        )
+        if reply.status == _NOT_FOUND:
+            try:
+                named = json.loads(reply.body).get("MaYeuCau")
+            except (ValueError, AttributeError):
+                named = None
+            if named != idempotency_key:  # a 404 of a missing route must not read as "never applied"
+                raise TargetUnavailable(
+                    "the land system's lookup answered a 404 that does not name the key", maybe_applied=True
+                )
+            return None
+        found = reply.parse(LookupAnswer)
+        action = next((op for op, path in PATHS.items() if path == found.ThaoTac), None)
+        if found.MaYeuCau != idempotency_key or action is None:
+            raise AmbiguousOutcome(f"the land system's lookup of {idempotency_key!r} answered another request")
+        return VilisSent(so_bien_nhan=found.SoBienNhan, action=action, record_id=found.data, message="tra cứu")
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _upload(self, dossier: str, docs: list[GiayTo], key: str) -> tuple[list[GiayTo], list[SentFile]]:
+        """Put each document's file on the SFTP server (at most once per key and file); the listed documents."""
+        out: list[GiayTo] = []
+        sent: list[SentFile] = []
+        for i, doc in enumerate(docs):
+            file = doc.TapTin
+            if file is None:
+                out.append(doc)
+                continue
+            field = f"documents[{i}]"
+            with self.spool.open_source(file.NguonSpool, field=f"{field}.source") as (source, size):
+                try:
+                    put = self.files.put(
+                        source, size, remote_dir=dossier, remote_name=file.TenTep, idempotency_key=f"{key}.{i}"
+                    )
+                except MappingError as exc:
+                    raise MappingError(str(exc), field=f"{field}.{exc.field or 'file'}") from None
+            placed = file.model_copy(update={"DuongDan": put.remote_path, "Sha256": put.sha256, "KichThuoc": put.size})
+            out.append(doc.model_copy(update={"TapTin": placed}))
+            sent.append(SentFile(code=doc.MaGiayTo, path=put.remote_path, size=put.size, sha256=put.sha256))
+        return out, sent
+
+    def _put_manifest(self, dossier: str) -> None:
+        """Leave the bus's record that it sent ``dossier`` (same bytes every time: a resend finds it there)."""
+        data = json.dumps({"SoBienNhan": dossier, "GuiBoi": "igate-bus"}, ensure_ascii=False).encode()
+        local = self.spool.destination(f"manifests/{dossier}.json", field="SoBienNhan")
+        if not local.exists():  # written aside, then renamed: another thread never reads half of it
+            partial = local.with_name(f".{local.name}.{os.getpid()}.{threading.get_ident()}")
+            partial.write_bytes(data)
+            partial.replace(local)
+        with self.spool.open_source(self.spool.relative(local), field="SoBienNhan") as (source, size):
+            self.files.put(
+                source, size, remote_dir=dossier, remote_name=MANIFEST_NAME, idempotency_key=manifest_key(dossier)
+            )
+
+    def _send(self, action: str, request: BaseModel, dossier: str, key: str, files: list[SentFile]) -> VilisSent:
+        reply = self._call("POST", PATHS[action], effect=True, json_body=wire(request, key))
+        answer = reply.parse(VilisAnswer)
+        message = scrub_text(answer.status.message or "")[:500]
+        if not answer.status.success:
+            code = str(answer.status.code or "refused")[:40]
+            raise TargetRejected(f"the land system refused {PATHS[action]} for {dossier}: {message}", code=code)
+        return VilisSent(so_bien_nhan=dossier, action=action, record_id=answer.data, message=message, files=files)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        effect: bool,
+        json_body: Any = None,
+        params: dict[str, str | int] | None = None,
+        accept: frozenset[int] = frozenset(),
+        guard: bool = True,
+    ) -> HttpReply:
+        deadline = self.guard.deadline()
+
+        def send(auth: Credential) -> HttpReply:
+            return self._http.request(
+                method,
+                path,
+                deadline=deadline,
+                effect=effect,
+                json_body=json_body,
+                params=params,
+                headers={"Authorization": auth.value.get_secret_value()},
+                accept=accept,
+                refused=_REFUSED,
+                guard=guard,
+            )
+
+        return self._auth.use(deadline, send, guard=guard)
