@@ -138,7 +138,7 @@ def ket_thuc(m: KetThucHoSo, now: datetime) -> dict[str, Any]:
         "staff_code": m.MaCanBoXuLy,
         "note": _note(returned, m.GhiChu),
         "result_docs": _docs(m.DanhSachGiayToKetQua),
-        "result_files": _files(m.DanhSachGiayToKetQua),
+        "result_files": _files(m.DanhSachGiayToKetQua) or None,
     }
 
 

@@ -15,13 +15,18 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from simulators import _sms, igate, nps
+from simulators import _sms, igate, nps, vilis
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
 #: simulator name (as ``igate-bus simulate`` takes it) → its fault switches
-FAULT_MODELS: Final[dict[str, type[BaseModel]]] = {"igate": igate.Faults, "nps": nps.Faults, "_sms": _sms.Faults}
+FAULT_MODELS: Final[dict[str, type[BaseModel]]] = {
+    "igate": igate.Faults,
+    "nps": nps.Faults,
+    "_sms": _sms.Faults,
+    "vilis": vilis.Faults,
+}
 #: the document the tables live in
 DOC: Final = Path(__file__).resolve().parents[1] / "docs" / "simulators.md"
 _TYPES: Final = {"number": "number", "integer": "integer", "boolean": "boolean", "string": "string"}

@@ -137,7 +137,7 @@ class TestValidConfig:
         """config/routes.yaml and config/connectors.yaml, as shipped, validate against the real registries."""
         cfg = ConfigDir(DEFAULT_CONFIG_DIR, "", "")
         run = cfg.check()
-        assert (run.code, run.lines, run.stderr) == (0, ["ok: 19 routes, 4 connectors"], "")
+        assert (run.code, run.lines, run.stderr) == (0, ["ok: 24 routes, 5 connectors"], "")
 
 
 class TestYamlProblems:

@@ -55,6 +55,7 @@ DOMAIN_IGATE_EVENTS = {
 DOMAIN_RESULT_EVENTS = {
     "vnpost.tracking_updated",
     "vilis.status_changed",
+    "vilis.change_checked",
     "dvcqg.sync_result",
     "sms.delivery_report",
     "receipt.issued",
