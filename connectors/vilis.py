@@ -78,7 +78,14 @@ from connectors._sftp import SftpClient
 from connectors._spool import Spool
 from connectors.base import credential, required_option
 from connectors.kit import CachedCredential, Credential, KitConnector, operation
-from schemas.errors import AmbiguousOutcome, MappingError, TargetRejected, TargetUnavailable
+from schemas.errors import (
+    AmbiguousOutcome,
+    MappingError,
+    TargetGarbled,
+    TargetRejected,
+    TargetTimeout,
+    TargetUnavailable,
+)
 from schemas.pii import scrub_text
 from schemas.results import CheckedFile, VilisChangeChecked
 from schemas.vilis import (
@@ -192,6 +199,8 @@ class VilisConnector(KitConnector):
         )
         self.files = SftpClient(f"{name}-sftp", sftp_spec(name, spec))
         self.spool = Spool(name, required_option(name, spec, "spool_dir", "where the dossiers' files wait"))
+        self._known: set[str] = set()
+        self._known_lock = threading.Lock()
 
     def _password_credential(self, deadline: float, guard: bool) -> Credential:
         """The account, sent with every call: a credential that lasts until the land system refuses it."""
@@ -247,7 +256,7 @@ class VilisConnector(KitConnector):
         """
         del idempotency_key
         change = request.change
-        if self.files.lookup(manifest_key(change.so_bien_nhan)) is None:
+        if not self._sent(change.so_bien_nhan):
             raise TargetRejected(
                 f"the land system reported {change.kind} on dossier {change.so_bien_nhan}, which the bus never sent it",
                 code="unknown_dossier",
@@ -266,13 +275,24 @@ class VilisConnector(KitConnector):
                     sha256=got.sha256,
                 )
             )
-        return VilisChangeChecked(**dict(change), checked_files=tuple(checked))
+        payload = change.model_dump(mode="json", exclude_none=True)
+        payload["checked_files"] = [c.model_dump(mode="json") for c in checked]
+        return VilisChangeChecked.model_validate(payload)
 
     def lookup(self, idempotency_key: str) -> VilisSent | None:
-        """What the land office applied under this key, or None when it applied nothing under it."""
-        reply = self._call(
-            "GET", LOOKUP_PATH, effect=False, params={"maYeuCau": idempotency_key}, accept=frozenset({_NOT_FOUND})
-        )
+        """What the land office applied under this key, or None when it applied nothing under it.
+
+        Raises:
+            TargetUnavailable: the lookup could not be answered (``maybe_applied``: a failed lookup never
+                clears a claim).
+            AmbiguousOutcome: the land office answered for another request.
+        """
+        try:
+            reply = self._call(
+                "GET", LOOKUP_PATH, effect=False, params={"maYeuCau": idempotency_key}, accept=frozenset({_NOT_FOUND})
+            )
+        except (TargetUnavailable, TargetTimeout, TargetGarbled) as exc:
+            raise TargetUnavailable(f"lookup failed: {exc}", maybe_applied=True) from None
         if reply.status == _NOT_FOUND:
             try:
                 named = json.loads(reply.body).get("MaYeuCau")
@@ -283,7 +303,10 @@ class VilisConnector(KitConnector):
                     "the land system's lookup answered a 404 that does not name the key", maybe_applied=True
                 )
             return None
-        found = reply.parse(LookupAnswer)
+        try:
+            found = reply.parse(LookupAnswer)
+        except TargetGarbled as exc:
+            raise TargetUnavailable(f"lookup failed: {exc}", maybe_applied=True) from None
         action = next((op for op, path in PATHS.items() if path == found.ThaoTac), None)
         if found.MaYeuCau != idempotency_key or action is None:
             raise AmbiguousOutcome(f"the land system's lookup of {idempotency_key!r} answered another request")
@@ -312,6 +335,17 @@ class VilisConnector(KitConnector):
             out.append(doc.model_copy(update={"TapTin": placed}))
             sent.append(SentFile(code=doc.MaGiayTo, path=put.remote_path, size=put.size, sha256=put.sha256))
         return out, sent
+
+    def _sent(self, dossier: str) -> bool:
+        """Whether the bus sent ``dossier`` (its manifest is in the SFTP ledger); a yes is remembered, as it
+        cannot become a no: the ledger is never cleared."""
+        if dossier in self._known:
+            return True
+        if self.files.lookup(manifest_key(dossier)) is None:
+            return False
+        with self._known_lock:
+            self._known.add(dossier)
+        return True
 
     def _put_manifest(self, dossier: str) -> None:
         """Leave the bus's record that it sent ``dossier`` (same bytes every time: a resend finds it there)."""

@@ -1,0 +1,217 @@
+# mypy: allow-untyped-defs
+"""The land connector against the land office simulator (HTTP) and a private sshd (SFTP): one test per row.
+
+Effects are counted at the land simulator by ``MaYeuCau`` (our key), files on the SFTP server's disk by their
+SHA-256; a fault test fails if its fault never happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import pytest
+from vilisenv import VILIS_PASSWORD, VILIS_USER, land_events, spool_files, vilis_spec
+
+from adapters.igate_to_vilis import dossier_received
+from connectors.vilis import MANIFEST_NAME, VilisConnector, render
+from schemas.envelope import parse_event
+from schemas.errors import (
+    CredentialsRefused,
+    MappingError,
+    TargetGarbled,
+    TargetRejected,
+    TargetUnavailable,
+)
+from schemas.events import EVENT_PAYLOADS
+from schemas.results import ResultFile, VilisStatusChanged
+from schemas.vilis import CheckChangeRequest, TraKetQuaRequest
+from simulators.faults import FaultProxy
+from simulators.vilis import VilisSimulator
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from simulators.sftp import SftpSimulator
+
+KEY = "3f1e2d4c-5b6a-4978-8a9b-0c1d2e3f4a5b"
+
+
+@pytest.fixture
+def land() -> Iterator[VilisSimulator]:
+    with VilisSimulator(username=VILIS_USER, password=VILIS_PASSWORD) as sim:
+        yield sim
+
+
+@pytest.fixture
+def conn(land: VilisSimulator, sftp_sim: SftpSimulator, spool: Path) -> Iterator[VilisConnector]:
+    land.files_root = sftp_sim.root
+    c = VilisConnector("vilis", vilis_spec(land, sftp_sim, spool))
+    yield c
+    c.close()
+
+
+def _request(spool: Path, i: int = 0):
+    import json
+
+    ev = land_events(i + 1, spool)[i]
+    event = parse_event(json.dumps(ev).encode(), payload_models=EVENT_PAYLOADS)
+    return ev["dossier_code"], dossier_received(event, now=datetime.now(UTC))
+
+
+def test_a_dossier_goes_once_with_its_files_byte_identical_on_the_server(conn, land, sftp_sim, spool):
+    """tiep_nhan ▶ both files on the server as sent, listed with their SHA-256, the manifest, one call."""
+    code, request = _request(spool)
+    reply = conn.tiep_nhan(request, KEY)
+    assert land.effect_counts() == {KEY: 1}
+    on_server = sftp_sim.files()
+    sent = spool_files(spool, code)
+    assert len(reply.files) == 2
+    for f in reply.files:
+        assert on_server[f.path].sha256 == f.sha256
+    assert sorted(f.sha256 for f in reply.files) == sorted(sent.values())
+    assert f"{code}/{MANIFEST_NAME}" in on_server
+    checks = land.file_checks()
+    assert [c["check"] for c in checks] == ["ok", "ok"], checks
+    body = land.effects()[0]["body"]
+    assert body["MaYeuCau"] == KEY and "NguonSpool" not in str(body)
+
+
+def test_the_lookup_finds_an_applied_call_and_says_none_for_an_unknown_key(conn, land, spool):
+    """lookup(KEY) after an apply ▶ the record; lookup(other) ▶ None (the land office's 404 names the key)."""
+    _, request = _request(spool)
+    conn.tiep_nhan(request, KEY)
+    found = conn.lookup(KEY)
+    assert found is not None and found.action == "tiep_nhan"
+    assert conn.lookup("never-sent-key") is None
+
+
+def test_a_failing_lookup_never_reads_as_not_applied(conn, land):
+    """lookup fails (503) ▶ TargetUnavailable maybe_applied, never None."""
+    land.set_faults(lookup_fail_rate=1.0)
+    with pytest.raises(TargetUnavailable) as info:
+        conn.lookup(KEY)
+    assert info.value.maybe_applied
+    assert any(r["path"] == "/tracuuyeucau" and r["status"] == 503 for r in land.requests())
+
+
+def test_an_answer_lost_after_the_apply_is_ambiguous_and_the_lookup_resolves_it(conn, land, spool):
+    """apply_then_drop ▶ maybe_applied; the lookup finds the call: nothing is sent twice."""
+    _, request = _request(spool)
+    land.set_faults(apply_then_drop_rate=1.0, only_paths=["/tiepnhan"])
+    with pytest.raises(TargetUnavailable) as info:
+        conn.tiep_nhan(request, KEY)
+    assert info.value.maybe_applied
+    land.set_faults()
+    assert conn.lookup(KEY) is not None
+    assert land.effect_counts() == {KEY: 1}
+
+
+def test_the_land_office_refusing_the_dossier_is_rejected_with_its_vietnamese_reason(conn, land, spool):
+    """success false ▶ TargetRejected(code) carrying the land office's message."""
+    code, request = _request(spool)
+    land.set_faults(refuse_codes=[code])
+    with pytest.raises(TargetRejected) as info:
+        conn.tiep_nhan(request, KEY)
+    assert info.value.code == "TRUNG_HO_SO"
+    assert "Hồ sơ đã tồn tại trên hệ thống đất đai" in str(info.value)
+    assert land.effect_counts() == {}
+
+
+def test_refused_credentials_open_the_breaker(conn, land):
+    """401 ▶ CredentialsRefused (an operator's problem, never a dead letter)."""
+    land.set_faults(refuse_credentials=True)
+    with pytest.raises(CredentialsRefused):
+        conn.tra_ket_qua(
+            TraKetQuaRequest(SoBienNhan="000.00.16.H16-250101-0001", NgayTra="2025-12-10T09:00:00+07:00"), KEY
+        )
+    assert conn.breaker_state == "open"
+
+
+def test_down_is_unavailable_and_garbage_is_garbled(conn, land):
+    """503 ▶ TargetUnavailable; a broken 200 after the apply ▶ TargetGarbled maybe_applied."""
+    request = TraKetQuaRequest(SoBienNhan="000.00.16.H16-250101-0001", NgayTra="2025-12-10T09:00:00+07:00")
+    land.set_faults(down=True)
+    with pytest.raises(TargetUnavailable):
+        conn.tra_ket_qua(request, KEY)
+    land.set_faults(malformed_body=1.0)
+    with pytest.raises(TargetGarbled) as info:
+        conn.tra_ket_qua(request, KEY + "x")
+    assert info.value.maybe_applied
+    assert land.effect_counts() == {KEY + "x": 1}
+
+
+def test_a_document_missing_from_the_spool_is_a_mapping_error_naming_it(conn, land, spool):
+    """No file in the spool ▶ MappingError naming documents[i]; nothing sent to the land office."""
+    code, request = _request(spool)
+    for p in (spool / code).iterdir():
+        p.unlink()
+    with pytest.raises(MappingError) as info:
+        conn.tiep_nhan(request, KEY)
+    assert (info.value.field or "").startswith("documents[0]")
+    assert land.effect_counts() == {}
+
+
+def test_an_upload_cut_midway_sends_nothing_to_the_land_office_and_the_retry_completes(land, sftp_sim, spool, tmp_path):
+    """The SFTP link reset mid-upload ▶ TargetUnavailable, no call; the next attempt ▶ whole files, one call."""
+    land.files_root = sftp_sim.root
+    with FaultProxy(sftp_sim.host, sftp_sim.port) as proxy:
+        known = tmp_path / "known_hosts_proxy"
+        known.write_text(sftp_sim.known_hosts_for(f"[127.0.0.1]:{proxy.port}"))
+        conn = VilisConnector(
+            "vilis",
+            vilis_spec(land, sftp_sim, spool, sftp_endpoint=f"sftp://127.0.0.1:{proxy.port}", known_hosts=known),
+        )
+        code, request = _request(spool)
+        proxy.reset_after_bytes = 6000
+        with pytest.raises(TargetUnavailable):
+            conn.tiep_nhan(request, KEY)
+        assert proxy.stats().connections_total >= 1
+        assert land.effect_counts() == {}
+        proxy.reset_after_bytes = None
+        reply = conn.tiep_nhan(request, KEY)
+        conn.close()
+    assert land.effect_counts() == {KEY: 1}
+    on_server = sftp_sim.files()
+    assert sorted(on_server[f.path].sha256 for f in reply.files) == sorted(spool_files(spool, code).values())
+    assert [c["check"] for c in land.file_checks()] == ["ok", "ok"]
+
+
+def _change(code: str, files: tuple[ResultFile, ...] = ()) -> CheckChangeRequest:
+    return CheckChangeRequest(
+        change=VilisStatusChanged(
+            so_bien_nhan=code, kind="ket_thuc", at=datetime.now(UTC).isoformat(), status=9, result_files=files
+        )
+    )
+
+
+def test_a_change_on_a_dossier_the_bus_never_sent_is_rejected_unknown_dossier(conn):
+    """No manifest in the SFTP ledger ▶ TargetRejected(code=unknown_dossier)."""
+    with pytest.raises(TargetRejected) as info:
+        conn.check_change(_change("000.00.16.H16-250101-0999"))
+    assert info.value.code == "unknown_dossier"
+
+
+def test_result_files_are_fetched_and_their_hashes_checked(conn, land, sftp_sim, spool):
+    """A known dossier's result file ▶ fetched whole into the spool; a wrong SHA-256 ▶ TargetUnavailable."""
+    code, request = _request(spool)
+    conn.tiep_nhan(request, KEY)
+    doc = land.step_body(code, "KetThucHoSo")["DanhSachGiayToKetQua"][0]
+    good = ResultFile(name=doc["TenGiayTo"], path=doc["LinkFile"], sha256=doc["Sha256"])
+    checked = conn.check_change(_change(code, (good,)))
+    fetched = spool / checked.checked_files[0].local_path
+    assert hashlib.sha256(fetched.read_bytes()).hexdigest() == doc["Sha256"] == sftp_sim.files()[doc["LinkFile"]].sha256
+    bad = good.model_copy(update={"sha256": "0" * 64, "path": doc["LinkFile"]})
+    fetched.unlink()
+    with pytest.raises(TargetUnavailable):
+        conn.check_change(_change(code, (bad,)))
+    assert not fetched.exists()
+
+
+def test_render_shows_the_wire_without_spool_paths(spool):
+    """map's rendering: the path, MaYeuCau, and no spool path."""
+    _, request = _request(spool)
+    text = render("tiep_nhan", request)
+    assert text.startswith("POST {endpoint}/tiepnhan") and "MaYeuCau" in text and "NguonSpool" not in text
