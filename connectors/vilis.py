@@ -337,8 +337,10 @@ class VilisConnector(KitConnector):
         return out, sent
 
     def _sent(self, dossier: str) -> bool:
-        """Whether the bus sent ``dossier`` (its manifest is in the SFTP ledger); a yes is remembered, as it
-        cannot become a no: the ledger is never cleared."""
+        """Whether the bus sent ``dossier``: its manifest is in the SFTP ledger.
+
+        A yes is remembered, as it cannot become a no: the ledger is never cleared.
+        """
         if dossier in self._known:
             return True
         if self.files.lookup(manifest_key(dossier)) is None:

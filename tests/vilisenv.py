@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from simulators.vilis import VilisSimulator
 
 VILIS_USER = "igate-bus"
-VILIS_PASSWORD = "land-s3cret-for-tests"  # noqa: S105 - the test simulator's password
+VILIS_PASSWORD = "land-s3cret-for-tests"
 USER_ENV, PASSWORD_ENV = "IGATE_BUS_VILIS_USERNAME", "IGATE_BUS_VILIS_PASSWORD"
 #: a land procedure (in the shipped `when` list) and one that is not
 LAND_PROCEDURE = "1.003560.000.00.00.H16"

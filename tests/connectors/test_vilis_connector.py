@@ -26,7 +26,7 @@ from schemas.errors import (
 )
 from schemas.events import EVENT_PAYLOADS
 from schemas.results import ResultFile, VilisStatusChanged
-from schemas.vilis import CheckChangeRequest, TraKetQuaRequest
+from schemas.vilis import CheckChangeRequest, TiepNhanRequest, TraKetQuaRequest
 from simulators.faults import FaultProxy
 from simulators.vilis import VilisSimulator
 
@@ -53,7 +53,7 @@ def conn(land: VilisSimulator, sftp_sim: SftpSimulator, spool: Path) -> Iterator
     c.close()
 
 
-def _request(spool: Path, i: int = 0):
+def _request(spool: Path, i: int = 0) -> tuple[str, TiepNhanRequest]:
     import json
 
     ev = land_events(i + 1, spool)[i]
