@@ -258,8 +258,10 @@ class VilisConnector(KitConnector):
         change = request.change
         if not self._sent(change.so_bien_nhan):
             raise TargetRejected(
-                f"the land system reported {change.kind} on dossier {change.so_bien_nhan}, which the bus never sent it",
+                f"unknown_dossier: the land system reported {change.kind} on dossier {change.so_bien_nhan}, which the "
+                "bus never sent it",
                 code="unknown_dossier",
+                field="change.so_bien_nhan",
             )
         checked = []
         for i, file in enumerate(change.result_files):

@@ -52,6 +52,7 @@ import socket
 import struct
 import threading
 import time
+import unicodedata
 import zlib
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
@@ -337,7 +338,12 @@ class VilisSimulator(ServedSimulator[Faults]):
                 "NgayChuyen": now,
                 "HanXuLy": 3.0,
             },
-            "YeuCauBoSungHoSo": {"NgayChoBoSung": now, "MaCanBoXuLy": "cb.thamdinh", "GhiChu": TEXTS["bo_sung"]},
+            # [A] decomposed (NFD), as some Windows clients of land systems send it: the bus must carry it as NFC
+            "YeuCauBoSungHoSo": {
+                "NgayChoBoSung": now,
+                "MaCanBoXuLy": "cb.thamdinh",
+                "GhiChu": unicodedata.normalize("NFD", TEXTS["bo_sung"]),
+            },
             "NhanBoSungHoSo": {"NgayNhanBoSung": now, "NgayHenTraMoi": now},
             "GuiKetQuaThue": {
                 "NguoiXuLy": "chicucthue.bmt",
