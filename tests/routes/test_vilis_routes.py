@@ -28,7 +28,7 @@ from simulators.igate import IGateSimulator
 from simulators.vilis import LIFE, TEXTS, VilisSimulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bus"))  # the ingress harness lives beside its tests
-from ingress_harness import VILIS_CODE, ServerThread, make_app  # noqa: E402
+from ingress_harness import VILIS_CODE, ServerThread, make_app
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -223,7 +223,7 @@ def test_bad_code_unknown_dossier_and_a_land_office_down_each_have_a_clear_outco
         with httpx.Client(base_url=lp.ingress.url, timeout=10) as http:
             body = json.dumps(lp.land.step_body(stray, "TiepNhanHoSoChoMotCua"), ensure_ascii=False).encode()
             bad = http.post(
-                f"/callbacks/vilis/TiepNhanHoSoChoMotCua/not-the-code",
+                "/callbacks/vilis/TiepNhanHoSoChoMotCua/not-the-code",
                 content=body,
                 headers={"Content-Type": "application/json"},
             )
