@@ -176,6 +176,7 @@ def _run(lp: Land, n_land: int, n_other: int, *, cut_ingress_s: float, timeout: 
         publish(lp.amqp_url, [x for pair in zip(land, others, strict=True) for x in pair])
         wait_for(lambda: lp.land.lives_done() >= n_land // 4, timeout=timeout, what="a quarter of the lives")
         lp.proxy.refuse = True  # the bus is unreachable while the land office keeps calling
+        lp.proxy.drop_all()  # its kept-alive connections too
         time.sleep(cut_ingress_s)
         lp.proxy.refuse = False
         wait_for(lambda: lp.lives_at_igate() >= n_land, timeout=timeout, what=f"{n_land} lives at iGate")
