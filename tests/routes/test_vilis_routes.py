@@ -130,7 +130,7 @@ class Land:
 
 
 @pytest.fixture
-def land_path(amqp_url, tmp_path, sftp_sim, spool) -> Iterator[Land]:
+def land_path(amqp_url: str, tmp_path: Path, sftp_sim: SftpSimulator, spool: Path) -> Iterator[Land]:
     lp = Land(amqp_url, tmp_path, sftp_sim, spool)
     try:
         yield lp
