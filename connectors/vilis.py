@@ -66,11 +66,10 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import threading
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from sqlalchemy.exc import SQLAlchemyError
 
 from config.model import ConnectorSpec
 from connectors._http import HttpClient
@@ -101,7 +100,12 @@ from schemas.vilis import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from connectors._http import HttpReply
+    from connectors.kit.state import StateRow
+
+T = TypeVar("T")
 
 #: the land system's paths for each operation (docs/domain.md section 6)
 PATHS: Final = {
@@ -117,13 +121,8 @@ _REFUSED: Final = frozenset({401})
 _SFTP_OPTIONS: Final = ("host_key_alias", "ledger_dir", "max_file_bytes", "requests_in_flight")
 
 
-#: the bus's own record on the SFTP server that it sent a dossier: a manifest put under this ledger key [A]
-MANIFEST_NAME: Final = "HoSoMotCua.json"
-
-
-def manifest_key(dossier: str) -> str:
-    """The SFTP ledger key of the manifest that says the bus sent ``dossier`` to the land office."""
-    return f"hoso-{dossier}"
+#: the connector state's namespace of the dossiers the bus handed to the land office (key: the dossier code)
+SENT: Final = "dossiers"
 
 
 class LookupAnswer(BaseModel):
@@ -199,8 +198,6 @@ class VilisConnector(KitConnector):
         )
         self.files = SftpClient(f"{name}-sftp", sftp_spec(name, spec))
         self.spool = Spool(name, required_option(name, spec, "spool_dir", "where the dossiers' files wait"))
-        self._known: set[str] = set()
-        self._known_lock = threading.Lock()
 
     def _password_credential(self, deadline: float, guard: bool) -> Credential:
         """The account, sent with every call: a credential that lasts until the land system refuses it."""
@@ -223,9 +220,10 @@ class VilisConnector(KitConnector):
     def tiep_nhan(self, request: TiepNhanRequest, idempotency_key: str) -> VilisSent:
         """Upload the dossier's files over SFTP, then hand the dossier to the land office (``tiepnhan``)."""
         docs, files = self._upload(request.SoBienNhan, request.DanhSachGiayToDinhKem, idempotency_key)
-        self._put_manifest(request.SoBienNhan)
         body = request.model_copy(update={"DanhSachGiayToDinhKem": docs})
-        return self._send("tiep_nhan", body, request.SoBienNhan, idempotency_key, files)
+        sent = self._send("tiep_nhan", body, request.SoBienNhan, idempotency_key, files)
+        self._remember(sent, idempotency_key)
+        return sent
 
     @operation(BoSungRequest, VilisSent, lookup="lookup")
     def bo_sung(self, request: BoSungRequest, idempotency_key: str) -> VilisSent:
@@ -249,14 +247,14 @@ class VilisConnector(KitConnector):
         """Check a land-office change before iGate hears of it: the bus sent that dossier; result files whole.
 
         Raises:
-            TargetRejected: ``unknown_dossier`` when the bus never sent the dossier to the land office (no
-                manifest in the SFTP ledger); ``not_found`` when a result file is not on the server.
+            TargetRejected: ``unknown_dossier`` when the bus never sent the dossier to the land office (no row
+                in the connector's state); ``not_found`` when a result file is not on the server.
             TargetUnavailable: a result file's bytes do not hash to what the land office said (retried: a file
                 still being written settles; after the route's attempts, dead-lettered).
         """
         del idempotency_key
         change = request.change
-        if not self._sent(change.so_bien_nhan):
+        if self._known(change.so_bien_nhan) is None:
             raise TargetRejected(
                 f"unknown_dossier: the land system reported {change.kind} on dossier {change.so_bien_nhan}, which the "
                 "bus never sent it",
@@ -279,7 +277,16 @@ class VilisConnector(KitConnector):
             )
         payload = change.model_dump(mode="json", exclude_none=True)
         payload["checked_files"] = [c.model_dump(mode="json") for c in checked]
-        return VilisChangeChecked.model_validate(payload)
+        reply = VilisChangeChecked.model_validate(payload)
+        self._state_io(
+            lambda: self.state.update(
+                SENT,
+                change.so_bien_nhan,
+                value={"last_kind": change.kind, "last_change_at": payload["at"]},
+                status="finished" if change.kind == "ket_thuc" else "open",
+            )
+        )
+        return reply
 
     def lookup(self, idempotency_key: str) -> VilisSent | None:
         """What the land office applied under this key, or None when it applied nothing under it.
@@ -312,7 +319,10 @@ class VilisConnector(KitConnector):
         action = next((op for op, path in PATHS.items() if path == found.ThaoTac), None)
         if found.MaYeuCau != idempotency_key or action is None:
             raise AmbiguousOutcome(f"the land system's lookup of {idempotency_key!r} answered another request")
-        return VilisSent(so_bien_nhan=found.SoBienNhan, action=action, record_id=found.data, message="tra cứu")
+        sent = VilisSent(so_bien_nhan=found.SoBienNhan, action=action, record_id=found.data, message="tra cứu")
+        if action == "tiep_nhan":
+            self._remember(sent, idempotency_key)
+        return sent
 
     # -- internals --------------------------------------------------------------------------------------
 
@@ -338,31 +348,27 @@ class VilisConnector(KitConnector):
             sent.append(SentFile(code=doc.MaGiayTo, path=put.remote_path, size=put.size, sha256=put.sha256))
         return out, sent
 
-    def _sent(self, dossier: str) -> bool:
-        """Whether the bus sent ``dossier``: its manifest is in the SFTP ledger.
+    def _known(self, dossier: str) -> StateRow | None:
+        """The bus's record that it handed ``dossier`` to the land office, or None when it never did."""
+        return self._state_io(lambda: self.state.get(SENT, dossier))
 
-        A yes is remembered, as it cannot become a no: the ledger is never cleared.
+    def _remember(self, sent: VilisSent, key: str) -> None:
+        """Record that the land office has the dossier (once; a resend or a lookup finds the row there).
+
+        A store failure after the land office applied the call keeps the claim maybe applied, so the
+        redelivery asks the land office (the lookup), which records it then.
         """
-        if dossier in self._known:
-            return True
-        if self.files.lookup(manifest_key(dossier)) is None:
-            return False
-        with self._known_lock:
-            self._known.add(dossier)
-        return True
+        row = {"key": key, "record_id": sent.record_id, "files": len(sent.files)}
+        self._state_io(lambda: self.state.put(SENT, sent.so_bien_nhan, row, status="open", if_absent=True))
 
-    def _put_manifest(self, dossier: str) -> None:
-        """Leave the bus's record that it sent ``dossier`` (same bytes every time: a resend finds it there)."""
-        data = json.dumps({"SoBienNhan": dossier, "GuiBoi": "igate-bus"}, ensure_ascii=False).encode()
-        local = self.spool.destination(f"manifests/{dossier}.json", field="SoBienNhan")
-        if not local.exists():  # written aside, then renamed: another thread never reads half of it
-            partial = local.with_name(f".{local.name}.{os.getpid()}.{threading.get_ident()}")
-            partial.write_bytes(data)
-            partial.replace(local)
-        with self.spool.open_source(self.spool.relative(local), field="SoBienNhan") as (source, size):
-            self.files.put(
-                source, size, remote_dir=dossier, remote_name=MANIFEST_NAME, idempotency_key=manifest_key(dossier)
-            )
+    @staticmethod
+    def _state_io(work: Callable[[], T]) -> T:
+        try:
+            return work()
+        except SQLAlchemyError as exc:
+            raise TargetUnavailable(
+                f"the bus's store failed ({type(exc).__name__}) recording the land dossier", maybe_applied=True
+            ) from None
 
     def _send(self, action: str, request: BaseModel, dossier: str, key: str, files: list[SentFile]) -> VilisSent:
         reply = self._call("POST", PATHS[action], effect=True, json_body=wire(request, key))

@@ -15,7 +15,8 @@ import pytest
 from vilisenv import VILIS_PASSWORD, VILIS_USER, land_events, spool_files, vilis_spec
 
 from adapters.igate_to_vilis import dossier_received
-from connectors.vilis import MANIFEST_NAME, VilisConnector, render
+from connectors.kit.state import ConnectorState
+from connectors.vilis import SENT, VilisConnector, render
 from schemas.envelope import parse_event
 from schemas.errors import (
     CredentialsRefused,
@@ -46,11 +47,14 @@ def land() -> Iterator[VilisSimulator]:
 
 
 @pytest.fixture
-def conn(land: VilisSimulator, sftp_sim: SftpSimulator, spool: Path) -> Iterator[VilisConnector]:
+def conn(land: VilisSimulator, sftp_sim: SftpSimulator, spool: Path, sqlite_url: str) -> Iterator[VilisConnector]:
     land.files_root = sftp_sim.root
     c = VilisConnector("vilis", vilis_spec(land, sftp_sim, spool))
+    state = ConnectorState(sqlite_url, connector="vilis")
+    c.attach_state(state)
     yield c
     c.close()
+    state.close()
 
 
 def _request(spool: Path, i: int = 0) -> tuple[str, TiepNhanRequest]:
@@ -62,7 +66,7 @@ def _request(spool: Path, i: int = 0) -> tuple[str, TiepNhanRequest]:
 
 
 def test_a_dossier_goes_once_with_its_files_byte_identical_on_the_server(conn, land, sftp_sim, spool):
-    """tiep_nhan ▶ both files on the server as sent, listed with their SHA-256, the manifest, one call."""
+    """tiep_nhan ▶ both files on the server as sent, listed with their SHA-256, one call, the dossier recorded."""
     code, request = _request(spool)
     reply = conn.tiep_nhan(request, KEY)
     assert land.effect_counts() == {KEY: 1}
@@ -72,7 +76,8 @@ def test_a_dossier_goes_once_with_its_files_byte_identical_on_the_server(conn, l
     for f in reply.files:
         assert on_server[f.path].sha256 == f.sha256
     assert sorted(f.sha256 for f in reply.files) == sorted(sent.values())
-    assert f"{code}/{MANIFEST_NAME}" in on_server
+    row = conn.state.get(SENT, code)
+    assert row is not None and row.value["key"] == KEY
     checks = land.file_checks()
     assert [c["check"] for c in checks] == ["ok", "ok"], checks
     body = land.effects()[0]["body"]
@@ -98,14 +103,16 @@ def test_a_failing_lookup_never_reads_as_not_applied(conn, land):
 
 
 def test_an_answer_lost_after_the_apply_is_ambiguous_and_the_lookup_resolves_it(conn, land, spool):
-    """apply_then_drop ▶ maybe_applied; the lookup finds the call: nothing is sent twice."""
-    _, request = _request(spool)
+    """apply_then_drop ▶ maybe_applied; the lookup finds the call (and records the dossier): nothing sent twice."""
+    code, request = _request(spool)
     land.set_faults(apply_then_drop_rate=1.0, only_paths=["/tiepnhan"])
     with pytest.raises(TargetUnavailable) as info:
         conn.tiep_nhan(request, KEY)
     assert info.value.maybe_applied
     land.set_faults()
+    assert conn.state.get(SENT, code) is None
     assert conn.lookup(KEY) is not None
+    assert conn.state.get(SENT, code) is not None
     assert land.effect_counts() == {KEY: 1}
 
 
@@ -154,7 +161,9 @@ def test_a_document_missing_from_the_spool_is_a_mapping_error_naming_it(conn, la
     assert land.effect_counts() == {}
 
 
-def test_an_upload_cut_midway_sends_nothing_to_the_land_office_and_the_retry_completes(land, sftp_sim, spool, tmp_path):
+def test_an_upload_cut_midway_sends_nothing_to_the_land_office_and_the_retry_completes(
+    land, sftp_sim, spool, tmp_path, sqlite_url
+):
     """The SFTP link reset mid-upload ▶ TargetUnavailable, no call; the next attempt ▶ whole files, one call."""
     land.files_root = sftp_sim.root
     with FaultProxy(sftp_sim.host, sftp_sim.port) as proxy:
@@ -164,6 +173,7 @@ def test_an_upload_cut_midway_sends_nothing_to_the_land_office_and_the_retry_com
             "vilis",
             vilis_spec(land, sftp_sim, spool, sftp_endpoint=f"sftp://127.0.0.1:{proxy.port}", known_hosts=known),
         )
+        conn.attach_state(ConnectorState(sqlite_url, connector="vilis"))
         code, request = _request(spool)
         proxy.reset_after_bytes = 6000
         with pytest.raises(TargetUnavailable):
@@ -188,7 +198,7 @@ def _change(code: str, files: tuple[ResultFile, ...] = ()) -> CheckChangeRequest
 
 
 def test_a_change_on_a_dossier_the_bus_never_sent_is_rejected_unknown_dossier(conn):
-    """No manifest in the SFTP ledger ▶ TargetRejected(code=unknown_dossier)."""
+    """No record of the dossier in the connector state ▶ TargetRejected(code=unknown_dossier)."""
     with pytest.raises(TargetRejected) as info:
         conn.check_change(_change("000.00.16.H16-250101-0999"))
     assert info.value.code == "unknown_dossier"
@@ -201,6 +211,8 @@ def test_result_files_are_fetched_and_their_hashes_checked(conn, land, sftp_sim,
     doc = land.step_body(code, "KetThucHoSo")["DanhSachGiayToKetQua"][0]
     good = ResultFile(name=doc["TenGiayTo"], path=doc["LinkFile"], sha256=doc["Sha256"])
     checked = conn.check_change(_change(code, (good,)))
+    row = conn.state.get(SENT, code)
+    assert row is not None and row.status == "finished" and row.value["last_kind"] == "ket_thuc"
     fetched = spool / checked.checked_files[0].local_path
     assert hashlib.sha256(fetched.read_bytes()).hexdigest() == doc["Sha256"] == sftp_sim.files()[doc["LinkFile"]].sha256
     bad = good.model_copy(update={"sha256": "0" * 64, "path": doc["LinkFile"]})
