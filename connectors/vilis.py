@@ -65,32 +65,43 @@ Options: ``sftp_endpoint``, ``sftp_username``, ``sftp_known_hosts``, ``spool_dir
 from __future__ import annotations
 
 import base64
+import importlib
 import json
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 
-from config.model import ConnectorSpec
+from adapters.to_bus import CallbackRejected, canonical_json
+from adapters.vilis_to_bus import VILIS_EVENT, vilis_action, vilis_event
+from config.model import ConnectorSpec, parse_duration
 from connectors._http import HttpClient
 from connectors._sftp import SftpClient
 from connectors._spool import Spool
 from connectors.base import credential, required_option
 from connectors.kit import CachedCredential, Credential, KitConnector, operation
+from schemas.envelope import parse_event
 from schemas.errors import (
     AmbiguousOutcome,
+    ConfigError,
+    InvalidEvent,
     MappingError,
     TargetGarbled,
     TargetRejected,
     TargetTimeout,
     TargetUnavailable,
 )
+from schemas.events import EVENT_PAYLOADS
 from schemas.pii import scrub_text
 from schemas.results import CheckedFile, VilisChangeChecked
 from schemas.vilis import (
     BoSungRequest,
     CheckChangeRequest,
     GiayTo,
+    LandChanges,
+    PollStaleRequest,
     SaiKetQuaRequest,
     SentFile,
     TiepNhanRequest,
@@ -106,6 +117,7 @@ if TYPE_CHECKING:
     from connectors.kit.state import StateRow
 
 T = TypeVar("T")
+log = structlog.get_logger("igate_bus.connector")
 
 #: the land system's paths for each operation (docs/domain.md section 6)
 PATHS: Final = {
@@ -115,6 +127,9 @@ PATHS: Final = {
     "sai_ket_qua": "phanhoihososaiketqua",
 }
 LOOKUP_PATH: Final = "tracuuyeucau"
+POLL_PATH: Final = "danhsachthaydoi"
+#: a dossier the land office has not reported on for this long is asked about by ``poll_stale``
+DEFAULT_STALE_AFTER: Final = "1h"
 PROBE_PATH: Final = "danhmuc/trangthai"
 _NOT_FOUND: Final = 404
 _REFUSED: Final = frozenset({401})
@@ -123,6 +138,45 @@ _SFTP_OPTIONS: Final = ("host_key_alias", "ledger_dir", "max_file_bytes", "reque
 
 #: the connector state's namespace of the dossiers the bus handed to the land office (key: the dossier code)
 SENT: Final = "dossiers"
+
+
+class PolledChange(BaseModel):
+    """A change the poll found: the ``vilis.status_changed`` payload it becomes, named by the land office's number."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(min_length=1, max_length=200, description="<dossier>/<change number>: names the fact.")
+    dossier_code: str
+    occurred_at: datetime
+    payload: dict[str, Any]
+
+
+class VilisPolled(BaseModel):
+    """What one poll found: the changes of the stale dossiers, and the changes it could not map (with why).
+
+    ``result_events()`` gives each change to the engine as one ``vilis.status_changed`` on ``bus.results``,
+    its id derived from the key (the same change polled twice is the same event, and is not applied twice).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    asked: int = Field(ge=0, description="Dossiers asked about.")
+    changes: list[PolledChange] = Field(default_factory=list)
+    refused: list[str] = Field(default_factory=list, description="Changes that did not map, with the reason.")
+
+    def result_events(self) -> list[Any]:
+        """Each change as an emission (``schemas.bus.Emission``, the engine's several-results contract)."""
+        emission = importlib.import_module("schemas.bus").Emission  # the engine's model, merged with schedules
+        return [
+            emission(
+                key=c.key,
+                event_type=VILIS_EVENT,
+                payload=c.payload,
+                dossier_code=c.dossier_code,
+                occurred_at=c.occurred_at,
+            )
+            for c in self.changes
+        ]
 
 
 class LookupAnswer(BaseModel):
@@ -134,6 +188,13 @@ class LookupAnswer(BaseModel):
     ThaoTac: str = Field(min_length=1, max_length=60)
     SoBienNhan: str = Field(min_length=1, max_length=60)
     data: int | None = None
+
+
+def _duration(name: str, spec: ConnectorSpec, key: str, default: str) -> float:
+    try:
+        return parse_duration(str(spec.options.get(key, default)))
+    except ValueError as exc:
+        raise ConfigError(f"connector {name!r}: options.{key}: {exc}", field=f"options.{key}") from None
 
 
 def sftp_spec(name: str, spec: ConnectorSpec) -> ConnectorSpec:
@@ -198,6 +259,7 @@ class VilisConnector(KitConnector):
         )
         self.files = SftpClient(f"{name}-sftp", sftp_spec(name, spec))
         self.spool = Spool(name, required_option(name, spec, "spool_dir", "where the dossiers' files wait"))
+        self.stale_after_s = _duration(name, spec, "poll_stale_after", DEFAULT_STALE_AFTER)
 
     def _password_credential(self, deadline: float, guard: bool) -> Credential:
         """The account, sent with every call: a credential that lasts until the land system refuses it."""
@@ -287,6 +349,47 @@ class VilisConnector(KitConnector):
             )
         )
         return reply
+
+    @operation(PollStaleRequest, VilisPolled, effect=False)
+    def poll_stale(self, request: PollStaleRequest, idempotency_key: str = "") -> VilisPolled:
+        """Ask the land office for the changes of the open dossiers it has not reported on for a while.
+
+        For deployments whose land system cannot call back: "a while" is ``options.poll_stale_after``.
+        A dossier's changes are all asked for each time (the land office's numbers name them, so a change
+        seen twice is one event); reporting on a dossier (``check_change``) makes it fresh again.
+        """
+        del idempotency_key
+        now = datetime.now(UTC)
+        stale = [
+            row
+            for row in self._state_io(lambda: self.state.rows(SENT, status="open", limit=5000))
+            if now - row.updated_at >= timedelta(seconds=self.stale_after_s)
+        ][: request.limit]
+        changes: list[PolledChange] = []
+        refused: list[str] = []
+        for row in stale:
+            reply = self._call(
+                "POST", POLL_PATH, effect=False, json_body={"SoBienNhan": row.key, "TuMa": 0, "SoLuong": 500}
+            )
+            for change in reply.parse(LandChanges).data:
+                key = f"{row.key}/{change.Ma}"
+                try:  # the same mapping and the same strict parser (NFC text) as a callback's
+                    data = vilis_event(vilis_action(change.ThaoTac), change.NoiDung, now=now)
+                    event = parse_event(canonical_json(data), payload_models=EVENT_PAYLOADS, received_at=now)
+                except CallbackRejected as exc:
+                    refused.append(f"{key}: {exc.code}: {exc.detail}"[:500])
+                    continue
+                except InvalidEvent as exc:
+                    refused.append(f"{key}: invalid: {exc}"[:500])
+                    continue
+                if event.envelope.dossier_code != row.key:
+                    refused.append(f"{key}: the change names dossier {event.envelope.dossier_code!r}")
+                    continue
+                payload = event.as_dict()["payload"]
+                changes.append(PolledChange(key=key, dossier_code=row.key, occurred_at=now, payload=payload))
+        if refused:
+            log.warning("vilis.poll_refused", connector=self.name, refused=refused[:20], count=len(refused))
+        return VilisPolled(asked=len(stale), changes=changes, refused=refused)
 
     def lookup(self, idempotency_key: str) -> VilisSent | None:
         """What the land office applied under this key, or None when it applied nothing under it.

@@ -309,3 +309,25 @@ class CheckChangeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     change: VilisStatusChanged
+
+
+class PollStaleRequest(BaseModel):
+    """Ask the land office about the dossiers it has not reported on for a while (``vilis.poll_stale``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: StrictInt = Field(default=200, ge=1, le=5000, description="Most dossiers asked about in one poll.")
+
+
+class LandChange(_VilisModel):
+    """One change in the land office's feed (``danhsachthaydoi``) [A]: its number, the call it stands for, its body."""
+
+    Ma: StrictInt = Field(ge=1)
+    ThaoTac: str = Field(min_length=1, max_length=60)
+    NoiDung: dict[str, Any]
+
+
+class LandChanges(_VilisModel):
+    """The feed's answer: ``{data: [change], status}``."""
+
+    data: list[LandChange] = Field(default_factory=list, max_length=500)

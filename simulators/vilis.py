@@ -17,8 +17,9 @@ What it answers (docs/domain.md section 6; [F] as TH's VBDLIS/ILIS clients see i
   server's root (``files_root``) the land office reads every file and records whether its bytes match
   (:meth:`VilisSimulator.file_checks`), and puts its result documents there (``<dossier>/KetQua/...``), whose
   SHA-256 it sends with ``KetThucHoSo``.
-- [A] ``GET /danhmuc/trangthai``: the status catalogue (the probe). ``POST /danhsachthaydoi {TuMa, SoLuong}``:
-  the changes queued for polling after change number ``TuMa``, oldest first.
+- [A] ``GET /danhmuc/trangthai``: the status catalogue (the probe). ``POST /danhsachthaydoi {SoBienNhan?,
+  TuMa, SoLuong}``: the changes queued for polling (of one dossier when ``SoBienNhan`` is given) after
+  change number ``TuMa``, oldest first.
 
 **A dossier's life** (:data:`LIFE`): received (the land office's receipt), moved to an officer, supplement
 requested, supplement received, tax notice, finished with a result document. Each step is a call of the
@@ -469,10 +470,13 @@ class VilisSimulator(ServedSimulator[Faults]):
         try:
             data = json.loads(body.decode("utf-8") or "{}")
             after, size = int(data.get("TuMa", 0)), min(500, max(1, int(data.get("SoLuong", 100))))
+            dossier = data.get("SoBienNhan")
         except (ValueError, TypeError, AttributeError):
             return _Answer(400, {"status": _fail("TuMa và SoLuong phải là số", 400)})
         with self._lock:
-            page = [c for c in self._changes if c["Ma"] > after][:size]
+            page = [c for c in self._changes if c["Ma"] > after and dossier in {None, c["NoiDung"]["SoBienNhan"]}][
+                :size
+            ]
         return _Answer(200, {"data": page, "status": _ok("Thành công")})
 
 

@@ -51,6 +51,7 @@ def vilis_spec_dict(
     sftp_endpoint: str | None = None,
     known_hosts: Path | None = None,
     total: str = "60s",
+    **options: Any,
 ) -> dict[str, Any]:
     """The connectors.yaml entry of the land connector for these simulators (credentials by variable)."""
     os.environ[KEY_ENV] = str(sftp.client_key)
@@ -67,6 +68,7 @@ def vilis_spec_dict(
             "sftp_username": sftp.username,
             "sftp_known_hosts": str(known_hosts or sftp.known_hosts),
             "spool_dir": str(spool),
+            **options,
         },
     }
 

@@ -8,6 +8,7 @@ SHA-256; a fault test fails if its fault never happened.
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -27,9 +28,9 @@ from schemas.errors import (
 )
 from schemas.events import EVENT_PAYLOADS
 from schemas.results import ResultFile, VilisStatusChanged
-from schemas.vilis import CheckChangeRequest, TiepNhanRequest, TraKetQuaRequest
+from schemas.vilis import CheckChangeRequest, PollStaleRequest, TiepNhanRequest, TraKetQuaRequest
 from simulators.faults import FaultProxy
-from simulators.vilis import VilisSimulator
+from simulators.vilis import LIFE, TEXTS, VilisSimulator
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -227,3 +228,32 @@ def test_render_shows_the_wire_without_spool_paths(spool):
     _, request = _request(spool)
     text = render("tiep_nhan", request)
     assert text.startswith("POST {endpoint}/tiepnhan") and "MaYeuCau" in text and "NguonSpool" not in text
+
+
+def test_the_poll_asks_only_stale_open_dossiers_and_names_each_change(land, sftp_sim, spool, sqlite_url):
+    """A land office that cannot call back ▶ poll_stale gets each stale dossier's changes, in order, keyed."""
+    land.files_root, land.life = sftp_sim.root, "poll"
+    state = ConnectorState(sqlite_url, connector="vilis")
+    fresh = VilisConnector("vilis", vilis_spec(land, sftp_sim, spool, poll_stale_after="1h"))
+    stale = VilisConnector("vilis", vilis_spec(land, sftp_sim, spool, poll_stale_after="1ms"))
+    for c in (fresh, stale):
+        c.attach_state(state)
+    try:
+        code, request = _request(spool)
+        stale.tiep_nhan(request, KEY)
+        wait = time.monotonic() + 20
+        while land.lives_done() < 1 and time.monotonic() < wait:
+            time.sleep(0.05)
+        assert fresh.poll_stale(PollStaleRequest()).asked == 0
+        polled = stale.poll_stale(PollStaleRequest())
+    finally:
+        fresh.close()
+        stale.close()
+        state.close()
+    assert polled.asked == 1 and not polled.refused
+    assert [c.payload["kind"] for c in polled.changes] == [kind for _, kind in LIFE]
+    assert len({c.key for c in polled.changes}) == len(LIFE) and all(
+        c.key.startswith(f"{code}/") for c in polled.changes
+    )
+    bo_sung = next(c for c in polled.changes if c.payload["kind"] == "yeu_cau_bo_sung")
+    assert bo_sung.payload["note"] == TEXTS["bo_sung"]  # sent as NFD, carried as NFC
