@@ -217,7 +217,16 @@ def test_500_land_and_500_other_dossiers(land_path):
 def test_bad_code_unknown_dossier_and_a_land_office_down_each_have_a_clear_outcome(land_path):
     """Bad security code ▶ 401, nothing published; unknown dossier ▶ dead-lettered unknown_dossier;
     the land office down ▶ the dossiers wait and go once when it is back."""
-    lp = land_path
+    _faults(land_path, down_s=3.0)
+
+
+@pytest.mark.chaos
+def test_the_land_office_down_for_a_minute(land_path):
+    """The same, the land office down for a full minute."""
+    _faults(land_path, down_s=60.0)
+
+
+def _faults(lp: Land, *, down_s: float) -> None:
     stray = "000.00.16.H16-200101-9999"
     land = land_events(5, lp.spool, prefix="DOWN")
     with thread_worker(lp.amqp_url, "sqlite:///" + str(lp.config / "store.sqlite3"), lp.config, routes=ROUTES):
@@ -243,7 +252,7 @@ def test_bad_code_unknown_dossier_and_a_land_office_down_each_have_a_clear_outco
             timeout=30,
             what="the land office refusing while down",
         )
-        time.sleep(3)
+        time.sleep(down_s)
         lp.land.set_faults()
         wait_for(lambda: lp.lives_at_igate() >= 5, timeout=120, what="5 lives at iGate after the land office is back")
     ((props, raw),) = get_all(lp.amqp_url, "dlq.vilis-check")
