@@ -20,10 +20,10 @@ Pure: no I/O, no clock; times are the event's own, rendered in Vietnam time as t
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from adapters.registry import adapter
 from schemas.envelope import Event, format_validation_error
@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from schemas.igate import Document
+
+P = TypeVar("P", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
 
 #: Vietnam has kept UTC+7 since 1975
 VIETNAM_TIME: Final = timezone(timedelta(hours=7), "ICT")
@@ -78,14 +81,17 @@ def documents(dossier_code: str, docs: Sequence[Document], field: str = "payload
     return out
 
 
-def _code(event: Event) -> str:
+def _dossier(event: Event, kind: type[P]) -> tuple[str, P]:
+    """The dossier code (SoBienNhan) and the payload, of the type the adapter maps."""
     code = event.envelope.dossier_code
     if not code:
         raise MappingError("a land dossier event needs the dossier code (SoBienNhan)", field="dossier_code")
-    return code
+    if not isinstance(event.payload, kind):
+        raise MappingError(f"expected {kind.__name__}, got {type(event.payload).__name__}", field="event_type")
+    return code, event.payload
 
 
-def _build(model: type[Any], fields: dict[str, Any]) -> Any:
+def _build(model: type[R], fields: dict[str, Any]) -> R:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
@@ -101,10 +107,7 @@ def dossier_received(event: Event, *, now: datetime) -> TiepNhanRequest:
             a field the land system would refuse (naming it).
     """
     del now
-    code = _code(event)
-    payload = event.payload
-    if not isinstance(payload, DossierReceived):
-        raise MappingError(f"expected dossier.received, got {type(payload).__name__}", field="event_type")
+    code, payload = _dossier(event, DossierReceived)
     land = payload.land
     if land is None:
         raise MappingError("a land procedure's dossier must carry its parcel for the land office", field="payload.land")
@@ -138,38 +141,24 @@ def dossier_received(event: Event, *, now: datetime) -> TiepNhanRequest:
         ],
         "DanhSachGiayToDinhKem": documents(code, payload.documents),
     }
-    result: TiepNhanRequest = _build(TiepNhanRequest, fields)
-    return result
+    return _build(TiepNhanRequest, fields)
 
 
 @adapter(accepts=("dossier.supplement_received",), produces=BoSungRequest)
 def supplement_received(event: Event, *, now: datetime) -> BoSungRequest:
     """The applicant brought the missing documents → ``capnhattrangthaibosunghoso`` with the new appointment."""
     del now
-    code = _code(event)
-    payload = event.payload
-    if not isinstance(payload, SupplementReceived):
-        raise MappingError(f"expected dossier.supplement_received, got {type(payload).__name__}", field="event_type")
-    result: BoSungRequest = _build(
+    code, supplement = _dossier(event, SupplementReceived)
+    new_docs = documents(code, supplement.documents)
+    return _build(
         BoSungRequest,
-        {
-            "SoBienNhan": code,
-            "NgayHenTraMoi": vn_time(payload.new_appointment),
-            "DanhSachGiayToBoSung": documents(code, payload.documents),
-        },
+        {"SoBienNhan": code, "NgayHenTraMoi": vn_time(supplement.new_appointment), "DanhSachGiayToBoSung": new_docs},
     )
-    return result
 
 
 @adapter(accepts=("dossier.returned",), produces=TraKetQuaRequest)
 def dossier_returned(event: Event, *, now: datetime) -> TraKetQuaRequest:
     """The result was handed back to the applicant → ``capnhattrangthaitraketquahoso``."""
     del now
-    code = _code(event)
-    payload = event.payload
-    if not isinstance(payload, DossierReturned):
-        raise MappingError(f"expected dossier.returned, got {type(payload).__name__}", field="event_type")
-    result: TraKetQuaRequest = _build(
-        TraKetQuaRequest, {"SoBienNhan": code, "NgayTra": vn_time(payload.dates.returned)}
-    )
-    return result
+    code, returned = _dossier(event, DossierReturned)
+    return _build(TraKetQuaRequest, {"SoBienNhan": code, "NgayTra": vn_time(returned.dates.returned)})

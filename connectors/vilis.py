@@ -482,31 +482,20 @@ class VilisConnector(KitConnector):
             raise TargetRejected(f"the land system refused {PATHS[action]} for {dossier}: {message}", code=code)
         return VilisSent(so_bien_nhan=dossier, action=action, record_id=answer.data, message=message, files=files)
 
-    def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        effect: bool,
-        json_body: Any = None,
-        params: dict[str, str | int] | None = None,
-        accept: frozenset[int] = frozenset(),
-        guard: bool = True,
-    ) -> HttpReply:
+    def _call(self, method: str, path: str, *, effect: bool, guard: bool = True, **extra: Any) -> HttpReply:
+        """One call with the bus's account under one deadline; ``extra``: ``json_body``, ``params``, ``accept``."""
         deadline = self.guard.deadline()
-
-        def send(auth: Credential) -> HttpReply:
-            return self._http.request(
+        return self._auth.use(
+            deadline,
+            lambda auth: self._http.request(
                 method,
                 path,
                 deadline=deadline,
                 effect=effect,
-                json_body=json_body,
-                params=params,
                 headers={"Authorization": auth.value.get_secret_value()},
-                accept=accept,
                 refused=_REFUSED,
                 guard=guard,
-            )
-
-        return self._auth.use(deadline, send, guard=guard)
+                **extra,
+            ),
+            guard=guard,
+        )

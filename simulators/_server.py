@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import random
+import socket
+import struct
 import threading
-from http.server import ThreadingHTTPServer
-from typing import Any, ClassVar, Final, Generic, Self, TypeVar
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Self, TypeVar
 
 import structlog
 from pydantic import BaseModel, ValidationError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +65,61 @@ class SimServer(ThreadingHTTPServer):
         """Clients hang up on purpose in fault tests; note it quietly instead of printing a traceback."""
         del request
         log.debug(self.error_event, client=str(client_address))
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A simulator's request handler: HTTP/1.1 keep-alive, no stderr line per request, every method to ``_handle``.
+
+    A subclass implements ``_handle`` (the record is the simulator's log, not the stdlib's line) and may end a
+    connection the way a crashed peer would with :meth:`reset_connection`.
+    """
+
+    protocol_version = "HTTP/1.1"
+    #: an idle keep-alive connection is closed after this long, so handler threads end
+    timeout = 30
+    #: headers and body go out in separate writes; with Nagle on, delayed ACKs add 40 ms to each reply
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's parameter name
+        """Silence the stdlib's per-request stderr line."""
+
+    def do_GET(self) -> None:
+        """Dispatch a GET."""
+        self._handle()
+
+    def do_POST(self) -> None:
+        """Dispatch a POST."""
+        self._handle()
+
+    def do_PUT(self) -> None:
+        """Dispatch a PUT."""
+        self._handle()
+
+    def _handle(self) -> None:
+        raise NotImplementedError
+
+    def reset_connection(self) -> None:
+        """Close with RST and without a word, as a crashed peer or a middlebox would."""
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+
+
+def run_in_foreground(sim: ServedSimulator[Any], event: str, describe: Callable[[], dict[str, Any]]) -> None:
+    """Serve ``sim`` until interrupted, a request logged per line (``igate-bus simulate``).
+
+    Logs ``<event>.listening`` with ``describe()`` once it listens and ``<event>.stopping`` on an interrupt; an
+    interrupt while starting stops as cleanly as one while serving.
+    """
+    sim.log_requests = True
+    try:
+        sim.start()
+        log.info(f"{event}.listening", **describe())  # noqa: G004 - a structlog event name, not a message
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        log.info(f"{event}.stopping")  # noqa: G004 - a structlog event name, not a message
+    finally:
+        sim.stop()
 
 
 class ServedSimulator(Generic[F]):

@@ -40,19 +40,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import hmac
 import itertools
 import json
 import os
 import re
 import secrets
-import socket
-import struct
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -60,7 +55,14 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.igate_api import AddNoteRequest, UpdateDossierRequest
-from simulators._server import ServedSimulator, SimServer, configure_cli_logging, duration_arg
+from simulators._server import (
+    QuietHandler,
+    ServedSimulator,
+    SimServer,
+    configure_cli_logging,
+    duration_arg,
+    run_in_foreground,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -575,29 +577,9 @@ class _Server(SimServer):
     sim: IGateSimulator
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
     server_version = "iGate-simulator/0.1"
-    #: an idle keep-alive connection is closed after this long, so handler threads end
-    timeout = 30
-    #: headers and body go out in separate writes; with Nagle on, delayed ACKs add 40 ms to each reply
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's parameter name
-        """Silence the stdlib's per-request stderr line; the record is the log."""
-
-    def do_GET(self) -> None:
-        """Dispatch a GET."""
-        self._handle()
-
-    def do_POST(self) -> None:
-        """Dispatch a POST."""
-        self._handle()
-
-    def do_PUT(self) -> None:
-        """Dispatch a PUT."""
-        self._handle()
 
     def _handle(self) -> None:
         sim = self.server.sim
@@ -635,7 +617,7 @@ class _Handler(BaseHTTPRequestHandler):
         answer = sim._route(call)  # noqa: SLF001
         entry["status"] = "dropped" if fault == "apply_then_drop" else answer.status
         if fault == "apply_then_drop":
-            self._reset_connection()
+            self.reset_connection()
         elif fault == "malformed_body":
             self._send_raw(200, b'{"noteId": "note-0", "dossierCode": ')
         elif faults.oversize_bytes:
@@ -656,16 +638,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.sim._route(call)  # noqa: SLF001
             entry["status"] = "hung"  # recorded now: the client gives up long before the hang ends
             self.server.sim._sleep(faults.hang_s)  # noqa: SLF001
-            self._reset_connection()
+            self.reset_connection()
         else:
             entry["status"] = "dropped"
-            self._reset_connection()
-
-    def _reset_connection(self) -> None:
-        """Close with RST and without a word, as a crashed peer or a middlebox would."""
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.close_connection = True
+            self.reset_connection()
 
     def _send_json(self, answer: _Answer, *, drip_s: float = 0.0) -> None:
         data = json.dumps(answer.body, ensure_ascii=False).encode("utf-8")
@@ -732,15 +708,7 @@ def serve(
         token_ttl_s=token_ttl_s,
         strict_dossiers=strict_dossiers,
     )
-    sim.log_requests = True
-    try:  # an interrupt while starting stops as cleanly as one while serving
-        sim.start()
-        log.info("igate_sim.listening", url=sim.url, username=sim.username, client_id=sim.client_id)
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        log.info("igate_sim.stopping")
-    finally:
-        sim.stop()
+    run_in_foreground(sim, "igate_sim", lambda: {"url": sim.url, "username": sim.username, "client_id": sim.client_id})
 
 
 def main(argv: list[str] | None = None) -> None:

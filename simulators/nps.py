@@ -59,18 +59,13 @@ effects still go through. Control endpoints (never recorded, never faulted): ``G
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hmac
 import itertools
 import json
 import os
 import secrets
-import socket
-import struct
-import threading
 import time
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -89,7 +84,14 @@ from schemas.nps import (
     HoSoMC,
     TienDoHoSo,
 )
-from simulators._server import ServedSimulator, SimServer, configure_cli_logging, duration_arg
+from simulators._server import (
+    QuietHandler,
+    ServedSimulator,
+    SimServer,
+    configure_cli_logging,
+    duration_arg,
+    run_in_foreground,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -777,19 +779,11 @@ class _Server(SimServer):
     sim: NpsSimulator
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
     server_version = "LGSP-DVCQG-simulator/0.1"
-    #: an idle keep-alive connection is closed after this long, so handler threads end
-    timeout = 30
-    #: headers and body go out in separate writes; with Nagle on, delayed ACKs add 40 ms to each reply
-    disable_nagle_algorithm = True
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's parameter name
-        """Silence the stdlib's per-request stderr line; the record is the log."""
-
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib handler's method name
         """Serve the WSDL, the XSD and the control endpoints."""
         split = urlsplit(self.path)
         sim = self.server.sim
@@ -805,7 +799,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found", "text/plain; charset=utf-8")
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib handler's method name
         """Answer a SOAP call, or a control endpoint."""
         sim = self.server.sim
         split = urlsplit(self.path)
@@ -893,9 +887,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, _envelope(operation, {**answer, "error_code": faults.ok_code}), xml)
         elif mode == "hang":
             self.server.sim._sleep(faults.hang_s)  # noqa: SLF001
-            self._reset_connection()
+            self.reset_connection()
         elif mode in {"drop", "apply_then_drop"}:
-            self._reset_connection()
+            self.reset_connection()
         elif mode == "truncated":
             data = _envelope(operation, answer)
             self._send(200, data[: len(data) * 6 // 10], xml, declared=len(data))
@@ -930,12 +924,6 @@ class _Handler(BaseHTTPRequestHandler):
                 sent += len(piece)
         except OSError:
             pass  # the client stopped reading, as it should
-        self.close_connection = True
-
-    def _reset_connection(self) -> None:
-        """Close with RST and without a word, as a crashed peer or a middlebox would."""
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.close_connection = True
 
     def _send(
@@ -973,15 +961,9 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, session_ttl_s: f
         password=os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD,
         session_ttl_s=session_ttl_s,
     )
-    sim.log_requests = True
-    try:  # an interrupt while starting stops as cleanly as one while serving
-        sim.start()
-        log.info("nps_sim.listening", url=sim.endpoint, wsdl=f"{sim.endpoint}?wsdl", username=sim.username)
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        log.info("nps_sim.stopping")
-    finally:
-        sim.stop()
+    run_in_foreground(
+        sim, "nps_sim", lambda: {"url": sim.endpoint, "wsdl": f"{sim.endpoint}?wsdl", "username": sim.username}
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

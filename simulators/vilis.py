@@ -43,20 +43,16 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
-import contextlib
 import hashlib
 import hmac
 import json
 import os
 import queue
-import socket
-import struct
 import threading
 import time
 import unicodedata
 import zlib
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -64,7 +60,7 @@ import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from simulators._server import ServedSimulator, SimServer, configure_cli_logging
+from simulators._server import QuietHandler, ServedSimulator, SimServer, configure_cli_logging, run_in_foreground
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -485,23 +481,9 @@ class _Server(SimServer):
     sim: VilisSimulator
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
     server_version = "VILIS-simulator/0.1"
-    timeout = 30
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's parameter name
-        """Silence the stdlib's per-request line; the record is the log."""
-
-    def do_GET(self) -> None:
-        """Dispatch a GET."""
-        self._handle()
-
-    def do_POST(self) -> None:
-        """Dispatch a POST."""
-        self._handle()
 
     def _handle(self) -> None:
         sim = self.server.sim
@@ -531,7 +513,7 @@ class _Handler(BaseHTTPRequestHandler):
             if fault == "timeout":
                 sim._wake.wait(sim.faults.hang_s)  # noqa: SLF001
             entry["status"] = "dropped"
-            self._reset()
+            self.reset_connection()
             return
         if not sim._authorised(self.headers.get("Authorization", "")):  # noqa: SLF001
             entry["status"] = 401
@@ -540,16 +522,11 @@ class _Handler(BaseHTTPRequestHandler):
         answer = sim._route(self.command, path, query, body)  # noqa: SLF001
         entry["status"] = "dropped" if fault == "apply_then_drop" else answer.status
         if fault == "apply_then_drop":
-            self._reset()
+            self.reset_connection()
         elif fault == "malformed_body":
             self._send_raw(200, b'{"data": 1, "status": ')
         else:
             self._send(answer.status, answer.body)
-
-    def _reset(self) -> None:
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.close_connection = True
 
     def _send(self, status: int, body: Any) -> None:
         self._send_raw(status, json.dumps(body, ensure_ascii=False).encode("utf-8"))
@@ -583,15 +560,9 @@ def serve(
         life=life if bus_url else "off",
         step_s=1.0,
     )
-    sim.log_requests = True
-    try:
-        sim.start()
-        log.info("vilis_sim.listening", url=sim.url, username=sim.username, bus_url=bus_url, life=sim.life)
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        log.info("vilis_sim.stopping")
-    finally:
-        sim.stop()
+    run_in_foreground(
+        sim, "vilis_sim", lambda: {"url": sim.url, "username": sim.username, "bus_url": bus_url, "life": sim.life}
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
