@@ -387,7 +387,8 @@ class VilisConnector(KitConnector):
                     continue
                 payload = event.as_dict()["payload"]
                 changes.append(PolledChange(key=key, dossier_code=row.key, occurred_at=now, payload=payload))
-        if refused:
+        if refused:  # each reason may quote the land office's data: scrubbed like every reply text
+            refused = [scrub_text(r) for r in refused]
             log.warning("vilis.poll_refused", connector=self.name, refused=refused[:20], count=len(refused))
         return VilisPolled(asked=len(stale), changes=changes, refused=refused)
 

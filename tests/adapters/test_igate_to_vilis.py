@@ -128,3 +128,27 @@ class TestResultFiles:
         payload = vilis_event(vilis_action("KetThucHoSo"), body, now=NOW)["payload"]
         assert payload["result_files"] == [{"name": "Giấy chứng nhận", "path": "D/KetQua/GCN.pdf", "sha256": "a" * 64}]
         assert [d["url"] for d in payload["result_docs"]] == [None, "https://vbdlis.example/tb.pdf"]
+
+
+def test_igate_bus_map_refuses_a_dossier_outside_the_land_sector(tmp_path: Path) -> None:
+    """``igate-bus map`` on the land route (enabled) ▶ a land dossier renders; any other exits 1 naming the when."""
+    from busenv import cli
+
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    routes = yaml.safe_load((ROOT / "config" / "routes.yaml").read_text("utf-8"))
+    for r in routes["routes"]:
+        r.pop("enabled", None)
+    (cfg / "routes.yaml").write_text(yaml.safe_dump(routes, allow_unicode=True), "utf-8")
+    (cfg / "connectors.yaml").write_text((ROOT / "config" / "connectors.yaml").read_text("utf-8"), "utf-8")
+    env = {"PATH": "/usr/bin:/bin", "IGATE_BUS_CONFIG_DIR": str(cfg)}
+    land = tmp_path / "land.json"
+    land.write_text(json.dumps(example("dossier.received"), ensure_ascii=False), "utf-8")
+    other_event = example("dossier.received")
+    other_event["procedure_code"] = "1.001612.000.00.00.H16"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(other_event, ensure_ascii=False), "utf-8")
+    ok = cli("map", "--route", "vilis-dossier-received", str(land), env=env)
+    assert ok.returncode == 0 and "POST {endpoint}/tiepnhan" in ok.stdout, ok.stderr
+    refused = cli("map", "--route", "vilis-dossier-received", str(other), env=env)
+    assert refused.returncode == 1 and "skips this event: its when (contains(" in refused.stderr
