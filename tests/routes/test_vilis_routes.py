@@ -40,9 +40,16 @@ ROUTES = ["vilis-dossier-received", "vilis-check", "vilis-to-igate"]
 KINDS = [kind for _, kind in LIFE]
 
 
-def _config(folder: Path, igate: IGateSimulator, land: VilisSimulator, sftp: SftpSimulator, spool: Path) -> Path:
+def _config(
+    folder: Path,
+    igate: IGateSimulator,
+    land: VilisSimulator,
+    sftp: SftpSimulator,
+    spool: Path,
+    backoff: tuple[str, ...] = ("300ms", "1s"),
+) -> Path:
     """routes.yaml with the land routes as shipped (their `when`), connectors.yaml for these simulators."""
-    retry = {"backoff": ["300ms", "1s"], "max_attempts": 40}
+    retry = {"backoff": list(backoff), "max_attempts": 40}
     routes = [
         {
             "name": "vilis-dossier-received",
@@ -94,7 +101,15 @@ def _config(folder: Path, igate: IGateSimulator, land: VilisSimulator, sftp: Sft
 class Land:
     """The whole land path of one test: simulators, ingress behind a fault proxy, config."""
 
-    def __init__(self, amqp_url: str, tmp_path: Path, sftp: SftpSimulator, spool: Path, **land: Any) -> None:
+    def __init__(
+        self,
+        amqp_url: str,
+        tmp_path: Path,
+        sftp: SftpSimulator,
+        spool: Path,
+        backoff: tuple[str, ...] = ("300ms", "1s"),
+        **land: Any,
+    ) -> None:
         self.amqp_url = amqp_url
         self.igate = IGateSimulator(username=SIM_USER, password=SIM_PASSWORD).start()
         self.ingress = ServerThread(make_app(amqp_url)).__enter__()
@@ -109,7 +124,7 @@ class Land:
         ).start()
         self.sftp = sftp
         self.spool = spool
-        self.config = _config(tmp_path / "cfg", self.igate, self.land, sftp, spool)
+        self.config = _config(tmp_path / "cfg", self.igate, self.land, sftp, spool, backoff)
 
     def close(self) -> None:
         self.land.stop()
@@ -234,9 +249,13 @@ def test_bad_code_unknown_dossier_and_a_land_office_down_each_have_a_clear_outco
 
 
 @pytest.mark.chaos
-def test_the_land_office_down_for_a_minute(land_path):
-    """The same, the land office down for a full minute."""
-    _faults(land_path, down_s=60.0)
+def test_the_land_office_down_for_a_minute(amqp_url, tmp_path, sftp_sim, spool):
+    """The same, the land office down for a full minute (backoff of a real route's order: 2s, 10s, 30s)."""
+    lp = Land(amqp_url, tmp_path, sftp_sim, spool, backoff=("2s", "10s", "30s"))
+    try:
+        _faults(lp, down_s=60.0)
+    finally:
+        lp.close()
 
 
 def _faults(lp: Land, *, down_s: float) -> None:
