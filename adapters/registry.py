@@ -31,6 +31,7 @@ ADAPTER_MODULES: tuple[str, ...] = (
     "adapters.igate_to_sms",
     "adapters.igate_to_vilis",
     "adapters.vilis_to_igate",
+    "adapters.igate_to_receipt",
 )
 
 

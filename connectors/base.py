@@ -99,6 +99,7 @@ CONNECTOR_TYPES: dict[str, str] = {
     "igate": "connectors.igate:IGateConnector",
     "noop": "connectors.noop:NoopConnector",
     "nps": "connectors.nps:NpsConnector",
+    "receipt": "connectors.receipt:ReceiptConnector",
     "sftp": "connectors.sftp:SftpConnector",
     "sms": "connectors.sms:SmsConnector",
     "vilis": "connectors.vilis:VilisConnector",

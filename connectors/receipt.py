@@ -1,0 +1,423 @@
+"""The Finance e-receipt connector: issues one receipt per kind of fee of a payment, exactly once, and cancels them.
+
+Where it sits: the connector step of the receipt routes (``payment.settled`` → ``receipt-issue-phi`` /
+``receipt-issue-lephi`` → ``adapters/igate_to_receipt.py`` → **connector** → ``receipt.issued`` on
+``bus.results``, which ``results-to-igate`` writes on the dossier). The protocol is docs/domain.md section 4
+(VNPT Invoice over SOAP 1.1, ``schemas/wsdl/receipt.wsdl``), sent through the connector kit: a
+:class:`connectors._soap.SoapClient` built once from the local WSDL (DTDs and entities refused, breaker, rate
+limit, total deadline, reply cap, every failure translated as that module's table says), the kit's probe
+and operation declarations. A password travels with every call, so the credential is a lasting one.
+
+**Exactly once.** The service's ``fkey`` (``{kind}-{payment_ref}``, from the payment, never from the event)
+is the receipt's identity, and the service issues at most one receipt per fkey. Before any attempt that may
+follow an earlier one (an ambiguous outcome of this event, or any earlier event of the same payment: the
+connector's state says so), the receipt is looked up by fkey (``listInvByCusFkey``) and a valid one is
+returned without issuing. ``ERR:13`` ("key already used") means the same: fetch it. A fetched receipt whose
+amount differs from the request's, or one that was cancelled or replaced, is refused (dead-lettered for a
+person, never reported as valid, never issued again).
+
+Error table (what the service answered → what is raised):
+
+=====================================================  ==============================================================
+``OK:pattern;serial-fkey_number`` (issue)              ``ReceiptIssued``
+``ERR:13`` (issue)                                     fetch by fkey: valid and same amount → ``ReceiptIssued``;
+                                                       another amount → ``TargetRejected(code="amount_mismatch")``;
+                                                       cancelled/replaced → ``TargetRejected(code="cancelled")``;
+                                                       not found → ``TargetUnavailable(maybe_applied=True)``
+``ERR:1``, ``ERR:7`` (the account refused)             :class:`~schemas.errors.CredentialsRefused` (after one resend;
+                                                       events wait, the breaker opens)
+``ERR:5`` (publish failed)                             ``TargetUnavailable(maybe_applied=True)``: reconcile first
+``ERR:6`` (out of numbers)                             ``TargetUnavailable(maybe_applied=False)``
+any other ``ERR:n``                                    ``TargetRejected(code="ERR:n")`` with the meaning
+neither ``OK:`` nor ``ERR:n``, a malformed OK, a       ``TargetGarbled(maybe_applied=effect)``
+lookup that is not ``<Data>`` XML, an OK for another
+fkey
+transport, HTTP, SOAP faults, hostile XML              as :mod:`connectors._soap`
+=====================================================  ==============================================================
+
+No reply body is ever quoted in an error: only the ERR code and its meaning.
+
+**What the bus saw.** When it has connector state (``self.state``, the worker attaches it), each receipt the
+connector is asked for is recorded under ``receipt.payments`` (key: the fkey; value: payment, kind, amount,
+dossier, the day paid; status ``issuing`` then ``issued`` or ``cancelled``) and each idempotency key under
+``receipt.keys`` (its fkey), for the engine's lookup and the daily reconciliation (``routes`` and
+``bus/cli_report.py``). Without state, the lookup by idempotency key answers "not applied" and the resend
+itself reconciles: it meets ERR:13 and fetches the receipt.
+
+``connectors.yaml``::
+
+    receipt:
+      type: receipt
+      endpoint: http://127.0.0.1:8603/PublishService.asmx
+      timeout: {connect: 3s, read: 15s, total: 30s}
+      credentials: {account: IGATE_BUS_RECEIPT_ACCOUNT, account_password: IGATE_BUS_RECEIPT_ACPASS,
+                    username: IGATE_BUS_RECEIPT_USERNAME, password: IGATE_BUS_RECEIPT_PASSWORD}
+      options: {pattern: 01BLP0-001, serial: AA-19E}
+
+Options: ``pattern`` and ``serial`` (required: the receipt template and series registered for the unit),
+``wsdl`` (another local WSDL of the same contract), and the kit's ``degraded_ms`` and ``ca_file``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import structlog
+from pydantic import BaseModel, RootModel
+
+from connectors._soap import WSDL_DIR, SoapClient
+from connectors.base import credential, endpoint, required_option
+from connectors.kit import CachedCredential, Credential, KitConnector, Refused, operation
+from schemas.errors import TargetGarbled, TargetRejected, TargetUnavailable
+from schemas.receipt import (
+    CREDENTIAL_ERRORS,
+    ERR_DUPLICATE_FKEY,
+    ERR_MEANINGS,
+    Answer,
+    CancelReceipt,
+    FoundReceipt,
+    IssueReceipt,
+    ReceiptCancelled,
+    parse_found,
+    parse_issued,
+)
+from schemas.results import ReceiptIssued
+
+if TYPE_CHECKING:
+    from config.model import ConnectorSpec
+
+log = structlog.get_logger(__name__)
+
+NAMESPACE: Final = "http://tempuri.org/"
+BINDING: Final = f"{{{NAMESPACE}}}ReceiptServiceSoap"
+WSDL_FILE: Final = WSDL_DIR / "receipt.wsdl"
+#: the fkey the probe looks up: a lookup is harmless whatever it answers
+PROBE_FKEY: Final = "phi-PROBE"
+#: the state namespaces (see the module docstring)
+PAYMENTS_NS: Final = "receipt.payments"
+KEYS_NS: Final = "receipt.keys"
+#: [A] the date range a lookup by fkey covers (dd/MM/yyyy); an fkey is unique over all time
+_ALL_TIME: Final = ("01/01/2000", "31/12/2099")
+
+
+class SoapText(RootModel[str]):
+    """A service answer that is one string (``OK:…``, ``ERR:n`` or an XML document)."""
+
+
+class _State(Protocol):
+    """What the connector uses of :class:`connectors.kit.state.ConnectorState` (docs: INTEGRATION contract)."""
+
+    def put(self, ns: str, key: str, value: dict[str, Any], *, status: str = "", if_absent: bool = False) -> bool: ...
+    def get(self, ns: str, key: str) -> Any: ...
+    def update(
+        self,
+        ns: str,
+        key: str,
+        *,
+        value: dict[str, Any] | None = None,
+        status: str | None = None,
+        expect_version: int | None = None,
+    ) -> bool: ...
+
+
+class ReceiptConnector(KitConnector):
+    """The e-receipt service over SOAP: ``issue`` and ``cancel``, each with a lookup, and ``find`` (a read).
+
+    Args:
+        name: the connector's name in ``connectors.yaml``.
+        spec: its entry; see the module docstring for options and credentials.
+
+    Raises:
+        ConfigError: no endpoint, pattern or serial, a credential's variable unset, or the WSDL does not load.
+    """
+
+    PROBE_ANSWERED = "listInvByCusFkey answered"
+    state: _State | None = None
+
+    def __init__(self, name: str, spec: ConnectorSpec) -> None:
+        url = endpoint(name, spec)
+        self._pattern = required_option(name, spec, "pattern", "the receipt template (mẫu số) registered")
+        self._serial = required_option(name, spec, "serial", "the receipt series (ký hiệu) registered")
+        self._account = credential(name, spec, "account").get_secret_value()
+        self._account_password = credential(name, spec, "account_password")
+        self._username = credential(name, spec, "username").get_secret_value()
+        password = credential(name, spec, "password")
+        wsdl = Path(str(spec.options["wsdl"])) if "wsdl" in spec.options else WSDL_FILE
+        self._soap = SoapClient(name, spec, wsdl, binding=BINDING, address=url, log_as="receipt")
+        super().__init__(name, spec, guard=self._soap.guard)
+        self._password = CachedCredential(
+            name,
+            lambda _deadline, _guard: Credential.lasting(password, None),
+            breaker=self.guard.breaker,
+            what="account",
+            issuer="the e-receipt service",
+            target="the e-receipt service",
+        )
+
+    def attach_state(self, state: _State) -> None:
+        """Give the connector its durable state (the worker does; a test may)."""
+        self.state = state
+
+    # -- the Connector protocol -------------------------------------------------------------------------
+
+    def check(self) -> float | None:
+        """Look up an fkey that is never issued (no side effects), bypassing the breaker."""
+        self._call_text("listInvByCusFkey", self._lookup_body(PROBE_FKEY), effect=False, guard=False)
+        return None
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._soap.close()
+
+    # -- operations -------------------------------------------------------------------------------------
+
+    @operation(IssueReceipt, ReceiptIssued, lookup="lookup_issue")
+    def issue(self, request: IssueReceipt, idempotency_key: str) -> ReceiptIssued:
+        """Issue the receipt of one kind of fee of a payment, once per fkey (ImportAndPublishInv).
+
+        Raises:
+            TargetRejected: the service refused it (ERR:n), or the fkey's receipt exists with another amount,
+                or was cancelled.
+            TransientError: see the module's table.
+        """
+        seen_before = self._remember(request, idempotency_key)
+        if seen_before:  # an earlier attempt for this payment may have issued it: ask before issuing
+            found = self._find_one(request.fkey)
+            if found is not None:
+                return self._as_issued(found, request)
+        body = {
+            "Account": self._account,
+            "ACpass": self._account_password.get_secret_value(),
+            "xmlInvData": request.xml(),
+            "pattern": self._pattern,
+            "serial": self._serial,
+            "convert": 0,
+        }
+        answer_text = self._call_text("ImportAndPublishInv", body, effect=True, login=("username", "password"))
+        answer = self._answer(answer_text, "ImportAndPublishInv", effect=True)
+        if answer.ok:
+            try:
+                pattern, serial, number = parse_issued(answer_text, request.fkey)
+            except ValueError as exc:
+                raise TargetGarbled(f"ImportAndPublishInv: {exc}", maybe_applied=True) from None
+            issued = ReceiptIssued(
+                fkey=request.fkey,
+                pattern=pattern,
+                serial=serial,
+                number=number,
+                provider="vnpt",
+                amount_vnd=request.total_vnd,
+            )
+            self._settled(request.fkey, "issued", number=number)
+            return issued
+        if answer.code == ERR_DUPLICATE_FKEY:
+            log.info("receipt.fkey_used_fetching", connector=self.name, fkey=request.fkey)
+            found = self._find_one(request.fkey)
+            if found is None:
+                raise TargetUnavailable(
+                    f"ERR:13 for {request.fkey} but its lookup finds no receipt", maybe_applied=True
+                )
+            return self._as_issued(found, request)
+        raise self._refusal("ImportAndPublishInv", answer)
+
+    @operation(CancelReceipt, ReceiptCancelled, lookup="lookup_cancel")
+    def cancel(self, request: CancelReceipt, idempotency_key: str) -> ReceiptCancelled:
+        """Cancel the receipt of an fkey: UnConfirmPaymentFkey, then cancelInv; one already cancelled is done.
+
+        Raises:
+            TargetRejected: no receipt has that fkey, or the service refused a step.
+            TransientError: see the module's table.
+        """
+        if self.state is not None:
+            self.state.put(KEYS_NS, idempotency_key, {"fkey": request.fkey, "op": "cancel"}, if_absent=True)
+        found = self._find_one(request.fkey)
+        if found is None:
+            raise TargetRejected(f"no receipt has fkey {request.fkey}", code="not_found")
+        if found.status == "valid":
+            for operation_name, body in (
+                ("UnConfirmPaymentFkey", {"lstFkey": request.fkey}),
+                (
+                    "cancelInv",
+                    {
+                        "Account": self._account,
+                        "ACpass": self._account_password.get_secret_value(),
+                        "fkey": request.fkey,
+                    },
+                ),
+            ):
+                text = self._call_text(operation_name, body, effect=True, login=("userName", "userPass"))
+                answer = self._answer(text, operation_name, effect=True)
+                if not answer.ok:
+                    raise self._refusal(operation_name, answer)
+        self._settled(request.fkey, "cancelled", number=found.number)
+        return ReceiptCancelled(fkey=found.fkey, pattern=found.pattern, serial=found.serial, number=found.number)
+
+    @operation(SoapText, SoapText, effect=False)
+    def find(self, request: SoapText, idempotency_key: str = "") -> SoapText:
+        """The service's raw lookup answer for an fkey (operators; the reconciliation reads the file)."""
+        del idempotency_key
+        return SoapText(self._call_text("listInvByCusFkey", self._lookup_body(request.root), effect=False))
+
+    def lookup_issue(self, idempotency_key: str) -> ReceiptIssued | None:
+        """The receipt an earlier ``issue`` with this key issued, or None when it issued none.
+
+        Raises:
+            TargetRejected: the fkey's receipt was cancelled or replaced since (never reported valid).
+        """
+        row = self._key_row(idempotency_key)
+        if row is None:
+            return None  # never recorded: never sent (or no state: the resend meets ERR:13 and fetches)
+        found = self._find_one(str(row["fkey"]))
+        if found is None:
+            return None
+        payment = self.state.get(PAYMENTS_NS, found.fkey) if self.state is not None else None
+        amount = payment.value.get("amount_vnd") if payment is not None else None
+        return self._checked(found, amount if isinstance(amount, int) else found.amount_vnd)
+
+    def lookup_cancel(self, idempotency_key: str) -> ReceiptCancelled | None:
+        """The cancellation an earlier ``cancel`` with this key made, or None when its receipt is still valid."""
+        row = self._key_row(idempotency_key)
+        if row is None:
+            return None  # the resend finds the receipt cancelled, if it was, and does nothing more
+        found = self._find_one(str(row["fkey"]))
+        if found is None or found.status == "valid":
+            return None
+        return ReceiptCancelled(fkey=found.fkey, pattern=found.pattern, serial=found.serial, number=found.number)
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _remember(self, request: IssueReceipt, idempotency_key: str) -> bool:
+        """Record the payment and the key before sending; whether the payment was asked for before."""
+        if self.state is None:
+            return False
+        self.state.put(KEYS_NS, idempotency_key, {"fkey": request.fkey, "op": "issue"}, if_absent=True)
+        value = {
+            "payment_ref": request.payment_ref,
+            "kind": request.kind,
+            "amount_vnd": request.total_vnd,
+            "dossier_code": request.dossier_code,
+            "paid_on": request.paid_on.isoformat(),
+        }
+        return not self.state.put(PAYMENTS_NS, request.fkey, value, status="issuing", if_absent=True)
+
+    def _settled(self, fkey: str, status: str, *, number: str) -> None:
+        if self.state is None:
+            return
+        row = self.state.get(PAYMENTS_NS, fkey)
+        if row is not None:
+            self.state.update(PAYMENTS_NS, fkey, value={**row.value, "number": number}, status=status)
+
+    def _key_row(self, idempotency_key: str) -> dict[str, Any] | None:
+        if self.state is None:
+            return None
+        row = self.state.get(KEYS_NS, idempotency_key)
+        return dict(row.value) if row is not None else None
+
+    def _as_issued(self, found: FoundReceipt, request: IssueReceipt) -> ReceiptIssued:
+        issued = self._checked(found, request.total_vnd)
+        self._settled(request.fkey, "issued", number=found.number)
+        return issued
+
+    @staticmethod
+    def _checked(found: FoundReceipt, amount_vnd: int) -> ReceiptIssued:
+        """A fetched receipt as the result, if it is valid and for the amount asked; never a cancelled one."""
+        if found.status != "valid":
+            raise TargetRejected(
+                f"the receipt of {found.fkey} (number {found.number}) is {found.status}: it is not issued again",
+                code="cancelled",
+            )
+        if found.amount_vnd != amount_vnd:
+            raise TargetRejected(
+                f"the receipt of {found.fkey} is for {found.amount_vnd} VND, this payment is {amount_vnd} VND",
+                code="amount_mismatch",
+            )
+        return ReceiptIssued(
+            fkey=found.fkey,
+            pattern=found.pattern,
+            serial=found.serial,
+            number=found.number,
+            provider="vnpt",
+            amount_vnd=found.amount_vnd,
+        )
+
+    def _find_one(self, fkey: str) -> FoundReceipt | None:
+        """The fkey's receipt at the service, or None; a lookup that cannot say raises (maybe applied)."""
+        text = self._call_text("listInvByCusFkey", self._lookup_body(fkey), effect=False)
+        if text.startswith("ERR:"):
+            answer = self._answer(text, "listInvByCusFkey", effect=False)
+            raise TargetUnavailable(f"lookup of {fkey} answered ERR:{answer.code}", maybe_applied=True)
+        try:
+            found = [f for f in parse_found(text) if f.fkey == fkey]
+        except ValueError as exc:
+            raise TargetGarbled(f"listInvByCusFkey: {exc}", maybe_applied=True) from None
+        if len(found) > 1:
+            raise TargetRejected(f"the service holds {len(found)} receipts for {fkey}", code="duplicate")
+        return found[0] if found else None
+
+    def _lookup_body(self, fkey: str) -> dict[str, Any]:
+        return {"key": fkey, "fromDate": _ALL_TIME[0], "toDate": _ALL_TIME[1]}
+
+    def _call_text(
+        self,
+        operation_name: str,
+        body: dict[str, Any],
+        *,
+        effect: bool,
+        guard: bool = True,
+        login: tuple[str, str] = ("userName", "userPass"),
+    ) -> str:
+        """One call with the account's password; ERR:1/ERR:7 is the password refused (renewed once)."""
+        deadline = self.guard.deadline()
+
+        def send(password: Credential) -> str:
+            full = {**body, login[0]: self._username, login[1]: password.value.get_secret_value()}
+            text = self._soap.call(operation_name, full, SoapText, deadline=deadline, effect=effect, guard=guard).root
+            if text.startswith("ERR:"):
+                code = self._answer(text, operation_name, effect=effect).code
+                if code in CREDENTIAL_ERRORS:
+                    raise Refused(f"ERR:{code} ({ERR_MEANINGS.get(code or 0, 'unknown')})")
+            return text
+
+        return self._password.use(deadline, send, guard=guard)
+
+    @staticmethod
+    def _answer(text: str, operation_name: str, *, effect: bool) -> Answer:
+        try:
+            return Answer.parse(text)
+        except ValueError:
+            raise TargetGarbled(f"{operation_name}: an answer neither OK: nor ERR:n", maybe_applied=effect) from None
+
+    @staticmethod
+    def _refusal(operation_name: str, answer: Answer) -> Exception:
+        code = answer.code or 0
+        meaning = ERR_MEANINGS.get(code, "unknown error")
+        if code == 5:
+            return TargetUnavailable(f"{operation_name} answered ERR:5 ({meaning})", maybe_applied=True)
+        if code == 6:
+            return TargetUnavailable(f"{operation_name} answered ERR:6 ({meaning})", maybe_applied=False)
+        return TargetRejected(f"{operation_name} answered ERR:{code} ({meaning})", code=f"ERR:{code}")
+
+
+#: the service operation each connector operation calls first
+SERVICES: Final = {"issue": "ImportAndPublishInv", "cancel": "cancelInv", "find": "listInvByCusFkey"}
+
+
+def render(operation_name: str, request: BaseModel) -> str:
+    """The SOAP envelope an operation would send for ``request`` (``igate-bus map``): no network, no secrets."""
+    from config.model import ConnectorSpec
+
+    spec = ConnectorSpec(type="receipt", endpoint="http://render.invalid/PublishService.asmx")
+    client = SoapClient("render", spec, WSDL_FILE, binding=BINDING, address=str(spec.endpoint))
+    hidden = {"Account": "(account)", "ACpass": "***", "username": "(username)", "password": "***"}
+    try:
+        if isinstance(request, IssueReceipt):
+            body: dict[str, Any] = {**hidden, "xmlInvData": request.xml(), "pattern": "(pattern)", "serial": "(serial)"}
+            body["convert"] = 0
+            return client.render("ImportAndPublishInv", body, soap_headers={})
+        if isinstance(request, CancelReceipt):
+            body = {"Account": "(account)", "ACpass": "***", "fkey": request.fkey, "userName": "(username)"}
+            return client.render("cancelInv", {**body, "userPass": "***"}, soap_headers={})
+        return client.render(SERVICES[operation_name], request.model_dump(mode="json"), soap_headers={})
+    finally:
+        client.close()
