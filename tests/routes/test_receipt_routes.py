@@ -234,3 +234,67 @@ def test_2000_payments_with_timeouts_after_issue_duplicates_and_3_sigkills_give_
     """Issue 13's must-show: 2,000 payments + 500 duplicate events, 30 % timeouts after issue, 3 SIGKILLs,
     PostgreSQL ▶ exactly 2,000 receipts, each sent to iGate once."""
     _chaos(amqp_url, pg_url, tmp_path, receipt_credentials, payments=2000, dupes=500, kills=3, timeout=1500)
+
+
+BAD_AMOUNTS = [
+    (-500_000, "payload.fees.0.amount_vnd"),
+    (0, "payload.fees.0.amount_vnd"),
+    (1.5, "payload.fees.0.amount_vnd"),
+    (500_000.0, "payload.fees.0.amount_vnd"),
+    ("500000", "payload.fees.0.amount_vnd"),
+    ("1.000.000", "payload.fees.0.amount_vnd"),
+    (10**16, "payload.fees.0.amount_vnd"),
+    (True, "payload.fees.0.amount_vnd"),
+    (None, "payload.fees.0.amount_vnd"),
+]
+
+
+def test_bad_amounts_and_unknown_fee_codes_are_dead_lettered_naming_the_field_and_issue_nothing(
+    amqp_url, sqlite_url, tmp_path, receipt_credentials
+):
+    """Negative, zero, fractional, string, absurd amounts, "1.000.000", an unknown fee code ▶ each in the DLQ
+    with the field named, not one call to issue a receipt."""
+    from busenv import thread_worker
+
+    run = uuid.uuid4().hex[:6].upper()
+    events = []
+    expected: dict[str, tuple[str, str]] = {}
+    for i, (amount, field) in enumerate(BAD_AMOUNTS):
+        event = settled(i, run, kind="phi", amount=1000)
+        event["payload"]["fees"][0]["amount_vnd"] = amount
+        events.append(event)
+        expected[event["event_id"]] = ("invalid", field)
+    unknown = settled(len(events), run, kind="phi", amount=1000)
+    unknown["payload"]["fees"][0]["code"] = "PHI-KHONG-DANG-KY"
+    events.append(unknown)
+    expected[unknown["event_id"]] = ("mapping", "payload.fees[0].code")
+    good = settled(len(events), run, kind="phi", amount=125_000)
+    with IGateSimulator(username=SIM_USER, password=SIM_PASSWORD) as igate, ReceiptSimulator() as receipt:
+        cfg = write_receipt_config(tmp_path / "cfg", igate=igate.url, receipt=receipt.endpoint)
+        declare_routes(amqp_url, cfg)
+        publish_unchecked(amqp_url, [*events, good])
+        with thread_worker(amqp_url, sqlite_url, cfg, routes=["receipt-issue-phi", "receipt-issue-lephi"]):
+            wait_for(lambda: depth(amqp_url, "dlq.receipt-issue-phi") == len(events), timeout=60, what="dead letters")
+            wait_for(lambda: len(receipt.issued()) == 1, timeout=60, what="the good payment's receipt")
+        by_event = {json.loads(body)["event_id"]: p.headers for p, body in get_all(amqp_url, "dlq.receipt-issue-phi")}
+        for event_id, (kind, field) in expected.items():
+            headers = by_event[event_id]
+            assert headers["x-error-kind"] == kind, headers
+            assert headers["x-error"].startswith(f"{field}: "), headers  # the reason opens with the field
+            assert headers.get("x-error-field", field) == field, headers
+        issues = receipt.requests("ImportAndPublishInv")
+        assert [r["body"]["xmlInvData"].count("<Total>125000</Total>") for r in issues] == [2]
+        assert receipt.issued() == {f"phi-{good['payload']['payment_ref']}": 1}
+
+
+def publish_unchecked(amqp_url: str, events: list[dict[str, Any]]) -> None:
+    """Publish events as a careless producer would (no validation first), each as its own AMQP message."""
+    from busenv import publish_raw
+
+    for event in events:
+        publish_raw(
+            amqp_url,
+            json.dumps(event, ensure_ascii=False).encode(),
+            routing_key=event["event_type"],
+            message_id=event["event_id"],
+        )
