@@ -1,0 +1,228 @@
+# mypy: allow-untyped-defs
+"""The e-receipt connector against its SOAP simulator on a real socket: one test per row of its error table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from receiptenv import ENVS, issue_request, receipt_credentials, receipt_sim, receipt_spec
+
+from connectors.receipt import KEYS_NS, PAYMENTS_NS, ReceiptConnector, render
+from schemas.errors import CredentialsRefused, TargetGarbled, TargetRejected, TargetTimeout, TargetUnavailable
+from schemas.receipt import CancelReceipt
+from simulators.receipt import ReceiptSimulator
+
+__all__ = ["receipt_credentials", "receipt_sim"]
+
+
+@pytest.fixture
+def make(receipt_sim, receipt_credentials):
+    built: list[ReceiptConnector] = []
+
+    def build(**overrides: Any) -> ReceiptConnector:
+        endpoint = overrides.pop("endpoint", receipt_sim.endpoint)
+        connector = ReceiptConnector("receipt", receipt_spec(endpoint, **overrides))
+        built.append(connector)
+        return connector
+
+    yield build
+    for connector in built:
+        connector.close()
+
+
+@pytest.fixture
+def receipt(make) -> ReceiptConnector:
+    connector: ReceiptConnector = make()
+    return connector
+
+
+def test_issue_answers_the_receipt_the_service_issued(receipt, receipt_sim):
+    issued = receipt.issue(issue_request("PG1"), "k1")
+    assert (issued.fkey, issued.pattern, issued.serial, issued.number) == ("phi-PG1", "01BLP0-001", "AA-19E", "0000001")
+    assert issued.amount_vnd == 500_000
+    assert receipt_sim.issued() == {"phi-PG1": 1}
+    sent = receipt_sim.requests("ImportAndPublishInv")[0]
+    assert sent["soap_action"] == '"http://tempuri.org/ImportAndPublishInv"' and sent["body"]["password"] == "***"
+
+
+def test_err13_fetches_the_receipt_already_issued_and_issues_nothing(receipt, receipt_sim):
+    first = receipt.issue(issue_request("PG2"), "k1")
+    again = receipt.issue(issue_request("PG2"), "k2")  # another event of the same payment
+    assert again == first
+    assert receipt_sim.issued() == {"phi-PG2": 1}
+    assert [r["answer"] for r in receipt_sim.requests("ImportAndPublishInv")] == [first_ok(first), "ERR:13"]
+
+
+def first_ok(issued) -> str:
+    return f"OK:{issued.pattern};{issued.serial}-{issued.fkey}_{issued.number}"
+
+
+def test_err13_for_another_amount_is_refused_never_reported_as_issued(receipt, receipt_sim):
+    receipt.issue(issue_request("PG3", amounts=(500_000,)), "k1")
+    with pytest.raises(TargetRejected) as caught:
+        receipt.issue(issue_request("PG3", amounts=(600_000,)), "k2")
+    assert caught.value.code == "amount_mismatch" and "500000" in str(caught.value)
+    assert receipt_sim.issued() == {"phi-PG3": 1}
+
+
+def test_a_cancelled_receipt_never_comes_back_as_valid(receipt, receipt_sim):
+    receipt.issue(issue_request("PG4"), "k1")
+    cancelled = receipt.cancel(CancelReceipt(fkey="phi-PG4", reason="sai số tiền"), "c1")
+    assert cancelled.status == "cancelled" and cancelled.number == "0000001"
+    assert [e["effect"] for e in receipt_sim.effects()] == ["issued", "unconfirmed", "cancelled"]
+    with pytest.raises(TargetRejected) as caught:
+        receipt.issue(issue_request("PG4"), "k2")  # a duplicate settled event after the cancellation
+    assert caught.value.code == "cancelled"
+    assert receipt.cancel(CancelReceipt(fkey="phi-PG4", reason="again"), "c2") == cancelled  # nothing more sent
+    assert [e["effect"] for e in receipt_sim.effects()] == ["issued", "unconfirmed", "cancelled"]
+
+
+def test_cancelling_an_fkey_without_a_receipt_is_refused(receipt):
+    with pytest.raises(TargetRejected) as caught:
+        receipt.cancel(CancelReceipt(fkey="phi-NOPE", reason="x"), "c1")
+    assert caught.value.code == "not_found"
+
+
+def test_the_account_refused_is_credentials_refused_after_one_resend(make, receipt_sim, monkeypatch):
+    monkeypatch.setenv(ENVS["password"], "wrong")
+    connector = make()
+    with pytest.raises(CredentialsRefused):
+        connector.issue(issue_request("PG5"), "k1")
+    assert [r["answer"] for r in receipt_sim.requests("ImportAndPublishInv")] == ["ERR:1", "ERR:1"]
+    assert receipt_sim.issued() == {}
+
+
+@pytest.mark.parametrize(
+    ("err", "error", "maybe"),
+    [(5, TargetUnavailable, True), (6, TargetUnavailable, False), (21, TargetRejected, None)],
+)
+def test_err_codes(receipt, receipt_sim, err, error, maybe):
+    receipt_sim.set_faults(mode="err", err_code=err, only_operations=["ImportAndPublishInv"])
+    with pytest.raises(error) as caught:
+        receipt.issue(issue_request("PG6"), "k1")
+    if maybe is None:
+        assert caught.value.code == f"ERR:{err}"
+    else:
+        assert caught.value.maybe_applied is maybe
+    assert f"ERR:{err}" in str(caught.value)
+
+
+def test_a_pattern_the_service_does_not_know_is_refused(make):
+    connector = make(options={"pattern": "01BLP0-999", "serial": "AA-19E"})
+    with pytest.raises(TargetRejected) as caught:
+        connector.issue(issue_request("PG7"), "k1")
+    assert caught.value.code == "ERR:20"
+
+
+@pytest.mark.parametrize("mode", ["garbage", "html", "xxe", "billion_laughs"])
+def test_garbage_and_hostile_replies_are_garbled_maybe_applied_and_never_quoted(receipt, receipt_sim, mode):
+    receipt_sim.set_faults(mode=mode, only_operations=["ImportAndPublishInv"])
+    with pytest.raises(TargetGarbled) as caught:
+        receipt.issue(issue_request("PG8"), "k1")
+    assert caught.value.maybe_applied
+    assert "passwd" not in str(caught.value) and "066090001234" not in str(caught.value)
+
+
+def test_503_is_unavailable_not_applied(receipt, receipt_sim):
+    receipt_sim.set_faults(mode="http_503")
+    with pytest.raises(TargetUnavailable) as caught:
+        receipt.issue(issue_request("PG9"), "k1")
+    assert not caught.value.maybe_applied
+
+
+def test_a_timeout_after_the_service_issued_is_maybe_applied_and_the_resend_fetches_it(receipt, receipt_sim):
+    receipt_sim.set_faults(mode="apply_then_hang", hang_s=5, only_operations=["ImportAndPublishInv"])
+    with pytest.raises(TargetTimeout) as caught:
+        receipt.issue(issue_request("PG10"), "k1")
+    assert caught.value.maybe_applied
+    assert receipt_sim.issued() == {"phi-PG10": 1}  # guard: the service did issue it
+    receipt_sim.set_faults()
+    assert receipt.lookup_issue("k1") is None  # no state: the resend reconciles by fkey
+    assert receipt.issue(issue_request("PG10"), "k1").number == "0000001"
+    assert receipt_sim.issued() == {"phi-PG10": 1}
+
+
+def test_a_dropped_answer_after_issue_is_maybe_applied(receipt, receipt_sim):
+    receipt_sim.set_faults(mode="apply_then_drop", only_operations=["ImportAndPublishInv"])
+    with pytest.raises(TargetUnavailable) as caught:
+        receipt.issue(issue_request("PG11"), "k1")
+    assert caught.value.maybe_applied and receipt_sim.issued() == {"phi-PG11": 1}
+
+
+def test_a_failed_lookup_after_err13_is_transient_and_issues_nothing(receipt, receipt_sim):
+    receipt.issue(issue_request("PG12"), "k1")
+    receipt_sim.set_faults(lookup_fail_rate=1.0)
+    with pytest.raises(TargetUnavailable):
+        receipt.issue(issue_request("PG12"), "k2")
+    assert [r["fault"] for r in receipt_sim.requests("listInvByCusFkey")] == ["lookup_fail"]  # guard
+    assert receipt_sim.issued() == {"phi-PG12": 1}
+
+
+def test_probe_up_and_down(receipt, make, receipt_sim):
+    assert receipt.probe().state == "up"
+    assert receipt_sim.issued() == {}  # the probe's lookup issues nothing
+    with ReceiptSimulator() as gone:
+        endpoint = gone.endpoint
+    assert make(endpoint=endpoint).probe().state == "down"
+
+
+@dataclass
+class _Row:
+    key: str
+    status: str
+    value: dict[str, Any]
+    version: int = 1
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class DictState:
+    """The connector-state contract (INTEGRATION.md) over a dict, until connectors.kit.state is merged."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], _Row] = {}
+
+    def put(self, ns, key, value, *, status="", if_absent=False):
+        if if_absent and (ns, key) in self.rows:
+            return False
+        self.rows[ns, key] = _Row(key, status, dict(value))
+        return True
+
+    def get(self, ns, key):
+        return self.rows.get((ns, key))
+
+    def update(self, ns, key, *, value=None, status=None, expect_version=None):
+        row = self.rows.get((ns, key))
+        if row is None or (expect_version is not None and row.version != expect_version):
+            return False
+        row.value = dict(value) if value is not None else row.value
+        row.status = status if status is not None else row.status
+        row.version += 1
+        return True
+
+
+def test_with_state_the_payment_is_recorded_and_the_lookup_by_key_finds_the_receipt(receipt, receipt_sim):
+    state = DictState()
+    receipt.attach_state(state)
+    receipt_sim.set_faults(mode="apply_then_drop", only_operations=["ImportAndPublishInv"])
+    with pytest.raises(TargetUnavailable):
+        receipt.issue(issue_request("PG13", amounts=(70_000,)), "k1")
+    receipt_sim.set_faults()
+    found = receipt.lookup_issue("k1")
+    assert found is not None and found.fkey == "phi-PG13" and found.amount_vnd == 70_000
+    assert state.get(KEYS_NS, "k1").value["fkey"] == "phi-PG13"
+    assert state.get(PAYMENTS_NS, "phi-PG13").value["amount_vnd"] == 70_000
+    # a second event of the payment looks it up before issuing: no ImportAndPublishInv at all
+    before = len(receipt_sim.requests("ImportAndPublishInv"))
+    assert receipt.issue(issue_request("PG13", amounts=(70_000,)), "k2").number == found.number
+    assert len(receipt_sim.requests("ImportAndPublishInv")) == before
+    assert state.get(PAYMENTS_NS, "phi-PG13").status == "issued"
+    assert receipt.lookup_issue("never-sent") is None
+
+
+def test_render_hides_the_secrets():
+    text = render("issue", issue_request("PG14"))
+    assert "ImportAndPublishInv" in text and "&lt;key&gt;phi-PG14&lt;/key&gt;" in text
+    assert "simulator-only" not in text
