@@ -37,12 +37,12 @@ transport, HTTP, SOAP faults, hostile XML              as :mod:`connectors._soap
 
 No reply body is ever quoted in an error: only the ERR code and its meaning.
 
-**What the bus saw.** When it has connector state (``self.state``, the worker attaches it), each receipt the
-connector is asked for is recorded under ``receipt.payments`` (key: the fkey; value: payment, kind, amount,
-dossier, the day paid; status ``issuing`` then ``issued`` or ``cancelled``) and each idempotency key under
-``receipt.keys`` (its fkey), for the engine's lookup and the daily reconciliation (``routes`` and
-``bus/cli_report.py``). Without state, the lookup by idempotency key answers "not applied" and the resend
-itself reconciles: it meets ERR:13 and fetches the receipt.
+**What the bus saw** (connector state, ``self.state``, attached by the worker). Before anything is sent, each
+receipt the connector is asked for is recorded under ``receipt.payments`` (key: the fkey; value: payment,
+kind, amount, dossier, the day paid and the day first asked; status ``issuing``, then ``issued`` or
+``cancelled``), indexed by that day under ``receipt.day.YYYY-MM-DD``, and each idempotency key under
+``receipt.keys`` (its fkey). The engine's lookup by idempotency key reads the fkey there (no row: nothing was
+ever sent under that key), and the daily reconciliation (``connectors/receipt_files.py``) reads the day.
 
 ``connectors.yaml``::
 
@@ -61,7 +61,8 @@ Options: ``pattern`` and ``serial`` (required: the receipt template and series r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from pydantic import BaseModel, RootModel
@@ -70,6 +71,7 @@ from connectors._soap import WSDL_DIR, SoapClient
 from connectors.base import credential, endpoint, required_option
 from connectors.kit import CachedCredential, Credential, KitConnector, Refused, operation
 from schemas.errors import TargetGarbled, TargetRejected, TargetUnavailable
+from schemas.nps import ICT
 from schemas.receipt import (
     CREDENTIAL_ERRORS,
     ERR_DUPLICATE_FKEY,
@@ -97,28 +99,19 @@ PROBE_FKEY: Final = "phi-PROBE"
 #: the state namespaces (see the module docstring)
 PAYMENTS_NS: Final = "receipt.payments"
 KEYS_NS: Final = "receipt.keys"
+#: the day index: ``receipt.day.YYYY-MM-DD`` holds the fkeys first asked for that day (Vietnam time)
+DAY_NS_PREFIX: Final = "receipt.day."
 #: [A] the date range a lookup by fkey covers (dd/MM/yyyy); an fkey is unique over all time
 _ALL_TIME: Final = ("01/01/2000", "31/12/2099")
 
 
+def day_ns(day: str) -> str:
+    """The state namespace of the fkeys first asked for on ``day`` (``YYYY-MM-DD``)."""
+    return f"{DAY_NS_PREFIX}{day}"
+
+
 class SoapText(RootModel[str]):
     """A service answer that is one string (``OK:…``, ``ERR:n`` or an XML document)."""
-
-
-class _State(Protocol):
-    """What the connector uses of :class:`connectors.kit.state.ConnectorState` (docs: INTEGRATION contract)."""
-
-    def put(self, ns: str, key: str, value: dict[str, Any], *, status: str = "", if_absent: bool = False) -> bool: ...
-    def get(self, ns: str, key: str) -> Any: ...
-    def update(
-        self,
-        ns: str,
-        key: str,
-        *,
-        value: dict[str, Any] | None = None,
-        status: str | None = None,
-        expect_version: int | None = None,
-    ) -> bool: ...
 
 
 class ReceiptConnector(KitConnector):
@@ -133,7 +126,6 @@ class ReceiptConnector(KitConnector):
     """
 
     PROBE_ANSWERED = "listInvByCusFkey answered"
-    state: _State | None = None
 
     def __init__(self, name: str, spec: ConnectorSpec) -> None:
         url = endpoint(name, spec)
@@ -154,10 +146,6 @@ class ReceiptConnector(KitConnector):
             issuer="the e-receipt service",
             target="the e-receipt service",
         )
-
-    def attach_state(self, state: _State) -> None:
-        """Give the connector its durable state (the worker does; a test may)."""
-        self.state = state
 
     # -- the Connector protocol -------------------------------------------------------------------------
 
@@ -229,8 +217,7 @@ class ReceiptConnector(KitConnector):
             TargetRejected: no receipt has that fkey, or the service refused a step.
             TransientError: see the module's table.
         """
-        if self.state is not None:
-            self.state.put(KEYS_NS, idempotency_key, {"fkey": request.fkey, "op": "cancel"}, if_absent=True)
+        self.state.put(KEYS_NS, idempotency_key, {"fkey": request.fkey, "op": "cancel"}, if_absent=True)
         found = self._find_one(request.fkey)
         if found is None:
             raise TargetRejected(f"no receipt has fkey {request.fkey}", code="not_found")
@@ -265,22 +252,24 @@ class ReceiptConnector(KitConnector):
         Raises:
             TargetRejected: the fkey's receipt was cancelled or replaced since (never reported valid).
         """
-        row = self._key_row(idempotency_key)
+        row = self.state.get(KEYS_NS, idempotency_key)
         if row is None:
-            return None  # never recorded: never sent (or no state: the resend meets ERR:13 and fetches)
-        found = self._find_one(str(row["fkey"]))
+            return None  # recorded before any send: no row, nothing was sent under this key
+        found = self._find_one(str(row.value["fkey"]))
         if found is None:
             return None
-        payment = self.state.get(PAYMENTS_NS, found.fkey) if self.state is not None else None
+        payment = self.state.get(PAYMENTS_NS, found.fkey)
         amount = payment.value.get("amount_vnd") if payment is not None else None
-        return self._checked(found, amount if isinstance(amount, int) else found.amount_vnd)
+        issued = self._checked(found, amount if isinstance(amount, int) else found.amount_vnd)
+        self._settled(found.fkey, "issued", number=found.number)
+        return issued
 
     def lookup_cancel(self, idempotency_key: str) -> ReceiptCancelled | None:
         """The cancellation an earlier ``cancel`` with this key made, or None when its receipt is still valid."""
-        row = self._key_row(idempotency_key)
+        row = self.state.get(KEYS_NS, idempotency_key)
         if row is None:
-            return None  # the resend finds the receipt cancelled, if it was, and does nothing more
-        found = self._find_one(str(row["fkey"]))
+            return None
+        found = self._find_one(str(row.value["fkey"]))
         if found is None or found.status == "valid":
             return None
         return ReceiptCancelled(fkey=found.fkey, pattern=found.pattern, serial=found.serial, number=found.number)
@@ -288,9 +277,8 @@ class ReceiptConnector(KitConnector):
     # -- internals --------------------------------------------------------------------------------------
 
     def _remember(self, request: IssueReceipt, idempotency_key: str) -> bool:
+        asked_on = datetime.now(ICT).date().isoformat()
         """Record the payment and the key before sending; whether the payment was asked for before."""
-        if self.state is None:
-            return False
         self.state.put(KEYS_NS, idempotency_key, {"fkey": request.fkey, "op": "issue"}, if_absent=True)
         value = {
             "payment_ref": request.payment_ref,
@@ -298,21 +286,17 @@ class ReceiptConnector(KitConnector):
             "amount_vnd": request.total_vnd,
             "dossier_code": request.dossier_code,
             "paid_on": request.paid_on.isoformat(),
+            "asked_on": asked_on,
         }
-        return not self.state.put(PAYMENTS_NS, request.fkey, value, status="issuing", if_absent=True)
+        first = self.state.put(PAYMENTS_NS, request.fkey, value, status="issuing", if_absent=True)
+        if first:  # the day's index the reconciliation reads (the service's file lists a day's receipts)
+            self.state.put(day_ns(asked_on), request.fkey, {"amount_vnd": request.total_vnd}, if_absent=True)
+        return not first
 
     def _settled(self, fkey: str, status: str, *, number: str) -> None:
-        if self.state is None:
-            return
         row = self.state.get(PAYMENTS_NS, fkey)
         if row is not None:
             self.state.update(PAYMENTS_NS, fkey, value={**row.value, "number": number}, status=status)
-
-    def _key_row(self, idempotency_key: str) -> dict[str, Any] | None:
-        if self.state is None:
-            return None
-        row = self.state.get(KEYS_NS, idempotency_key)
-        return dict(row.value) if row is not None else None
 
     def _as_issued(self, found: FoundReceipt, request: IssueReceipt) -> ReceiptIssued:
         issued = self._checked(found, request.total_vnd)

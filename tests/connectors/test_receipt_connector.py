@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from receiptenv import ENVS, issue_request, receipt_credentials, receipt_sim, receipt_spec
 
-from connectors.receipt import KEYS_NS, PAYMENTS_NS, ReceiptConnector, render
+from connectors.kit.state import ConnectorState
+from connectors.receipt import KEYS_NS, PAYMENTS_NS, ReceiptConnector, day_ns, render
 from schemas.errors import CredentialsRefused, TargetGarbled, TargetRejected, TargetTimeout, TargetUnavailable
 from schemas.receipt import CancelReceipt
 from simulators.receipt import ReceiptSimulator
@@ -19,18 +18,21 @@ __all__ = ["receipt_credentials", "receipt_sim"]
 
 
 @pytest.fixture
-def make(receipt_sim, receipt_credentials):
+def make(receipt_sim, receipt_credentials, sqlite_url):
     built: list[ReceiptConnector] = []
+    state = ConnectorState(sqlite_url, connector="receipt")
 
     def build(**overrides: Any) -> ReceiptConnector:
         endpoint = overrides.pop("endpoint", receipt_sim.endpoint)
         connector = ReceiptConnector("receipt", receipt_spec(endpoint, **overrides))
+        connector.attach_state(state)
         built.append(connector)
         return connector
 
     yield build
     for connector in built:
         connector.close()
+    state.close()
 
 
 @pytest.fixture
@@ -48,11 +50,21 @@ def test_issue_answers_the_receipt_the_service_issued(receipt, receipt_sim):
     assert sent["soap_action"] == '"http://tempuri.org/ImportAndPublishInv"' and sent["body"]["password"] == "***"
 
 
-def test_err13_fetches_the_receipt_already_issued_and_issues_nothing(receipt, receipt_sim):
+def test_a_second_event_of_a_payment_looks_the_receipt_up_and_issues_nothing(receipt, receipt_sim):
     first = receipt.issue(issue_request("PG2"), "k1")
     again = receipt.issue(issue_request("PG2"), "k2")  # another event of the same payment
     assert again == first
     assert receipt_sim.issued() == {"phi-PG2": 1}
+    assert [r["answer"] for r in receipt_sim.requests("ImportAndPublishInv")] == [first_ok(first)]
+    assert len(receipt_sim.requests("listInvByCusFkey")) == 1
+
+
+def test_err13_fetches_a_receipt_the_bus_never_recorded_and_issues_nothing(receipt, receipt_sim):
+    first = receipt.issue(issue_request("PG2B"), "k1")
+    receipt.state.delete(PAYMENTS_NS, "phi-PG2B")  # as if issued by another channel: the bus has no row
+    again = receipt.issue(issue_request("PG2B"), "k2")
+    assert again == first
+    assert receipt_sim.issued() == {"phi-PG2B": 1}
     assert [r["answer"] for r in receipt_sim.requests("ImportAndPublishInv")] == [first_ok(first), "ERR:13"]
 
 
@@ -140,8 +152,9 @@ def test_a_timeout_after_the_service_issued_is_maybe_applied_and_the_resend_fetc
     assert caught.value.maybe_applied
     assert receipt_sim.issued() == {"phi-PG10": 1}  # guard: the service did issue it
     receipt_sim.set_faults()
-    assert receipt.lookup_issue("k1") is None  # no state: the resend reconciles by fkey
-    assert receipt.issue(issue_request("PG10"), "k1").number == "0000001"
+    found = receipt.lookup_issue("k1")  # the engine's reconcile after the ambiguous outcome
+    assert found is not None and found.number == "0000001"
+    assert receipt.issue(issue_request("PG10"), "k1").number == "0000001"  # a resend fetches, never issues
     assert receipt_sim.issued() == {"phi-PG10": 1}
 
 
@@ -169,43 +182,8 @@ def test_probe_up_and_down(receipt, make, receipt_sim):
     assert make(endpoint=endpoint).probe().state == "down"
 
 
-@dataclass
-class _Row:
-    key: str
-    status: str
-    value: dict[str, Any]
-    version: int = 1
-    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-
-class DictState:
-    """The connector-state contract (INTEGRATION.md) over a dict, until connectors.kit.state is merged."""
-
-    def __init__(self) -> None:
-        self.rows: dict[tuple[str, str], _Row] = {}
-
-    def put(self, ns, key, value, *, status="", if_absent=False):
-        if if_absent and (ns, key) in self.rows:
-            return False
-        self.rows[ns, key] = _Row(key, status, dict(value))
-        return True
-
-    def get(self, ns, key):
-        return self.rows.get((ns, key))
-
-    def update(self, ns, key, *, value=None, status=None, expect_version=None):
-        row = self.rows.get((ns, key))
-        if row is None or (expect_version is not None and row.version != expect_version):
-            return False
-        row.value = dict(value) if value is not None else row.value
-        row.status = status if status is not None else row.status
-        row.version += 1
-        return True
-
-
-def test_with_state_the_payment_is_recorded_and_the_lookup_by_key_finds_the_receipt(receipt, receipt_sim):
-    state = DictState()
-    receipt.attach_state(state)
+def test_the_payment_is_recorded_and_the_lookup_by_key_finds_the_receipt(receipt, receipt_sim):
+    state = receipt.state
     receipt_sim.set_faults(mode="apply_then_drop", only_operations=["ImportAndPublishInv"])
     with pytest.raises(TargetUnavailable):
         receipt.issue(issue_request("PG13", amounts=(70_000,)), "k1")
@@ -219,6 +197,8 @@ def test_with_state_the_payment_is_recorded_and_the_lookup_by_key_finds_the_rece
     assert receipt.issue(issue_request("PG13", amounts=(70_000,)), "k2").number == found.number
     assert len(receipt_sim.requests("ImportAndPublishInv")) == before
     assert state.get(PAYMENTS_NS, "phi-PG13").status == "issued"
+    payment = state.get(PAYMENTS_NS, "phi-PG13").value
+    assert state.get(day_ns(payment["asked_on"]), "phi-PG13").value == {"amount_vnd": 70_000}
     assert receipt.lookup_issue("never-sent") is None
 
 
