@@ -60,8 +60,8 @@ Options: ``pattern`` and ``serial`` (required: the receipt template and series r
 
 from __future__ import annotations
 
-from pathlib import Path
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog

@@ -180,11 +180,12 @@ def _assert_once(
     reconciled = Counter(x.get("found") for x in lines if x.get("event") == "reconciled")
     timed_out = [r for r in receipt.requests("ImportAndPublishInv") if r["fault"] == "apply_then_hang"]
     err13 = [r for r in receipt.requests("ImportAndPublishInv") if r["answer"] == "ERR:13"]
+    lookups = len(receipt.requests("listInvByCusFkey"))
     print(
         f"{payments_of(run)} payments + {len(run.dupes)} duplicate events, {len(marks)} SIGKILLs at {marks} "
         f"receipts, {elapsed:.0f} s: {sum(issued.values())} receipts issued for {len(issued)} fkeys, "
         f"{sum(told.values())} sent to iGate for {len(told)} fkeys; {len(timed_out)} issues timed out after "
-        f"issuing, {len(err13)} ERR:13 fetched, {len(receipt.requests('listInvByCusFkey'))} lookups, reconciled found={reconciled.get(True, 0)} "
+        f"issuing, {len(err13)} ERR:13 fetched, {lookups} lookups, reconciled found={reconciled.get(True, 0)} "
         f"not-found={reconciled.get(False, 0)}"
     )
     missing, unexpected = run.expected.keys() - issued.keys(), issued.keys() - run.expected.keys()
@@ -200,8 +201,7 @@ def _assert_once(
     # guards: the faults fired, duplicates met an issued receipt, the kills landed mid-run
     assert timed_out, "no issue timed out after the service issued: the fault never fired"
     assert reconciled.get(True, 0) > 0, "no lookup found a receipt: the ambiguous outcomes were never reconciled"
-    looked_up = receipt.requests("listInvByCusFkey")
-    assert len(looked_up) >= len(run.dupes), "the duplicate events did not look their payment's receipt up"
+    assert lookups >= len(run.dupes), "the duplicate events did not look their payment's receipt up"
     assert marks and all(b > a for a, b in zip([0, *marks], marks, strict=False)), f"no progress between kills: {marks}"
     assert marks[-1] < len(run.expected), "the run finished before the last kill: the kills proved nothing"
     # each receipt sent to iGate once: duplicates of a payment must carry the receipt's own result id (its
