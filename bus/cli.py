@@ -64,10 +64,11 @@ def _register() -> None:
     from bus.cli_dlq import dlq
     from bus.cli_list import list_
     from bus.cli_ops import COMMANDS
+    from bus.cli_report import COMMANDS as REPORT_COMMANDS
     from bus.cli_serve import COMMANDS as SERVE_COMMANDS
     from bus.cli_status import COMMANDS as STATUS_COMMANDS
 
-    for command in [*COMMANDS, dlq, list_, *STATUS_COMMANDS, *SERVE_COMMANDS]:
+    for command in [*COMMANDS, dlq, list_, *STATUS_COMMANDS, *SERVE_COMMANDS, *REPORT_COMMANDS]:
         main.add_command(command)
 
 

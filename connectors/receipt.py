@@ -56,21 +56,33 @@ ever sent under that key), and the daily reconciliation (``connectors/receipt_fi
 
 Options: ``pattern`` and ``serial`` (required: the receipt template and series registered for the unit),
 ``wsdl`` (another local WSDL of the same contract), and the kit's ``degraded_ms`` and ``ca_file``.
+
+**The daily reconciliation** (``reconcile``, a read): the service drops a day's receipts as
+``receipts-YYYYMMDD.csv`` on its SFTP server (``schemas/receipt_reconcile.py`` has the [A] format); the
+connector fetches it through :class:`connectors._sftp.SftpClient` (host key checked, whole file, size-capped),
+compares it with the day's payments in its state (:func:`schemas.receipt_reconcile.compare`) and writes
+``receipts-YYYY-MM-DD.json`` and ``.txt`` into ``options.report_dir`` (default ``var/reports``). The SFTP
+server is given by ``options.files_endpoint`` (``sftp://host:port/dir``), ``files_username``,
+``files_known_hosts`` (and ``files_host_key_alias``), ``files_dir`` (the folder of the files under it), and
+``credentials.files_private_key`` (with ``files_passphrase``) or ``files_password``.
 """
 
 from __future__ import annotations
 
+import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import structlog
 from pydantic import BaseModel, RootModel
 
+from config.model import ConnectorSpec
+from connectors._sftp import SftpClient
 from connectors._soap import WSDL_DIR, SoapClient
 from connectors.base import credential, endpoint, required_option
 from connectors.kit import CachedCredential, Credential, KitConnector, Refused, operation
-from schemas.errors import TargetGarbled, TargetRejected, TargetUnavailable
+from schemas.errors import ConfigError, TargetGarbled, TargetRejected, TargetUnavailable
 from schemas.nps import ICT
 from schemas.receipt import (
     CREDENTIAL_ERRORS,
@@ -84,10 +96,18 @@ from schemas.receipt import (
     parse_found,
     parse_issued,
 )
+from schemas.receipt_reconcile import (
+    MAX_FILE_BYTES,
+    FileProblem,
+    ReceiptsReconciled,
+    ReconcileDay,
+    SeenPayment,
+    compare,
+    file_name,
+    parse_receipts_file,
+    render_text,
+)
 from schemas.results import ReceiptIssued
-
-if TYPE_CHECKING:
-    from config.model import ConnectorSpec
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +121,10 @@ PAYMENTS_NS: Final = "receipt.payments"
 KEYS_NS: Final = "receipt.keys"
 #: the day index: ``receipt.day.YYYY-MM-DD`` holds the fkeys first asked for that day (Vietnam time)
 DAY_NS_PREFIX: Final = "receipt.day."
+#: rows read from the state at a time
+STATE_PAGE: Final = 500
+#: where the reconciliation reports go unless ``options.report_dir`` says
+DEFAULT_REPORT_DIR: Final = "var/reports"
 #: [A] the date range a lookup by fkey covers (dd/MM/yyyy); an fkey is unique over all time
 _ALL_TIME: Final = ("01/01/2000", "31/12/2099")
 
@@ -138,6 +162,9 @@ class ReceiptConnector(KitConnector):
         wsdl = Path(str(spec.options["wsdl"])) if "wsdl" in spec.options else WSDL_FILE
         self._soap = SoapClient(name, spec, wsdl, binding=BINDING, address=url, log_as="receipt")
         super().__init__(name, spec, guard=self._soap.guard)
+        self._files = _files_client(name, spec)
+        self._files_dir = str(spec.options.get("files_dir", ""))
+        self._report_dir = Path(str(spec.options.get("report_dir", DEFAULT_REPORT_DIR)))
         self._password = CachedCredential(
             name,
             lambda _deadline, _guard: Credential.lasting(password, None),
@@ -246,6 +273,48 @@ class ReceiptConnector(KitConnector):
         del idempotency_key
         return SoapText(self._call_text("listInvByCusFkey", self._lookup_body(request.root), effect=False))
 
+    @operation(ReconcileDay, ReceiptsReconciled, effect=False)
+    def reconcile(self, request: ReconcileDay, idempotency_key: str = "") -> ReceiptsReconciled:
+        """Compare the service's receipts file of a day with the payments the bus saw; write the report.
+
+        Raises:
+            ConfigError: no ``files_endpoint`` configured.
+            TargetUnavailable: the day's file is not on the server yet (try later), or SFTP failed.
+            TargetRejected: the file breaks the contract (its name, line and column in the message).
+        """
+        del idempotency_key
+        if self._files is None:
+            raise ConfigError(f"connector {self.name!r}: reconciliation needs options.files_endpoint", field="options")
+        name = file_name(request.day)
+        with tempfile.TemporaryDirectory(prefix="igate-bus-receipts-") as tmp:
+            try:
+                got = self._files.get(self._files_dir, name, Path(tmp) / name, max_bytes=MAX_FILE_BYTES)
+            except TargetRejected as exc:
+                if exc.code == "not_found":
+                    raise TargetUnavailable(f"{name} is not on the service's SFTP server yet") from None
+                raise
+            data = got.path.read_bytes()
+        try:
+            receipts = parse_receipts_file(data, name=name)
+        except FileProblem as exc:
+            raise TargetRejected(str(exc), code="bad_file") from None
+        seen = self._seen_on(request.day.isoformat())
+        known = {p.fkey for p in seen}
+        elsewhere = {
+            r.fkey: found for r in receipts if r.fkey not in known and (found := self._seen(r.fkey)) is not None
+        }
+        result = compare(request.day, seen, receipts, seen_elsewhere=elsewhere, file=name, file_sha256=got.sha256)
+        self._write_report(result)
+        log.info(
+            "receipt.reconciled",
+            connector=self.name,
+            day=request.day.isoformat(),
+            payments=result.payments,
+            receipts=result.receipts,
+            findings=len(result.findings),
+        )
+        return result
+
     def lookup_issue(self, idempotency_key: str) -> ReceiptIssued | None:
         """The receipt an earlier ``issue`` with this key issued, or None when it issued none.
 
@@ -297,6 +366,35 @@ class ReceiptConnector(KitConnector):
         row = self.state.get(PAYMENTS_NS, fkey)
         if row is not None:
             self.state.update(PAYMENTS_NS, fkey, value={**row.value, "number": number}, status=status)
+
+    def _seen(self, fkey: str) -> SeenPayment | None:
+        row = self.state.get(PAYMENTS_NS, fkey)
+        if row is None:
+            return None
+        return SeenPayment(fkey=fkey, amount_vnd=int(row.value["amount_vnd"]), cancelled=row.status == "cancelled")
+
+    def _seen_on(self, day: str) -> list[SeenPayment]:
+        """The receipts first asked for on ``day``, paged through the day's index."""
+        out: list[SeenPayment] = []
+        after: str | None = None
+        while True:
+            page = self.state.rows(day_ns(day), after_key=after, limit=STATE_PAGE)
+            for row in page:
+                found = self._seen(row.key)
+                out.append(found or SeenPayment(fkey=row.key, amount_vnd=int(row.value["amount_vnd"])))
+            if len(page) < STATE_PAGE:
+                return out
+            after = page[-1].key
+
+    def _write_report(self, result: ReceiptsReconciled) -> None:
+        """``receipts-YYYY-MM-DD.json`` and ``.txt`` in the report folder, each replaced whole (never half-written)."""
+        self._report_dir.mkdir(parents=True, exist_ok=True)
+        stem = self._report_dir / f"receipts-{result.day.isoformat()}"
+        for suffix, text in ((".json", result.model_dump_json(indent=2)), (".txt", render_text(result))):
+            target = stem.with_suffix(suffix)
+            partial = target.with_name(f".{target.name}.part")
+            partial.write_text(text, encoding="utf-8")
+            partial.replace(target)
 
     def _as_issued(self, found: FoundReceipt, request: IssueReceipt) -> ReceiptIssued:
         issued = self._checked(found, request.total_vnd)
@@ -381,6 +479,29 @@ class ReceiptConnector(KitConnector):
         if code == 6:
             return TargetUnavailable(f"{operation_name} answered ERR:6 ({meaning})", maybe_applied=False)
         return TargetRejected(f"{operation_name} answered ERR:{code} ({meaning})", code=f"ERR:{code}")
+
+
+def _files_client(name: str, spec: ConnectorSpec) -> SftpClient | None:
+    """The SFTP client of the service's file server (``options.files_*``), or None when none is configured."""
+    files_endpoint = spec.options.get("files_endpoint")
+    if files_endpoint is None:
+        return None
+    options: dict[str, str | int | float | bool] = {
+        key.removeprefix("files_"): value
+        for key, value in spec.options.items()
+        if key in {"files_username", "files_known_hosts", "files_host_key_alias"}
+    }
+    credentials = {key.removeprefix("files_"): env for key, env in spec.credentials.items() if key.startswith("files_")}
+    files_spec = ConnectorSpec.model_validate(
+        {
+            "type": "sftp",
+            "endpoint": str(files_endpoint),
+            "timeout": spec.timeout.model_dump(mode="json"),
+            "credentials": credentials,
+            "options": options,
+        }
+    )
+    return SftpClient(f"{name}.files", files_spec)
 
 
 #: the service operation each connector operation calls first

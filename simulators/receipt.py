@@ -23,8 +23,8 @@ What it does (docs/domain.md section 4; [A] where the contract is assumed, ``sch
 The record is what tests assert on: every request (operation, body with passwords masked, the answer, the
 fault), every effect (``issued``, ``unconfirmed``, ``cancelled``) by fkey, and :meth:`ReceiptSimulator.issued`
 counts receipts per fkey. :meth:`ReceiptSimulator.daily_file` writes the service's receipts of a day as the
-CSV the Finance service drops on its SFTP server for the daily reconciliation ([A] columns
-``fkey,pattern,serial,number,amount_vnd,status,issued_on``).
+CSV the Finance service drops on its SFTP server for the daily reconciliation ([A] the format of
+``schemas/receipt_reconcile.py``).
 
 Faults (:class:`Faults`, in Python or ``POST /_sim/faults``; deterministic with a ``seed``): ``latency_s``
 and one ``mode`` drawn at ``rate`` on ``only_operations``: ``http_503``, ``server_fault``, ``hang``,
@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.nps import ICT
 from schemas.receipt import FEE_CATALOGUE, FKEY_PATTERN, KIND_CODE, amount_in_words
+from schemas.receipt_reconcile import FILE_COLUMNS
 from simulators import nps as soap_sim
 from simulators._server import ServedSimulator, SimServer, configure_cli_logging
 
@@ -83,8 +84,6 @@ CREDENTIAL_ENVS: Final = {
 }
 OPERATIONS: Final = frozenset({"ImportAndPublishInv", "listInvByCusFkey", "UnConfirmPaymentFkey", "cancelInv"})
 LOOKUP_OPERATION: Final = "listInvByCusFkey"
-#: [A] the daily file's columns
-FILE_COLUMNS: Final = ("fkey", "pattern", "serial", "number", "amount_vnd", "status", "issued_on")
 _PASSWORD_FIELDS: Final = frozenset({"ACpass", "password", "userPass"})
 _FKEY = re.compile(FKEY_PATTERN)
 
