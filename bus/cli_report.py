@@ -4,12 +4,14 @@ Where it sits: outside the message path, for the Finance officer and the operato
 scheduled route runs (``connectors/receipt.py`` ``reconcile``: fetch the service's receipts file of the day
 over SFTP, compare it with the payments the bus recorded that day, write the report into the connector's
 report folder) and prints the report. Exit 0 when the day reconciles, 1 when there are findings or the file
-cannot be had, 2 for a usage or configuration problem; one line on stderr, never a traceback.
+cannot be had, 2 for a usage or configuration problem; one line on stderr, never a traceback. The log lines
+of the run (the SFTP fetch) come after the report, on stderr.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -18,7 +20,10 @@ import click
 from bus.cli_ops import _fail, _load, config_option
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
+
+    from bus.wiring import App
 
 
 @click.group()
@@ -33,6 +38,7 @@ def report() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def receipts(config: Path | None, day: str, name: str, as_json: bool) -> None:
     """Compare the e-receipt service's receipts of a day with the payments the bus saw; list every finding."""
+    from bus.cli_logs import logs_after_report
     from bus.wiring import build_connectors
     from connectors.receipt import ReceiptConnector
     from schemas.errors import BusError, ConfigError
@@ -43,7 +49,7 @@ def receipts(config: Path | None, day: str, name: str, as_json: bool) -> None:
     except ValueError:
         _fail(f"--date: {day!r} is not a date (YYYY-MM-DD)")
     app = _load(config)
-    try:
+    with logs_after_report(), _closing(app):
         if name not in app.config.connectors.connectors:
             _fail(f"no connector {name!r} in connectors.yaml")
         try:
@@ -66,7 +72,13 @@ def receipts(config: Path | None, day: str, name: str, as_json: bool) -> None:
         )
         if as_json:
             click.echo()
-        raise SystemExit(0 if result.ok else 1)
+    raise SystemExit(0 if result.ok else 1)
+
+
+@contextmanager
+def _closing(app: App) -> Iterator[None]:
+    try:
+        yield
     finally:
         app.close()
 

@@ -496,7 +496,7 @@ def _files_client(name: str, spec: ConnectorSpec) -> SftpClient | None:
         {
             "type": "sftp",
             "endpoint": str(files_endpoint),
-            "timeout": spec.timeout.model_dump(mode="json"),
+            "timeout": spec.timeout,
             "credentials": credentials,
             "options": options,
         }
