@@ -16,7 +16,7 @@ from datetime import date
 import pytest
 import yaml
 from busenv import cli, env_for
-from receiptenv import ENVS, issue_request, receipt_credentials, receipt_sim, receipt_spec_data
+from receiptenv import issue_request, receipt_credentials, receipt_sim, receipt_spec_data
 from sftpenv import KEY_ENV, sftp_sim
 
 from config.model import ConnectorSpec
@@ -184,24 +184,29 @@ def test_the_report_finds_every_planted_discrepancy_and_nothing_else(setup, rece
     assert "Traceback" not in run.stderr
 
 
-def test_a_day_that_agrees_exits_0_and_a_missing_file_says_so(setup, receipt_sim, sftp_sim):
+def in_process(*args: str, env: dict[str, str]):
+    """``igate-bus ARGS`` in this process (the real command; cheaper than a subprocess for the short cases)."""
+    from click.testing import CliRunner
+
+    from bus.cli import main
+
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_a_day_that_agrees_exits_0_and_a_missing_or_bad_file_or_date_is_one_line(setup, receipt_sim, sftp_sim):
     connector, env, _ = setup
     connector.issue(issue_request("PG900"), "k1")
     day = date.fromisoformat(connector.state.get(PAYMENTS_NS, "phi-PG900").value["asked_on"])
-    missing = cli("report", "receipts", "--date", day.isoformat(), env=env)
-    assert missing.returncode == 1 and "not on the service's SFTP server yet" in missing.stderr
-    assert "Traceback" not in missing.stderr
-    put_day_file(sftp_sim, receipt_sim, day, lambda rows: rows)
-    clean = cli("report", "receipts", "--date", day.isoformat(), env=env)
-    assert clean.returncode == 0, clean.stderr
-    assert clean.stdout.startswith(f"receipts {day.isoformat()}: 1 payments, 1 receipts") and ": ok" in clean.stdout
-
-
-def test_bad_dates_and_a_bad_file_are_one_line_each(setup, receipt_sim, sftp_sim):
-    _, env, _ = setup
-    bad_date = cli("report", "receipts", "--date", "04/12/2025", env=env)
-    assert bad_date.returncode == 2 and "--date" in bad_date.stderr
+    missing = in_process("report", "receipts", "--date", day.isoformat(), env=env)
+    assert missing.exit_code == 1 and "not on the service's SFTP server yet" in missing.stderr
+    bad_date = in_process("report", "receipts", "--date", "04/12/2025", env=env)
+    assert bad_date.exit_code == 2 and "--date" in bad_date.stderr
     (sftp_sim.root / "outbox" / file_name(DAY)).write_text("fkey,number\n")
-    bad_file = cli("report", "receipts", "--date", DAY.isoformat(), env=env)
-    assert bad_file.returncode == 1 and f"{file_name(DAY)}:1: the header" in bad_file.stderr
-    assert "Traceback" not in bad_file.stderr
+    bad_file = in_process("report", "receipts", "--date", DAY.isoformat(), env=env)
+    assert bad_file.exit_code == 1 and f"{file_name(DAY)}:1: the header" in bad_file.stderr
+    put_day_file(sftp_sim, receipt_sim, day, lambda rows: rows)
+    clean = in_process("report", "receipts", "--date", day.isoformat(), env=env)
+    assert clean.exit_code == 0, clean.stderr
+    assert clean.stdout.startswith(f"receipts {day.isoformat()}: 1 payments, 1 receipts") and ": ok" in clean.stdout
+    for run in (missing, bad_date, bad_file, clean):
+        assert "Traceback" not in run.stderr
