@@ -48,7 +48,7 @@ ever sent under that key), and the daily reconciliation (``connectors/receipt_fi
 
     receipt:
       type: receipt
-      endpoint: http://127.0.0.1:8603/PublishService.asmx
+      endpoint: http://127.0.0.1:8605/PublishService.asmx
       timeout: {connect: 3s, read: 15s, total: 30s}
       credentials: {account: IGATE_BUS_RECEIPT_ACCOUNT, account_password: IGATE_BUS_RECEIPT_ACPASS,
                     username: IGATE_BUS_RECEIPT_USERNAME, password: IGATE_BUS_RECEIPT_PASSWORD}

@@ -43,7 +43,9 @@ def file_name(day: date) -> str:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    """Frozen, no unknown fields; numbers are ``StrictInt`` (a JSON report reads its dates and lists back)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class FileReceipt(_Frozen):
@@ -71,8 +73,8 @@ class Finding(_Frozen):
     fkey: str
     detail: str = Field(max_length=500)
     numbers: tuple[str, ...] = ()
-    expected_vnd: int | None = None
-    found_vnd: tuple[int, ...] = ()
+    expected_vnd: StrictInt | None = None
+    found_vnd: tuple[StrictInt, ...] = ()
 
 
 class ReconcileDay(_Frozen):

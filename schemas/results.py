@@ -25,6 +25,7 @@ from schemas.igate import (
     VnMobile,
 )
 from schemas.pii import sensitive
+from schemas.receipt_reconcile import ReceiptsReconciled
 from schemas.strict import multiline
 
 #: a dossier code as iGate writes it, e.g. ``000.00.16.H16-261126-0001`` (also VNPost's order number and the
@@ -175,6 +176,7 @@ RESULT_EVENTS: dict[str, type[BaseModel]] = {
     "dvcqg.sync_result": DvcqgSyncResult,
     "sms.delivery_report": SmsDeliveryReport,
     "receipt.issued": ReceiptIssued,
+    "receipt.reconciled": ReceiptsReconciled,
     "igate.note_added": NoteAdded,
     "igate.dossier_updated": DossierUpdated,
 }

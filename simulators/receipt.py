@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PORT: Final = 8603
+DEFAULT_PORT: Final = 8605
 SOAP_PATH: Final = "/PublishService.asmx"
 NAMESPACE: Final = "http://tempuri.org/"
 WSDL_FILE: Final = Path(__file__).resolve().parent.parent / "schemas" / "wsdl" / "receipt.wsdl"

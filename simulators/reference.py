@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from simulators import _sms, igate, nps, vilis
+from simulators import _sms, igate, nps, receipt, vilis
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -26,6 +26,7 @@ FAULT_MODELS: Final[dict[str, type[BaseModel]]] = {
     "nps": nps.Faults,
     "_sms": _sms.Faults,
     "vilis": vilis.Faults,
+    "receipt": receipt.Faults,
 }
 #: the document the tables live in
 DOC: Final = Path(__file__).resolve().parents[1] / "docs" / "simulators.md"

@@ -23,7 +23,7 @@ def test_the_readme_route_example_passes_check(tmp_path: Path) -> None:
     (tmp_path / "routes.yaml").write_text(routes, encoding="utf-8")
     shutil.copy(ROOT / "config" / "connectors.yaml", tmp_path / "connectors.yaml")
     code, lines = check_config(tmp_path)
-    shipped = len(yaml.safe_load((ROOT / "config" / "connectors.yaml").read_text(encoding="utf-8"))["connectors"])
+    shipped = len(yaml.safe_load((tmp_path / "connectors.yaml").read_text(encoding="utf-8"))["connectors"])
     assert (code, lines) == (0, [f"ok: 1 route, {shipped} connectors"])
 
 

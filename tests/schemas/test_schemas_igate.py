@@ -59,6 +59,7 @@ DOMAIN_RESULT_EVENTS = {
     "dvcqg.sync_result",
     "sms.delivery_report",
     "receipt.issued",
+    "receipt.reconciled",
     "igate.note_added",
     "igate.dossier_updated",
 }
