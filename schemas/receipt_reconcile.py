@@ -141,7 +141,7 @@ def _line(row: list[str], name: str, line: int) -> FileReceipt:
         fkey=values["fkey"],
         number=values["number"],
         amount_vnd=int(values["amount_vnd"]),
-        status=values["status"],  # type: ignore[arg-type]  # checked above
+        status=values["status"],
         line=line,
     )
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from busenv import example
 
 from adapters.igate_to_receipt import payment_settled_lephi, payment_settled_phi, receipt_cancel_requested
-from schemas.envelope import parse_event
+from schemas.envelope import Event, parse_event
 from schemas.errors import MappingError
 from schemas.events import EVENT_PAYLOADS
 from schemas.receipt import IssueReceipt, amount_in_words
@@ -18,7 +19,7 @@ from schemas.receipt import IssueReceipt, amount_in_words
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def parsed(event: dict):
+def parsed(event: dict[str, Any]) -> Event:
     return parse_event(json.dumps(event).encode(), payload_models=EVENT_PAYLOADS)
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from receiptenv import ENVS, issue_request, receipt_credentials, receipt_sim, receipt_spec
@@ -13,6 +13,9 @@ from connectors.receipt import KEYS_NS, PAYMENTS_NS, ReceiptConnector, day_ns, r
 from schemas.errors import CredentialsRefused, TargetGarbled, TargetRejected, TargetTimeout, TargetUnavailable
 from schemas.receipt import CancelReceipt
 from simulators.receipt import ReceiptSimulator
+
+if TYPE_CHECKING:
+    from schemas.results import ReceiptIssued
 
 __all__ = ["receipt_credentials", "receipt_sim"]
 
@@ -36,9 +39,8 @@ def make(receipt_sim, receipt_credentials, sqlite_url):
 
 
 @pytest.fixture
-def receipt(make) -> ReceiptConnector:
-    connector: ReceiptConnector = make()
-    return connector
+def receipt(make):
+    return make()
 
 
 def test_issue_answers_the_receipt_the_service_issued(receipt, receipt_sim):
@@ -68,7 +70,7 @@ def test_err13_fetches_a_receipt_the_bus_never_recorded_and_issues_nothing(recei
     assert [r["answer"] for r in receipt_sim.requests("ImportAndPublishInv")] == [first_ok(first), "ERR:13"]
 
 
-def first_ok(issued) -> str:
+def first_ok(issued: ReceiptIssued) -> str:
     return f"OK:{issued.pattern};{issued.serial}-{issued.fkey}_{issued.number}"
 
 

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 from datetime import date
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -33,13 +34,21 @@ from schemas.receipt_reconcile import (
     parse_receipts_file,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from click.testing import Result
+
+    from simulators.receipt import ReceiptSimulator
+    from simulators.sftp import SftpSimulator
+
 __all__ = ["receipt_credentials", "receipt_sim", "sftp_sim"]
 
 DAY = date(2025, 12, 4)
 
 
 def line(fkey: str, number: str, amount: int, *, status: str = "valid", at: int = 2) -> FileReceipt:
-    return FileReceipt(fkey=fkey, number=number, amount_vnd=amount, status=status, line=at)  # type: ignore[arg-type]
+    return FileReceipt(fkey=fkey, number=number, amount_vnd=amount, status=status, line=at)
 
 
 def test_compare_finds_each_kind_of_discrepancy_and_nothing_else():
@@ -142,7 +151,12 @@ def setup(receipt_sim, receipt_credentials, sftp_sim, sqlite_url, tmp_path, monk
     state.close()
 
 
-def put_day_file(sftp_sim, receipt_sim, day: date, edit) -> None:
+def put_day_file(
+    sftp_sim: SftpSimulator,
+    receipt_sim: ReceiptSimulator,
+    day: date,
+    edit: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+) -> None:
     """The service's file of ``day`` (its receipts issued today, dated ``day``), ``edit``-ed, on the sshd."""
     rows = [dict(r, issued_on=day.isoformat()) for r in receipt_sim.receipts()]
     rows = edit(rows)
@@ -184,7 +198,7 @@ def test_the_report_finds_every_planted_discrepancy_and_nothing_else(setup, rece
     assert "Traceback" not in run.stderr
 
 
-def in_process(*args: str, env: dict[str, str]):
+def in_process(*args: str, env: dict[str, str]) -> Result:
     """``igate-bus ARGS`` in this process (the real command; cheaper than a subprocess for the short cases)."""
     from click.testing import CliRunner
 

@@ -171,7 +171,15 @@ def _chaos(
 
 
 def _assert_once(
-    amqp_url, cfg, run: Run, receipt: ReceiptSimulator, igate: IGateSimulator, log: Path, *, marks, elapsed
+    amqp_url: str,
+    cfg: Path,
+    run: Run,
+    receipt: ReceiptSimulator,
+    igate: IGateSimulator,
+    log: Path,
+    *,
+    marks: list[int],
+    elapsed: float,
 ) -> None:
     issued = receipt.issued()
     receipts = {r["fkey"]: r for r in receipt.receipts()}
@@ -299,3 +307,36 @@ def publish_unchecked(amqp_url: str, events: list[dict[str, Any]]) -> None:
             routing_key=event["event_type"],
             message_id=event["event_id"],
         )
+
+
+def test_a_cancelled_receipt_is_cancelled_once_and_a_later_duplicate_never_revives_it(
+    amqp_url, sqlite_url, tmp_path, receipt_credentials
+):
+    """Settled ▶ issued; cancel requested (twice) ▶ unconfirmed and cancelled once; the payment settled again
+    ▶ dead-lettered as cancelled, no second receipt, and iGate never told of a receipt after the cancellation."""
+    from busenv import thread_worker
+
+    run = uuid.uuid4().hex[:6].upper()
+    paid = settled(0, run, kind="phi", amount=500_000)
+    fkey = f"phi-{paid['payload']['payment_ref']}"
+    cancel = example("receipt.cancel_requested")
+    cancel.update(event_id=str(uuid.uuid4()), dossier_code=paid["dossier_code"], occurred_at=paid["occurred_at"])
+    cancel.pop("correlation_id", None)
+    cancel["payload"]["fkey"] = fkey
+    with IGateSimulator(username=SIM_USER, password=SIM_PASSWORD) as igate, ReceiptSimulator() as receipt:
+        cfg = write_receipt_config(tmp_path / "cfg", igate=igate.url, receipt=receipt.endpoint)
+        declare_routes(amqp_url, cfg)
+        with thread_worker(amqp_url, sqlite_url, cfg):
+            publish(amqp_url, [paid])
+            wait_for(lambda: _igate_receipts(igate)[fkey] == 1, timeout=60, what="the receipt told to iGate")
+            publish(amqp_url, [cancel, {**cancel, "event_id": str(uuid.uuid4())}])
+            wait_for(lambda: (receipt.receipt(fkey) or {}).get("status") == "cancelled", timeout=60, what="cancel")
+            wait_for(lambda: depth(amqp_url, "route.receipt-cancel") == 0, timeout=60, what="both cancels")
+            publish(amqp_url, [duplicate(paid)])
+            wait_for(lambda: depth(amqp_url, "dlq.receipt-issue-phi") == 1, timeout=60, what="the revived payment")
+        [(headers, _)] = [(p.headers, b) for p, b in get_all(amqp_url, "dlq.receipt-issue-phi")]
+        assert headers["x-error-kind"] == "rejected" and "cancelled" in headers["x-error"], headers
+        assert [e["effect"] for e in receipt.effects()] == ["issued", "unconfirmed", "cancelled"]
+        assert receipt.issued() == {fkey: 1}
+        assert _igate_receipts(igate) == {fkey: 1}
+        assert depth(amqp_url, "dlq.receipt-cancel") == 0
