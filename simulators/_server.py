@@ -223,6 +223,19 @@ class ServedSimulator(Generic[F]):
             self._thread.join(timeout=5)
             self._thread = None
 
+    def serve_foreground(self, event: str, **fields: Any) -> None:
+        """Serve until interrupted (``igate-bus simulate``), logging each request and ``{event}.listening``."""
+        self.log_requests = True
+        try:  # an interrupt while starting stops as cleanly as one while serving
+            self.start()
+            listening, stopping = f"{event}.listening", f"{event}.stopping"
+            log.info(listening, **fields)
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            log.info(stopping)
+        finally:
+            self.stop()
+
     def __enter__(self) -> Self:
         return self.start()
 

@@ -44,11 +44,10 @@ import itertools
 import json
 import os
 import re
-import threading
 import time
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -101,7 +100,7 @@ FaultMode = Literal[
     "apply_then_hang",
 ]
 _APPLY_FIRST: Final = frozenset({"apply_then_drop", "apply_then_hang"})
-Rate = Annotated[float, Field(ge=0.0, le=1.0, description="Probability per request.")]
+Rate = soap_sim.Rate
 
 
 class Faults(BaseModel):
@@ -530,15 +529,7 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
         username=env["username"] or DEFAULT_USERNAME,
         password=env["password"] or DEFAULT_PASSWORD,
     )
-    sim.log_requests = True
-    try:
-        sim.start()
-        log.info("receipt_sim.listening", url=sim.endpoint, wsdl=f"{sim.endpoint}?wsdl")
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        log.info("receipt_sim.stopping")
-    finally:
-        sim.stop()
+    sim.serve_foreground("receipt_sim", url=f"http://{host}:{port}{SOAP_PATH}", pattern=sim.pattern, serial=sim.serial)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -336,6 +336,20 @@ def _run_killing(env: dict[str, str], log: Path, *, kills: int, applied: Callabl
     return marks
 
 
+def _finish(
+    amqp_url: str, cfg: Path, env: dict[str, str], log: Path, done: Callable[[], bool], *, timeout: float, what: str
+) -> None:
+    """A last worker runs until ``done`` and every queue of ``cfg`` is empty, then stops cleanly on SIGTERM."""
+    worker = ProcessWorker(env, log).start()
+    try:
+        wait_for(done, timeout=timeout, interval=0.5, what=what)
+        queues = _queues(cfg, dlq=False)
+        wait_for(lambda: all(depth(amqp_url, q) == 0 for q in queues), timeout=120, what="the queues to drain")
+        assert worker.terminate() == 0
+    finally:
+        worker.stop()
+
+
 def _mixed_chaos(amqp_url: str, store_url: str, tmp_path: Path, *, lives: int, kills: int, timeout: float) -> None:
     mixed = _Mixed.of(lives)
     with (
@@ -357,14 +371,7 @@ def _mixed_chaos(amqp_url: str, store_url: str, tmp_path: Path, *, lives: int, k
         marks = _run_killing(
             env, log, kills=kills, applied=lambda: len(igate.effects()) + len(nps.effects()), total=mixed.total
         )
-        worker = ProcessWorker(env, log).start()
-        try:
-            wait_for(lambda: mixed.done(igate, nps), timeout=timeout, interval=0.5, what="every effect")
-            queues = _queues(cfg, dlq=False)
-            wait_for(lambda: all(depth(amqp_url, q) == 0 for q in queues), timeout=120, what="the queues to drain")
-            assert worker.terminate() == 0
-        finally:
-            worker.stop()
+        _finish(amqp_url, cfg, env, log, lambda: mixed.done(igate, nps), timeout=timeout, what="every effect")
         elapsed = time.monotonic() - started
         _assert_mixed(amqp_url, cfg, mixed, igate, nps, log, marks=marks, elapsed=elapsed)
 

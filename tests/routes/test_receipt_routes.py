@@ -23,7 +23,6 @@ from busenv import (
     ROOT,
     SIM_PASSWORD,
     SIM_USER,
-    ProcessWorker,
     declare_routes,
     depth,
     dossier_code,
@@ -35,7 +34,7 @@ from busenv import (
     write_config,
 )
 from receiptenv import receipt_credentials, receipt_spec_data
-from test_exactly_once import _run_killing
+from test_exactly_once import _finish, _queues, _run_killing
 
 import schemas.bus
 from simulators.igate import IGateSimulator
@@ -116,15 +115,6 @@ def _igate_receipts(igate: IGateSimulator) -> Counter[str]:
     return told
 
 
-def _queues(config: Path, *, dlq: bool) -> list[str]:
-    routes = yaml.safe_load((config / "routes.yaml").read_text(encoding="utf-8"))["routes"]
-    if dlq:
-        return [f"dlq.{r['name']}" for r in routes]
-    return [
-        q for r in routes for q in (f"route.{r['name']}", *(f"retry.{r['name']}.{d}" for d in r["retry"]["backoff"]))
-    ]
-
-
 def _chaos(
     amqp_url: str,
     store_url: str,
@@ -158,14 +148,7 @@ def _chaos(
             )
 
         marks = _run_killing(env, log, kills=kills, applied=lambda: len(receipt.issued()), total=payments)
-        worker = ProcessWorker(env, log).start()
-        try:
-            wait_for(done, timeout=timeout, interval=0.5, what="every receipt issued and sent to iGate")
-            queues = _queues(cfg, dlq=False)
-            wait_for(lambda: all(depth(amqp_url, q) == 0 for q in queues), timeout=120, what="the queues to drain")
-            assert worker.terminate() == 0
-        finally:
-            worker.stop()
+        _finish(amqp_url, cfg, env, log, done, timeout=timeout, what="every receipt issued and sent to iGate")
         elapsed = time.monotonic() - started
         _assert_once(amqp_url, cfg, run, receipt, igate, log, marks=marks, elapsed=elapsed)
 
