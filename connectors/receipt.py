@@ -41,8 +41,10 @@ No reply body is ever quoted in an error: only the ERR code and its meaning.
 receipt the connector is asked for is recorded under ``receipt.payments`` (key: the fkey; value: payment,
 kind, amount, dossier, the day paid and the day first asked; status ``issuing``, then ``issued`` or
 ``cancelled``), indexed by that day under ``receipt.day.YYYY-MM-DD``, and each idempotency key under
-``receipt.keys`` (its fkey). The engine's lookup by idempotency key reads the fkey there (no row: nothing was
-ever sent under that key), and the daily reconciliation (``connectors/receipt_files.py``) reads the day.
+``receipt.keys`` (its fkey); the first request to cancel an fkey owns its cancellation (``receipt.cancels``:
+another one waits, transient, until the receipt shows cancelled). The engine's lookup by idempotency key
+reads the fkey there (no row: nothing was ever sent under that key), and the daily reconciliation
+(:meth:`ReceiptConnector.reconcile`) reads the day.
 
 ``connectors.yaml``::
 
@@ -119,6 +121,8 @@ PROBE_FKEY: Final = "phi-PROBE"
 #: the state namespaces (see the module docstring)
 PAYMENTS_NS: Final = "receipt.payments"
 KEYS_NS: Final = "receipt.keys"
+#: which request owns the cancellation of an fkey (the first one asked)
+CANCELS_NS: Final = "receipt.cancels"
 #: the day index: ``receipt.day.YYYY-MM-DD`` holds the fkeys first asked for that day (Vietnam time)
 DAY_NS_PREFIX: Final = "receipt.day."
 #: rows read from the state at a time
@@ -245,9 +249,14 @@ class ReceiptConnector(KitConnector):
             TransientError: see the module's table.
         """
         self.state.put(KEYS_NS, idempotency_key, {"fkey": request.fkey, "op": "cancel"}, if_absent=True)
+        # one cancellation per receipt: the first request owns it; another waits until it is done
+        self.state.put(CANCELS_NS, request.fkey, {"key": idempotency_key}, if_absent=True)
+        owner = self.state.get(CANCELS_NS, request.fkey)
         found = self._find_one(request.fkey)
         if found is None:
             raise TargetRejected(f"no receipt has fkey {request.fkey}", code="not_found")
+        if found.status == "valid" and owner is not None and owner.value.get("key") != idempotency_key:
+            raise TargetUnavailable(f"another request is cancelling {request.fkey}; this one waits for it")
         if found.status == "valid":
             for operation_name, body in (
                 ("UnConfirmPaymentFkey", {"lstFkey": request.fkey}),

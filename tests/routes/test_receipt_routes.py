@@ -319,7 +319,8 @@ def test_a_cancelled_receipt_is_cancelled_once_and_a_later_duplicate_never_reviv
             wait_for(lambda: depth(amqp_url, "dlq.receipt-issue-phi") == 1, timeout=60, what="the revived payment")
         [(headers, _)] = [(p.headers, b) for p, b in get_all(amqp_url, "dlq.receipt-issue-phi")]
         assert headers["x-error-kind"] == "rejected" and "cancelled" in headers["x-error"], headers
-        assert [e["effect"] for e in receipt.effects()] == ["issued", "unconfirmed", "cancelled"]
+        effects = [e["effect"] for e in receipt.effects()]
+        assert effects == ["issued", "unconfirmed", "cancelled"], effects
         assert receipt.issued() == {fkey: 1}
         assert _igate_receipts(igate) == {fkey: 1}
         assert depth(amqp_url, "dlq.receipt-cancel") == 0
