@@ -34,7 +34,7 @@ from busenv import (
     write_config,
 )
 from receiptenv import receipt_credentials, receipt_spec_data
-from test_exactly_once import _finish, _queues, _run_killing
+from test_exactly_once import _finish, _queues, _replay, _run_killing
 
 import schemas.bus
 from simulators.igate import IGateSimulator
@@ -324,3 +324,37 @@ def test_a_cancelled_receipt_is_cancelled_once_and_a_later_duplicate_never_reviv
         assert receipt.issued() == {fkey: 1}
         assert _igate_receipts(igate) == {fkey: 1}
         assert depth(amqp_url, "dlq.receipt-cancel") == 0
+
+
+def test_a_dlq_replay_days_later_of_a_payment_whose_issue_timed_out_issues_nothing_again(
+    amqp_url, sqlite_url, tmp_path, receipt_credentials
+):
+    """The service issued, the answer never came and the attempts ran out (dead-lettered); meanwhile the same
+    payment came again and got its receipt. Replayed from the DLQ later ▶ looked up, found: still one receipt."""
+    from busenv import thread_worker
+
+    run = uuid.uuid4().hex[:6].upper()
+    paid = settled(0, run, kind="lephi", amount=100_000)
+    fkey = f"lephi-{paid['payload']['payment_ref']}"
+    with IGateSimulator(username=SIM_USER, password=SIM_PASSWORD) as igate, ReceiptSimulator() as receipt:
+        cfg = write_receipt_config(tmp_path / "cfg", igate=igate.url, receipt=receipt.endpoint)
+        routes = yaml.safe_load((cfg / "routes.yaml").read_text(encoding="utf-8"))
+        for route in routes["routes"]:
+            route["retry"] = {"backoff": ["300ms"], "max_attempts": 1}
+        (cfg / "routes.yaml").write_text(yaml.safe_dump(routes, allow_unicode=True, sort_keys=False))
+        declare_routes(amqp_url, cfg)
+        receipt.set_faults(mode="apply_then_hang", hang_s=2.5, only_operations=["ImportAndPublishInv"])
+        with thread_worker(amqp_url, sqlite_url, cfg, routes=["receipt-issue-lephi"]):
+            publish(amqp_url, [paid])
+            wait_for(lambda: depth(amqp_url, "dlq.receipt-issue-lephi") == 1, timeout=60, what="the dead letter")
+        assert receipt.issued() == {fkey: 1}  # guard: the service did issue it before the answer was lost
+        receipt.set_faults()
+        with thread_worker(amqp_url, sqlite_url, cfg, routes=["receipt-issue-lephi", "results-to-igate"]):
+            publish(amqp_url, [duplicate(paid)])
+            wait_for(lambda: _igate_receipts(igate)[fkey] >= 1, timeout=60, what="the duplicate's receipt in iGate")
+            assert _replay(amqp_url, "receipt-issue-lephi") == 1
+            wait_for(lambda: depth(amqp_url, "route.receipt-issue-lephi") == 0, timeout=60, what="the replay")
+            wait_for(lambda: depth(amqp_url, "route.results-to-igate") == 0, timeout=60, what="its result")
+        assert receipt.issued() == {fkey: 1}
+        assert len(receipt.requests("ImportAndPublishInv")) == 1  # the replay looked up, never issued
+        assert depth(amqp_url, "dlq.receipt-issue-lephi") == 0
