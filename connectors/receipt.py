@@ -143,7 +143,7 @@ class SoapText(RootModel[str]):
 
 
 class ReceiptConnector(KitConnector):
-    """The e-receipt service over SOAP: ``issue`` and ``cancel``, each with a lookup, and ``find`` (a read).
+    """The e-receipt service over SOAP: ``issue`` and ``cancel``, each with a lookup, and ``reconcile`` (a read).
 
     Args:
         name: the connector's name in ``connectors.yaml``.
@@ -275,12 +275,6 @@ class ReceiptConnector(KitConnector):
                     raise self._refusal(operation_name, answer)
         self._settled(request.fkey, "cancelled", number=found.number)
         return ReceiptCancelled(fkey=found.fkey, pattern=found.pattern, serial=found.serial, number=found.number)
-
-    @operation(SoapText, SoapText, effect=False)
-    def find(self, request: SoapText, idempotency_key: str = "") -> SoapText:
-        """The service's raw lookup answer for an fkey (operators; the reconciliation reads the file)."""
-        del idempotency_key
-        return SoapText(self._call_text("listInvByCusFkey", self._lookup_body(request.root), effect=False))
 
     @operation(ReconcileDay, ReceiptsReconciled, effect=False)
     def reconcile(self, request: ReconcileDay, idempotency_key: str = "") -> ReceiptsReconciled:
@@ -514,7 +508,7 @@ def _files_client(name: str, spec: ConnectorSpec) -> SftpClient | None:
 
 
 #: the service operation each connector operation calls first
-SERVICES: Final = {"issue": "ImportAndPublishInv", "cancel": "cancelInv", "find": "listInvByCusFkey"}
+SERVICES: Final = {"issue": "ImportAndPublishInv", "cancel": "cancelInv"}
 
 
 def render(operation_name: str, request: BaseModel) -> str:
