@@ -23,16 +23,19 @@ The rules, each in one place below:
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from adapters.registry import adapter
+from schemas.bus import TICK_EVENT, Tick
 from schemas.envelope import format_validation_error
 from schemas.errors import MappingError
 from schemas.igate import MAX_AMOUNT_VND, PaymentSettled, ReceiptCancelRequested
 from schemas.nps import ICT
 from schemas.receipt import FEE_CATALOGUE, CancelReceipt, FeeKind, IssueReceipt, ReceiptLine, amount_in_words
+from schemas.receipt_reconcile import ReconcileDay
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -119,6 +122,20 @@ def payment_settled_lephi(event: Event, *, now: datetime) -> IssueReceipt:
     """
     del now
     return issue_request(event, "lephi")
+
+
+@adapter(accepts=(TICK_EVENT,), produces=ReconcileDay)
+def daily_reconciliation(event: Event, *, now: datetime) -> ReconcileDay:
+    """The schedule's firing → reconcile the day before it (Vietnam time): a day's file is whole once it is over.
+
+    Raises:
+        MappingError: a wrong payload.
+    """
+    del now
+    payload = event.payload
+    if not isinstance(payload, Tick):
+        raise MappingError(f"expected a bus.tick payload, got {type(payload).__name__}", field="payload")
+    return ReconcileDay(day=payload.scheduled_at.astimezone(ICT).date() - timedelta(days=1))
 
 
 @adapter(accepts=("receipt.cancel_requested",), produces=CancelReceipt)

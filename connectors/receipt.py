@@ -19,8 +19,8 @@ person, never reported as valid, never issued again).
 Error table (what the service answered → what is raised):
 
 =====================================================  ==============================================================
-``OK:pattern;serial-fkey_number`` (issue)              ``ReceiptIssued``
-``ERR:13`` (issue)                                     fetch by fkey: valid and same amount → ``ReceiptIssued``;
+``OK:pattern;serial-fkey_number`` (issue)              ``IssuedReceipt``
+``ERR:13`` (issue)                                     fetch by fkey: valid and same amount → ``IssuedReceipt``;
                                                        another amount → ``TargetRejected(code="amount_mismatch")``;
                                                        cancelled/replaced → ``TargetRejected(code="cancelled")``;
                                                        not found → ``TargetUnavailable(maybe_applied=True)``
@@ -77,13 +77,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import structlog
-from pydantic import BaseModel, RootModel
+from pydantic import BaseModel, Field, RootModel
 
 from config.model import ConnectorSpec
 from connectors._sftp import SftpClient
 from connectors._soap import WSDL_DIR, SoapClient
 from connectors.base import credential, endpoint, required_option
 from connectors.kit import CachedCredential, Credential, KitConnector, Refused, operation
+from schemas.bus import Emission
 from schemas.errors import ConfigError, TargetGarbled, TargetRejected, TargetUnavailable
 from schemas.nps import ICT
 from schemas.receipt import (
@@ -136,6 +137,48 @@ _ALL_TIME: Final = ("01/01/2000", "31/12/2099")
 def day_ns(day: str) -> str:
     """The state namespace of the fkeys first asked for on ``day`` (``YYYY-MM-DD``)."""
     return f"{DAY_NS_PREFIX}{day}"
+
+
+class IssuedReceipt(ReceiptIssued):
+    """``issue``'s reply: the receipt, and the dossier it is for; it is told to iGate once per fkey.
+
+    Its one result event is named by the fkey (:meth:`result_events`), so every event of one payment (a
+    duplicate ``payment.settled``, a DLQ replay) gives iGate the same ``receipt.issued``, deduplicated there.
+    """
+
+    dossier_code: str | None = Field(default=None, max_length=60)
+
+    def result_events(self) -> list[Emission]:
+        """One ``receipt.issued``, keyed by the fkey (the receipt), never by the event that asked for it."""
+        payload = self.model_dump(mode="json", exclude={"dossier_code"}, exclude_none=True)
+        when = self.issued_at or datetime.now(ICT)
+        return [
+            Emission(
+                key=self.fkey,
+                event_type="receipt.issued",
+                payload=payload,
+                dossier_code=self.dossier_code,
+                occurred_at=when,
+            )
+        ]
+
+
+def _issued(
+    fkey: str, pattern: str, serial: str, number: str, amount_vnd: int, dossier_code: str | None
+) -> IssuedReceipt:
+    """The reply for a receipt the service holds; ``issued_at`` is when the bus learnt it (RFC 3339 text)."""
+    return IssuedReceipt.model_validate(
+        {
+            "fkey": fkey,
+            "pattern": pattern,
+            "serial": serial,
+            "number": number,
+            "provider": "vnpt",
+            "amount_vnd": amount_vnd,
+            "issued_at": datetime.now(ICT).isoformat(timespec="seconds"),
+            "dossier_code": dossier_code,
+        }
+    )
 
 
 class SoapText(RootModel[str]):
@@ -191,8 +234,8 @@ class ReceiptConnector(KitConnector):
 
     # -- operations -------------------------------------------------------------------------------------
 
-    @operation(IssueReceipt, ReceiptIssued, lookup="lookup_issue")
-    def issue(self, request: IssueReceipt, idempotency_key: str) -> ReceiptIssued:
+    @operation(IssueReceipt, IssuedReceipt, lookup="lookup_issue")
+    def issue(self, request: IssueReceipt, idempotency_key: str) -> IssuedReceipt:
         """Issue the receipt of one kind of fee of a payment, once per fkey (ImportAndPublishInv).
 
         Raises:
@@ -220,14 +263,7 @@ class ReceiptConnector(KitConnector):
                 pattern, serial, number = parse_issued(answer_text, request.fkey)
             except ValueError as exc:
                 raise TargetGarbled(f"ImportAndPublishInv: {exc}", maybe_applied=True) from None
-            issued = ReceiptIssued(
-                fkey=request.fkey,
-                pattern=pattern,
-                serial=serial,
-                number=number,
-                provider="vnpt",
-                amount_vnd=request.total_vnd,
-            )
+            issued = _issued(request.fkey, pattern, serial, number, request.total_vnd, request.dossier_code)
             self._settled(request.fkey, "issued", number=number)
             return issued
         if answer.code == ERR_DUPLICATE_FKEY:
@@ -318,7 +354,7 @@ class ReceiptConnector(KitConnector):
         )
         return result
 
-    def lookup_issue(self, idempotency_key: str) -> ReceiptIssued | None:
+    def lookup_issue(self, idempotency_key: str) -> IssuedReceipt | None:
         """The receipt an earlier ``issue`` with this key issued, or None when it issued none.
 
         Raises:
@@ -332,7 +368,12 @@ class ReceiptConnector(KitConnector):
             return None
         payment = self.state.get(PAYMENTS_NS, found.fkey)
         amount = payment.value.get("amount_vnd") if payment is not None else None
-        issued = self._checked(found, amount if isinstance(amount, int) else found.amount_vnd)
+        dossier = payment.value.get("dossier_code") if payment is not None else None
+        issued = self._checked(
+            found,
+            amount if isinstance(amount, int) else found.amount_vnd,
+            dossier_code=str(dossier) if dossier else None,
+        )
         self._settled(found.fkey, "issued", number=found.number)
         return issued
 
@@ -399,13 +440,13 @@ class ReceiptConnector(KitConnector):
             partial.write_text(text, encoding="utf-8")
             partial.replace(target)
 
-    def _as_issued(self, found: FoundReceipt, request: IssueReceipt) -> ReceiptIssued:
-        issued = self._checked(found, request.total_vnd)
+    def _as_issued(self, found: FoundReceipt, request: IssueReceipt) -> IssuedReceipt:
+        issued = self._checked(found, request.total_vnd, dossier_code=request.dossier_code)
         self._settled(request.fkey, "issued", number=found.number)
         return issued
 
     @staticmethod
-    def _checked(found: FoundReceipt, amount_vnd: int) -> ReceiptIssued:
+    def _checked(found: FoundReceipt, amount_vnd: int, *, dossier_code: str | None) -> IssuedReceipt:
         """A fetched receipt as the result, if it is valid and for the amount asked; never a cancelled one."""
         if found.status != "valid":
             raise TargetRejected(
@@ -417,14 +458,7 @@ class ReceiptConnector(KitConnector):
                 f"the receipt of {found.fkey} is for {found.amount_vnd} VND, this payment is {amount_vnd} VND",
                 code="amount_mismatch",
             )
-        return ReceiptIssued(
-            fkey=found.fkey,
-            pattern=found.pattern,
-            serial=found.serial,
-            number=found.number,
-            provider="vnpt",
-            amount_vnd=found.amount_vnd,
-        )
+        return _issued(found.fkey, found.pattern, found.serial, found.number, found.amount_vnd, dossier_code)
 
     def _find_one(self, fkey: str) -> FoundReceipt | None:
         """The fkey's receipt at the service, or None; a lookup that cannot say raises (maybe applied)."""
