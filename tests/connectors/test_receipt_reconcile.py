@@ -11,18 +11,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import pika
 import pytest
 import yaml
-from busenv import cli, env_for
+from busenv import ROOT, cli, depth, env_for, get_all, wait_for
 from receiptenv import issue_request, receipt_credentials, receipt_sim, receipt_spec_data
 from sftpenv import KEY_ENV, sftp_sim
 
 from config.model import ConnectorSpec
 from connectors.kit.state import ConnectorState
 from connectors.receipt import PAYMENTS_NS, ReceiptConnector
+from schemas.nps import ICT
 from schemas.receipt import CancelReceipt
 from schemas.receipt_reconcile import (
     FILE_COLUMNS,
@@ -224,3 +226,50 @@ def test_a_day_that_agrees_exits_0_and_a_missing_or_bad_file_or_date_is_one_line
     assert clean.stdout.startswith(f"receipts {day.isoformat()}: 1 payments, 1 receipts") and ": ok" in clean.stdout
     for run in (missing, bad_date, bad_file, clean):
         assert "Traceback" not in run.stderr
+
+
+def test_the_scheduled_route_reconciles_yesterday_and_emits_the_report(
+    setup, receipt_sim, sftp_sim, tmp_path, amqp_url
+):
+    """The daily route, firing every second here: each tick reconciles the day before it (a file planted with a
+    receipt the bus never asked for), writes the report and emits ``receipt.reconciled`` with that finding."""
+    from busenv import declare_routes, thread_worker
+
+    _, env, reports = setup
+    folder = tmp_path / "cfg"
+    shipped = yaml.safe_load((ROOT / "config" / "routes.yaml").read_text(encoding="utf-8"))
+    [route] = [r for r in shipped["routes"] if r["name"] == "receipt-reconcile-daily"]
+    route["from"]["schedule"] = {"every": "1s", "misfire": "run_once"}
+    route["retry"] = {"backoff": ["300ms"], "max_attempts": 3}
+    (folder / "routes.yaml").write_text(yaml.safe_dump({"routes": [route]}, sort_keys=False))
+    today = datetime.now(ICT).date()
+    for day in (today - timedelta(days=1), today):  # a tick just after midnight still reconciles a day with a file
+        stranger = [
+            {
+                "fkey": "phi-STRANGER",
+                "pattern": "01BLP0-001",
+                "serial": "AA-19E",
+                "number": "0000042",
+                "amount_vnd": 42000,
+                "status": "valid",
+                "issued_on": day.isoformat(),
+            }
+        ]
+        put_day_file(sftp_sim, receipt_sim, day, lambda rows, extra=stranger: [*rows, *extra])
+    url = amqp_url
+    declare_routes(url, folder)
+    with pika.BlockingConnection(pika.URLParameters(url)) as conn:
+        ch = conn.channel()
+        ch.queue_declare("reconciled-seen")
+        ch.queue_bind("reconciled-seen", "bus.results", "receipt.reconciled")
+    with thread_worker(url, env["IGATE_BUS_STORE_URL"], folder, routes=["receipt-reconcile-daily"]):
+        wait_for(lambda: depth(url, "reconciled-seen") >= 1, timeout=60, what="a receipt.reconciled event")
+    [(props, body)] = get_all(url, "reconciled-seen")[:1]
+    event = json.loads(body)
+    assert event["event_type"] == "receipt.reconciled" and props.type == "receipt.reconciled"
+    day = date.fromisoformat(event["payload"]["day"])
+    assert day in {today - timedelta(days=1), today - timedelta(days=2)}
+    assert [(f["kind"], f["fkey"]) for f in event["payload"]["findings"]] == [("unknown_receipt", "phi-STRANGER")]
+    assert (
+        json.loads((reports / f"receipts-{day.isoformat()}.json").read_text())["findings"][0]["fkey"] == "phi-STRANGER"
+    )
