@@ -12,6 +12,7 @@ import csv
 import io
 import json
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pika
@@ -228,6 +229,10 @@ def test_a_day_that_agrees_exits_0_and_a_missing_or_bad_file_or_date_is_one_line
         assert "Traceback" not in run.stderr
 
 
+def _with(extra: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [*rows, *extra]
+
+
 def test_the_scheduled_route_reconciles_yesterday_and_emits_the_report(
     setup, receipt_sim, sftp_sim, tmp_path, amqp_url
 ):
@@ -255,7 +260,7 @@ def test_the_scheduled_route_reconciles_yesterday_and_emits_the_report(
                 "issued_on": day.isoformat(),
             }
         ]
-        put_day_file(sftp_sim, receipt_sim, day, lambda rows, extra=stranger: [*rows, *extra])
+        put_day_file(sftp_sim, receipt_sim, day, partial(_with, stranger))
     url = amqp_url
     declare_routes(url, folder)
     with pika.BlockingConnection(pika.URLParameters(url)) as conn:
