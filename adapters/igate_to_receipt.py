@@ -24,9 +24,9 @@ The rules, each in one place below:
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from adapters.registry import adapter
 from schemas.bus import TICK_EVENT, Tick
@@ -43,6 +43,17 @@ if TYPE_CHECKING:
     from schemas.envelope import Event
 
 
+P = TypeVar("P", bound=BaseModel)
+
+
+def _payload(event: Event, model: type[P]) -> P:
+    """The event's payload as ``model``; another is a mapping error on ``payload`` (a route bound wrongly)."""
+    payload = event.payload
+    if not isinstance(payload, model):
+        raise MappingError(f"expected a {model.__name__} payload, got {type(payload).__name__}", field="payload")
+    return payload
+
+
 def fkey(kind: FeeKind, payment_ref: str) -> str:
     """The service's key of the receipt of ``kind`` for payment ``payment_ref``."""
     return f"{kind}-{payment_ref}"
@@ -55,9 +66,7 @@ def issue_request(event: Event, kind: FeeKind) -> IssueReceipt:
         MappingError: a wrong payload, no dossier code, an unknown fee code or one of the other kind, no fee
             of this kind to collect, or a total over the bound; the field is named.
     """
-    payload = event.payload
-    if not isinstance(payload, PaymentSettled):
-        raise MappingError(f"expected a PaymentSettled payload, got {type(payload).__name__}", field="payload")
+    payload = _payload(event, PaymentSettled)
     code = event.envelope.dossier_code
     if not code:
         raise MappingError("a receipt is filed under the dossier code; the event has none", field="dossier_code")
@@ -132,9 +141,7 @@ def daily_reconciliation(event: Event, *, now: datetime) -> ReconcileDay:
         MappingError: a wrong payload.
     """
     del now
-    payload = event.payload
-    if not isinstance(payload, Tick):
-        raise MappingError(f"expected a bus.tick payload, got {type(payload).__name__}", field="payload")
+    payload = _payload(event, Tick)
     return ReconcileDay(day=payload.scheduled_at.astimezone(ICT).date() - timedelta(days=1))
 
 
@@ -146,7 +153,5 @@ def receipt_cancel_requested(event: Event, *, now: datetime) -> CancelReceipt:
         MappingError: a wrong payload.
     """
     del now
-    payload = event.payload
-    if not isinstance(payload, ReceiptCancelRequested):
-        raise MappingError(f"expected a ReceiptCancelRequested payload, got {type(payload).__name__}", field="payload")
+    payload = _payload(event, ReceiptCancelRequested)
     return CancelReceipt(fkey=payload.fkey, reason=payload.reason)

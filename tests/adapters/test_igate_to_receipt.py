@@ -121,3 +121,24 @@ def test_the_receipt_xml_cannot_be_broken_out_of():
 def test_cancel_request_maps_the_fkey_and_reason():
     request = receipt_cancel_requested(parsed(example("receipt.cancel_requested")), now=NOW)
     assert request.fkey == "phi-PG2611260001" and request.reason.startswith("Lập sai")
+
+
+def test_a_tick_reconciles_the_day_before_it_in_vietnam_time():
+    from datetime import date
+
+    from adapters.igate_to_receipt import daily_reconciliation
+    from schemas.bus import Tick
+    from schemas.envelope import Envelope
+
+    envelope = Envelope.model_validate(
+        {
+            "event_id": "0b8a3c1e-6f0d-4d7e-9b1a-2c3d4e5f6a7b",
+            "event_type": "bus.tick",
+            "occurred_at": "2025-12-04T19:00:00+00:00",
+            "source": "igate-bus/receipt-reconcile-daily",
+            "payload": {},
+        }
+    )
+    # 02:00 on 5 December in Vietnam is 19:00 on 4 December in UTC
+    tick = Tick(route="receipt-reconcile-daily", scheduled_at=datetime(2025, 12, 4, 19, 0, tzinfo=UTC))
+    assert daily_reconciliation(Event(envelope, tick), now=NOW).day == date(2025, 12, 4)
