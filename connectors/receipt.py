@@ -24,8 +24,8 @@ Error table (what the service answered → what is raised):
                                                        another amount → ``TargetRejected(code="amount_mismatch")``;
                                                        cancelled/replaced → ``TargetRejected(code="cancelled")``;
                                                        not found → ``TargetUnavailable(maybe_applied=True)``
-``ERR:1``, ``ERR:7`` (the account refused)             :class:`~schemas.errors.CredentialsRefused` (after one resend;
-                                                       events wait, the breaker opens)
+``ERR:1``, ``ERR:7`` (the account refused), or a      :class:`~schemas.errors.CredentialsRefused` (after one resend;
+credential's variable unset (read on first use)        events wait, the breaker opens); nothing is sent
 ``ERR:5`` (publish failed)                             ``TargetUnavailable(maybe_applied=True)``: reconcile first
 ``ERR:6`` (out of numbers)                             ``TargetUnavailable(maybe_applied=False)``
 any other ``ERR:n``                                    ``TargetRejected(code="ERR:n")`` with the meaning
@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import structlog
-from pydantic import BaseModel, Field, RootModel
+from pydantic import BaseModel, Field, RootModel, SecretStr
 
 from config.model import ConnectorSpec
 from connectors._sftp import SftpClient
@@ -117,6 +117,8 @@ log = structlog.get_logger(__name__)
 NAMESPACE: Final = "http://tempuri.org/"
 BINDING: Final = f"{{{NAMESPACE}}}ReceiptServiceSoap"
 WSDL_FILE: Final = WSDL_DIR / "receipt.wsdl"
+#: stands in a request body for the account fields, filled in when the call is sent
+ACCOUNT: Final = "(account)"
 #: the fkey the probe looks up: a lookup is harmless whatever it answers
 PROBE_FKEY: Final = "phi-PROBE"
 #: the state namespaces (see the module docstring)
@@ -202,10 +204,11 @@ class ReceiptConnector(KitConnector):
         url = endpoint(name, spec)
         self._pattern = required_option(name, spec, "pattern", "the receipt template (mẫu số) registered")
         self._serial = required_option(name, spec, "serial", "the receipt series (ký hiệu) registered")
-        self._account = credential(name, spec, "account").get_secret_value()
-        self._account_password = credential(name, spec, "account_password")
-        self._username = credential(name, spec, "username").get_secret_value()
-        password = credential(name, spec, "password")
+        # the credentials are read when first needed (a worker whose receipt variables are unset starts, and
+        # its receipt messages wait as for a refused account, instead of the whole worker refusing to start)
+        self._account = ""
+        self._account_password = SecretStr("")
+        self._username = ""
         wsdl = Path(str(spec.options["wsdl"])) if "wsdl" in spec.options else WSDL_FILE
         self._soap = SoapClient(name, spec, wsdl, binding=BINDING, address=url, log_as="receipt")
         super().__init__(name, spec, guard=self._soap.guard)
@@ -214,7 +217,7 @@ class ReceiptConnector(KitConnector):
         self._report_dir = Path(str(spec.options.get("report_dir", DEFAULT_REPORT_DIR)))
         self._password = CachedCredential(
             name,
-            lambda _deadline, _guard: Credential.lasting(password, None),
+            lambda _deadline, _guard: self._read_credentials(),
             breaker=self.guard.breaker,
             what="account",
             issuer="the e-receipt service",
@@ -249,8 +252,8 @@ class ReceiptConnector(KitConnector):
             if found is not None:
                 return self._as_issued(found, request)
         body = {
-            "Account": self._account,
-            "ACpass": self._account_password.get_secret_value(),
+            "Account": ACCOUNT,
+            "ACpass": ACCOUNT,
             "xmlInvData": request.xml(),
             "pattern": self._pattern,
             "serial": self._serial,
@@ -299,8 +302,8 @@ class ReceiptConnector(KitConnector):
                 (
                     "cancelInv",
                     {
-                        "Account": self._account,
-                        "ACpass": self._account_password.get_secret_value(),
+                        "Account": ACCOUNT,
+                        "ACpass": ACCOUNT,
                         "fkey": request.fkey,
                     },
                 ),
@@ -411,6 +414,18 @@ class ReceiptConnector(KitConnector):
         if row is not None:
             self.state.update(PAYMENTS_NS, fkey, value={**row.value, "number": number}, status=status)
 
+    def _read_credentials(self) -> Credential:
+        """The four secrets from the environment; one unset is the bus's account refused (an operator's problem)."""
+        spec = self.spec
+        try:
+            self._account = credential(self.name, spec, "account").get_secret_value()
+            self._account_password = credential(self.name, spec, "account_password")
+            self._username = credential(self.name, spec, "username").get_secret_value()
+            password = credential(self.name, spec, "password")
+        except ConfigError as exc:
+            raise Refused(str(exc)) from None
+        return Credential.lasting(password, None)
+
     def _seen(self, fkey: str) -> SeenPayment | None:
         row = self.state.get(PAYMENTS_NS, fkey)
         if row is None:
@@ -491,6 +506,8 @@ class ReceiptConnector(KitConnector):
 
         def send(password: Credential) -> str:
             full = {**body, login[0]: self._username, login[1]: password.value.get_secret_value()}
+            if "Account" in body:  # the unit's account, for the calls that take it
+                full |= {"Account": self._account, "ACpass": self._account_password.get_secret_value()}
             text = self._soap.call(operation_name, full, SoapText, deadline=deadline, effect=effect, guard=guard).root
             if text.startswith("ERR:"):
                 code = self._answer(text, operation_name, effect=effect).code

@@ -208,3 +208,13 @@ def test_render_hides_the_secrets():
     text = render("issue", issue_request("PG14"))
     assert "ImportAndPublishInv" in text and "&lt;key&gt;phi-PG14&lt;/key&gt;" in text
     assert "simulator-only" not in text
+
+
+def test_an_unset_credential_is_the_account_refused_and_sends_nothing(make, receipt_sim, monkeypatch):
+    """A worker whose receipt variables are unset starts; its receipts wait as for a refused account."""
+    monkeypatch.delenv(ENVS["account"])
+    connector = make()  # building needs no secret
+    with pytest.raises(CredentialsRefused) as caught:
+        connector.issue(issue_request("PG15"), "k1")
+    assert ENVS["account"] in str(caught.value)
+    assert receipt_sim.requests() == []
