@@ -245,6 +245,7 @@ def test_the_scheduled_route_reconciles_yesterday_and_emits_the_report(
     shipped = yaml.safe_load((ROOT / "config" / "routes.yaml").read_text(encoding="utf-8"))
     [route] = [r for r in shipped["routes"] if r["name"] == "receipt-reconcile-daily"]
     route["from"]["schedule"] = {"every": "1s", "misfire": "run_once"}
+    route["enabled"] = True
     route["retry"] = {"backoff": ["300ms"], "max_attempts": 3}
     (folder / "routes.yaml").write_text(yaml.safe_dump({"routes": [route]}, sort_keys=False))
     today = datetime.now(ICT).date()
