@@ -50,7 +50,7 @@ reads the fkey there (no row: nothing was ever sent under that key), and the dai
 
     receipt:
       type: receipt
-      endpoint: http://127.0.0.1:8605/PublishService.asmx
+      endpoint: http://127.0.0.1:8606/PublishService.asmx
       timeout: {connect: 3s, read: 15s, total: 30s}
       credentials: {account: IGATE_BUS_RECEIPT_ACCOUNT, account_password: IGATE_BUS_RECEIPT_ACPASS,
                     username: IGATE_BUS_RECEIPT_USERNAME, password: IGATE_BUS_RECEIPT_PASSWORD}

@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PORT: Final = 8605
+DEFAULT_PORT: Final = 8606
 SOAP_PATH: Final = "/PublishService.asmx"
 NAMESPACE: Final = "http://tempuri.org/"
 WSDL_FILE: Final = Path(__file__).resolve().parent.parent / "schemas" / "wsdl" / "receipt.wsdl"
@@ -506,9 +506,9 @@ class _Handler(soap_sim._Handler):  # noqa: SLF001 - the SOAP simulators share t
             self._send(200, _answer_envelope(operation, "Object reference not set to an instance of an object."), xml)
         elif mode in {"hang", "apply_then_hang"}:
             self.server.sim._wake.wait(faults.hang_s)  # noqa: SLF001
-            self._reset_connection()
+            self.reset_connection()
         elif mode in {"drop", "apply_then_drop"}:
-            self._reset_connection()
+            self.reset_connection()
         elif mode in {"html", "xxe", "billion_laughs"}:  # the portal simulator's hostile bodies serve any client
             hostile = soap_sim.hostile_body(mode)
             self._send(200, hostile, "text/html; charset=utf-8" if mode == "html" else xml)
