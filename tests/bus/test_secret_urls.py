@@ -29,9 +29,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-AMQP_PASSWORD = f"amqp-pw-{uuid.uuid4().hex[:12]}"
-STORE_PASSWORD = f"store-pw-{uuid.uuid4().hex[:12]}"
-MANAGEMENT_PASSWORD = f"mgmt-pw-{uuid.uuid4().hex[:12]}"
+#: fixed (test ids must be the same in every pytest-xdist worker), and unlike anything else a log holds
+AMQP_PASSWORD = "amqp-pw-5c81a8070683"
+STORE_PASSWORD = "store-pw-a95c276a2c11"
+MANAGEMENT_PASSWORD = "mgmt-pw-016866f1e489"
 
 
 class TestRendering:
