@@ -32,6 +32,7 @@ ADAPTER_MODULES: tuple[str, ...] = (
     "adapters.igate_to_vilis",
     "adapters.vilis_to_igate",
     "adapters.igate_to_receipt",
+    "adapters.igate_to_vnpost",
 )
 
 

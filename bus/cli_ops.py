@@ -387,13 +387,13 @@ def _stale_and_prune(app: App, *, prune: bool, force: bool) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("system", type=click.Choice(["igate", "nps", "viettel-sms", "esms", "vilis", "receipt"]))
+@click.argument("system", type=click.Choice(["igate", "nps", "viettel-sms", "esms", "vilis", "receipt", "vnpost"]))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option(
     "--port",
     default=None,
     type=int,
-    help="Default: 8601 igate, 8602 nps, 8603 viettel-sms, 8604 esms, 8605 vilis, 8606 receipt.",
+    help="Default: 8601 igate, 8602 nps, 8603 viettel-sms, 8604 esms, 8605 vilis, 8606 receipt, 8607 vnpost.",
 )
 @click.option("--bus-url", default=None, help="vilis: the bus's ingress to call back (e.g. http://127.0.0.1:8600).")
 @click.option(
@@ -421,6 +421,10 @@ def simulate(system: str, host: str, port: int | None, bus_url: str | None, toke
         from simulators import receipt
 
         receipt.serve(host, port or receipt.DEFAULT_PORT)
+    elif system == "vnpost":
+        from simulators import vnpost
+
+        vnpost.serve(host, port or vnpost.DEFAULT_PORT)
     elif system == "nps":
         from simulators import nps
 

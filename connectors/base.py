@@ -103,6 +103,7 @@ CONNECTOR_TYPES: dict[str, str] = {
     "sftp": "connectors.sftp:SftpConnector",
     "sms": "connectors.sms:SmsConnector",
     "vilis": "connectors.vilis:VilisConnector",
+    "vnpost": "connectors.vnpost:VnpostConnector",
 }
 
 
