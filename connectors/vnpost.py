@@ -54,15 +54,19 @@ no connector state attached                        ``ConfigError``
         customer_code: DLK0001
         pool_low: 50
         poll_budget: 200
-        agency: {name: "Bộ phận một cửa tỉnh", phone: "02623812345", address: "...",
-                 province: "66", district: "643", ward: "24121"}
+        agency_name: Bộ phận một cửa tỉnh      # the receiver of pickups, the sender of returns
+        agency_phone: "02623812345"
+        agency_address: 09 Lê Duẩn
+        agency_province: "66"
+        agency_district: "643"
+        agency_ward: "24121"
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictInt, ValidationError
@@ -70,6 +74,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictInt, Validat
 from connectors._http import HttpClient, HttpReply, scrub_snippet
 from connectors.base import credential, required_option
 from connectors.kit import CachedCredential, Credential, KitConnector, operation
+from connectors.kit.state import ConnectorState, StateNotAttached
 from schemas.errors import ConfigError, TargetGarbled, TargetRejected
 from schemas.vnpost import (
     ACCEPTED_CODES,
@@ -104,53 +109,6 @@ DEFAULT_POLL_BUDGET: Final = 200
 PAGE_SIZE: Final = 50
 _TOKEN_REFUSED: Final = frozenset({401})
 _NOT_FOUND: Final = "404"
-
-
-class StateRow(Protocol):
-    """A row of the connector state (``connectors/kit/state.py``)."""
-
-    key: str
-    status: str
-    value: dict[str, Any]
-    version: int
-
-
-class State(Protocol):
-    """The part of the connector state (INTEGRATION.md's contract) this connector uses."""
-
-    def put(self, ns: str, key: str, value: dict[str, Any], *, status: str = "", if_absent: bool = False) -> bool:
-        """Write a row (only when absent, with ``if_absent``)."""
-        ...
-
-    def get(self, ns: str, key: str) -> StateRow | None:
-        """One row."""
-        ...
-
-    def update(
-        self,
-        ns: str,
-        key: str,
-        *,
-        value: dict[str, Any] | None = None,
-        status: str | None = None,
-        expect_version: int | None = None,
-    ) -> bool:
-        """Change a row (compare-and-set with ``expect_version``)."""
-        ...
-
-    def take(self, ns: str, *, status: str, new_status: str, value: dict[str, Any] | None = None) -> StateRow | None:
-        """Move one row from ``status`` to ``new_status`` atomically."""
-        ...
-
-    def rows(
-        self, ns: str, *, status: str | None = None, after_key: str | None = None, limit: int = 100
-    ) -> list[StateRow]:
-        """Rows ordered by key."""
-        ...
-
-    def count(self, ns: str, *, status: str | None = None) -> int:
-        """How many rows."""
-        ...
 
 
 # ---- the wire (NGSP, camelCase) ----------------------------------------------------------------------------
@@ -255,14 +213,14 @@ def render(operation_name: str, request: BaseModel) -> str:
             item_code="<from the pool>",
             idempotency_key="<idempotency key>",
             customer_code="<options.customer_code>",
-            agency={k: f"<options.agency.{k}>" for k in ("name", "phone", "address")}
+            agency={k: f"<options.agency_{k}>" for k in ("name", "phone", "address")}
             | {"province": None, "district": None, "ward": None},
         )
         return f"POST /order/post\n{json.dumps(body, ensure_ascii=False, indent=2)}\n"
     return f"{operation_name}\n{request.model_dump_json(indent=2)}\n"
 
 
-def load_pool(state: State, codes: Iterable[str]) -> int:
+def load_pool(state: ConnectorState, codes: Iterable[str]) -> int:
     """Add item codes VNPost issued to the pool, each once; returns how many were new.
 
     Raises:
@@ -287,14 +245,13 @@ class VnpostConnector(KitConnector):
 
     def __init__(self, name: str, spec: ConnectorSpec) -> None:
         self._customer_code = required_option(name, spec, "customer_code", "VNPost's customer code")
-        agency = spec.options.get("agency")
+        agency = {k: str(spec.options[f"agency_{k}"]) for k in _Party.model_fields if f"agency_{k}" in spec.options}
         try:
             self._agency = _Party.model_validate(agency).model_dump()
         except ValidationError as exc:
+            where = ", ".join(f"options.agency_{e['loc'][0]}" for e in exc.errors(include_url=False))
             raise ConfigError(
-                f"connector {name!r}: options.agency must give name, phone, address, province, ward "
-                f"({exc.error_count()} problems)",
-                field="options.agency",
+                f"connector {name!r}: the agency's desk is incomplete or malformed: {where}", field="options.agency"
             ) from None
         self._pool_low = int(spec.options.get("pool_low", DEFAULT_POOL_LOW))
         self._budget = int(spec.options.get("poll_budget", DEFAULT_POLL_BUDGET))
@@ -322,7 +279,7 @@ class VnpostConnector(KitConnector):
     @operation(CreateOrder, OrderReply, lookup="find_order")
     def create_order(self, request: CreateOrder, idempotency_key: str) -> OrderReply:
         """Post a BCCI order under an item code from the pool, keyed ``clientOrderId`` ([F] NGSP order/post)."""
-        state = self._state()
+        state = self._pool_state()
         item_code = self._code_for(state, idempotency_key)
         body = order_body(
             request,
@@ -341,7 +298,7 @@ class VnpostConnector(KitConnector):
 
     def find_order(self, idempotency_key: str) -> OrderReply | None:
         """The order sent with this key, read back from VNPost; None when none was taken or VNPost has none."""
-        state = self._state()
+        state = self._pool_state()
         taken = state.rows(POOL, status=TAKEN_PREFIX + idempotency_key, limit=1)
         if not taken:
             return None  # no code was ever taken for it, so nothing was sent
@@ -356,7 +313,7 @@ class VnpostConnector(KitConnector):
     @operation(CancelOrder, CancelReply, lookup="find_cancel")
     def cancel_order(self, request: CancelOrder, idempotency_key: str) -> CancelReply:
         """Cancel an order ([F] NGSP cancelOrder), keyed ``clientRequestId``; its code goes back to the pool."""
-        state = self._state()
+        state = self._pool_state()
         body = {
             "itemCode": request.item_code,
             "orderNumber": request.order_number,
@@ -372,7 +329,7 @@ class VnpostConnector(KitConnector):
 
     def find_cancel(self, idempotency_key: str) -> CancelReply | None:
         """The cancellation sent with this key, read back; None when VNPost has none."""
-        state = self._state()
+        state = self._pool_state()
         answer = self._call("GET", "/order/cancel", params={"clientRequestId": idempotency_key}).parse(_OrderAnswer)
         if answer.status == _NOT_FOUND:
             return None
@@ -388,7 +345,7 @@ class VnpostConnector(KitConnector):
     def poll(self, request: PollRequest, idempotency_key: str = "") -> PollReply:
         """One tracking run over the items in transit, from the cursor, within the budget (see the module)."""
         del idempotency_key
-        state = self._state()
+        state = self._pool_state()
         acked_run, after = _parse_cursor(request.cursor)
         rows = state.rows(ITEMS, status=TRANSIT, after_key=after, limit=self._budget)
         if len(rows) < self._budget and after is not None:  # wrap round to the first items
@@ -416,13 +373,13 @@ class VnpostConnector(KitConnector):
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _state(self) -> State:
-        state = getattr(self, "state", None)
-        if state is None:
-            raise ConfigError(f"connector {self.name!r} needs the connector state (the worker attaches it)")
-        return cast("State", state)
+    def _pool_state(self) -> ConnectorState:
+        try:
+            return self.state
+        except StateNotAttached as exc:
+            raise ConfigError(f"connector {self.name!r} needs the connector state: {exc}") from None
 
-    def _code_for(self, state: State, idempotency_key: str) -> str:
+    def _code_for(self, state: ConnectorState, idempotency_key: str) -> str:
         """The pool's code for this order: the one already taken with its key, or a free one taken now."""
         owner = TAKEN_PREFIX + idempotency_key
         taken = state.rows(POOL, status=owner, limit=10)
@@ -439,12 +396,12 @@ class VnpostConnector(KitConnector):
             state.update(POOL, extra.key, status=FREE, value={})
         return taken[0].key
 
-    def _give_back(self, state: State, item_code: str, idempotency_key: str) -> None:
-        row = state.get(POOL, item_code)
-        if row is not None and row.status == TAKEN_PREFIX + idempotency_key:
-            state.update(POOL, item_code, status=FREE, value={}, expect_version=row.version)
+    def _give_back(self, state: ConnectorState, item_code: str, idempotency_key: str) -> None:
+        state.update(POOL, item_code, status=FREE, value={}, expect_status=TAKEN_PREFIX + idempotency_key)
 
-    def _accepted(self, state: State, kind: str, order_number: str, item_code: str, answer: _OrderAnswer) -> OrderReply:
+    def _accepted(
+        self, state: ConnectorState, kind: str, order_number: str, item_code: str, answer: _OrderAnswer
+    ) -> OrderReply:
         if answer.item_code not in {None, item_code}:
             raise TargetGarbled("VNPost answered for another item code", maybe_applied=True)
         item = {"order_number": order_number, "kind": kind, "acked": 0, "upto": 0, "run": "", "final": False}
@@ -464,7 +421,9 @@ class VnpostConnector(KitConnector):
         except ValidationError as exc:
             raise TargetGarbled(f"order answer is not valid ({exc.error_count()} errors)", maybe_applied=True) from None
 
-    def _cancelled(self, state: State, item_code: str, order_number: str, key: str, status: str) -> CancelReply:
+    def _cancelled(
+        self, state: ConnectorState, item_code: str, order_number: str, key: str, status: str
+    ) -> CancelReply:
         row = state.get(POOL, item_code)
         if row is not None and row.status.startswith(TAKEN_PREFIX):
             state.update(POOL, item_code, status=FREE, value={"cancelled_by": key}, expect_version=row.version)

@@ -103,7 +103,7 @@ class PostalParty(VnpostModel):
 class CreateOrder(VnpostModel):
     """A BCCI order: ``pickup`` (the citizen ▶ the agency) or ``return`` (the result ▶ the citizen).
 
-    The agency's end (its name, address, phone, codes) is the connector's ``options.agency``: the adapter
+    The agency's end (its name, address, phone, codes) is the connector's ``options.agency_*``: the adapter
     has only the event, and the agency's desk does not change per dossier.
     """
 
