@@ -142,7 +142,7 @@ class _TrackDoc(_Wire):
     order_number: str = Field(alias="orderNumber", max_length=100)
     status_code: StrictInt = Field(alias="statusCode", ge=0, le=999)
     status_message: str = Field(default="", alias="statusMessage", max_length=500)
-    time: datetime
+    time: str = Field(max_length=40)
 
 
 class _Embedded(_Wire):

@@ -181,6 +181,7 @@ class VnpostSimulator(ServedSimulator[Faults]):
         self._orders: dict[str, dict[str, Any]] = {}  # by item code
         self._cancels: dict[str, dict[str, Any]] = {}  # by clientRequestId
         self._tracking_calls: collections.Counter[str] = collections.Counter()
+        self._tracking_faults: collections.Counter[str] = collections.Counter()
 
     @property
     def api_url(self) -> str:
@@ -216,6 +217,7 @@ class VnpostSimulator(ServedSimulator[Faults]):
             self._orders.clear()
             self._cancels.clear()
             self._tracking_calls.clear()
+            self._tracking_faults.clear()
 
     def requests(self, path_suffix: str = "") -> list[dict[str, Any]]:
         """The requests received (oldest first), optionally only those whose path ends with ``path_suffix``."""
@@ -231,6 +233,11 @@ class VnpostSimulator(ServedSimulator[Faults]):
         """Item code → tracking calls answered for it."""
         with self._lock:
             return dict(self._tracking_calls)
+
+    def tracking_faults(self) -> dict[str, int]:
+        """How many tracking answers were faulted, by fault (``repeat``, ``reorder``, ``drop``)."""
+        with self._lock:
+            return dict(self._tracking_faults)
 
     def orders(self) -> dict[str, dict[str, Any]]:
         """Accepted orders by item code."""
@@ -394,10 +401,13 @@ class VnpostSimulator(ServedSimulator[Faults]):
             faults, rng = self._faults, self._rng
             if events and faults.drop_event_rate > 0 and rng.random() < faults.drop_event_rate:
                 events.pop(rng.randrange(len(events)))
+                self._tracking_faults["drop"] += 1
             if events and faults.repeat_rate > 0 and rng.random() < faults.repeat_rate:
                 events.insert(rng.randrange(len(events) + 1), dict(rng.choice(events)))
-            if faults.reorder > 0 and rng.random() < faults.reorder:
+                self._tracking_faults["repeat"] += 1
+            if len(events) > 1 and faults.reorder > 0 and rng.random() < faults.reorder:
                 rng.shuffle(events)
+                self._tracking_faults["reorder"] += 1
         return {"status": "100", "message": "OK", "_embedded": {"rhDoc": events}}
 
     def _control(self, method: str, path: str, body: bytes) -> tuple[int, Any]:  # noqa: PLR0911 - one per endpoint
