@@ -356,7 +356,7 @@ def test_the_client_error_table(
     sim.set_faults(only_paths=["/order/post"], **faults)
     with pytest.raises(error):
         conn.create_order(order(), "key-f")
-    assert [r["fault"] for r in sim.requests("/order/post")][0] is not None
+    assert next(r["fault"] for r in sim.requests("/order/post")) is not None
 
 
 def test_a_connector_without_the_agency_or_state_is_a_config_error(
@@ -365,7 +365,7 @@ def test_a_connector_without_the_agency_or_state_is_a_config_error(
     """An agency phone that is not a phone names the option; a connector without state says so."""
     monkeypatch.setenv(KEY_ENV, DEFAULT_KEY)
     monkeypatch.setenv(SECRET_ENV, DEFAULT_SECRET)
-    with pytest.raises(ConfigError, match="options.agency_phone"):
+    with pytest.raises(ConfigError, match=r"options\.agency_phone"):
         VnpostConnector("vnpost", spec(sim.api_url, agency_phone="call us"))
     bare = VnpostConnector("vnpost", spec(sim.api_url))
     try:
