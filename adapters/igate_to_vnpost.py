@@ -60,7 +60,9 @@ def _dossier_code(event: Event) -> str:
     return code
 
 
-def _order(event: Event, kind: OrderKind, citizen: Mapping[str, str | None], cod: int, description: str) -> CreateOrder:
+def _order(
+    event: Event, kind: OrderKind, citizen: Mapping[str, str | None], cod: int, description: str, note: str = ""
+) -> CreateOrder:
     try:
         party = PostalParty.model_validate(citizen)
     except ValidationError as exc:
@@ -73,6 +75,7 @@ def _order(event: Event, kind: OrderKind, citizen: Mapping[str, str | None], cod
             citizen=party,
             cod_vnd=cod,
             description=description,
+            note=note,
         )
     except ValidationError as exc:
         raise MappingError(format_validation_error(exc), field="payload") from None
@@ -134,7 +137,7 @@ def pickup_requested(event: Event, *, now: datetime) -> CreateOrder:
     }
     cod = _cod(payload.fees, collect=frozenset({"truoc", "sau"}))
     description = f"Nhận hồ sơ {_dossier_code(event)} tại địa chỉ công dân"
-    return _order(event, "pickup", citizen, cod, description)
+    return _order(event, "pickup", citizen, cod, description, payload.note or "")
 
 
 @adapter(accepts=("dossier.withdrawn", "dossier.stopped"), produces=CancelOrder)
