@@ -41,6 +41,7 @@ reply not JSON / wrong shape / over the cap        ``TargetGarbled``: retried, t
 a reply naming another item or order               ``TargetGarbled`` (a hostile or confused answer)
 the pool has no free code                          ``TargetRejected(field="item_code", code="pool_empty")``
 no connector state attached                        ``ConfigError``
+the key's environment variable unset               ``CredentialsRefused`` (the bus starts; messages wait)
 =================================================  ==============================================================
 
 ``connectors.yaml``::
@@ -73,7 +74,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictInt, Validat
 
 from connectors._http import HttpClient, HttpReply, scrub_snippet
 from connectors.base import credential, required_option
-from connectors.kit import CachedCredential, Credential, KitConnector, operation
+from connectors.kit import CachedCredential, Credential, KitConnector, Refused, operation
 from connectors.kit.state import ConnectorState, StateNotAttached
 from schemas.errors import ConfigError, TargetGarbled, TargetRejected
 from schemas.vnpost import (
@@ -255,8 +256,9 @@ class VnpostConnector(KitConnector):
             ) from None
         self._pool_low = int(spec.options.get("pool_low", DEFAULT_POOL_LOW))
         self._budget = int(spec.options.get("poll_budget", DEFAULT_POLL_BUDGET))
-        self._key = credential(name, spec, "customer_key")
-        self._secret = credential(name, spec, "secret_key")
+        for key in ("customer_key", "secret_key"):
+            if key not in spec.credentials:
+                raise ConfigError(f"connector {name!r} needs credentials.{key}", field=f"credentials.{key}")
         self._http = HttpClient(name, spec)
         super().__init__(name, spec, guard=self._http.guard)
         self._token = CachedCredential(
@@ -479,12 +481,23 @@ class VnpostConnector(KitConnector):
         return self._token.use(deadline, send, guard=guard)
 
     def _login(self, deadline: float, guard: bool) -> Credential:
+        """A token for the customer key; the key is read at login, so a bus without VNPost's key still starts.
+
+        Raises:
+            Refused: the key's variable is unset (an operator's problem, as a refused key is), or VNPost
+                refused it.
+        """
+        try:
+            key = credential(self.name, self.spec, "customer_key").get_secret_value()
+            secret = credential(self.name, self.spec, "secret_key").get_secret_value()
+        except ConfigError as exc:
+            raise Refused(str(exc)) from None
         reply = self._http.request(
             "POST",
             "token",
             deadline=deadline,
             effect=False,
-            json_body={"customerKey": self._key.get_secret_value(), "secretKey": self._secret.get_secret_value()},
+            json_body={"customerKey": key, "secretKey": secret},
             refused=_TOKEN_REFUSED,
             expect=_TokenReply,
             guard=guard,

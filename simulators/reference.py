@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from simulators import _sms, igate, nps, receipt, vilis
+from simulators import _sms, igate, nps, receipt, vilis, vnpost
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -27,6 +27,7 @@ FAULT_MODELS: Final[dict[str, type[BaseModel]]] = {
     "_sms": _sms.Faults,
     "vilis": vilis.Faults,
     "receipt": receipt.Faults,
+    "vnpost": vnpost.Faults,
 }
 #: the document the tables live in
 DOC: Final = Path(__file__).resolve().parents[1] / "docs" / "simulators.md"

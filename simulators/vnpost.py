@@ -86,9 +86,9 @@ class Faults(BaseModel):
 
     latency_s: float = Field(default=0.0, ge=0.0, le=600.0, description="Seconds to wait before answering.")
     error_rate: Rate = Field(default=0.0, description="Share of requests answered error_status.")
-    error_status: int = Field(default=503, ge=400, le=599)
+    error_status: int = Field(default=503, ge=400, le=599, description="HTTP status of an injected error.")
     timeout: Rate = Field(default=0.0, description="Share that hang for hang_s, then are reset.")
-    hang_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    hang_s: float = Field(default=30.0, gt=0.0, le=3600.0, description="Seconds a 'timeout' request hangs.")
     drop_connection: Rate = Field(default=0.0, description="Share reset without an answer.")
     malformed_body: Rate = Field(default=0.0, description="Share handled, then answered 200 with broken JSON.")
     hostile_body: Rate = Field(default=0.0, description="Share handled, then answered 200 with an XML DOCTYPE.")

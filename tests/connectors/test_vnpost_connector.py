@@ -378,3 +378,20 @@ def test_a_connector_without_the_agency_or_state_is_a_config_error(
 def test_probe_answers(conn: VnpostConnector) -> None:
     """The probe tracks a code that does not exist: up, no effect."""
     assert conn.probe().state == "up"
+
+
+def test_an_unset_key_waits_for_an_operator_instead_of_stopping_the_bus(
+    sim: VnpostSimulator, state: ConnectorState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connector builds without its key's variable (the bus starts); a call is CredentialsRefused."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.setenv(SECRET_ENV, DEFAULT_SECRET)
+    c = VnpostConnector("vnpost", spec(sim.api_url))
+    c.attach_state(state)
+    load_pool(state, codes(1))
+    try:
+        with pytest.raises(CredentialsRefused, match=KEY_ENV):
+            c.create_order(order(), "k")
+        assert sim.requests() == []
+    finally:
+        c.close()
