@@ -343,9 +343,14 @@ class VnpostConnector(KitConnector):
             raise TargetGarbled("cancellation lookup named a malformed item code", maybe_applied=True) from None
         return self._cancelled(state, item_code, answer.order_number, idempotency_key, answer.status)
 
-    @operation(PollRequest, PollReply, effect=False)
+    @operation(PollRequest, PollReply, lookup="find_poll")
     def poll(self, request: PollRequest, idempotency_key: str = "") -> PollReply:
-        """One tracking run over the items in transit, from the cursor, within the budget (see the module)."""
+        """One tracking run over the items in transit, from the cursor, within the budget (see the module).
+
+        Declared an effect (its effect is on the items' rows) so the engine records the reply before it saves
+        the cursor and publishes the events: a run whose cursor is saved has its events recorded, and a
+        redelivered run re-emits them from the record instead of polling with a cursor that acknowledges them.
+        """
         del idempotency_key
         state = self._pool_state()
         acked_run, after = _parse_cursor(request.cursor)
@@ -372,6 +377,11 @@ class VnpostConnector(KitConnector):
         return PollReply(
             run=request.run, cursor=f"{request.run}|{last}", polled=polled, finished=finished, entries=tuple(entries)
         )
+
+    def find_poll(self, idempotency_key: str) -> PollReply | None:
+        """Always None: a run that may have been cut short is run again (same run, same facts, same ids)."""
+        del idempotency_key
+        return None
 
     # -- internals --------------------------------------------------------------------------------------
 
