@@ -359,20 +359,26 @@ class VnpostConnector(KitConnector):
             seen = {r.key for r in rows}
             rows += [r for r in state.rows(ITEMS, status=TRANSIT, limit=self._budget - len(rows)) if r.key not in seen]
         entries: list[TrackingEntry] = []
-        polled = finished = 0
+        # Rows are written only once every call of the run has answered: a run that fails part-way changes
+        # nothing, so whatever happens to it (retried, dead-lettered), no item counts as reported too early.
+        writes: list[tuple[str, int, dict[str, Any], str]] = []
         for row in rows:
             value = _acknowledge(row.value, acked_run)
             if value.get("final") and value["acked"] == value["upto"]:
-                state.update(ITEMS, row.key, value=value, status=DONE, expect_version=row.version)
-                finished += 1
+                writes.append((row.key, row.version, value, DONE))
                 continue
-            docs = self._track(row.key)
-            polled += 1
-            new = _new_entries(row.key, str(value["order_number"]), docs, acked=int(value["acked"]))
+            new = _new_entries(
+                row.key, str(value["order_number"]), self._track(row.key, request.run), acked=value["acked"]
+            )
             value |= {"run": request.run, "upto": int(value["acked"]) + len(new)}
             value["final"] = (bool(new) and new[-1].status_code in FINAL_STATUSES) or bool(value.get("final"))
-            state.update(ITEMS, row.key, value=value, expect_version=row.version)
+            writes.append((row.key, row.version, value, TRANSIT))
             entries.extend(new)
+        for key, version, value, status in writes:
+            # a row changed meanwhile (a cancel) keeps its change; its events, if any, are re-found next run
+            state.update(ITEMS, key, value=value, status=status, expect_version=version)
+        finished = sum(1 for *_, status in writes if status == DONE)
+        polled = len(writes) - finished
         last = rows[-1].key if rows else ""
         return PollReply(
             run=request.run, cursor=f"{request.run}|{last}", polled=polled, finished=finished, entries=tuple(entries)
@@ -429,6 +435,8 @@ class VnpostConnector(KitConnector):
                 answer_code="101" if answer.status == "101" else "100",
                 postage_vnd=answer.postage or 0,
                 pool_free=free,
+                pool_low=self._pool_low,
+                taken_at=_now(),
             )
         except ValidationError as exc:
             raise TargetGarbled(f"order answer is not valid ({exc.error_count()} errors)", maybe_applied=True) from None
@@ -449,10 +457,10 @@ class VnpostConnector(KitConnector):
             pool_free=state.count(POOL, status=FREE),
         )
 
-    def _track(self, item_code: str) -> list[_TrackDoc]:
-        answer = self._call("GET", "/order/tracking", params={"itemCode": item_code, "pageSize": PAGE_SIZE}).parse(
-            _TrackAnswer
-        )
+    def _track(self, item_code: str, run: str) -> list[_TrackDoc]:
+        # the run travels as a request id, so VNPost's logs (and the simulator's record) tie calls to runs
+        params: dict[str, str | int] = {"itemCode": item_code, "pageSize": PAGE_SIZE}
+        answer = self._call("GET", "/order/tracking", params=params, request_id=run).parse(_TrackAnswer)
         if answer.status not in ACCEPTED_CODES:
             raise TargetRejected(f"tracking {item_code} refused: {scrub_snippet(answer.message.encode())}",
                                  code=answer.status)  # fmt: skip
@@ -470,9 +478,11 @@ class VnpostConnector(KitConnector):
         json_body: Any = None,
         params: Mapping[str, str | int] | None = None,
         guard: bool = True,
+        request_id: str | None = None,
     ) -> HttpReply:
         """One authenticated call under one deadline, renewing the token once on a 401 (the kit)."""
         deadline = self.guard.deadline()
+        extra = {"X-Request-Id": request_id} if request_id else {}
 
         def send(token: Credential) -> HttpReply:
             return self._http.request(
@@ -482,7 +492,7 @@ class VnpostConnector(KitConnector):
                 effect=effect,
                 json_body=json_body,
                 params=params,
-                headers={"access_token": token.value.get_secret_value()},
+                headers={"access_token": token.value.get_secret_value(), **extra},
                 refused=_TOKEN_REFUSED,
                 expect=_Answer,
                 guard=guard,

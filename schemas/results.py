@@ -55,6 +55,13 @@ class TrackingUpdated(IgateModel):
     at: Timestamp
 
 
+class PoolLow(IgateModel):
+    """``vnpost.pool_low``: the pool of pre-issued VNPost item codes ran low; an operator should load more."""
+
+    free: StrictInt = Field(ge=0, description="Codes left.")
+    threshold: StrictInt = Field(ge=0, description="The connector's options.pool_low.")
+
+
 class TaxNotice(IgateModel):
     """One tax notice the land office passed on (GuiKetQuaThue.DanhSachThongBaoThue)."""
 
@@ -171,6 +178,7 @@ class DossierUpdated(IgateModel):
 
 RESULT_EVENTS: dict[str, type[BaseModel]] = {
     "vnpost.tracking_updated": TrackingUpdated,
+    "vnpost.pool_low": PoolLow,
     "vilis.status_changed": VilisStatusChanged,
     "vilis.change_checked": VilisChangeChecked,
     "dvcqg.sync_result": DvcqgSyncResult,

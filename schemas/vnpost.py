@@ -125,6 +125,8 @@ class OrderReply(VnpostModel):
     answer_code: Literal["100", "101"]
     postage_vnd: StrictInt = Field(ge=0, le=MAX_POSTAGE_VND)
     pool_free: StrictInt = Field(ge=0, description="Item codes left in the pool after this order.")
+    pool_low: StrictInt = Field(default=0, ge=0, description="The threshold under which the pool is low.")
+    taken_at: Timestamp = Field(description="When the order was accepted (the alert's time).")
 
 
 class CancelOrder(VnpostModel):

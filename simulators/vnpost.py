@@ -482,6 +482,7 @@ class _Handler(BaseHTTPRequestHandler):
             "path": path,
             "query": query,
             "key": key,
+            "run": self.headers.get("X-Request-Id"),
             "fault": None,
         }
         with sim._lock:  # noqa: SLF001

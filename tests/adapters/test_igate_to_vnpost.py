@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vnpost_data import bcci_event, item_code, wrong_check_digit
+from vnpost_data import bcci_event, item_code, withdrawn_event, wrong_check_digit
 
 from adapters.igate_to_vnpost import dossier_ended, pickup_requested, result_ready
 from schemas.envelope import Event, parse_event
@@ -30,19 +30,6 @@ ADAPTERS = {"result_ready": result_ready, "pickup_requested": pickup_requested, 
 def parse(event: dict[str, Any]) -> Event:
     """The event as the worker parses it from the wire."""
     return parse_event(json.dumps(event, ensure_ascii=False).encode(), payload_models=EVENT_PAYLOADS)
-
-
-def withdrawn(code: str | None) -> dict[str, Any]:
-    """A ``dossier.withdrawn`` of a dossier whose result was to be posted under ``code``."""
-    event = bcci_event("return", 1)
-    event["event_type"] = "dossier.withdrawn"
-    event["status"] = 7
-    payload = event["payload"]
-    payload.pop("result_docs", None)
-    payload["reason"] = "Công dân rút hồ sơ"
-    if code is not None:
-        payload["bcci"]["item_code"] = code
-    return event
 
 
 class TestGoldenCases:
@@ -121,14 +108,14 @@ class TestRefusals:
     def test_a_cancel_with_a_wrong_check_digit(self) -> None:
         """The S10 form passes the envelope; the check digit does not pass the cancel."""
         with pytest.raises(MappingError) as err:
-            dossier_ended(parse(withdrawn(wrong_check_digit(item_code(1)))), now=NOW)
+            dossier_ended(parse(withdrawn_event(1, wrong_check_digit(item_code(1)))), now=NOW)
         assert err.value.field == "payload.bcci.item_code"
         assert "check digit" in str(err.value)
 
     def test_a_cancel_without_an_item_code(self) -> None:
         """No item yet: nothing to cancel."""
         with pytest.raises(MappingError) as err:
-            dossier_ended(parse(withdrawn(None)), now=NOW)
+            dossier_ended(parse(withdrawn_event(1, None)), now=NOW)
         assert err.value.field == "payload.bcci.item_code"
 
 

@@ -395,3 +395,27 @@ def test_an_unset_key_waits_for_an_operator_instead_of_stopping_the_bus(
         assert sim.requests() == []
     finally:
         c.close()
+
+
+def test_a_run_that_fails_part_way_changes_no_item(
+    conn: VnpostConnector, sim: VnpostSimulator, state: ConnectorState
+) -> None:
+    """One tracking call answered, the next refused 503: the run raises and no item's row was written."""
+    for n in range(3):
+        conn.create_order(order(n=n + 1), f"key-{n}")
+    sim.advance(120)
+    for seed in range(100):
+        sim.set_faults(error_rate=0.5, error_status=503, only_paths=["/order/tracking"], seed=seed)
+        before = len(sim.requests("/order/tracking"))
+        try:
+            conn.poll(PollRequest(run=f"2026-01-05T{seed:06d}", cursor=None))
+        except TargetUnavailable:
+            faults = [r["fault"] for r in sim.requests("/order/tracking")[before:]]
+            if faults[0] is None:  # guard: a call was answered before one failed
+                break
+        else:  # every call answered: that run wrote its rows; start the items again
+            for row in state.rows(ITEMS):
+                state.update(ITEMS, row.key, value={**row.value, "run": "", "upto": 0})
+    else:
+        pytest.fail("no seed gave an answered call before a failed one")
+    assert {row.value["run"] for row in state.rows(ITEMS)} == {""}

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from busenv import declare_routes, depth, drained, get_all, publish, publish_raw, thread_worker, wait_for
-from vnpost_data import bcci_event, codes, item_code, wrong_check_digit
+from vnpost_data import (
+    ORDER_ROUTES_YAML,
+    bcci_event,
+    codes,
+    item_code,
+    vnpost_connector_yaml,
+    withdrawn_event,
+    wrong_check_digit,
+)
 
 from connectors.kit.state import ConnectorState
 from connectors.vnpost import FREE, ITEMS, POOL, TRANSIT, load_pool
@@ -26,21 +34,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 ORDER_ROUTES = ("vnpost-pickup", "vnpost-return", "vnpost-cancel")
-ROUTES_YAML = """\
-routes:
-  - name: vnpost-pickup
-    from: {exchange: igate.events, events: [bcci.pickup_requested]}
-    adapter: igate_to_vnpost.pickup_requested
-    to: vnpost.create_order
-    retry: {backoff: [300ms, 600ms], max_attempts: 12}
-    concurrency: 8
-  - name: vnpost-return
-    from: {exchange: igate.events, events: [dossier.result_ready]}
-    when: "payload.bcci != null"
-    adapter: igate_to_vnpost.result_ready
-    to: vnpost.create_order
-    retry: {backoff: [300ms, 600ms], max_attempts: 12}
-    concurrency: 8
+ROUTES_YAML = (
+    "routes:\n"
+    + ORDER_ROUTES_YAML
+    + """\
   - name: vnpost-cancel
     from: {exchange: igate.events, events: [dossier.withdrawn, dossier.stopped]}
     when: "payload.bcci.item_code != null"
@@ -48,24 +45,7 @@ routes:
     to: vnpost.cancel_order
     retry: {backoff: [300ms, 600ms], max_attempts: 12}
 """
-CONNECTORS_YAML = """\
-connectors:
-  vnpost:
-    type: vnpost
-    endpoint: {endpoint}
-    timeout: {{connect: 1s, read: 2s, total: 3s}}
-    breaker: {{fail_max: 200, reset_timeout: 1s}}
-    credentials: {{customer_key: IGATE_BUS_VNPOST_KEY, secret_key: IGATE_BUS_VNPOST_SECRET}}
-    options:
-      customer_code: DLK0001
-      pool_low: {pool_low}
-      agency_name: Bộ phận một cửa
-      agency_phone: "02623812345"
-      agency_address: 09 Lê Duẩn
-      agency_province: "66"
-      agency_district: "643"
-      agency_ward: "24121"
-"""
+)
 
 
 @pytest.fixture
@@ -83,7 +63,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
 def write_config(folder: Path, endpoint: str, *, pool_low: int = 5) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "routes.yaml").write_text(ROUTES_YAML)
-    (folder / "connectors.yaml").write_text(CONNECTORS_YAML.format(endpoint=endpoint, pool_low=pool_low))
+    (folder / "connectors.yaml").write_text("connectors:\n" + vnpost_connector_yaml(endpoint, pool_low=pool_low))
     return folder
 
 
@@ -172,11 +152,7 @@ def test_bad_inputs_are_dead_lettered_naming_the_field(module_amqp_url, store_ur
     cod_huge = bcci_event("return", 5, run=run)
     cod_huge["payload"]["fees"] = [{**cod_huge["payload"]["fees"][0], "amount_vnd": 10**13, "collect": "sau"}]
     first, exhausted = bcci_event("pickup", 6, run=run), bcci_event("pickup", 7, run=run)
-    cancel = bcci_event("return", 8, run=run)
-    cancel.update(event_type="dossier.withdrawn", status=7)
-    cancel["payload"].pop("result_docs", None)
-    cancel["payload"]["reason"] = "Công dân rút hồ sơ"
-    cancel["payload"]["bcci"]["item_code"] = wrong_check_digit(item_code(1))
+    cancel = withdrawn_event(8, wrong_check_digit(item_code(1)), run=run)
     expected = {
         ("vnpost-return", bad_province["event_id"]): ("mapping", "payload.bcci.receiver.province"),
         ("vnpost-pickup", bad_district["event_id"]): ("mapping", "payload.pickup_address.district"),
@@ -232,11 +208,7 @@ def test_a_withdrawn_dossier_cancels_its_order_and_frees_the_code(module_amqp_ur
             publish(amqp_url, [ret])
             wait_for(lambda: len(sim.orders()) == 1, timeout=30, what="the order")
             (code,) = sim.orders()
-            cancel = bcci_event("return", 2, run=tmp_path.name, dossier=ret["dossier_code"])
-            cancel.update(event_type="dossier.withdrawn", status=7)
-            cancel["payload"].pop("result_docs", None)
-            cancel["payload"]["reason"] = "Công dân rút hồ sơ"
-            cancel["payload"]["bcci"]["item_code"] = code
+            cancel = withdrawn_event(2, code, run=tmp_path.name, dossier=ret["dossier_code"])
             publish(amqp_url, [cancel])
             wait_for(lambda: len(sim.effect_counts("cancel")) == 1, timeout=30, what="the cancel")
             wait_for(lambda: all_drained(amqp_url), timeout=30, what="drain")

@@ -54,6 +54,7 @@ DOMAIN_IGATE_EVENTS = {
 }
 DOMAIN_RESULT_EVENTS = {
     "vnpost.tracking_updated",
+    "vnpost.pool_low",
     "vilis.status_changed",
     "vilis.change_checked",
     "dvcqg.sync_result",
