@@ -99,7 +99,6 @@ log = structlog.get_logger(__name__)
 
 POOL: Final = "pool"
 ITEMS: Final = "items"
-CANCELS: Final = "cancels"
 FREE: Final = "free"
 TRANSIT: Final = "transit"
 DONE: Final = "done"
