@@ -1,7 +1,7 @@
-"""iGate's BCCI events → VNPost orders: pickups, returns, and cancels.
+"""iGate's BCCI events → VNPost orders: pickups, returns, and cancels; the tracking schedule's ticks → runs.
 
-A pickup when the citizen hands the dossier in by post, a return when the result goes back by post, and a
-cancel when the dossier is withdrawn or stopped.
+A pickup when the citizen hands the dossier in by post, a return when the result goes back by post, a
+cancel when the dossier is withdrawn or stopped, and a tracking run at each firing of the schedule.
 
 Where it sits: the adapter step of the ``vnpost-*`` routes (event → route → **adapter** → ``vnpost.*`` →
 result/DLQ). Pure: the same event always gives the same order, so ``igate-bus map`` shows the truth.
@@ -17,15 +17,17 @@ What it refuses, naming the field (a dead letter at once; the event is wrong, a 
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import TYPE_CHECKING, Final
 
 from pydantic import ValidationError
 
 from adapters.registry import adapter
+from schemas.bus import TICK_EVENT, Tick
 from schemas.envelope import Event, format_validation_error
 from schemas.errors import MappingError
 from schemas.igate import CCCD_PROVINCES, BcciPickupRequested, DossierEvent, Fee, ResultReady
-from schemas.vnpost import MAX_COD_VND, CancelOrder, CreateOrder, OrderKind, PostalParty
+from schemas.vnpost import MAX_COD_VND, CancelOrder, CreateOrder, OrderKind, PollRequest, PostalParty
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -157,3 +159,22 @@ def dossier_ended(event: Event, *, now: datetime) -> CancelOrder:
         return CancelOrder(item_code=bcci.item_code, order_number=_dossier_code(event), reason=reason[:500])
     except ValidationError as exc:
         raise MappingError(format_validation_error(exc), field="payload.bcci.item_code") from None
+
+
+#: how a run is named: its scheduled time in UTC, to the microsecond, so names sort as runs happened
+RUN_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+@adapter(accepts=(TICK_EVENT,), produces=PollRequest)
+def tracking_tick(event: Event, *, now: datetime) -> PollRequest:
+    """A firing of the tracking schedule: one tracking run, named by its scheduled time, from the saved cursor.
+
+    Raises:
+        MappingError: the payload is not a tick.
+    """
+    del now
+    tick = event.payload
+    if not isinstance(tick, Tick):
+        raise MappingError(f"expected a {TICK_EVENT} payload, got {type(tick).__name__}", field="payload")
+    run = tick.scheduled_at.astimezone(UTC).strftime(RUN_FORMAT)
+    return PollRequest(run=run, cursor=tick.cursor)

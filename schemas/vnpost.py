@@ -20,6 +20,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
+from schemas.bus import Emission
 from schemas.igate import S10_PATTERN, CommuneCode, DistrictCode, Email, Name, ProvinceCode, Timestamp
 from schemas.pii import sensitive
 from schemas.results import DOSSIER_CODE_PATTERN
@@ -128,6 +129,21 @@ class OrderReply(VnpostModel):
     pool_low: StrictInt = Field(default=0, ge=0, description="The threshold under which the pool is low.")
     taken_at: Timestamp = Field(description="When the order was accepted (the alert's time).")
 
+    def result_events(self) -> list[Emission]:
+        """``vnpost.pool_low`` when this order left fewer free codes than the threshold; one per level."""
+        if self.pool_free >= self.pool_low:
+            return []
+        alert = {"free": self.pool_free, "threshold": self.pool_low}
+        return [
+            Emission(
+                key=f"pool_low/{self.pool_free}",
+                event_type="vnpost.pool_low",
+                payload=alert,
+                dossier_code=None,
+                occurred_at=self.taken_at,
+            )
+        ]
+
 
 class CancelOrder(VnpostModel):
     """Cancel the order of ``order_number`` that travels (or was to travel) as ``item_code``."""
@@ -177,3 +193,16 @@ class PollReply(VnpostModel):
     polled: StrictInt = Field(ge=0, description="Tracking calls made.")
     finished: StrictInt = Field(ge=0, description="Items seen to their end and no longer polled.")
     entries: tuple[TrackingEntry, ...] = ()
+
+    def result_events(self) -> list[Emission]:
+        """One ``vnpost.tracking_updated`` per new tracking event, in order per item, keyed by the fact."""
+        return [
+            Emission(
+                key=e.key,
+                event_type="vnpost.tracking_updated",
+                payload=e.model_dump(mode="json", exclude={"event_no"}),
+                dossier_code=e.order_number,
+                occurred_at=e.at,
+            )
+            for e in self.entries
+        ]

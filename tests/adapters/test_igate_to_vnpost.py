@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from vnpost_data import bcci_event, item_code, withdrawn_event, wrong_check_digit
 
-from adapters.igate_to_vnpost import dossier_ended, pickup_requested, result_ready
+from adapters.igate_to_vnpost import dossier_ended, pickup_requested, result_ready, tracking_tick
 from schemas.envelope import Event, parse_event
 from schemas.errors import InvalidEvent, MappingError
 from schemas.events import EVENT_PAYLOADS
@@ -123,3 +123,21 @@ def test_the_same_event_gives_the_same_order() -> None:
     """Pure: mapping twice, or at another time, gives the same request."""
     event = parse(bcci_event("return", 3))
     assert result_ready(event, now=NOW) == result_ready(copy.deepcopy(event), now=datetime(2030, 1, 1, tzinfo=UTC))
+
+
+def test_a_tick_becomes_a_run_named_by_its_scheduled_time() -> None:
+    """The run is the scheduled time in UTC (so runs sort as they happened); the cursor is passed on."""
+    tick = {
+        "event_id": "0f8a3c1e-7b2d-5e4f-9a6b-1c2d3e4f5a6b",
+        "event_type": "bus.tick",
+        "occurred_at": "2026-11-27T08:30:00+07:00",
+        "source": "igate-bus/vnpost-tracking",
+        "payload": {
+            "route": "vnpost-tracking",
+            "scheduled_at": "2026-11-27T08:30:00+07:00",
+            "cursor": "2026-11-27T01:00:00.000000Z|EB000000014VN",
+        },
+    }
+    request = tracking_tick(parse(tick), now=NOW)
+    assert request.run == "2026-11-27T01:30:00.000000Z"
+    assert request.cursor == "2026-11-27T01:00:00.000000Z|EB000000014VN"

@@ -397,6 +397,26 @@ def test_an_unset_key_waits_for_an_operator_instead_of_stopping_the_bus(
         c.close()
 
 
+def test_replies_carry_their_result_events(conn: VnpostConnector, sim: VnpostSimulator) -> None:
+    """A run's entries become tracking_updated events keyed by the fact; a low pool becomes one pool_low."""
+    replies = [conn.create_order(order(n=n + 1), f"key-{n}") for n in range(3)]
+    assert [len(r.result_events()) for r in replies] == [0, 0, 1]
+    (alert,) = replies[-1].result_events()
+    assert (alert.event_type, alert.key, alert.payload) == (
+        "vnpost.pool_low",
+        "pool_low/2",
+        {"free": 2, "threshold": 3},
+    )
+    sim.advance(120)
+    reply = conn.poll(PollRequest(run="2026-01-05T000001", cursor=None))
+    events = reply.result_events()
+    assert [e.key for e in events] == [e.key for e in reply.entries] != []
+    first = events[0]
+    assert first.event_type == "vnpost.tracking_updated"
+    assert first.dossier_code == first.payload["order_number"]
+    assert set(first.payload) == {"item_code", "order_number", "status_code", "status_message", "at"}
+
+
 def test_a_run_that_fails_part_way_changes_no_item(
     conn: VnpostConnector, sim: VnpostSimulator, state: ConnectorState
 ) -> None:
