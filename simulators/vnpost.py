@@ -62,7 +62,7 @@ from simulators._server import ServedSimulator, SimServer, configure_cli_logging
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PORT: Final = 8605
+DEFAULT_PORT: Final = 8607
 DEFAULT_KEY: Final = "igate-bus"
 DEFAULT_SECRET: Final = "simulator-only"  # noqa: S105 - the simulator's own published default
 KEY_ENV: Final = "IGATE_BUS_VNPOST_KEY"
