@@ -28,8 +28,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy .
 
+# two pytest-xdist workers, a test file each at a time (--dist loadfile: a file's module fixtures stay in one
+# worker): most tests wait on the broker, a simulator or a subprocess, so two share the 2-CPU CI machine well
+TEST_WORKERS ?= 2
 test: venv services lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # the long runs (thousands of events, fault schedules, soaks); each has a smaller version in `make test`
 chaos: venv services
