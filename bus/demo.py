@@ -294,7 +294,7 @@ def _run(plan: Plan, console: Console, amqp_url: SecretUrl, vhost: str) -> int: 
 
                 received = [_fresh(_example("dossier.received"), i) for i in range(plan.received)]
                 results = [
-                    _fresh(_example("vnpost.tracking_updated" if i % 2 else "dvcqg.sync_result"), i)
+                    _fresh(_example("sms.delivery_report" if i % 2 else "dvcqg.sync_result"), i)
                     for i in range(plan.results)
                 ]
                 pings = [
