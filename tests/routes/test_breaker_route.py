@@ -42,6 +42,7 @@ RESET_S = 5.0
 FAIL_MAX = 3
 #: the route's steps: the old code came back every 1 s (the first step) for as long as the breaker was open
 BACKOFF = "1s, 2s, 4s"
+CONCURRENCY = 4
 
 
 @pytest.fixture
@@ -71,6 +72,9 @@ def test_a_breaker_open_for_15_s_parks_messages_on_the_backoff_and_says_it_once_
         max_attempts=12,
         fail_max=FAIL_MAX,
         reset_timeout=f"{RESET_S:g}s",
+        # the calls already in flight when the 503s begin each fail (and log) before the breaker opens: with
+        # 16 threads on a loaded machine that alone was 17 calls, 34 lines; 4 threads bound it to the point
+        concurrency=CONCURRENCY,
     )
     log = tmp_path / "worker.log"
     env = env_for(amqp_url, sqlite_url, cfg, IGATE_BUS_LOG_LEVEL="debug", IGATE_BUS_OPS_PORT="0")
@@ -109,7 +113,10 @@ def test_a_breaker_open_for_15_s_parks_messages_on_the_backoff_and_says_it_once_
     assert all(x["level"] == "debug" for x in parked)
     loud = [x for x in window if x.get("level") in {"warning", "error", "critical"}]
     print(f"  WARNING+ lines in the window: {len(loud)}: {Counter(x['event'] for x in loud)}")
-    assert len(loud) <= 25, Counter(x["event"] for x in loud)
+    # two lines (call_failed, processed) per call that failed: those in flight at the opening and the trials
+    # (at most one per reset period), plus the breaker's own lines: nothing here scales with the 40 messages
+    trials = int(OPEN_FOR_S / RESET_S) + 1
+    assert len(loud) <= 2 * (CONCURRENCY + FAIL_MAX + trials) + 2 * trials + 2, Counter(x["event"] for x in loud)
     changes = [x for x in window if str(x.get("event", "")).startswith("breaker_")]
     assert len(changes) <= 1 + 2 * (OPEN_FOR_S / RESET_S + 1), [c["event"] for c in changes]
 
