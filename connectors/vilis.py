@@ -65,7 +65,6 @@ Options: ``sftp_endpoint``, ``sftp_username``, ``sftp_known_hosts``, ``spool_dir
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -82,6 +81,7 @@ from connectors._sftp import SftpClient
 from connectors._spool import Spool
 from connectors.base import credential, required_option
 from connectors.kit import CachedCredential, Credential, KitConnector, operation
+from schemas.bus import Emission
 from schemas.envelope import parse_event
 from schemas.errors import (
     AmbiguousOutcome,
@@ -164,11 +164,10 @@ class VilisPolled(BaseModel):
     changes: list[PolledChange] = Field(default_factory=list)
     refused: list[str] = Field(default_factory=list, description="Changes that did not map, with the reason.")
 
-    def result_events(self) -> list[Any]:
-        """Each change as an emission (``schemas.bus.Emission``, the engine's several-results contract)."""
-        emission = importlib.import_module("schemas.bus").Emission  # the engine's model, merged with schedules
+    def result_events(self) -> list[Emission]:
+        """Each change as an emission: the engine publishes it with an id derived from its key."""
         return [
-            emission(
+            Emission(
                 key=c.key,
                 event_type=VILIS_EVENT,
                 payload=c.payload,
@@ -346,6 +345,7 @@ class VilisConnector(KitConnector):
                 change.so_bien_nhan,
                 value={"last_kind": change.kind, "last_change_at": payload["at"]},
                 status="finished" if change.kind == "ket_thuc" else "open",
+                expect_status="open",  # a change seen again (polled twice) never reopens a finished dossier
             )
         )
         return reply

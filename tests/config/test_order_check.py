@@ -86,4 +86,5 @@ def test_the_shipped_portal_status_routes_share_target_nps() -> None:
     for r in status:
         assert r.order is not None, r.name
         assert (r.order.mode, r.order.by, r.order.target) == ("latest", "occurred_at", "nps"), r.name
-    assert all(r.order is None for r in routes if r not in status)
+    fifo = {r.name: (r.order.mode, r.order.target) for r in routes if r.order is not None and r not in status}
+    assert fifo == {"vilis-to-igate": ("fifo", "igate")}  # the land office's changes: every one, in order
