@@ -36,7 +36,10 @@ if TYPE_CHECKING:
 
     from simulators.sftp import SftpSimulator
 
-ROUTES = ["vilis-dossier-received", "vilis-check", "vilis-to-igate"]
+ROUTES = ["vilis-dossier-received", "vilis-check", "vilis-to-igate", "vilis-poll"]
+#: the poll's schedule in these tests (shipped: 5m), and how long a dossier may go unreported before it is polled
+POLL_EVERY = "1s"
+STALE_AFTER = "1s"
 KINDS = [kind for _, kind in LIFE]
 
 
@@ -60,8 +63,8 @@ def _config(
             "retry": retry,
             "concurrency": 4,
         },
-        # one at a time until the engine's per-dossier order (mode fifo) is merged: a dossier's changes
-        # reach iGate in the order the land office made them
+        # as shipped: one thread each (the queue's order), and fifo toward iGate (a failed call holds the
+        # dossier's later changes)
         {
             "name": "vilis-check",
             "from": {"exchange": "bus.results", "events": ["vilis.status_changed"]},
@@ -69,7 +72,7 @@ def _config(
             "to": "vilis.check_change",
             "emits": "vilis.change_checked",
             "retry": {"backoff": ["300ms"], "max_attempts": 3},
-            "prefetch": 1,
+            "prefetch": 20,
             "concurrency": 1,
         },
         {
@@ -78,7 +81,16 @@ def _config(
             "adapter": "results_to_igate.status_update",
             "to": "igate.update_dossier",
             "retry": retry,
-            "prefetch": 1,
+            "order": {"mode": "fifo", "target": "igate"},
+            "prefetch": 20,
+            "concurrency": 1,
+        },
+        {
+            "name": "vilis-poll",
+            "from": {"schedule": {"every": POLL_EVERY}},
+            "adapter": "vilis_to_igate.poll",
+            "to": "vilis.poll_stale",
+            "retry": {"backoff": ["1s"], "max_attempts": 3},
             "concurrency": 1,
         },
     ]
@@ -90,7 +102,7 @@ def _config(
             "credentials": {"username": "IGATE_BUS_IGATE_USERNAME", "password": "IGATE_BUS_IGATE_PASSWORD"},
             "options": {"realm": "digo", "client_id": "igate-bus"},
         },
-        "vilis": vilis_spec_dict(land, sftp, spool),
+        "vilis": vilis_spec_dict(land, sftp, spool, poll_stale_after=STALE_AFTER),
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "routes.yaml").write_text(json.dumps({"routes": routes}, ensure_ascii=False))
@@ -154,6 +166,16 @@ def land_path(amqp_url: str, tmp_path: Path, sftp_sim: SftpSimulator, spool: Pat
         lp.close()
 
 
+@pytest.fixture
+def alternate_path(amqp_url: str, tmp_path: Path, sftp_sim: SftpSimulator, spool: Path) -> Iterator[Land]:
+    """The land office plays each dossier's life by callback for half of them and by poll for the other half."""
+    lp = Land(amqp_url, tmp_path, sftp_sim, spool, life="alternate")
+    try:
+        yield lp
+    finally:
+        lp.close()
+
+
 def _depth(amqp_url: str, queue: str) -> int:
     """busenv.depth, tolerating the shared broker's slow handshakes while other runs delete their vhosts."""
     deadline = time.monotonic() + 120
@@ -189,6 +211,24 @@ def _assert_land_only_once_files_identical(lp: Land, land: list[dict[str, Any]],
     assert checks == {"ok": 2 * len(land_codes)}, checks
 
 
+def _kind_of(request: dict[str, Any]) -> str:
+    """The land change kind an iGate request carried."""
+    body = request["body"]
+    data = (json.loads(body) if isinstance(body, str | bytes) else body).get("data") or {}
+    return str(data.get("kind"))
+
+
+def _assert_half_by_callback_half_by_poll(lp: Land, land: list[dict[str, Any]]) -> None:
+    """Both ways were taken: callback dossiers called the bus, polled ones never did and were polled."""
+    modes = Counter(lp.land.mode_of(e["dossier_code"]) for e in land)
+    assert modes["callback"] >= len(land) // 4 and modes["poll"] >= len(land) // 4, modes
+    called = {c["dossier"] for c in lp.land.callbacks()}
+    for e in land:
+        code = e["dossier_code"]
+        assert (code in called) == (lp.land.mode_of(code) == "callback"), code
+    assert lp.land.requests("/danhsachthaydoi"), "the land office was never polled"
+
+
 def _assert_each_change_once_in_order(lp: Land, land: list[dict[str, Any]]) -> None:
     changes = lp.igate_changes()
     for e in land:
@@ -197,9 +237,35 @@ def _assert_each_change_once_in_order(lp: Land, land: list[dict[str, Any]]) -> N
     assert all(n == 1 for n in counts.values()), [k for k, n in counts.items() if n > 1][:5]
 
 
+def _failed_at_igate(lp: Land, dossier: str) -> list[dict[str, Any]]:
+    """The land changes of ``dossier`` iGate answered with the injected error."""
+    return [r for r in lp.igate.requests(f"/pa/dossier/{dossier}/") if r["fault"] == "error"]
+
+
+def _hold_first_calls(lp: Land, land: list[dict[str, Any]]) -> list[str]:
+    """Fail every iGate call of one callback and one polled dossier: their first change waits in retries."""
+    codes = [e["dossier_code"] for e in land]
+    held = [next(c for c in codes if lp.land.mode_of(c) == mode) for mode in ("callback", "poll")]
+    lp.igate.set_faults(error_rate=1.0, only_paths=[f"/pa/dossier/{c}/" for c in held], only_methods=["PUT"])
+    return held
+
+
+def _release_after_whole_lives(lp: Land, held: list[str], timeout: float) -> None:
+    """Let iGate take the held dossiers' changes once each whole life reached the bus behind the failed first."""
+
+    def lives_whole_and_failing() -> bool:
+        done = {e["dossier"] for e in lp.land.effects() if e["action"] == "tiepnhan" and e.get("life_done")}
+        return all(c in done and len(_failed_at_igate(lp, c)) >= 2 for c in held)
+
+    wait_for(lives_whole_and_failing, timeout=timeout, what="the held dossiers' lives at the land office")
+    time.sleep(3)  # a poll (every 1s, a dossier stale after 1s) and the checks: every change now waits at iGate
+    lp.igate.set_faults()
+
+
 def _run(lp: Land, n_land: int, n_other: int, *, cut_ingress_s: float, timeout: float) -> None:
     land = land_events(n_land, lp.spool)
     others = other_events(n_other)
+    held = _hold_first_calls(lp, land)
     with thread_worker(lp.amqp_url, "sqlite:///" + str(lp.config / "store.sqlite3"), lp.config, routes=ROUTES):
         publish(lp.amqp_url, [x for pair in zip(land, others, strict=True) for x in pair])
         wait_for(lambda: lp.land.lives_done() >= n_land // 4, timeout=timeout, what="a quarter of the lives")
@@ -207,11 +273,17 @@ def _run(lp: Land, n_land: int, n_other: int, *, cut_ingress_s: float, timeout: 
         lp.proxy.drop_all()  # its kept-alive connections too
         time.sleep(cut_ingress_s)
         lp.proxy.refuse = False
+        _release_after_whole_lives(lp, held, timeout)
         wait_for(lambda: lp.lives_at_igate() >= n_land, timeout=timeout, what=f"{n_land} lives at iGate")
         time.sleep(1)  # anything late (a duplicate) would show now
     refused_calls = [c for c in lp.land.callbacks() if not isinstance(c["status"], int)]
     assert refused_calls, "the land office never met the bus unreachable: the test proved nothing"
     assert lp.proxy.stats().connections_refused > 0
+    _assert_half_by_callback_half_by_poll(lp, land)
+    for code in held:  # the first change failed at iGate, and the later ones waited behind it (asserted below)
+        failed = _failed_at_igate(lp, code)
+        assert failed, f"{code}: iGate never failed a call: fifo was not exercised"
+        assert all(_kind_of(r) == "tiep_nhan" for r in failed), [_kind_of(r) for r in failed]
     _assert_land_only_once_files_identical(lp, land, others)
     _assert_each_change_once_in_order(lp, land)
     # the land office's Vietnamese reaches iGate intact: NFC, the exact words (it sent one of them as NFD)
@@ -227,19 +299,21 @@ def _run(lp: Land, n_land: int, n_other: int, *, cut_ingress_s: float, timeout: 
         if (e["request"].get("data") or {}).get("kind") == "ket_qua_thue"
     ]
     assert taxes and all(TEXTS["thue"] in d["tax_notices"] for d in taxes)
-    for q in ("dlq.vilis-dossier-received", "dlq.vilis-check", "dlq.vilis-to-igate"):
+    for q in ("dlq.vilis-dossier-received", "dlq.vilis-check", "dlq.vilis-to-igate", "dlq.vilis-poll"):
         assert _depth(lp.amqp_url, q) == 0, q
 
 
-def test_50_land_and_50_other_dossiers_live_to_the_end_through_an_unreachable_bus(land_path):
-    """50 land + 50 other ▶ only the 50 at the land office, once, files identical; every change once, in order."""
-    _run(land_path, 50, 50, cut_ingress_s=2.0, timeout=180)
+def test_50_land_and_50_other_dossiers_live_to_the_end_through_an_unreachable_bus(alternate_path):
+    """50 land + 50 other, half the lives by callback, half by poll ▶ only the 50 at the land office, once, files
+    identical; iGate gets every change once, in order, also behind a first call it failed."""
+    _run(alternate_path, 50, 50, cut_ingress_s=2.0, timeout=180)
 
 
 @pytest.mark.chaos
-def test_500_land_and_500_other_dossiers(land_path):
-    """The issue's must-show at full size: 500 + 500, the ingress unreachable for 10 s mid-run."""
-    _run(land_path, 500, 500, cut_ingress_s=10.0, timeout=1800)
+def test_500_land_and_500_other_dossiers(alternate_path):
+    """The issue's must-show at full size: 500 + 500, half by callback and half by poll, the ingress
+    unreachable for 10 s mid-run."""
+    _run(alternate_path, 500, 500, cut_ingress_s=10.0, timeout=1800)
 
 
 def test_bad_code_unknown_dossier_and_a_land_office_down_each_have_a_clear_outcome(land_path):
