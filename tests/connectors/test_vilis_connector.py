@@ -246,6 +246,9 @@ def test_the_poll_asks_only_stale_open_dossiers_and_names_each_change(land, sftp
             time.sleep(0.05)
         assert fresh.poll_stale(PollStaleRequest()).asked == 0
         polled = stale.poll_stale(PollStaleRequest())
+        for change in [*polled.changes, polled.changes[0]]:  # the last one again: a change polled twice
+            stale.check_change(CheckChangeRequest(change=VilisStatusChanged.model_validate(change.payload)))
+        row = state.get(SENT, code)
     finally:
         fresh.close()
         stale.close()
@@ -255,5 +258,10 @@ def test_the_poll_asks_only_stale_open_dossiers_and_names_each_change(land, sftp
     assert len({c.key for c in polled.changes}) == len(LIFE) and all(
         c.key.startswith(f"{code}/") for c in polled.changes
     )
+    emissions = polled.result_events()  # what the engine publishes: one vilis.status_changed per change
+    assert [(e.key, e.event_type, e.dossier_code) for e in emissions] == [
+        (c.key, "vilis.status_changed", code) for c in polled.changes
+    ]
+    assert row is not None and row.status == "finished", row  # a change seen again never reopens the dossier
     bo_sung = next(c for c in polled.changes if c.payload["kind"] == "yeu_cau_bo_sung")
     assert bo_sung.payload["note"] == TEXTS["bo_sung"]  # sent as NFD, carried as NFC
