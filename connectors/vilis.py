@@ -356,7 +356,11 @@ class VilisConnector(KitConnector):
 
         For deployments whose land system cannot call back: "a while" is ``options.poll_stale_after``.
         A dossier's changes are all asked for each time (the land office's numbers name them, so a change
-        seen twice is one event); reporting on a dossier (``check_change``) makes it fresh again.
+        seen twice is one event); reporting on a dossier (``check_change``) makes it fresh again, and so does
+        asking about it: a dossier is asked about at most once per ``poll_stale_after``, however far behind
+        the checks are (else each poll would emit again every change still waiting to be checked). Safe because
+        nothing is marked seen: if this poll's events are lost (the tick fails after the touch), the next ask
+        of the dossier, one ``poll_stale_after`` later, finds them again.
         """
         del idempotency_key
         now = datetime.now(UTC)
@@ -371,6 +375,7 @@ class VilisConnector(KitConnector):
             reply = self._call(
                 "POST", POLL_PATH, effect=False, json_body={"SoBienNhan": row.key, "TuMa": 0, "SoLuong": 500}
             )
+            self._touch(row.key)
             for change in reply.parse(LandChanges).data:
                 key = f"{row.key}/{change.Ma}"
                 try:  # the same mapping and the same strict parser (NFC text) as a callback's
@@ -464,6 +469,10 @@ class VilisConnector(KitConnector):
         """
         row = {"key": key, "record_id": sent.record_id, "files": len(sent.files)}
         self._state_io(lambda: self.state.put(SENT, sent.so_bien_nhan, row, status="open", if_absent=True))
+
+    def _touch(self, dossier: str) -> None:
+        """Mark ``dossier`` asked about now (it is stale again one ``poll_stale_after`` later), unless finished."""
+        self._state_io(lambda: self.state.update(SENT, dossier, expect_status="open"))
 
     @staticmethod
     def _state_io(work: Callable[[], T]) -> T:

@@ -245,7 +245,9 @@ def test_the_poll_asks_only_stale_open_dossiers_and_names_each_change(land, sftp
         while land.lives_done() < 1 and time.monotonic() < wait:
             time.sleep(0.05)
         assert fresh.poll_stale(PollStaleRequest()).asked == 0
+        before = state.get(SENT, code)
         polled = stale.poll_stale(PollStaleRequest())
+        asked = state.get(SENT, code)  # asking makes the dossier fresh: asked at most once per poll_stale_after
         for change in [*polled.changes, polled.changes[0]]:  # the last one again: a change polled twice
             stale.check_change(CheckChangeRequest(change=VilisStatusChanged.model_validate(change.payload)))
         row = state.get(SENT, code)
@@ -262,6 +264,7 @@ def test_the_poll_asks_only_stale_open_dossiers_and_names_each_change(land, sftp
     assert [(e.key, e.event_type, e.dossier_code) for e in emissions] == [
         (c.key, "vilis.status_changed", code) for c in polled.changes
     ]
+    assert before is not None and asked is not None and asked.updated_at > before.updated_at, (before, asked)
     assert row is not None and row.status == "finished", row  # a change seen again never reopens the dossier
     bo_sung = next(c for c in polled.changes if c.payload["kind"] == "yeu_cau_bo_sung")
     assert bo_sung.payload["note"] == TEXTS["bo_sung"]  # sent as NFD, carried as NFC

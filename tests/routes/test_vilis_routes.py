@@ -310,6 +310,7 @@ def test_50_land_and_50_other_dossiers_live_to_the_end_through_an_unreachable_bu
 
 
 @pytest.mark.chaos
+@pytest.mark.timeout(1800)
 def test_500_land_and_500_other_dossiers(alternate_path):
     """The issue's must-show at full size: 500 + 500, half by callback and half by poll, the ingress
     unreachable for 10 s mid-run."""
