@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import json
 import random
 import socket
 import struct
@@ -97,6 +98,21 @@ class QuietHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         raise NotImplementedError
+
+    def send_json(self, status: int, body: Any) -> None:
+        """Answer ``body`` as UTF-8 JSON (Vietnamese kept as is, as the real systems send it)."""
+        self.send_raw_json(status, json.dumps(body, ensure_ascii=False).encode("utf-8"))
+
+    def send_raw_json(self, status: int, data: bytes) -> None:
+        """Answer bytes labelled JSON (a fault's broken or hostile body); a client gone is no error."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            self.close_connection = True
 
     def reset_connection(self) -> None:
         """Close with RST and without a word, as a crashed peer or a middlebox would."""
@@ -225,19 +241,20 @@ class ServedSimulator(Generic[F]):
 
     def serve_foreground(self, event: str, **fields: Any) -> None:
         """Serve until interrupted (``igate-bus simulate``), logging each request and ``{event}.listening``."""
-        self.log_requests = True
-        try:  # an interrupt while starting stops as cleanly as one while serving
-            self.start()
-            listening, stopping = f"{event}.listening", f"{event}.stopping"
-            log.info(listening, **fields)
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            log.info(stopping)
-        finally:
-            self.stop()
+        run_in_foreground(self, event, lambda: fields)
 
     def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def simulator_main(argv: list[str] | None, *, name: str, port: int, serve: Callable[[str, int], None]) -> None:
+    """``python -m simulators.<name> [--host H] [--port P]``, for a simulator with no other option."""
+    parser = argparse.ArgumentParser(prog=f"python -m simulators.{name}", description=f"The {name} simulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+    args = parser.parse_args(argv)
+    configure_cli_logging()
+    serve(args.host, args.port)

@@ -15,7 +15,6 @@ Control endpoints (never recorded, never faulted): ``GET/POST /_sim/faults``, ``
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import json
@@ -25,16 +24,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from simulators._server import ServedSimulator, SimServer, configure_cli_logging
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from simulators._server import ServedSimulator, SimServer, simulator_main
 
 log = structlog.get_logger(__name__)
 
@@ -348,11 +344,5 @@ def serve_gateway(sim: GatewaySimulator, shown_url: str) -> None:
         sim.stop()
 
 
-def gateway_main(argv: list[str] | None, *, name: str, port: int, serve: Callable[[str, int], None]) -> None:
-    """``python -m simulators.<name> [--host H] [--port P]``."""
-    parser = argparse.ArgumentParser(prog=f"python -m simulators.{name}", description=f"The {name} simulator.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=port)
-    args = parser.parse_args(argv)
-    configure_cli_logging()
-    serve(args.host, args.port)
+#: the gateways' ``main``: the simulators' one
+gateway_main = simulator_main

@@ -36,7 +36,6 @@ client times out after the service issued). ``lookup_fail_rate`` fails ``listInv
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hmac
 import io
@@ -58,7 +57,7 @@ from schemas.nps import ICT
 from schemas.receipt import FEE_CATALOGUE, FKEY_PATTERN, KIND_CODE, amount_in_words
 from schemas.receipt_reconcile import FILE_COLUMNS
 from simulators import nps as soap_sim
-from simulators._server import ServedSimulator, SimServer, configure_cli_logging
+from simulators._server import ServedSimulator, SimServer, simulator_main
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -534,12 +533,7 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m simulators.receipt [--host H] [--port P]``."""
-    parser = argparse.ArgumentParser(prog="python -m simulators.receipt", description="The e-receipt simulator.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    args = parser.parse_args(argv)
-    configure_cli_logging()
-    serve(args.host, args.port)
+    simulator_main(argv, name="receipt", port=DEFAULT_PORT, serve=serve)
 
 
 if __name__ == "__main__":

@@ -490,14 +490,14 @@ class _Handler(QuietHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_REQUEST_BYTES:
             self.close_connection = True
-            self._send(413, {"status": _fail("Dữ liệu quá lớn", 413)})
+            self.send_json(413, {"status": _fail("Dữ liệu quá lớn", 413)})
             return
         body = self.rfile.read(length)
         split = urlsplit(self.path)
         path, query = split.path, parse_qs(split.query)
         if path.startswith("/_sim/"):
             control = sim._faults_control(self.command, path, body)  # noqa: SLF001 - part of the simulator
-            self._send(*(control or (404, {"error": "unknown control endpoint"})))
+            self.send_json(*(control or (404, {"error": "unknown control endpoint"})))
             return
         entry: dict[str, Any] = {"method": self.command, "path": path, "at": time.time(), "status": None}
         with sim._lock:  # noqa: SLF001
@@ -507,7 +507,7 @@ class _Handler(QuietHandler):
         sim._wake.wait(sim.faults.latency_s) if sim.faults.latency_s else None  # noqa: SLF001
         if fault == "error":
             entry["status"] = sim.faults.error_status
-            self._send(sim.faults.error_status, {"status": _fail("Hệ thống đang bảo trì", 503)})
+            self.send_json(sim.faults.error_status, {"status": _fail("Hệ thống đang bảo trì", 503)})
             return
         if fault in {"timeout", "drop_connection"}:
             if fault == "timeout":
@@ -517,29 +517,16 @@ class _Handler(QuietHandler):
             return
         if not sim._authorised(self.headers.get("Authorization", "")):  # noqa: SLF001
             entry["status"] = 401
-            self._send(401, {"status": _fail("Sai tài khoản hoặc mật khẩu", 401)})
+            self.send_json(401, {"status": _fail("Sai tài khoản hoặc mật khẩu", 401)})
             return
         answer = sim._route(self.command, path, query, body)  # noqa: SLF001
         entry["status"] = "dropped" if fault == "apply_then_drop" else answer.status
         if fault == "apply_then_drop":
             self.reset_connection()
         elif fault == "malformed_body":
-            self._send_raw(200, b'{"data": 1, "status": ')
+            self.send_raw_json(200, b'{"data": 1, "status": ')
         else:
-            self._send(answer.status, answer.body)
-
-    def _send(self, status: int, body: Any) -> None:
-        self._send_raw(status, json.dumps(body, ensure_ascii=False).encode("utf-8"))
-
-    def _send_raw(self, status: int, data: bytes) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            self.close_connection = True
+            self.send_json(answer.status, answer.body)
 
 
 def serve(

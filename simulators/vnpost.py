@@ -37,20 +37,14 @@ orders, and the tracking's own: ``repeat_rate`` (an event twice), ``reorder`` (e
 
 from __future__ import annotations
 
-import argparse
 import collections
-import contextlib
 import hmac
 import json
 import os
 import secrets
-import socket
-import struct
-import threading
 import time
 import zlib
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -58,7 +52,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from schemas.vnpost import MAX_COD_VND, POSTAL_PHONE_PATTERN, STATUS_NAMES, ItemCode
-from simulators._server import ServedSimulator, SimServer, configure_cli_logging
+from simulators._server import QuietHandler, ServedSimulator, SimServer, run_in_foreground, simulator_main
 
 log = structlog.get_logger(__name__)
 
@@ -435,22 +429,11 @@ class _Server(SimServer):
     sim: VnpostSimulator
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
     server_version = "VNPost-simulator/0.1"
-    timeout = 30
-    disable_nagle_algorithm = True
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's parameter name
-        """The record is the log."""
-
-    def do_GET(self) -> None:
-        """Dispatch a GET."""
-        self._serve()
-
-    def do_POST(self) -> None:
-        """Dispatch a POST."""
+    def _handle(self) -> None:
         self._serve()
 
     def _serve(self) -> None:
@@ -458,15 +441,15 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_REQUEST_BYTES:
             self.close_connection = True
-            self._send(413, {"status": "413", "message": "request too large"})
+            self.send_json(413, {"status": "413", "message": "request too large"})
             return
         raw = self.rfile.read(length)
         split = urlsplit(self.path)
         if split.path.startswith("/_sim/"):
-            self._send(*sim._control(self.command, split.path, raw))  # noqa: SLF001 - part of the simulator
+            self.send_json(*sim._control(self.command, split.path, raw))  # noqa: SLF001 - part of the simulator
             return
         if not split.path.startswith(sim.base_path + "/"):
-            self._send(404, {"status": "404", "message": "not under the API's path"})
+            self.send_json(404, {"status": "404", "message": "not under the API's path"})
             return
         path = split.path[len(sim.base_path) :]
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
@@ -499,42 +482,24 @@ class _Handler(BaseHTTPRequestHandler):
         if faults.latency_s:
             sim._wake.wait(faults.latency_s)  # noqa: SLF001
         if fault == "error":
-            self._send(faults.error_status, {"status": str(faults.error_status), "message": "injected fault"})
+            self.send_json(faults.error_status, {"status": str(faults.error_status), "message": "injected fault"})
             return
         if fault in {"timeout", "drop_connection"}:
             if fault == "timeout":
                 sim._wake.wait(faults.hang_s)  # noqa: SLF001
-            self._reset()
+            self.reset_connection()
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
         answer = sim._handle(self.command, path, query, headers, body)  # noqa: SLF001
         status = int(answer.pop("_http", 200))
         if fault == "apply_then_drop":
-            self._reset()
+            self.reset_connection()
         elif fault == "malformed_body":
-            self._send_raw(200, b'{"status": "100", "itemCode": ')
+            self.send_raw_json(200, b'{"status": "100", "itemCode": ')
         elif fault == "hostile_body":
-            self._send_raw(200, b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>')
+            self.send_raw_json(200, b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>')
         else:
-            self._send(status, answer)
-
-    def _reset(self) -> None:
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.close_connection = True
-
-    def _send(self, status: int, body: Any) -> None:
-        self._send_raw(status, json.dumps(body, ensure_ascii=False).encode("utf-8"))
-
-    def _send_raw(self, status: int, data: bytes) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            self.close_connection = True
+            self.send_json(status, answer)
 
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, step_s: float = 3600.0) -> None:
@@ -546,25 +511,12 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, step_s: float = 
         secret_key=os.environ.get(SECRET_ENV) or DEFAULT_SECRET,
         step_s=step_s,
     )
-    sim.log_requests = True
-    try:
-        sim.start()
-        log.info("vnpost_sim.listening", url=sim.api_url)
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        log.info("vnpost_sim.stopping")
-    finally:
-        sim.stop()
+    run_in_foreground(sim, "vnpost_sim", lambda: {"url": sim.api_url})
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m simulators.vnpost [--host H] [--port P]``."""
-    parser = argparse.ArgumentParser(prog="python -m simulators.vnpost", description="The VNPost simulator.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    args = parser.parse_args(argv)
-    configure_cli_logging()
-    serve(args.host, args.port)
+    simulator_main(argv, name="vnpost", port=DEFAULT_PORT, serve=serve)
 
 
 if __name__ == "__main__":
