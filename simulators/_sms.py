@@ -23,14 +23,13 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Annotated, Any, ClassVar, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from simulators._server import ServedSimulator, SimServer, simulator_main
+from simulators._server import QuietHandler, ServedSimulator, SimServer, simulator_main
 
 log = structlog.get_logger(__name__)
 
@@ -221,24 +220,10 @@ class SmsServer(SimServer):
     sim: GatewaySimulator
 
 
-class GatewayHandler(BaseHTTPRequestHandler):
+class GatewayHandler(QuietHandler):
     """Reads a request, lets the gateway parse it, draws a fault, sends and answers."""
 
     server: SmsServer
-    protocol_version = "HTTP/1.1"
-    timeout = 30
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's parameter name
-        """Silence the stdlib's per-request stderr line; the record is the log."""
-
-    def do_GET(self) -> None:
-        """Dispatch a GET."""
-        self._handle()
-
-    def do_POST(self) -> None:
-        """Dispatch a POST."""
-        self._handle()
 
     def _handle(self) -> None:
         received_at = time.time()
