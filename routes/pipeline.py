@@ -444,7 +444,9 @@ class RouteRunner:
             try:
                 applied = name in _APPLIED or self._maybe_applied(job)
                 self._order.leave(ticket, applied=applied, dead=name == "dead_lettered", log=job.log)
-            except Exception as exc:
+            except Exception as exc:  # the store down, or a bug: either way the place is not
+                # settled, so the message must not be acked as if it were; it is logged with its traceback and
+                # retried (as _safe_release and _safe_fail log and go on)
                 job.log.exception("order_leave_failed", error=_clip(f"{type(exc).__name__}: {exc}"))
                 if name in _APPLIED or (self._order.fifo and name == "dead_lettered"):
                     job.outcome = self._retry_or_dead(job, ClaimHeld(f"order not settled: {type(exc).__name__}"))

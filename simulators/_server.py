@@ -99,6 +99,17 @@ class QuietHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         raise NotImplementedError
 
+    def read_body(self, limit: int) -> bytes | None:
+        """The request's body; None when its Content-Length is not a number or is over ``limit``.
+
+        The connection is then closed: the unread body would be taken for the next request.
+        """
+        raw = self.headers.get("Content-Length") or "0"
+        if not raw.isdigit() or int(raw) > limit:
+            self.close_connection = True
+            return None
+        return self.rfile.read(int(raw))
+
     def send_json(self, status: int, body: Any) -> None:
         """Answer ``body`` as UTF-8 JSON (Vietnamese kept as is, as the real systems send it)."""
         self.send_raw_json(status, json.dumps(body, ensure_ascii=False).encode("utf-8"))

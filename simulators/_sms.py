@@ -228,12 +228,10 @@ class GatewayHandler(QuietHandler):
     def _handle(self) -> None:
         received_at = time.time()
         sim = self.server.sim
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BYTES:
-            self.close_connection = True
+        body = self.read_body(MAX_REQUEST_BYTES)
+        if body is None:
             self._send(Answer(413, b'{"error": "request too large"}'))
             return
-        body = self.rfile.read(length)
         split = urlsplit(self.path)
         if split.path.startswith(CONTROL_PREFIX):
             status, data = sim.control(self.command, split.path, body)

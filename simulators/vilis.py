@@ -487,12 +487,10 @@ class _Handler(QuietHandler):
 
     def _handle(self) -> None:
         sim = self.server.sim
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BYTES:
-            self.close_connection = True
+        body = self.read_body(MAX_REQUEST_BYTES)
+        if body is None:
             self.send_json(413, {"status": _fail("Dữ liệu quá lớn", 413)})
             return
-        body = self.rfile.read(length)
         split = urlsplit(self.path)
         path, query = split.path, parse_qs(split.query)
         if path.startswith("/_sim/"):

@@ -438,12 +438,10 @@ class _Handler(QuietHandler):
 
     def _serve(self) -> None:
         sim = self.server.sim
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BYTES:
-            self.close_connection = True
+        raw = self.read_body(MAX_REQUEST_BYTES)
+        if raw is None:
             self.send_json(413, {"status": "413", "message": "request too large"})
             return
-        raw = self.rfile.read(length)
         split = urlsplit(self.path)
         if split.path.startswith("/_sim/"):
             self.send_json(*sim._control(self.command, split.path, raw))  # noqa: SLF001 - part of the simulator
