@@ -76,9 +76,11 @@ def logs_after_report(level: str = "warning", fmt: str = "json") -> Iterator[Def
     under ``-- N log line(s) while checking --``, also when the command fails.
     """
     stream = DeferredStream()
+    restore = bus_logging.saved_logging()
     bus_logging.configure_logging(level, fmt, stream=cast("TextIO", stream))  # looked up late: tests stub it
     try:
         yield stream
     finally:
         sys.stdout.flush()
+        restore()  # the caller's configuration again, not this block's level and stream
         stream.release("-- {n} log line(s) while checking --")

@@ -35,7 +35,7 @@ from schemas.events import SENSITIVE_FIELDS
 from schemas.pii import TARGET_PERSONAL_FIELDS, mask, scrub_text
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
@@ -266,6 +266,30 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     # pika narrates every socket step at INFO; its warnings and errors are what an operator needs
     for chatty in ("pika", "httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(max(min_level, logging.WARNING))
+
+
+def saved_logging() -> Callable[[], None]:
+    """Snapshot the whole logging configuration; the function returned puts it back.
+
+    A command that configures logging for one block (``logs_after_report``) must not leave a process that
+    goes on (a test run, an embedding program) filtering at its level or writing to its stream.
+    """
+    config = structlog.get_config()
+    processors = config["processors"]  # the same list back: bound loggers hold a reference to it
+    contents = list(processors)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    chatty = {name: logging.getLogger(name).level for name in ("pika", "httpx", "httpcore")}
+
+    def restore() -> None:
+        processors[:] = contents
+        structlog.configure(**{**config, "processors": processors})
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, was in chatty.items():
+            logging.getLogger(name).setLevel(was)
+
+    return restore
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:

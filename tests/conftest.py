@@ -43,6 +43,21 @@ def _broker_up() -> None:
         pytest.fail(f"RabbitMQ is not reachable at {AMQP_HOST}:{AMQP_PORT} ({exc!r}); run `make services`")
 
 
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """Each test leaves logging as it found it.
+
+    A command run in-process (``status``, ``check``) configures logging at its own level: left behind, the
+    next test's ``capture_logs`` sees no INFO lines, and whether it fails hangs on which tests an xdist
+    worker ran before it.
+    """
+    from bus.logging import saved_logging
+
+    restore = saved_logging()
+    yield
+    restore()
+
+
 @contextmanager
 def _fresh_vhost() -> Iterator[str]:
     _broker_up()

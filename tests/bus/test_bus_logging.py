@@ -255,3 +255,19 @@ class TestMaskPersonalData:
         frames = [{"filename": "x.py", "lineno": 1, "name": "issue_receipt"}]
         out = MaskPersonalData()(None, "error", {"exception": [{"exc_value": f"bad {PHONE}", "frames": frames}]})
         assert out["exception"] == [{"exc_value": "bad ***78", "frames": frames}]
+
+
+def test_a_command_block_gives_the_callers_logging_back(stream: io.StringIO) -> None:
+    """``logs_after_report`` (status, check) logs at warning into its own stream, then restores the caller's.
+
+    Left behind, its level silenced every later INFO line of the process: a test's ``capture_logs`` saw none.
+    """
+    from bus.cli_logs import logs_after_report
+
+    configure_logging(level="info", stream=stream)
+    with logs_after_report():
+        get_logger().info("inside, below the block's level")
+    get_logger().info("after the block")
+    logging.getLogger("pika").warning("stdlib after the block")
+    assert [r["event"] for r in lines(stream)] == ["after the block", "stdlib after the block"]
+    assert sum(isinstance(h, _BusHandler) for h in logging.getLogger().handlers) == 1
