@@ -72,6 +72,7 @@ from lxml import etree  # type: ignore[import-untyped]  # lxml ships no type hin
 from pydantic import BaseModel, ValidationError
 
 from connectors._http import ERROR_BODY_BYTES, USER_AGENT, scrub_snippet
+from connectors._soap_wire import Declined, WirePlan, compile_operation
 from connectors.kit.credential import Refused
 from connectors.kit.guard import WATCHDOG, Guard
 from schemas.errors import (
@@ -512,6 +513,10 @@ class SoapClient:
         self._client = build_client(name, spec, wsdl)
         self._transport: SoapTransport = self._client.transport
         self._service = self._client.create_service(binding, address)  # type: ignore[no-untyped-call]
+        self._binding = self._service._binding  # noqa: SLF001 - zeep's service proxy exposes its binding no other way
+        self._address = address
+        # compiled on an operation's first call: the WSDL fixes the envelope's shape (connectors/_soap_wire.py)
+        self._plans: dict[str, WirePlan | None] = {}
 
     def call(
         self,
@@ -551,7 +556,7 @@ class SoapClient:
             state: CallState | None = None
             try:
                 with self._transport.call(deadline, effect=effect) as state:
-                    answer = getattr(self._service, operation)(**kwargs)
+                    answer = self._send(operation, body, soap_headers, kwargs)
                 return parse_answer(answer, model, effect=effect)
             except (BusError, zeep.exceptions.Error, etree.LxmlError, ValueError, TypeError) as exc:
                 if isinstance(exc, BusError) or (state is not None and state.sent):
@@ -561,6 +566,24 @@ class SoapClient:
                 if isinstance(error, TargetRejected) and error.code in refused:
                     raise Refused(str(error)) from None
                 raise error from None
+
+    def _send(
+        self, operation: str, body: Mapping[str, Any], soap_headers: Mapping[str, Any] | None, kwargs: dict[str, Any]
+    ) -> Any:
+        """One operation's exchange: the envelope from its compiled plan when it takes the request, else zeep's."""
+        if operation in self._plans:
+            plan = self._plans[operation]
+        else:  # two threads may both compile it: the same plan, so either may win
+            plan = self._plans[operation] = compile_operation(self._binding, operation)
+        if plan is not None:
+            try:
+                message = plan.envelope(body, soap_headers)
+            except Declined:
+                pass
+            else:
+                reply = self._transport.post(self._address, message, dict(plan.http_headers))
+                return self._binding.process_reply(self._client, plan.operation, reply)
+        return getattr(self._service, operation)(**kwargs)
 
     def render(self, operation: str, body: Mapping[str, Any], *, soap_headers: Mapping[str, Any]) -> str:
         """The envelope :meth:`call` would send, pretty-printed, without sending it (``igate-bus map``)."""
