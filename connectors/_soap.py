@@ -38,8 +38,7 @@ here once, so no SOAP connector can forget it (docs/design.md Security, docs/rel
   ===================================================  =========================================================
   what happened                                        raised
   ===================================================  =========================================================
-  connection refused, DNS failure, connect timeout,    ``TargetUnavailable(maybe_applied=False)``
-  TLS handshake refused
+  connection refused, DNS failure, connect timeout     ``TargetUnavailable(maybe_applied=False)``
   read timeout, deadline passed mid-reply              ``TargetTimeout`` (``maybe_applied``)
   connection lost after sending, truncated reply       ``TargetUnavailable(maybe_applied=effect)``
   503, 429, 408, 425                                   ``TargetUnavailable(maybe_applied=False)``
@@ -86,7 +85,6 @@ from urllib3.exceptions import (
     NameResolutionError,
     NewConnectionError,
     ReadTimeoutError,
-    SSLError,
 )
 
 from connectors._http import ERROR_BODY_BYTES, USER_AGENT, scrub_snippet
@@ -300,9 +298,9 @@ class SoapTransport(zeep.Transport):
             raise TargetUnavailable(f"cannot reach {urlparse(address).hostname}: connect timeout") from None
         except ReadTimeoutError:
             raise TargetTimeout("no answer within the read timeout") from None
-        except (SSLError, LocationParseError) as exc:  # the handshake failed: the request never left
-            raise TargetUnavailable(f"cannot reach {urlparse(address).hostname}: {type(exc).__name__}") from None
-        except (HTTPError, OSError):
+        except LocationParseError:
+            raise TargetUnavailable(f"cannot reach {urlparse(address).hostname}: bad address") from None
+        except (HTTPError, OSError):  # a TLS error too: urllib3 cannot tell a handshake from a read, so maybe sent
             raise TargetUnavailable("connection lost after sending", maybe_applied=ctx.effect) from None
         fired = threading.Event()
         ticket = WATCHDOG.arm(ctx.deadline, lambda: _shut_read(response, fired))
