@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 from zeep.wsdl.bindings.soap import Soap11Binding
 from zeep.wsdl.messages.soap import DocumentMessage
 from zeep.xsd import ComplexType, Element, Sequence
+from zeep.xsd.types.builtins import String
 from zeep.xsd.types.simple import AnySimpleType
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ class _Node:
     xmlvalue: Callable[[Any], str] | None
     children: tuple[_Node, ...]
     keys: frozenset[str]
+    #: a string type whose ``xmlvalue`` gives a ``str`` back as it is (``xs:string`` and its restrictions)
+    verbatim: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +138,11 @@ def _children(nodes: tuple[_Node, ...], value: dict[str, Any], out: list[str]) -
             if child.min_occurs:
                 raise Declined  # zeep: "Missing element"
             continue
-        if child.many and type(item) is list:
+        if child.verbatim and type(item) is str:  # most leaves: zeep's xmlvalue would give the string back
+            if not item or _PLAIN_TEXT.fullmatch(item) is None:
+                raise Declined
+            out.append(child.open + item.translate(_ESCAPES) + child.close)
+        elif child.many and type(item) is list:
             if len(item) < child.min_occurs or (child.max_occurs is not None and len(item) > child.max_occurs):
                 raise Declined
             for one in item:
@@ -209,6 +216,7 @@ def _compile(element: Any, *, top: bool = False, namespace: str = "", key: str =
         xmlvalue=xmlvalue,
         children=children,
         keys=frozenset(c.key for c in children),
+        verbatim=isinstance(kind, String) and type(kind).xmlvalue is String.xmlvalue,
     )
 
 
