@@ -499,13 +499,20 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A reply the compiled plan read (connectors/_soap_wire.py): already what zeep's objects serialise to."""
+
+    values: dict[str, str]
+
+
 def parse_answer(answer: Any, model: type[M], *, effect: bool) -> M:
     """What zeep returned, validated as ``model``; a reply of another shape is the target answering garbage.
 
     Raises:
         TargetGarbled: the reply does not fit ``model`` (``maybe_applied`` as ``effect`` says).
     """
-    data = _drop_none(zeep.helpers.serialize_object(answer, dict))  # type: ignore[no-untyped-call]
+    data = answer.values if isinstance(answer, _Read) else _drop_none(zeep.helpers.serialize_object(answer, dict))  # type: ignore[no-untyped-call]
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -618,6 +625,10 @@ class SoapClient:
                 pass
             else:
                 reply = self._transport.post(self._address, message, dict(plan.http_headers))
+                if plan.reply is not None and reply.status_code == 200:
+                    values = plan.reply.read(reply.content)
+                    if values is not None:
+                        return _Read(values)
                 return self._binding.process_reply(self._client, plan.operation, reply)
         return getattr(self._service, operation)(**kwargs)
 

@@ -19,14 +19,23 @@ It is a fast path, not a second serialiser with opinions of its own:
 - **It compiles only plain shapes**: SOAP 1.1 document/literal, sequences of elements in one namespace, no
   attributes, choices, wildcards, defaults, fixed or nillable elements. Any other operation is zeep's
   entirely (:func:`compile_operation` answers None).
+
+The reply works the same way (:class:`ReplyPlan`): a 200 reply whose body is the operation's response
+element holding only ``xs:string`` leaves, in order, is parsed once by a parser set as zeep sets its own
+(``resolve_entities=False``, comments removed, no recovery, no huge trees; libxml2 fetches nothing) and read
+into the dict zeep's objects would serialise to. Anything else (a DOCTYPE, a fault, a SOAP 1.2 root, an
+element out of order or unknown, an attribute, a nested element, any parse error) declines, and zeep reads
+the reply from its bytes as before, raising what it raised: the hostile-reply tests meet zeep's own errors.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from lxml import etree  # type: ignore[import-untyped]  # lxml ships no type hints
 from zeep.wsdl.bindings.soap import Soap11Binding
 from zeep.wsdl.messages.soap import DocumentMessage
 from zeep.xsd import ComplexType, Element, Sequence
@@ -68,17 +77,106 @@ class _Node:
     verbatim: bool = False
 
 
+#: zeep's reply parser settings (zeep.loader.parse_xml with strict settings); built once per thread
+_PARSER_SETTINGS: Final = {"remove_comments": True, "resolve_entities": False, "recover": False, "huge_tree": False}
+_ENVELOPE: Final = f"{{{SOAP_ENV}}}Envelope"
+_BODY: Final = f"{{{SOAP_ENV}}}Body"
+_parsers = threading.local()
+
+
+def _parser() -> Any:
+    """This thread's reply parser (an lxml parser must not be shared between threads)."""
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = etree.XMLParser(**_PARSER_SETTINGS)
+    return parser
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyPlan:
+    """An operation's reply, compiled: the response element and its string leaves, in order."""
+
+    tag: str
+    #: (tag, key, required) of each leaf, in schema order
+    leaves: tuple[tuple[str, str, bool], ...]
+
+    def read(self, content: bytes) -> dict[str, str] | None:
+        """The reply's values as zeep would serialise them (absent and empty leaves left out), or None to decline."""
+        answer = self._answer(content)
+        if answer is None:
+            return None
+        out: dict[str, str] = {}
+        leaves = iter(self.leaves)
+        for child in answer:
+            for tag, key, required in leaves:  # noqa: B007 - `key` is read after the break
+                # an optional leaf may be skipped; a required one may not
+                if child.tag == tag:
+                    break
+                if required:
+                    return None
+            else:
+                return None  # unknown, repeated or out of order (a PI has no str tag): zeep's to judge
+            if child.attrib or len(child):
+                return None
+            if child.text is not None:
+                out[key] = child.text
+        if any(required for _, _, required in leaves):
+            return None  # a required leaf missing
+        return out
+
+    def _answer(self, content: bytes) -> Any:
+        """The response element of a plain SOAP 1.1 reply, or None."""
+        try:
+            root = etree.fromstring(content, _parser())
+        except (etree.LxmlError, ValueError):
+            return None  # zeep reads it again and raises its own error
+        docinfo = root.getroottree().docinfo
+        if docinfo.doctype or docinfo.internalDTD is not None or root.tag != _ENVELOPE or len(root) != 1:
+            return None  # a DOCTYPE, a Header, a SOAP 1.2 root: zeep's to judge
+        body = root[0]
+        if body.tag != _BODY or body.attrib or len(body) != 1:
+            return None
+        answer = body[0]
+        return answer if answer.tag == self.tag and not answer.attrib else None
+
+
+def compile_reply(operation: Any) -> ReplyPlan | None:
+    """The reply plan of a zeep binding operation, or None when its reply is not a sequence of string leaves."""
+    message = getattr(operation, "output", None)
+    if not isinstance(message, DocumentMessage) or message.body is None:
+        return None
+    header = getattr(message.header, "type", None)
+    if getattr(message, "_is_body_wrapped", True) or getattr(header, "_element", None):
+        return None  # reply headers would be read into the result
+    try:
+        node = _compile(message.body, top=True)
+    except _Unsupported:
+        return None
+    if not node.children or any(not c.verbatim or c.many or c.children for c in node.children):
+        return None
+    if len(node.children) < 2:  # zeep unwraps a reply of one element into its bare value
+        return None
+    namespace = message.body.qname.namespace
+    leaves = tuple(
+        (f"{{{namespace}}}{c.key}" if c.open.startswith(f"<{_PREFIX}:") else c.key, c.key, c.min_occurs > 0)
+        for c in node.children
+    )
+    return ReplyPlan(f"{{{namespace}}}{message.body.qname.localname}", leaves)
+
+
 @dataclass(frozen=True, slots=True)
 class WirePlan:
     """One operation's envelope, compiled: call :meth:`envelope` per request.
 
     Attributes:
-        operation: zeep's binding operation (its reply is still read by zeep).
+        operation: zeep's binding operation (a reply the plan declines is read by zeep).
         http_headers: the headers zeep sends with this operation (``SOAPAction``, ``Content-Type``).
+        reply: the plan of its reply, or None when zeep reads every reply.
     """
 
     operation: Any
     http_headers: Mapping[str, str]
+    reply: ReplyPlan | None
     _body: _Node
     _headers: tuple[_Node, ...]
     _header_keys: frozenset[str]
@@ -177,7 +275,7 @@ def compile_operation(binding: Any, name: str) -> WirePlan | None:
         return None
     action = f'"{operation.soapaction}"' if operation.soapaction else '""'
     http_headers = {"SOAPAction": action, "Content-Type": "text/xml; charset=utf-8"}
-    return WirePlan(operation, http_headers, body, headers, frozenset(h.key for h in headers))
+    return WirePlan(operation, http_headers, compile_reply(operation), body, headers, frozenset(h.key for h in headers))
 
 
 class _Unsupported(Exception):

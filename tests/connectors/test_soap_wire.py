@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import zeep.exceptions
+import zeep.helpers
 from zeep.wsdl.utils import etree_to_string
 from zeep.xsd.types.builtins import Boolean, Integer, String
 
@@ -279,3 +280,98 @@ class TestDeclines:
         """A header the operation does not define: declined (zeep refuses it)."""
         with pytest.raises(Declined):
             plan(clients["nps"], "DongBoHoSoMC").envelope(self.body(), {"other": {"x": "y"}})
+
+
+ENV = 'xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:tns="urn:dvcqg:lgsp:v1"'
+
+
+def reply(answer: str, *, head: str = "<?xml version='1.0' encoding='utf-8'?>\n", env: str = ENV) -> bytes:
+    """A DongBoHoSoMC reply envelope around ``answer`` (the response element's content)."""
+    return (
+        f"{head}<soap:Envelope {env}><soap:Body><tns:DongBoHoSoMCResponse>{answer}"
+        "</tns:DongBoHoSoMCResponse></soap:Body></soap:Envelope>"
+    ).encode()
+
+
+READ = {
+    "plain": reply("<tns:error_code>0</tns:error_code><tns:message>Đồng bộ thành công</tns:message>"),
+    "no message": reply("<tns:error_code>00</tns:error_code>"),
+    "empty message": reply("<tns:error_code>0</tns:error_code><tns:message/>"),
+    "references": reply(
+        "<tns:error_code>3</tns:error_code><tns:message>a &amp; b &lt;c&gt; &#x1F600; <![CDATA[<x>]]></tns:message>"
+    ),
+    "pretty": reply("\n  <tns:error_code>0</tns:error_code>\n  <tns:message> sp </tns:message>\n"),
+    "comments": reply("<!-- c --><tns:error_code>0</tns:error_code><!-- d --><tns:message>m</tns:message>"),
+    "default namespace": (
+        b'<Envelope xmlns="http://schemas.xmlsoap.org/soap/envelope/"><Body>'
+        b'<DongBoHoSoMCResponse xmlns="urn:dvcqg:lgsp:v1"><error_code>0</error_code></DongBoHoSoMCResponse>'
+        b"</Body></Envelope>"
+    ),
+    "no declaration": reply("<tns:error_code>0</tns:error_code>", head=""),
+}
+DECLINED = {
+    "doctype": reply("<tns:error_code>0</tns:error_code>", head='<!DOCTYPE r SYSTEM "file:///etc/passwd">'),
+    "entity": reply("<tns:error_code>&e;</tns:error_code>", head='<!DOCTYPE r [<!ENTITY e "0">]>'),
+    "header": reply("<tns:error_code>0</tns:error_code>").replace(b"<soap:Body>", b"<soap:Header/><soap:Body>"),
+    "soap 1.2": reply("<tns:error_code>0</tns:error_code>").replace(
+        b"http://schemas.xmlsoap.org/soap/envelope/", b"http://www.w3.org/2003/05/soap-envelope"
+    ),
+    "fault": (
+        f"<soap:Envelope {ENV}><soap:Body><soap:Fault><faultcode>soap:Client</faultcode>"
+        "<faultstring>x</faultstring></soap:Fault></soap:Body></soap:Envelope>"
+    ).encode(),
+    "wrong namespace": reply("<tns:error_code>0</tns:error_code>", env=ENV.replace("urn:dvcqg:lgsp:v1", "urn:x")),
+    "unknown element": reply("<tns:error_code>0</tns:error_code><tns:extra>1</tns:extra>"),
+    "out of order": reply("<tns:message>m</tns:message><tns:error_code>0</tns:error_code>"),
+    "repeated": reply("<tns:error_code>0</tns:error_code><tns:error_code>1</tns:error_code>"),
+    "missing required": reply("<tns:message>m</tns:message>"),
+    "attribute": reply(
+        '<tns:error_code>0</tns:error_code><tns:message xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
+        ' xsi:nil="true"/>'
+    ),
+    "nested": reply("<tns:error_code>0<tns:x/></tns:error_code>"),
+    "processing instruction": reply("<tns:error_code>0</tns:error_code><?pi x?>"),
+    "two answers": reply("<tns:error_code>0</tns:error_code>").replace(
+        b"</soap:Body>", b"<tns:DongBoHoSoMCResponse/></soap:Body>"
+    ),
+    "not well-formed": reply("<tns:error_code>0</tns:error_code").replace(b"</soap:Envelope>", b""),
+    "not xml": b"\x00\x01 garbage",
+}
+
+
+class TestReply:
+    """A reply the plan reads is read as zeep reads it; anything else it leaves to zeep."""
+
+    def zeep_reads(self, client: SoapClient, content: bytes) -> dict[str, Any]:
+        """What zeep's reply path (with the connector's strict settings) makes of ``content``, serialised."""
+        from urllib3 import HTTPHeaderDict
+
+        from connectors._soap import SoapReply, _drop_none
+
+        headers = HTTPHeaderDict({"Content-Type": "text/xml; charset=utf-8"})
+        answer = client._binding.process_reply(
+            client._client, client._binding.get("DongBoHoSoMC"), SoapReply(200, headers, content, 1.0, "utf-8")
+        )
+        data: dict[str, Any] = _drop_none(zeep.helpers.serialize_object(answer, dict))
+        return data
+
+    def test_only_the_effect_operations_with_plain_replies_are_compiled(self, clients: dict[str, SoapClient]) -> None:
+        """The portal's three effects (error_code, message); the login and lookup (extensions) stay zeep's."""
+        compiled = {name for name in operations(clients["nps"]) if plan(clients["nps"], name).reply is not None}
+        assert compiled == {"DongBoHoSoMC", "CapNhatTienDoHoSoMC", "DongBoDanhGia"}
+
+    @pytest.mark.parametrize("case", sorted(READ))
+    def test_a_plain_reply_is_read_as_zeep_reads_it(self, clients: dict[str, SoapClient], case: str) -> None:
+        """Entities, CDATA, comments, whitespace, other prefixes: the same values as zeep's."""
+        read_plan = plan(clients["nps"], "DongBoHoSoMC").reply
+        assert read_plan is not None
+        values = read_plan.read(READ[case])
+        assert values is not None
+        assert values == self.zeep_reads(clients["nps"], READ[case])
+
+    @pytest.mark.parametrize("case", sorted(DECLINED))
+    def test_anything_else_is_left_to_zeep(self, clients: dict[str, SoapClient], case: str) -> None:
+        """DOCTYPE, entities, headers, faults, other shapes and broken XML: declined, zeep judges them."""
+        read_plan = plan(clients["nps"], "DongBoHoSoMC").reply
+        assert read_plan is not None
+        assert read_plan.read(DECLINED[case]) is None
