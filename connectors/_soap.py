@@ -227,6 +227,8 @@ class SoapTransport(zeep.Transport):
             ssl_context=ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context(),
         )
         self._headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "text/xml"}
+        # an endpoint's connection pool and path, looked up once: a client posts to one address
+        self._targets: dict[str, tuple[urllib3.HTTPConnectionPool, str]] = {}
 
     @contextlib.contextmanager
     def call(self, deadline: float, *, effect: bool) -> Iterator[CallState]:
@@ -240,6 +242,7 @@ class SoapTransport(zeep.Transport):
 
     def close(self) -> None:
         """Close the pooled connections."""
+        self._targets.clear()
         self._pool.clear()
         self.session.close()
 
@@ -281,9 +284,10 @@ class SoapTransport(zeep.Transport):
         body = message.encode("utf-8") if isinstance(message, str) else message
         ctx.sent = True
         try:
-            response = self._pool.urlopen(
+            pool, path = self._target(address)
+            response = pool.urlopen(
                 "POST",
-                address,
+                path,
                 body=body,
                 headers={**self._headers, **headers},
                 timeout=timeout,
@@ -316,6 +320,14 @@ class SoapTransport(zeep.Transport):
             response.release_conn()  # read to its end, the connection serves the next call
 
     # -- internals ----------------------------------------------------------------------------------------
+
+    def _target(self, address: str) -> tuple[urllib3.HTTPConnectionPool, str]:
+        """The pool and request path of ``address`` (the pool manager's per-call URL parsing, done once)."""
+        target = self._targets.get(address)
+        if target is None:
+            parts = urllib3.util.parse_url(address)
+            target = self._targets[address] = (self._pool.connection_from_url(address), parts.request_uri)
+        return target
 
     def _reply(
         self, response: urllib3.BaseHTTPResponse, ctx: CallState, started: float, fired: threading.Event
