@@ -15,7 +15,9 @@ here once, so no SOAP connector can forget it (docs/design.md Security, docs/rel
   file outside the allowed folders is a :class:`~schemas.errors.ConfigError`, never a fetch.
 - **The request is written from a plan compiled once per operation** (:mod:`connectors._soap_wire`): zeep's
   bytes, without zeep's per-call value objects and lxml tree; whatever the plan is unsure of goes through
-  zeep's own serialiser, so a malformed request still meets zeep's error. The reply is still zeep's to read.
+  zeep's own serialiser, so a malformed request still meets zeep's error. A 200 reply of the plain shape the
+  plan knows (the response element, string leaves in order) is read by one strict lxml parse set as zeep's;
+  any other reply (a fault, a DOCTYPE, another shape, broken XML) declines, and zeep reads it as before.
 - **The transport is urllib3** (a pool per origin, no retries, no redirects of its own), as in
   ``connectors/_http.py``, chosen by measurement (issue 15): the portal connector's whole ``dong_bo_ho_so``
   (guard, session, envelope, POST, reply read and validated) against the portal simulator in its own
