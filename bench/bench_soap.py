@@ -20,8 +20,9 @@ so every call is a create the portal accepts at once):
    throughput) while the worker runs; latency per message is publish ▶ effect time at the simulator (same
    machine, same clock), matched by the request key (``maYeuCau``);
 3. **profile**: ``--messages`` again with ``cProfile`` (timer: the thread's CPU time) enabled in every pipeline
-   call; zeep's share is the CPU time inside zeep's operation call and ``zeep.helpers.serialize_object``
-   minus the CPU time inside our transport's HTTP ``post`` (requests, urllib3, sockets), over the CPU time of
+   call; zeep's share is the CPU time inside the SOAP client's exchange (``SoapClient._send``: the envelope
+   from its compiled plan or from zeep, the reply read by the plan or by zeep) and ``zeep.helpers.serialize_object``
+   minus the CPU time inside our transport's HTTP ``post`` (urllib3, sockets), over the CPU time of
    the whole pipeline (``RouteRunner.handle_batch``). The breakdown table attributes each function's own time to
    a package (time of builtins and stdlib helpers goes to the package that called them).
 
@@ -223,12 +224,11 @@ class Probe:
     @contextlib.contextmanager
     def installed(self) -> Iterator[Probe]:
         import zeep.helpers
-        import zeep.proxy
 
-        from connectors._soap import SoapTransport
+        from connectors._soap import SoapClient, SoapTransport
         from routes.idempotency import IdempotencyStore
 
-        self._wrap(zeep.proxy.OperationProxy, "__call__", "zeep_call")
+        self._wrap(SoapClient, "_send", "zeep_call")  # the plan's path or zeep's operation call
         self._wrap(SoapTransport, "post", "http_post")
         self._wrap(zeep.helpers, "serialize_object", "serialize")
         self._wrap(IdempotencyStore, "claim", "store")
@@ -470,7 +470,7 @@ def cum(stats: pstats.Stats, match: Callable[[Func], bool]) -> float:
 def zeep_share(stats: pstats.Stats) -> dict[str, float]:
     """Pipeline CPU, CPU inside zeep (operation call + serialize_object) and inside the HTTP post under it."""
     total = cum(stats, lambda f: f[2] == "handle_batch" and f[0].endswith("routes/pipeline.py"))
-    zeep_call = cum(stats, lambda f: f[0].endswith("zeep/proxy.py") and f[2] == "__call__")
+    zeep_call = cum(stats, lambda f: f[0].endswith("connectors/_soap.py") and f[2] == "_send")
     serialize = cum(stats, lambda f: f[0].endswith("zeep/helpers.py") and f[2] == "serialize_object")
     http = cum(stats, lambda f: f[0].endswith("connectors/_soap.py") and f[2] == "post")
     return {"total": total, "zeep_call": zeep_call, "serialize": serialize, "http": http}
