@@ -143,6 +143,14 @@ fifo_table: Final = sa.Table(
 _o = order_table.c
 _f = fifo_table.c
 
+#: lock a dossier's row (PostgreSQL's row lock; SQLite's write lock) and read it back: one statement, built once
+_TOUCH: Final = (
+    sa.update(order_table)
+    .where(_o.target == sa.bindparam("t"), _o.dossier_code == sa.bindparam("d"))
+    .values(updated_at=sa.bindparam("now", type_=UTCDateTime()))
+    .returning(*order_table.c)
+)
+
 
 def position_of(occurred_at: datetime, status: int | None, event_id: str) -> str:
     """An event's position in latest mode, as text that sorts like (occurred_at, status, event_id).
@@ -202,10 +210,10 @@ _stores_lock = threading.Lock()
 class OrderStore:
     """The per-dossier positions and leases, in the idempotency store's database; thread-safe.
 
-    Each call is one short transaction that first locks the dossier's row (an ``INSERT ... ON CONFLICT DO
-    NOTHING`` so the row exists, then an ``UPDATE`` of it: PostgreSQL's row lock, and on SQLite the database's
-    write lock from the first statement), so every decision about one (target, dossier) is taken one at a time
-    across threads, processes and hosts.
+    Each call is one short transaction that first locks the dossier's row (an ``UPDATE ... RETURNING`` of it:
+    PostgreSQL's row lock, and on SQLite the database's write lock from the first statement; when the dossier has
+    no row yet, an ``INSERT ... ON CONFLICT DO NOTHING`` makes it and the ``UPDATE`` follows), so every decision
+    about one (target, dossier) is taken one at a time across threads, processes and hosts.
 
     Args:
         store: The idempotency store whose database holds the tables (created when missing).
@@ -230,11 +238,15 @@ class OrderStore:
         for name, value in (("target", target), ("dossier_code", dossier)):
             if not value or len(value) > _KEY_LENGTH:
                 raise ValueError(f"{name} must be 1-{_KEY_LENGTH} characters, got {value!r}")
-        key = sa.and_(_o.target == target, _o.dossier_code == dossier)
-        fresh = self._store.insert(order_table).values(target=target, dossier_code=dossier, next_seq=0, updated_at=now)
-        conn.execute(fresh.on_conflict_do_nothing(index_elements=[_o.target, _o.dossier_code]))
-        conn.execute(sa.update(order_table).where(key).values(updated_at=now))
-        return conn.execute(sa.select(order_table).where(key)).one()
+        params = {"t": target, "d": dossier, "now": now}
+        row = conn.execute(_TOUCH, params).first()  # locks the row and reads it, in one statement
+        if row is None:  # the dossier's first event toward this target: make the row, then lock it as above
+            fresh = self._store.insert(order_table).values(
+                target=target, dossier_code=dossier, next_seq=0, updated_at=now
+            )
+            conn.execute(fresh.on_conflict_do_nothing(index_elements=[_o.target, _o.dossier_code]))
+            row = conn.execute(_TOUCH, params).one()
+        return row
 
     def _set(self, conn: Connection, target: str, dossier: str, **values: Any) -> None:
         key = sa.and_(_o.target == target, _o.dossier_code == dossier)
