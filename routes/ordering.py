@@ -143,14 +143,6 @@ fifo_table: Final = sa.Table(
 _o = order_table.c
 _f = fifo_table.c
 
-#: lock a dossier's row (PostgreSQL's row lock; SQLite's write lock) and read it back: one statement, built once
-_TOUCH: Final = (
-    sa.update(order_table)
-    .where(_o.target == sa.bindparam("t"), _o.dossier_code == sa.bindparam("d"))
-    .values(updated_at=sa.bindparam("now", type_=UTCDateTime()))
-    .returning(*order_table.c)
-)
-
 
 def position_of(occurred_at: datetime, status: int | None, event_id: str) -> str:
     """An event's position in latest mode, as text that sorts like (occurred_at, status, event_id).
@@ -173,6 +165,15 @@ def _newest(a: str | None, b: str | None) -> str | None:
     if b is None:
         return a
     return max(a, b)
+
+
+#: lock a dossier's row (PostgreSQL's row lock; SQLite's write lock) and read it back: one statement, built once
+_TOUCH: Final = (
+    sa.update(order_table)
+    .where(_o.target == sa.bindparam("t"), _o.dossier_code == sa.bindparam("d"))
+    .values(updated_at=sa.bindparam("now", type_=UTCDateTime()))
+    .returning(*order_table.c)
+)
 
 
 class Verdict(StrEnum):
