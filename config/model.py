@@ -228,6 +228,15 @@ class OrderSpec(_Strict):
         default=None,
         description="What orders events in mode latest: the envelope's occurred_at (then status, then event_id).",
     )
+    release_after: Annotated[Duration, within(1.0)] | None = Field(
+        default=None,
+        description=(
+            "fifo: how long a pending event may go unseen (no attempt of it) before its dossier's later events "
+            "stop waiting for it (logged order_released_unseen); default twice one call's lease plus the "
+            "route's longest backoff, at least 10m."
+        ),
+        examples=["2h"],
+    )
 
     @model_validator(mode="after")
     def _by_fits_mode(self) -> OrderSpec:
@@ -235,6 +244,8 @@ class OrderSpec(_Strict):
             raise ValueError("mode latest needs by: occurred_at (what makes one event newer than another)")
         if self.mode == "fifo" and self.by is not None:
             raise ValueError("mode fifo orders by when the route first saw each event: leave out by")
+        if self.mode == "latest" and self.release_after is not None:
+            raise ValueError("release_after is for mode fifo (latest's lease ends on its own): leave it out")
         return self
 
 

@@ -79,7 +79,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from routes.store_init import prepare_store
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from sqlalchemy.engine import Connection, Engine
 
@@ -491,15 +491,16 @@ class IdempotencyStore:
 
         return engine
 
-    def create_table(self, table: sa.Table) -> None:
+    def create_table(self, table: sa.Table, *, upgrade: Callable[[Connection], None] | None = None) -> None:
         """Create ``table`` (and its indexes) in this store's database when missing; safe across processes.
 
         Other parts that keep rows beside the claims (``connectors/kit/state.py``) create theirs here, so
         every table of the store is created the same way: through :func:`routes.store_init.prepare_store`,
-        under its lock (a file lock on SQLite, an advisory lock on PostgreSQL).
+        under its lock (a file lock on SQLite, an advisory lock on PostgreSQL); ``upgrade`` (a column that an
+        earlier release's table lacks) runs under the same lock.
         """
         with self._lock:  # the one shared connection of an in-memory store
-            prepare_store(self._engine, [table])
+            prepare_store(self._engine, [table], upgrade=upgrade)
 
     def begin(self) -> AbstractContextManager[Connection]:
         """One transaction on a pooled connection (serialised on an in-memory SQLite store)."""

@@ -88,8 +88,15 @@ __all__ = [
 
 #: how long a thread waits in place for a dossier's lease before parking the message (a lease lasts one call)
 ORDER_WAIT_S: Final = 2.0
-#: fifo's wait in place for an earlier event: shorter, since that one is often in a delay queue, not in a call
+#: fifo's wait in place for an earlier event, only while that one is in a call in this process (it settles soon);
+#: one in a delay queue or at another worker is not waited for in place: the later one is parked at once
 FIFO_WAIT_S: Final = 0.5
+#: fifo: the longest a thread waits for the deliveries its consumer received before its own to take their
+#: numbers (a bound against a bug, not a wait that happens: theirs is a parse and one transaction)
+ARRIVAL_WAIT_S: Final = 5.0
+#: fifo: the least time an earlier pending event may go unseen (no attempt of it entered the order) before its
+#: dossier's later events stop waiting for it; a route's own bound is longer when its retries are
+RELEASE_AFTER_MIN_S: Final = 600.0
 #: pause before the second look at a busy dossier; it doubles up to ORDER_POLL_MAX_S (each look is a write)
 ORDER_POLL_S: Final = 0.02
 ORDER_POLL_MAX_S: Final = 0.25
@@ -136,12 +143,29 @@ fifo_table: Final = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("seen_at", UTCDateTime(), nullable=False),
     sa.Column("settled_at", UTCDateTime(), nullable=True),
+    #: pending: until when its last attempt vouches for it; past that, a later event of its dossier releases it
+    sa.Column("alive_until", UTCDateTime(), nullable=True),
     sa.CheckConstraint(f"state IN ({', '.join(repr(s) for s in _FIFO_STATES)})", name="dossier_fifo_state_valid"),
     sa.Index("dossier_fifo_by_seq", "target", "dossier_code", "seq"),
 )
 
 _o = order_table.c
 _f = fifo_table.c
+
+
+def _add_alive_until(conn: Connection) -> None:
+    """Add ``alive_until`` to a ``dossier_fifo`` table made by an earlier release.
+
+    Its pending rows then count from ``seen_at`` (:meth:`OrderStore.enter_fifo`).
+    """
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(fifo_table.name):
+        return
+    if "alive_until" in {c["name"] for c in inspector.get_columns(fifo_table.name)}:
+        return
+    kind = _f.alive_until.type.compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE {fifo_table.name} ADD COLUMN alive_until {kind}"))
+    _log.info("store_upgraded", table=fifo_table.name, added="alive_until")
 
 
 def position_of(occurred_at: datetime, status: int | None, event_id: str) -> str:
@@ -195,6 +219,8 @@ class Decision:
         holder: latest, HELD: who holds the lease.
         seq: fifo: the event's number within its dossier.
         earlier: fifo, WAIT: the earliest pending event before this one.
+        released: fifo: earlier events this call released because nothing vouched for them any more.
+        returned: fifo: the event had been released (dead-lettered, or unseen too long) and is pending again.
     """
 
     verdict: Verdict
@@ -202,6 +228,8 @@ class Decision:
     holder: str | None = None
     seq: int | None = None
     earlier: str | None = None
+    released: tuple[str, ...] = ()
+    returned: bool = False
 
 
 _stores: weakref.WeakKeyDictionary[IdempotencyStore, OrderStore] = weakref.WeakKeyDictionary()
@@ -223,7 +251,10 @@ class OrderStore:
     def __init__(self, store: IdempotencyStore) -> None:
         self._store = store
         for table in order_metadata.sorted_tables:
-            store.create_table(table)
+            store.create_table(table, upgrade=_add_alive_until if table is fifo_table else None)
+        #: fifo events between their PASS and their leave in a thread of this process (a count per event)
+        self._calls: dict[tuple[str, str, str], int] = {}
+        self._calls_lock = threading.Lock()
 
     @classmethod
     def of(cls, store: IdempotencyStore) -> OrderStore:
@@ -312,13 +343,29 @@ class OrderStore:
             return conn.execute(sa.select(_o.applied).where(key)).scalar_one_or_none()
 
     # -- fifo ----------------------------------------------------------------------------------------
-    def enter_fifo(self, target: str, dossier: str, event_id: str, *, now: datetime | None = None) -> Decision:
+    def enter_fifo(
+        self,
+        target: str,
+        dossier: str,
+        event_id: str,
+        *,
+        release_after_s: float = RELEASE_AFTER_MIN_S,
+        now: datetime | None = None,
+    ) -> Decision:
         """Number the event at its first sight, then say whether every earlier one of the dossier is settled.
 
+        Each call vouches for the event for ``release_after_s`` (its ``alive_until``): an earlier pending
+        event whose time ran out (no attempt of it entered since: its message was lost, purged, or its
+        route is no longer consumed) is released here, so no event waits forever behind one that will
+        never come back.
+
         Returns:
-            PASS (send it) or WAIT (with the earliest pending event before it); ``seq`` is the event's number.
+            PASS (send it) or WAIT (with the earliest pending event before it); ``seq`` is the event's number;
+            ``released`` names the earlier events this call released.
         """
         now = datetime.now(UTC) if now is None else now
+        alive_until = now + timedelta(seconds=release_after_s)
+        returned = False
         with self._store.begin() as conn:
             row = self._row(conn, target, dossier, now)
             mine = sa.and_(_f.target == target, _f.dossier_code == dossier, _f.event_id == event_id)
@@ -328,27 +375,56 @@ class OrderStore:
                 self._set(conn, target, dossier, next_seq=seq)
                 conn.execute(
                     sa.insert(fifo_table).values(
-                        target=target, dossier_code=dossier, event_id=event_id, seq=seq, state=PENDING, seen_at=now
+                        target=target,
+                        dossier_code=dossier,
+                        event_id=event_id,
+                        seq=seq,
+                        state=PENDING,
+                        seen_at=now,
+                        alive_until=alive_until,
                     )
                 )
             else:
                 seq = seen.seq
                 if seen.state == DONE:  # delivered before: the claim re-emits its result
                     return Decision(Verdict.PASS, seq=seq)
-                if seen.state == RELEASED:  # a dead letter replayed: pending again, at its old place
-                    conn.execute(sa.update(fifo_table).where(mine).values(state=PENDING, settled_at=None))
-            earlier = conn.execute(
-                sa.select(_f.event_id)
-                .where(_f.target == target, _f.dossier_code == dossier, _f.seq < seq, _f.state == PENDING)
-                .order_by(_f.seq)
-                .limit(1)
-            ).scalar_one_or_none()
-            if earlier is not None:
-                return Decision(Verdict.WAIT, seq=seq, earlier=earlier)
-            return Decision(Verdict.PASS, seq=seq)
+                # a released one (a dead letter replayed, or one given up for unseen) is pending again, at its
+                # old place
+                returned = seen.state == RELEASED
+                conn.execute(
+                    sa.update(fifo_table).where(mine).values(state=PENDING, settled_at=None, alive_until=alive_until)
+                )
+            released: list[str] = []
+            while True:
+                earlier = conn.execute(
+                    sa.select(_f.event_id, _f.seen_at, _f.alive_until)
+                    .where(_f.target == target, _f.dossier_code == dossier, _f.seq < seq, _f.state == PENDING)
+                    .order_by(_f.seq)
+                    .limit(1)
+                ).first()
+                if earlier is None:
+                    return Decision(Verdict.PASS, seq=seq, released=tuple(released), returned=returned)
+                vouched = earlier.alive_until or earlier.seen_at + timedelta(seconds=release_after_s)
+                if vouched > now:
+                    return Decision(
+                        Verdict.WAIT, seq=seq, earlier=earlier.event_id, released=tuple(released), returned=returned
+                    )
+                gone = sa.and_(_f.target == target, _f.dossier_code == dossier, _f.event_id == earlier.event_id)
+                conn.execute(sa.update(fifo_table).where(gone).values(state=RELEASED, settled_at=now))
+                released.append(earlier.event_id)
 
     def settle_fifo(self, target: str, dossier: str, event_id: str, *, state: str) -> str | None:
         """Settle a pending event ``done`` or ``released``; returns the next pending event of the dossier, if any.
+
+        Raises:
+            ValueError: a state other than done or released.
+        """
+        return self.settle_fifo_seq(target, dossier, event_id, state=state)[1]
+
+    def settle_fifo_seq(self, target: str, dossier: str, event_id: str, *, state: str) -> tuple[int | None, str | None]:
+        """:meth:`settle_fifo`, also saying which number it settled.
+
+        The number is None when the event was not pending (never seen, or settled already): nothing changed.
 
         Raises:
             ValueError: a state other than done or released.
@@ -359,13 +435,31 @@ class OrderStore:
         with self._store.begin() as conn:
             self._row(conn, target, dossier, now)
             mine = sa.and_(_f.target == target, _f.dossier_code == dossier, _f.event_id == event_id)
-            conn.execute(sa.update(fifo_table).where(mine, _f.state == PENDING).values(state=state, settled_at=now))
-            return conn.execute(
+            seq = conn.execute(sa.select(_f.seq).where(mine, _f.state == PENDING)).scalar_one_or_none()
+            if seq is not None:
+                conn.execute(sa.update(fifo_table).where(mine).values(state=state, settled_at=now))
+            nxt = conn.execute(
                 sa.select(_f.event_id)
                 .where(_f.target == target, _f.dossier_code == dossier, _f.state == PENDING)
                 .order_by(_f.seq)
                 .limit(1)
             ).scalar_one_or_none()
+            return seq, nxt
+
+    def calling(self, target: str, dossier: str, event_id: str, *, now: bool) -> None:
+        """Note that a thread of this process starts (``now``) or ends a fifo event's attempt past the order."""
+        key = (target, dossier, event_id)
+        with self._calls_lock:
+            count = self._calls.get(key, 0) + (1 if now else -1)
+            if count > 0:
+                self._calls[key] = count
+            else:
+                self._calls.pop(key, None)
+
+    def in_call(self, target: str, dossier: str, event_id: str) -> bool:
+        """Whether a thread of this process works on this fifo event now (so it settles within its call)."""
+        with self._calls_lock:
+            return (target, dossier, event_id) in self._calls
 
     def fifo_states(self, target: str, dossier: str) -> list[tuple[int, str, str]]:
         """(seq, event_id, state) of every event of the dossier, in order: for tests and operators."""
@@ -397,6 +491,57 @@ class Ticket:
     superseded_by: str | None = None
 
 
+class Arrivals:
+    """A fifo route's deliveries numbered in the order its consumer received them, within one process.
+
+    Why: fifo numbers an event when its first attempt enters the order, and a route's threads take deliveries
+    from its queue at once; without this, a thread slowed before its enter (a loaded machine, the store's
+    lock) let a later update of the same dossier, taken by another thread, be numbered and sent first. The
+    worker's I/O loop admits each delivery as it hands it to a thread (in the queue's order); a thread then
+    takes its number only once every delivery admitted before its own has either taken its number or shown
+    it belongs to another dossier. Deliveries never admitted (a runner fed by hand) wait for nothing.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = 0
+        #: admitted and not yet numbered: arrival ▶ its dossier once known (None: not parsed yet)
+        self._open: dict[int, str | None] = {}
+
+    def admit(self, count: int) -> list[int]:
+        """Numbers for ``count`` deliveries, in the order given (called by the I/O loop, in the queue's order)."""
+        with self._cond:
+            first = self._next
+            self._next += count
+            for n in range(first, self._next):
+                self._open[n] = None
+            return list(range(first, self._next))
+
+    def turn(self, arrival: int, dossier: str, *, timeout: float = ARRIVAL_WAIT_S) -> bool:
+        """Wait until no delivery admitted before ``arrival`` may still take a number in ``dossier`` first.
+
+        Returns:
+            False when ``timeout`` ran out first (the caller goes on and says so).
+        """
+        with self._cond:
+            if arrival in self._open:
+                self._open[arrival] = dossier
+                self._cond.notify_all()
+
+            def clear() -> bool:
+                return not any(n < arrival and d in (None, dossier) for n, d in self._open.items())
+
+            return self._cond.wait_for(clear, timeout)
+
+    def passed(self, *arrivals: int | None) -> None:
+        """These deliveries took their number, or will never take one (settled before the order, or failed)."""
+        with self._cond:
+            for n in arrivals:
+                if n is not None:
+                    self._open.pop(n, None)
+            self._cond.notify_all()
+
+
 class OrderStep:
     """The order step of one route: :meth:`enter` before the claim, :meth:`leave` once the outcome is known.
 
@@ -408,6 +553,8 @@ class OrderStep:
         lease_s: How long a lease lasts: the claim's lease, so an attempt's order outlives its call.
         wait_s: How long a thread waits in place for a busy dossier before the message is parked; None:
             :data:`ORDER_WAIT_S` (latest) or :data:`FIFO_WAIT_S` (fifo).
+        release_after_s: fifo: how long an attempt vouches for its pending event; an earlier event nobody
+            vouches for any more is released by the next of its dossier (see :func:`release_after`).
         sleep: Waits between two looks (tests pass their own).
     """
 
@@ -420,6 +567,7 @@ class OrderStep:
         worker_id: str,
         lease_s: float,
         wait_s: float | None = None,
+        release_after_s: float = RELEASE_AFTER_MIN_S,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.spec = spec
@@ -430,10 +578,23 @@ class OrderStep:
         self.worker_id = worker_id
         self.lease_s = lease_s
         self.wait_s = wait_s if wait_s is not None else FIFO_WAIT_S if self.fifo else ORDER_WAIT_S
+        self.release_after_s = release_after_s
         self._sleep = sleep
+        #: fifo: the route's deliveries in the order received, so threads number them in that order
+        self.arrivals = Arrivals()
+        self._log = _log.bind(route=route, target=self.target)
 
-    def enter(self, envelope: Envelope) -> Ticket:
+    def admit(self, count: int) -> list[int] | None:
+        """Arrival numbers for ``count`` deliveries about to be handed to a thread; None when not fifo."""
+        return self.arrivals.admit(count) if self.fifo else None
+
+    def enter(self, envelope: Envelope, *, arrival: int | None = None, log: Any = None) -> Ticket:
         """Take the event's place in its dossier's order; a ticket with ``superseded_by`` means do not send.
+
+        Args:
+            envelope: The event.
+            arrival: fifo: the delivery's number from :meth:`admit` (None: fed by hand, waits for nothing).
+            log: The delivery's logger (for the lines that say an earlier event was released).
 
         Raises:
             InvalidEvent: the event has no dossier code (nothing to order by): dead-lettered, naming the field.
@@ -445,17 +606,10 @@ class OrderStep:
             msg = f"route {self.route} keeps per-dossier order toward {self.target}: the event needs a dossier_code"
             raise InvalidEvent(msg, field="dossier_code")
         event_id = str(envelope.event_id)
+        if self.fifo:
+            return self._enter_fifo(dossier, event_id, arrival, log or self._log)
         deadline = time.monotonic() + self.wait_s
         pause = ORDER_POLL_S
-        if self.fifo:
-            while True:
-                decision = self.orders.enter_fifo(self.target, dossier, event_id)
-                if decision.verdict is Verdict.PASS:
-                    return Ticket(dossier, event_id, str(decision.seq))
-                if time.monotonic() >= deadline:
-                    msg = f"dossier {dossier}: waits for the earlier event {decision.earlier} toward {self.target}"
-                    raise ClaimHeld(msg)
-                pause = self._pause(pause)
         position = position_of(envelope.occurred_at, envelope.status, event_id)
         owner = f"{self.worker_id}/{uuid.uuid4().hex[:8]}"
         while True:
@@ -468,6 +622,48 @@ class OrderStep:
                 raise ClaimHeld(f"dossier {dossier}: another attempt holds its order toward {self.target}")
             pause = self._pause(pause)
 
+    def _enter_fifo(self, dossier: str, event_id: str, arrival: int | None, log: Any) -> Ticket:
+        """fifo: number the event (after every delivery received before it), then pass or wait.
+
+        It waits in place only while the earlier event is in a call in this process, which settles it within
+        that call; an earlier event in a delay queue (or at another worker) comes back after seconds to an
+        hour, and holding this thread meanwhile would hold every other dossier of a one-thread route.
+        """
+        try:
+            if arrival is not None and not self.arrivals.turn(arrival, dossier):
+                log.warning("order_arrival_wait_timeout", dossier_code=dossier, waited_s=ARRIVAL_WAIT_S)
+            deadline = time.monotonic() + self.wait_s
+            pause = ORDER_POLL_S
+            while True:
+                decision = self.orders.enter_fifo(self.target, dossier, event_id, release_after_s=self.release_after_s)
+                self.arrivals.passed(arrival)
+                arrival = None
+                self._say(decision, dossier, log)
+                if decision.verdict is Verdict.PASS:
+                    self.orders.calling(self.target, dossier, event_id, now=True)
+                    return Ticket(dossier, event_id, str(decision.seq))
+                earlier = decision.earlier or ""
+                if time.monotonic() >= deadline or not self.orders.in_call(self.target, dossier, earlier):
+                    msg = f"dossier {dossier}: waits for the earlier event {earlier} toward {self.target}"
+                    raise ClaimHeld(msg)
+                pause = self._pause(pause)
+        finally:
+            self.arrivals.passed(arrival)
+
+    def _say(self, decision: Decision, dossier: str, log: Any) -> None:
+        """One line per earlier event released for being unseen, and one when a released event came back."""
+        for gone in decision.released:
+            log.warning(
+                "order_released_unseen",
+                target=self.target,
+                dossier_code=dossier,
+                released_event_id=gone,
+                unseen_s=self.release_after_s,
+                next_seq=decision.seq,
+            )
+        if decision.returned:
+            log.warning("order_returned", target=self.target, dossier_code=dossier, seq=decision.seq)
+
     def _pause(self, pause: float) -> float:
         self._sleep(pause)
         return min(pause * 2, ORDER_POLL_MAX_S)
@@ -476,22 +672,64 @@ class OrderStep:
         """Settle the ticket once the attempt's outcome is known.
 
         latest gives the lease back, moving the position when ``applied``; fifo settles the event ``done`` when
-        applied, ``released`` when dead-lettered (logged), and keeps it pending otherwise (a retry).
+        applied, ``released`` when dead-lettered (logged), and keeps it pending otherwise (a retry). A fifo
+        ticket from :meth:`placed` (a dead letter that failed before its enter) releases the place an earlier
+        attempt took, if any.
         """
         if not self.fifo:
             self.orders.leave_latest(self.target, ticket.dossier, owner=ticket.owner, applied=applied)
             return
-        if not applied and not dead:
-            return  # a retry: still pending, later events of the dossier keep waiting
-        nxt = self.orders.settle_fifo(self.target, ticket.dossier, ticket.event_id, state=DONE if applied else RELEASED)
-        if dead:
-            log.warning("order_released", target=self.target, seq=int(ticket.position), next_event_id=nxt)
+        try:
+            if not applied and not dead:
+                return  # a retry: still pending, later events of the dossier keep waiting
+            state = DONE if applied else RELEASED
+            seq, nxt = self.orders.settle_fifo_seq(self.target, ticket.dossier, ticket.event_id, state=state)
+            if dead and seq is not None:
+                log.warning("order_released", target=self.target, seq=seq, next_event_id=nxt)
+        finally:
+            if ticket.position:  # a ticket from enter: its call is over
+                self.orders.calling(self.target, ticket.dossier, ticket.event_id, now=False)
+
+    def placed(self, envelope: Envelope) -> Ticket | None:
+        """fifo: a ticket for an event whose enter failed this attempt, to settle the place an earlier one took.
+
+        None when the event has no dossier or the route is not fifo.
+        """
+        if not self.fifo or not envelope.dossier_code:
+            return None
+        return Ticket(envelope.dossier_code, str(envelope.event_id), "")
+
+
+def release_after(spec: OrderSpec, *, lease_s: float, longest_backoff: float) -> float:
+    """How long one attempt vouches for its pending fifo event.
+
+    ``release_after`` from routes.yaml, or twice (one call's lease + the route's longest delay), at least
+    :data:`RELEASE_AFTER_MIN_S`. Why that long: a live event comes back after at most its call plus its
+    longest delay (and its queue's backlog, which the margin covers); only an event that will not come back
+    should be given up, and giving one up too early lets its later events overtake it.
+    """
+    if spec.release_after is not None:
+        return spec.release_after
+    return max(RELEASE_AFTER_MIN_S, 2 * (lease_s + longest_backoff))
 
 
 def order_step(
-    spec: OrderSpec | None, route: str, store: IdempotencyStore, *, worker_id: str, lease_s: float
+    spec: OrderSpec | None,
+    route: str,
+    store: IdempotencyStore,
+    *,
+    worker_id: str,
+    lease_s: float,
+    longest_backoff: float = 0.0,
 ) -> OrderStep | None:
     """The route's order step, or None when the route has no ``order`` block (it then costs nothing)."""
     if spec is None:
         return None
-    return OrderStep(spec, route, store, worker_id=worker_id, lease_s=lease_s)
+    return OrderStep(
+        spec,
+        route,
+        store,
+        worker_id=worker_id,
+        lease_s=lease_s,
+        release_after_s=release_after(spec, lease_s=lease_s, longest_backoff=longest_backoff),
+    )

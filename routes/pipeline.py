@@ -42,7 +42,7 @@ import random
 import signal
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -123,6 +123,8 @@ class Delivery:
     exchange: str
     routing_key: str
     redelivered: bool
+    #: its place among the route's deliveries as received (fifo routes, :meth:`RouteRunner.admit`)
+    arrival: int | None = None
 
     @property
     def first(self) -> bool:
@@ -322,7 +324,14 @@ class RouteRunner:
             Emissions(self.name, operation.reply, payload_models) if Emissions.wanted(operation.reply) else None
         )
         #: the per-dossier order step (routes/ordering.py); None for a route without ``order``
-        self._order = order_step(route.spec.order, self.name, store, worker_id=worker_id, lease_s=lease_s)
+        self._order = order_step(
+            route.spec.order,
+            self.name,
+            store,
+            worker_id=worker_id,
+            lease_s=lease_s,
+            longest_backoff=max(self._backoff),
+        )
         # the claims and completions of threads that reach the store together share a transaction
         self._claims: GroupCommit[str, Claim] = GroupCommit(
             lambda owners: self.store.claim_many(self.name, owners, lease_s=self.lease_s)
@@ -332,6 +341,17 @@ class RouteRunner:
         )
 
     # -- the pipeline -------------------------------------------------------------------------------
+    def admit(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Stamp deliveries with their arrival as the worker hands them to a thread, in the queue's order.
+
+        Only a fifo route needs it (routes/ordering.py ``Arrivals``): its threads then number a dossier's
+        events in the order received, whichever thread runs first.
+        """
+        arrivals = self._order.admit(len(deliveries)) if self._order is not None else None
+        if arrivals is None:
+            return deliveries
+        return [replace(d, arrival=n) for d, n in zip(deliveries, arrivals, strict=True)]
+
     def handle(self, delivery: Delivery) -> Outcome:
         """Process one delivery; never raises (every failure becomes a retry or a dead letter)."""
         return self.handle_batch([delivery])[0]
@@ -351,7 +371,7 @@ class RouteRunner:
         jobs = [self._job(d) for d in deliveries]
         self._each(jobs, self._validate)  # parse, the edge rules, `when`
         if self._order is not None:
-            self._each(jobs, self._order_enter)  # per-dossier order: pass, superseded, or wait
+            self._order_enter_all(jobs)  # per-dossier order: pass, superseded, or wait
         if self.operation.effect:
             self._claim_all(jobs)  # one transaction: NEW, RECLAIMED, DONE (re-emit) or HELD (later)
             self._each(jobs, self._reconcile)  # RECLAIMED: ask the target before anything is sent
@@ -405,11 +425,23 @@ class RouteRunner:
         if self._when is not None and not _truthy(self._when.search(event.as_dict())):
             job.outcome = Outcome("skipped")
 
+    def _order_enter_all(self, jobs: list[_Job]) -> None:
+        """The order step for each job still on its way; a job that will not enter gives its arrival up at once."""
+        assert self._order is not None  # noqa: S101 - only called for an ordered route
+        try:
+            for job in jobs:
+                if job.outcome is None:
+                    self._guard(job, self._order_enter)
+                else:  # skipped or refused before the order: later deliveries must not wait for it
+                    self._order.arrivals.passed(job.delivery.arrival)
+        finally:
+            self._order.arrivals.passed(*(job.delivery.arrival for job in jobs))
+
     def _order_enter(self, job: _Job) -> None:
         assert job.event is not None  # noqa: S101 - validated before the order
         assert self._order is not None  # noqa: S101 - only called for an ordered route
         env = job.event.envelope
-        ticket = self._order.enter(env)
+        ticket = self._order.enter(env, arrival=job.delivery.arrival, log=job.log)
         if ticket.superseded_by is None:
             job.ticket = ticket
             return
@@ -432,15 +464,18 @@ class RouteRunner:
         store down) turns a delivered job into a retry that spends no attempt (its claim is done: the retry
         re-emits, sends nothing, and settles its place then), and so a fifo dead letter too, whose place would
         otherwise hold its dossier's later events forever; a latest lease left unsettled ends on its own and
-        then counts as applied (routes/ordering.py).
+        then counts as applied (routes/ordering.py). A fifo dead letter without a ticket (its enter failed,
+        e.g. the store erred until its attempts ran out) releases the place an earlier attempt took.
         """
         assert self._order is not None  # noqa: S101 - only called for an ordered route
         for job in jobs:
             ticket, outcome = job.ticket, job.outcome
+            name = outcome.outcome if outcome is not None else ""
+            if ticket is None and name == "dead_lettered" and job.event is not None:
+                ticket = self._order.placed(job.event.envelope)
             if ticket is None:
                 continue
             job.ticket = None
-            name = outcome.outcome if outcome is not None else ""
             try:
                 applied = name in _APPLIED or self._maybe_applied(job)
                 self._order.leave(ticket, applied=applied, dead=name == "dead_lettered", log=job.log)

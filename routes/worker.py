@@ -344,7 +344,7 @@ class Worker:
             batch = [waiting.popleft() for _ in range(size)]
             self._busy[name] += 1
             free -= 1
-            future = self._executors[name].submit(runner.handle_batch, [d for _, d in batch])
+            future = self._executors[name].submit(runner.handle_batch, runner.admit([d for _, d in batch]))
             future.add_done_callback(partial(self._handoff, runner, [r for r, _ in batch]))
 
     def _handoff(self, runner: RouteRunner, recs: list[_InFlight], future: Future[list[Outcome]]) -> None:

@@ -29,9 +29,9 @@ it got) and every applied note/update with its ``clientRequestId``. Effects are 
 Faults (:class:`Faults`, set in Python or over HTTP; deterministic when given a ``seed``): latency, an
 error status at a rate, a hang longer than the client's timeout, a dropped connection, a malformed 200, an
 applied effect followed by a dropped connection (the ambiguous outcome), an oversized reply and a slow
-drip, each restricted to ``only_paths`` and ``only_methods`` when given; and, drawn on their own, failures
-of the lookup endpoint only (``lookup_fail_rate``: an error status or a dropped connection), so a test can
-break reconciliation while effects still go through. Control endpoints (never recorded, never faulted):
+drip, each restricted to ``only_paths``, ``only_methods`` and ``only_keys`` when given; and, drawn on their
+own, failures of the lookup endpoint only (``lookup_fail_rate``: an error status or a dropped connection), so
+a test can break reconciliation while effects still go through. Control endpoints (never recorded, never faulted):
 ``GET/POST /_sim/faults``, ``GET /_sim/faults/schema``, ``GET /_sim/requests``, ``GET /_sim/effects``,
 ``POST /_sim/reset``, ``POST /_sim/tokens/expire``, ``POST /_sim/dossiers`` (docs/simulators.md).
 """
@@ -137,6 +137,9 @@ class Faults(BaseModel):
     only_methods: list[Literal["GET", "POST", "PUT"]] = Field(
         default_factory=list, description="Methods to fault (e.g. POST and PUT: effects only); empty = all."
     )
+    only_keys: list[str] = Field(
+        default_factory=list, description="Effects to fault, by their clientRequestId (one event's); empty = all."
+    )
     lookup_fail_rate: Rate = Field(
         default=0.0, description="Fail lookups (GET /pa/dossier/--bus-request) at this rate, on their own."
     )
@@ -145,10 +148,12 @@ class Faults(BaseModel):
     )
     seed: int | None = Field(default=None, description="Seeds the draws, so a run repeats exactly.")
 
-    def covers(self, path: str, method: str = "GET") -> bool:
-        """Whether the listed faults apply to ``method path``."""
-        return (not self.only_paths or any(path.startswith(prefix) for prefix in self.only_paths)) and (
-            not self.only_methods or method in self.only_methods
+    def covers(self, path: str, method: str = "GET", key: str | None = None) -> bool:
+        """Whether the listed faults apply to ``method path`` carrying the idempotency key ``key``."""
+        return (
+            (not self.only_paths or any(path.startswith(prefix) for prefix in self.only_paths))
+            and (not self.only_methods or method in self.only_methods)
+            and (not self.only_keys or key in self.only_keys)
         )
 
 
@@ -332,13 +337,13 @@ class IGateSimulator(ServedSimulator[Faults]):
             self._requests.append(entry)
         return entry
 
-    def _draw(self, path: str, method: str) -> tuple[Faults, FaultName | None]:
+    def _draw(self, path: str, method: str, key: str | None = None) -> tuple[Faults, FaultName | None]:
         with self._lock:
             faults = self._faults
             rate = faults.lookup_fail_rate
             if path == LOOKUP_PATH and (rate >= 1.0 or (rate > 0.0 and self._rng.random() < rate)):
                 return faults, faults.lookup_fail
-            if not faults.covers(path, method):
+            if not faults.covers(path, method, key):
                 return Faults(), None
             draws: tuple[tuple[FaultName, float], ...] = (
                 ("error", faults.error_rate),
@@ -608,7 +613,7 @@ class _Handler(QuietHandler):
 
     def _answer(self, call: _Call, entry: dict[str, Any]) -> None:
         sim = self.server.sim
-        faults, fault = sim._draw(call.path, call.method)  # noqa: SLF001
+        faults, fault = sim._draw(call.path, call.method, call.client_request_id())  # noqa: SLF001
         entry["fault"] = fault
         sim._sleep(faults.latency_s)  # noqa: SLF001
         if fault in {"error", "drop_connection", "timeout"}:

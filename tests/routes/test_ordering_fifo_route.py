@@ -12,10 +12,11 @@ each applied exactly once, nothing lost, nothing dead-lettered.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from busenv import SIM_PASSWORD, SIM_USER, depth, drained, example, get_all, publish, thread_worker, wait_for
@@ -24,7 +25,7 @@ from structlog.testing import capture_logs
 
 from routes.idempotency import IdempotencyStore
 from routes.ordering import OrderStore
-from routes.pipeline import idempotency_key
+from routes.pipeline import RouteRunner, idempotency_key
 from simulators.igate import IGateSimulator
 
 if TYPE_CHECKING:
@@ -134,9 +135,14 @@ def test_fifo_keeps_each_dossiers_order_when_its_first_call_fails(amqp_url, sqli
 
 
 def test_fifo_a_dead_lettered_update_releases_the_next_with_a_log_line(amqp_url, sqlite_url, tmp_path, sim):
-    """iGate fails (503) every call for 2 of 6 dossiers until their first update has spent its 3 attempts ▶ it
-    is dead-lettered, ``order_released`` is logged naming the next (which waited meanwhile), and the dossier's
-    later updates are then applied, in order; nothing else lost."""
+    """iGate fails (503) every call of the first update of 2 of 6 dossiers ▶ it spends its 3 attempts and is
+    dead-lettered, ``order_released`` is logged naming the next (which waited meanwhile), and the dossier's
+    later updates are then applied, in order; nothing else lost.
+
+    The simulator fails those two updates by their idempotency key, never their dossiers' later ones: the test
+    used to fail each whole dossier until both first updates were dead-lettered, and on a loaded machine the
+    next update of the dossier released first could spend its own 3 attempts meanwhile.
+    """
     cfg = tmp_path / "cfg"
     cfg.mkdir()
     (cfg / "routes.yaml").write_text(ROUTES_YAML.format(max_attempts=3))
@@ -147,19 +153,22 @@ def test_fifo_a_dead_lettered_update_releases_the_next_with_a_log_line(amqp_url,
     base = datetime.fromisoformat("2025-12-11T08:00:00+07:00")
     lives = {code: [_tracking(code, k, base) for k in range(3)] for code in codes}
     batch = [lives[code][k] for k in range(3) for code in codes]
-    sim.set_faults(error_rate=1.0, error_status=503, only_paths=[f"/pa/dossier/{c}/" for c in failing])
     firsts = {str(lives[c][0]["event_id"]) for c in failing}
+    first_keys = {idempotency_key(ROUTE, eid) for eid in firsts}
+    sim.set_faults(error_rate=1.0, error_status=503, only_keys=sorted(first_keys))
+    dlq = f"dlq.{ROUTE}"
     with capture_logs() as logs, thread_worker(amqp_url, sqlite_url, cfg):
         publish(amqp_url, batch, exchange="bus.results")
-        dlq = f"dlq.{ROUTE}"
-        wait_for(lambda: depth(amqp_url, dlq) >= 2, timeout=30, interval=0.05, what="2 dead-lettered updates")
-        sim.set_faults()
         want = {idempotency_key(ROUTE, str(e["event_id"])) for e in batch if str(e["event_id"]) not in firsts}
         wait_for(lambda: want <= sim.effect_counts().keys(), timeout=60, interval=0.5, what="16 updates")
+        wait_for(lambda: depth(amqp_url, dlq) >= 2, timeout=30, interval=0.2, what="2 dead-lettered updates")
         wait_for(lambda: drained(amqp_url, QUEUES, pause=0.5), timeout=30, what="the route's queues to drain")
 
-    dead = [json.loads(body)["event_id"] for _, body in get_all(amqp_url, f"dlq.{ROUTE}")]
+    dead = [json.loads(body)["event_id"] for _, body in get_all(amqp_url, dlq)]
     assert sorted(dead) == sorted(firsts), "only the failing dossiers' first updates are dead-lettered"
+    # guard: each first update was really tried 3 times and refused each time, nothing else was refused
+    refused = Counter(r["client_request_id"] for r in sim.requests() if r["status"] == 503)
+    assert refused == dict.fromkeys(first_keys, 3), refused
     assert sim.effect_counts().keys() == want
     assert all(n == 1 for n in sim.effect_counts().values())
     by_dossier: dict[str, list[str]] = defaultdict(list)
@@ -173,3 +182,57 @@ def test_fifo_a_dead_lettered_update_releases_the_next_with_a_log_line(amqp_url,
     for e in released:  # the next update had been seen and was waiting: the release names it
         assert e["next_event_id"] == str(lives[e["dossier_code"]][1]["event_id"]), e
         assert e["target"] == "igate"
+
+
+def test_fifo_numbers_updates_in_the_order_received_when_a_thread_stalls(
+    amqp_url, sqlite_url, tmp_path, sim, monkeypatch
+):
+    """The thread that took a dossier's first update stalls 1 s before its order step (a loaded machine) while
+    another thread takes the dossier's second update from the same prefetch window ▶ that one waits for the
+    first to take its number: iGate gets each dossier's updates in the order published, each once.
+
+    This is what made the dead-letter test above fail under load: the second update was numbered first, so it
+    was the one dead-lettered, and the first was sent after the third.
+    """
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "routes.yaml").write_text(ROUTES_YAML.format(max_attempts=3))
+    (cfg / "connectors.yaml").write_text(CONNECTORS_YAML.format(endpoint=sim.url))
+    run = uuid.uuid4().hex[:4].upper()
+    codes = [make_code(i, run) for i in range(3)]
+    base = datetime.fromisoformat("2025-12-11T08:00:00+07:00")
+    lives = {code: [_tracking(code, k, base) for k in range(3)] for code in codes}
+    # 9 messages, prefetch 8, 4 threads: the second update of codes[0] (4th message) goes to a thread while
+    # the first one's thread stalls
+    batch = [lives[code][k] for k in range(3) for code in codes]
+    stalled = {str(lives[codes[0]][0]["event_id"])}
+    validate = RouteRunner._validate
+
+    def slow_validate(self: RouteRunner, job: Any) -> None:
+        validate(self, job)
+        if job.event_id in stalled:
+            stalled.discard(job.event_id)
+            time.sleep(1.0)
+
+    monkeypatch.setattr(RouteRunner, "_validate", slow_validate)
+    with thread_worker(amqp_url, sqlite_url, cfg):
+        publish(amqp_url, batch, exchange="bus.results")
+        want = {idempotency_key(ROUTE, str(e["event_id"])) for e in batch}
+        wait_for(lambda: want <= sim.effect_counts().keys(), timeout=30, interval=0.2, what="9 updates")
+        wait_for(lambda: drained(amqp_url, QUEUES, pause=0.5), timeout=30, what="the route's queues to drain")
+
+    assert not stalled, "the stall never happened"
+    assert all(n == 1 for n in sim.effect_counts().values())
+    by_dossier: dict[str, list[str]] = defaultdict(list)
+    for e in sim.effects():
+        by_dossier[e["dossier_code"]].append(e["client_request_id"])
+    store = IdempotencyStore(sqlite_url)
+    try:
+        orders = OrderStore.of(store)
+        for code in codes:
+            ids = [str(e["event_id"]) for e in lives[code]]
+            assert by_dossier[code] == [idempotency_key(ROUTE, eid) for eid in ids], f"{code}: out of order"
+            assert [eid for _, eid, _ in orders.fifo_states("igate", code)] == ids, f"{code}: numbered out of order"
+    finally:
+        store.close()
+    assert depth(amqp_url, f"dlq.{ROUTE}") == 0

@@ -10,18 +10,23 @@ attempt while the dossier waits, a dead letter naming the field an ordered route
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pika
 import pytest
+import structlog
 from busenv import ping_events
+from structlog.testing import capture_logs
 
 from bus.wiring import build_runners, load_app
 from config.settings import Settings
 from routes.ordering import OrderStore
 from routes.pipeline import ATTEMPTS_HEADER, Delivery, RouteRunner, result_event_id
+from schemas.envelope import Envelope, parse_event
 from schemas.ordering import Superseded
 
 ROUTES = """\
@@ -165,7 +170,7 @@ def test_fifo_an_unsettled_delivery_is_retried_and_settles_then(
     def down(*args: Any, **kwargs: Any) -> str | None:
         raise ConnectionError("store down")
 
-    monkeypatch.setattr(OrderStore, "settle_fifo", down)
+    monkeypatch.setattr(OrderStore, "settle_fifo_seq", down)
     out = runner.handle(_delivery(event))
     assert out.outcome == "retry"
     assert out.messages[0].properties.headers[ATTEMPTS_HEADER] == 0
@@ -173,3 +178,119 @@ def test_fifo_an_unsettled_delivery_is_retried_and_settles_then(
     again = runner.handle(_delivery(event, headers=dict(out.messages[0].properties.headers)))
     assert again.outcome == "duplicate"
     assert OrderStore.of(runner.store).fifo_states("f", code)[0][2] == "done"
+
+
+def test_fifo_a_later_event_releases_an_earlier_one_unseen_for_too_long_with_a_log_line(
+    runners: dict[str, RouteRunner],
+) -> None:
+    """A seen 3 h ago and never since (its message lost, purged, or its route no longer consumed) ▶ B is not
+    held forever: it releases A, logs ``order_released_unseen`` naming A, and is delivered."""
+    runner = runners["ping-fifo"]
+    code = _dossier()
+    a, b = _ping(code, 2), _ping(code, 1)
+    orders = OrderStore.of(runner.store)
+    orders.enter_fifo("f", code, a["event_id"], now=datetime.now(UTC) - timedelta(hours=3))
+    with capture_logs() as logs:
+        out = runner.handle(_delivery(b))
+    assert out.outcome == "delivered"
+    [line] = [e for e in logs if e["event"] == "order_released_unseen"]
+    assert (line["released_event_id"], line["target"], line["log_level"]) == (a["event_id"], "f", "warning")
+    assert [(eid, s) for _, eid, s in orders.fifo_states("f", code)] == [
+        (a["event_id"], "released"),
+        (b["event_id"], "done"),
+    ]
+
+
+def test_fifo_a_dead_letter_whose_order_step_failed_releases_the_place_it_took(
+    runners: dict[str, RouteRunner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A took its place at an earlier attempt; its last attempt fails in the order step itself (the store errs)
+    and is dead-lettered without a ticket ▶ its place is released anyway (``order_released``), so B goes."""
+    runner = runners["ping-fifo"]
+    code = _dossier()
+    a, b = _ping(code, 2), _ping(code, 1)
+    orders = OrderStore.of(runner.store)
+    orders.enter_fifo("f", code, a["event_id"])  # A's earlier attempt took seq 1
+    assert runner.handle(_delivery(b)).outcome == "retry"  # B waits for A
+    enter = OrderStore.enter_fifo
+
+    def flaky(self: OrderStore, target: str, dossier: str, event_id: str, **kw: Any) -> Any:
+        if event_id == a["event_id"]:
+            raise ConnectionError("store down")
+        return enter(self, target, dossier, event_id, **kw)
+
+    monkeypatch.setattr(OrderStore, "enter_fifo", flaky)
+    last = {ATTEMPTS_HEADER: runner.route.spec.retry.max_attempts - 1}
+    with capture_logs() as logs:
+        dead = runner.handle(_delivery(a, headers=last))
+    assert dead.outcome == "dead_lettered"
+    assert dead.messages[0].properties.headers["x-error-kind"] == "exhausted:internal"
+    [line] = [e for e in logs if e["event"] == "order_released"]
+    assert (line["seq"], line["next_event_id"]) == (1, b["event_id"])
+    assert runner.handle(_delivery(b)).outcome == "delivered"
+
+
+def test_fifo_parks_at_once_when_the_earlier_event_is_not_in_a_call_here(runners: dict[str, RouteRunner]) -> None:
+    """A pending but in no thread of this process (in a delay queue) ▶ B is parked at once, not after wait_s:
+    on a one-thread route the wait in place held every other dossier too."""
+    runner = runners["ping-fifo"]
+    assert runner._order is not None
+    runner._order.wait_s = 2.0
+    code = _dossier()
+    a, b = _ping(code, 2), _ping(code, 1)
+    OrderStore.of(runner.store).enter_fifo("f", code, a["event_id"])
+    started = time.monotonic()
+    out = runner.handle(_delivery(b))
+    assert out.outcome == "retry"
+    assert time.monotonic() - started < 1.0, "B held its thread waiting for an event nobody was sending"
+
+
+def test_fifo_waits_in_place_while_the_earlier_event_is_in_a_call_here(runners: dict[str, RouteRunner]) -> None:
+    """A passed the order in another thread and is being sent ▶ B waits in place and goes once A settles."""
+    runner = runners["ping-fifo"]
+    order = runner._order
+    assert order is not None
+    order.wait_s = 5.0
+    code = _dossier()
+    a, b = _ping(code, 2), _ping(code, 1)
+    ticket = order.enter(_envelope(runner, a))  # A in its call
+    settle = threading.Timer(0.3, lambda: order.leave(ticket, applied=True, dead=False, log=structlog.get_logger()))
+    settle.start()
+    try:
+        assert runner.handle(_delivery(b)).outcome == "delivered"
+    finally:
+        settle.join()
+
+
+def test_fifo_threads_number_a_dossiers_deliveries_in_the_order_received(runners: dict[str, RouteRunner]) -> None:
+    """A and B received in that order; B's thread runs first, A's 0.3 s later ▶ A is numbered 1, B 2 (B waited)."""
+    runner = runners["ping-fifo"]
+    code = _dossier()
+    a, b = _ping(code, 2), _ping(code, 1)
+    da, db = runner.admit([_delivery(a), _delivery(b)])
+    outcomes: dict[str, str] = {}
+    tb = threading.Thread(target=lambda: outcomes.update(b=runner.handle(db).outcome))
+    ta = threading.Timer(0.3, lambda: outcomes.update(a=runner.handle(da).outcome))
+    tb.start()
+    ta.start()
+    tb.join()
+    ta.join()
+    states = OrderStore.of(runner.store).fifo_states("f", code)
+    assert [(seq, eid) for seq, eid, _ in states] == [(1, a["event_id"]), (2, b["event_id"])]
+    assert outcomes["a"] == "delivered"
+
+
+def test_fifo_a_delivery_refused_before_the_order_holds_no_later_one(runners: dict[str, RouteRunner]) -> None:
+    """A (unparseable) and B received in that order, in one batch ▶ A is dead-lettered before its order step and
+    gives its arrival up at once: B, behind it in the same thread, does not wait for it."""
+    runner = runners["ping-fifo"]
+    good = _delivery(_ping(_dossier(), 1))
+    bad = Delivery(b"{not json", good.properties, good.exchange, good.routing_key, redelivered=False)
+    started = time.monotonic()
+    outcomes = runner.handle_batch(runner.admit([bad, good]))
+    assert [o.outcome for o in outcomes] == ["dead_lettered", "delivered"]
+    assert time.monotonic() - started < 2.0, "B waited for a delivery that would never take a number"
+
+
+def _envelope(runner: RouteRunner, event: dict[str, Any]) -> Envelope:
+    return parse_event(json.dumps(event).encode(), payload_models=runner.payload_models).envelope

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from routes.idempotency import IdempotencyStore
-from routes.ordering import OrderStore, Verdict, position_of
+from routes.ordering import OrderStore, Verdict, order_table, position_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -226,3 +226,71 @@ def test_fifo_threads_numbering_one_dossier_give_each_event_one_distinct_number(
     for t in threads:
         t.join()
     assert sorted(seqs.values()) == list(range(1, 201))
+
+
+def test_fifo_an_earlier_event_unseen_past_its_time_is_released_by_the_next(orders: OrderStore) -> None:
+    """A's attempts vouch for it 60 s at a time; unseen for longer (its message lost) ▶ B releases it and
+    passes, naming it; A seen within its time is waited for; A coming back later is pending again, at its place."""
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    orders.enter_fifo(TARGET, D1, a, release_after_s=60, now=T0)
+    early = orders.enter_fifo(TARGET, D1, b, release_after_s=60, now=T0 + timedelta(seconds=59))
+    assert (early.verdict, early.earlier, early.released) == (Verdict.WAIT, a, ())
+    late = orders.enter_fifo(TARGET, D1, b, release_after_s=60, now=T0 + timedelta(seconds=61))
+    assert (late.verdict, late.released) == (Verdict.PASS, (a,))
+    assert orders.fifo_states(TARGET, D1) == [(1, a, "released"), (2, b, "pending")]
+    back = orders.enter_fifo(TARGET, D1, a, release_after_s=60, now=T0 + timedelta(seconds=62))
+    assert (back.verdict, back.seq, back.returned) == (Verdict.PASS, 1, True)
+
+
+def test_fifo_each_attempt_of_the_earlier_event_vouches_for_it_again(orders: OrderStore) -> None:
+    """A retried (seen again at +50 s) is alive until +110 s: B still waits at +100 s."""
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    orders.enter_fifo(TARGET, D1, a, release_after_s=60, now=T0)
+    orders.enter_fifo(TARGET, D1, a, release_after_s=60, now=T0 + timedelta(seconds=50))
+    wait = orders.enter_fifo(TARGET, D1, b, release_after_s=60, now=T0 + timedelta(seconds=100))
+    assert (wait.verdict, wait.earlier) == (Verdict.WAIT, a)
+
+
+def test_fifo_settle_says_which_number_it_settled(orders: OrderStore) -> None:
+    """Settling a pending event names its number; an event never seen, or settled already, changes nothing."""
+    a = str(uuid.uuid4())
+    orders.enter_fifo(TARGET, D1, a)
+    assert orders.settle_fifo_seq(TARGET, D1, a, state="released") == (1, None)
+    assert orders.settle_fifo_seq(TARGET, D1, a, state="released") == (None, None)
+    assert orders.settle_fifo_seq(TARGET, D1, str(uuid.uuid4()), state="released") == (None, None)
+
+
+def test_fifo_table_of_an_earlier_release_gets_alive_until(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A dossier_fifo table made without alive_until gains it on open; its pending rows count from seen_at."""
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE dossier_fifo (target VARCHAR(64) NOT NULL, dossier_code VARCHAR(200) NOT NULL, "
+                "event_id VARCHAR(200) NOT NULL, seq INTEGER NOT NULL, state VARCHAR(16) NOT NULL, "
+                "seen_at DATETIME NOT NULL, settled_at DATETIME, PRIMARY KEY (target, dossier_code, event_id))"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO dossier_fifo VALUES ('nps', :d, 'a0000000-0000-4000-8000-000000000000', 1, 'pending', "
+                "'2026-11-26 03:00:00.000000', NULL)"
+            ),
+            {"d": D1},
+        )
+    engine.dispose()
+    store = IdempotencyStore(url)
+    try:
+        orders = OrderStore(store)
+        with store.begin() as conn:  # the dossier's counter, as the earlier release left it
+            conn.execute(sa.insert(order_table).values(target=TARGET, dossier_code=D1, next_seq=1, updated_at=T0))
+        b = str(uuid.uuid4())
+        wait = orders.enter_fifo(TARGET, D1, b, release_after_s=600, now=T0 + timedelta(seconds=599))
+        assert wait.verdict is Verdict.WAIT
+        gone = orders.enter_fifo(TARGET, D1, b, release_after_s=600, now=T0 + timedelta(seconds=601))
+        assert gone.released == ("a0000000-0000-4000-8000-000000000000",)
+    finally:
+        store.close()
