@@ -36,16 +36,33 @@ routes of one target, e.g. ``dossier.result_ready`` as a record and as a progres
 delivered, in the order the route *first saw* it per dossier: "first saw" is the commit of the event's first
 ``enter`` in the store, which gives it the dossier's next sequence number under the dossier row's lock (one
 at a time per dossier, whatever thread, process or host). An event may be sent only when every event of the
-dossier with a lower number is settled; until then it waits without spending an attempt. Delivered (or a
-duplicate of a delivered one) settles it ``done``; a dead letter settles it ``released``, which lets the next
-one go, with a log line naming both; a retry keeps it pending, so later ones keep waiting. A dead letter
-replayed takes its old number again and waits for nothing older (everything older is settled).
+dossier with a lower number is settled; until then it waits without spending an attempt (in place while the
+earlier one is in a call in this process, which settles it soon; otherwise parked in a delay queue at once, so
+a one-thread route's thread is not held for an event that is minutes away). Delivered (or a duplicate of a
+delivered one) settles it ``done``; a dead letter settles it ``released``, which lets the next one go, with a
+log line naming both (``order_released``), also when the dead letter failed in the order step itself; a
+retry keeps it pending, so later ones keep waiting. A dead letter replayed takes its old number again and
+waits for nothing older (everything older is settled).
+
+**No event waits forever.** Each attempt of a pending event vouches for it for ``release_after`` (its row's
+``alive_until``; default twice one call's lease plus the route's longest backoff, at least 10 minutes): a
+live event comes back within that, from its call or its delay queue. An earlier event nobody vouched for
+within it (its message lost or purged, its route no longer consumed) is released by the next event of its
+dossier that looks, with ``order_released_unseen`` naming it; if it does come back later it is pending again
+at its old place, waits for nothing, and is sent late (``order_returned``).
+
+**Threads.** A route's threads take deliveries from its queue at once; the worker stamps each with its
+arrival as it hands it to a thread (:class:`Arrivals`), and a thread numbers its event only once every
+delivery received before it has taken its number or shown that it belongs to another dossier. So within
+one worker process the number follows the queue's order whatever the route's ``concurrency``: a thread
+stalled before its enter (a loaded machine) no longer lets the same dossier's next update go first.
 
 **Limits.** The bus orders what it sees: events that reach it already out of order (iGate publishing a newer
 change before an older one, or the older one stuck in another route's retry queue in fifo) are in latest mode
 judged by ``occurred_at`` (the older one is superseded, which is the point) but in fifo mode delivered in the
-order first seen; threads that take deliveries from one queue at once may register them in either order (up to
-the route's ``concurrency``; a route that needs the queue's order exactly runs with ``concurrency: 1``).
+order first seen; two worker processes consuming one queue may register a dossier's events in either order
+(the arrival order holds within a process), and a fifo event given up as unseen that comes back after all is
+sent after its dossier's later ones.
 Latest mode trusts iGate's clock: an event stamped in the future (within the edge's skew) wins over later
 ones until time catches up. An event that may have been applied and is then dead-lettered still counts as
 applied, so an older one after it is superseded (a replay of the dead letter is not older, and is sent).

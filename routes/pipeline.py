@@ -432,8 +432,8 @@ class RouteRunner:
             for job in jobs:
                 if job.outcome is None:
                     self._guard(job, self._order_enter)
-                else:  # skipped or refused before the order: later deliveries must not wait for it
-                    self._order.arrivals.passed(job.delivery.arrival)
+                # numbered, or never will be (skipped, refused): the batch's next ones must not wait for it
+                self._order.arrivals.passed(job.delivery.arrival)
         finally:
             self._order.arrivals.passed(*(job.delivery.arrival for job in jobs))
 

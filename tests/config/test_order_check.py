@@ -88,3 +88,25 @@ def test_the_shipped_portal_status_routes_share_target_nps() -> None:
         assert (r.order.mode, r.order.by, r.order.target) == ("latest", "occurred_at", "nps"), r.name
     fifo = {r.name: (r.order.mode, r.order.target) for r in routes if r.order is not None and r not in status}
     assert fifo == {"vilis-to-igate": ("fifo", "igate")}  # the land office's changes: every one, in order
+
+
+def test_fifo_release_after_passes(write_config: WriteConfig) -> None:
+    """``release_after: 2h`` on a fifo route is valid."""
+    run = write_config(_ordered("      mode: fifo\n      target: igate\n      release_after: 2h\n")).check()
+    assert (run.code, run.lines) == (0, ["ok: 1 route, 1 connector"])
+
+
+def test_fifo_release_after_needs_a_unit(write_config: WriteConfig) -> None:
+    """``release_after: 7200`` (no unit) is refused on its own line."""
+    cfg = write_config(_ordered("      mode: fifo\n      target: igate\n      release_after: 7200\n"))
+    line = _only_problem(cfg.check())
+    assert line.startswith(f"{cfg.routes}:{cfg.line('release_after: 7200')}: route bus-ping: order.release_after"), line
+
+
+def test_latest_with_release_after_is_refused(write_config: WriteConfig) -> None:
+    """release_after bounds fifo's wait for an unseen earlier event; latest has no such wait."""
+    cfg = write_config(
+        _ordered("      by: occurred_at\n      mode: latest\n      target: nps\n      release_after: 1h\n")
+    )
+    line = _only_problem(cfg.check())
+    assert "release_after is for mode fifo" in line, line

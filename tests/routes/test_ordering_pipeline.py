@@ -294,3 +294,13 @@ def test_fifo_a_delivery_refused_before_the_order_holds_no_later_one(runners: di
 
 def _envelope(runner: RouteRunner, event: dict[str, Any]) -> Envelope:
     return parse_event(json.dumps(event).encode(), payload_models=runner.payload_models).envelope
+
+
+def test_fifo_a_delivery_refused_in_the_order_step_holds_no_later_one(runners: dict[str, RouteRunner]) -> None:
+    """A without a dossier code (refused by the order step itself) and B, in one batch ▶ B does not wait for A."""
+    runner = runners["ping-fifo"]
+    started = time.monotonic()
+    no_code = _delivery(_ping("x", 2, dossier_code=None))
+    outcomes = runner.handle_batch(runner.admit([no_code, _delivery(_ping(_dossier(), 1))]))
+    assert [o.outcome for o in outcomes] == ["dead_lettered", "delivered"]
+    assert time.monotonic() - started < 2.0, "B waited for a delivery that would never take a number"

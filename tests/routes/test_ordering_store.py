@@ -260,37 +260,41 @@ def test_fifo_settle_says_which_number_it_settled(orders: OrderStore) -> None:
     assert orders.settle_fifo_seq(TARGET, D1, str(uuid.uuid4()), state="released") == (None, None)
 
 
-def test_fifo_table_of_an_earlier_release_gets_alive_until(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_fifo_table_of_an_earlier_release_gets_alive_until(store_url: str) -> None:
     """A dossier_fifo table made without alive_until gains it on open; its pending rows count from seen_at."""
     import sqlalchemy as sa
 
-    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
-    engine = sa.create_engine(url)
+    from routes.idempotency import UTCDateTime
+
+    old = sa.MetaData()
+    old_fifo = sa.Table(
+        "dossier_fifo",
+        old,
+        sa.Column("target", sa.String(64), primary_key=True),
+        sa.Column("dossier_code", sa.String(200), primary_key=True),
+        sa.Column("event_id", sa.String(200), primary_key=True),
+        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("seen_at", UTCDateTime(), nullable=False),
+        sa.Column("settled_at", UTCDateTime(), nullable=True),
+    )
+    a = str(uuid.uuid4())
+    engine = sa.create_engine(store_url)
     with engine.begin() as conn:
+        old.create_all(conn)
         conn.execute(
-            sa.text(
-                "CREATE TABLE dossier_fifo (target VARCHAR(64) NOT NULL, dossier_code VARCHAR(200) NOT NULL, "
-                "event_id VARCHAR(200) NOT NULL, seq INTEGER NOT NULL, state VARCHAR(16) NOT NULL, "
-                "seen_at DATETIME NOT NULL, settled_at DATETIME, PRIMARY KEY (target, dossier_code, event_id))"
-            )
-        )
-        conn.execute(
-            sa.text(
-                "INSERT INTO dossier_fifo VALUES ('nps', :d, 'a0000000-0000-4000-8000-000000000000', 1, 'pending', "
-                "'2026-11-26 03:00:00.000000', NULL)"
-            ),
-            {"d": D1},
+            sa.insert(old_fifo).values(target=TARGET, dossier_code=D1, event_id=a, seq=1, state="pending", seen_at=T0)
         )
     engine.dispose()
-    store = IdempotencyStore(url)
+    store = IdempotencyStore(store_url)
     try:
         orders = OrderStore(store)
         with store.begin() as conn:  # the dossier's counter, as the earlier release left it
             conn.execute(sa.insert(order_table).values(target=TARGET, dossier_code=D1, next_seq=1, updated_at=T0))
         b = str(uuid.uuid4())
         wait = orders.enter_fifo(TARGET, D1, b, release_after_s=600, now=T0 + timedelta(seconds=599))
-        assert wait.verdict is Verdict.WAIT
+        assert (wait.verdict, wait.seq) == (Verdict.WAIT, 2)
         gone = orders.enter_fifo(TARGET, D1, b, release_after_s=600, now=T0 + timedelta(seconds=601))
-        assert gone.released == ("a0000000-0000-4000-8000-000000000000",)
+        assert gone.released == (a,)
     finally:
         store.close()
