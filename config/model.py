@@ -232,8 +232,8 @@ class OrderSpec(_Strict):
         default=None,
         description=(
             "fifo: how long a pending event may go unseen (no attempt of it) before its dossier's later events "
-            "stop waiting for it (logged order_released_unseen); default twice one call's lease plus the "
-            "route's longest backoff, at least 10m."
+            "doubt it; unseen for another such window, it is released (logged order_released_unseen). Default "
+            "twice one call's lease plus the route's longest backoff, at least 10m."
         ),
         examples=["2h"],
     )

@@ -46,10 +46,12 @@ waits for nothing older (everything older is settled).
 
 **No event waits forever.** Each attempt of a pending event vouches for it for ``release_after`` (its row's
 ``alive_until``; default twice one call's lease plus the route's longest backoff, at least 10 minutes): a
-live event comes back within that, from its call or its delay queue. An earlier event nobody vouched for
-within it (its message lost or purged, its route no longer consumed) is released by the next event of its
-dossier that looks, with ``order_released_unseen`` naming it; if it does come back later it is pending again
-at its old place, waits for nothing, and is sent late (``order_returned``).
+live event comes back within that, from its call or its delay queue. The next event of its dossier that
+finds an earlier one unvouched first doubts it (``doubted_at``) and gives it one more window, because the
+workers may only now be back from an outage that also kept it away; still unseen at the end of that window
+(its message lost or purged, its route no longer consumed), it is released, with ``order_released_unseen``
+naming it. So a later event waits at most twice ``release_after`` plus one park. If the released one does come
+back, it is pending again at its old place, waits for nothing, and is sent late (``order_returned``).
 
 **Threads.** A route's threads take deliveries from its queue at once; the worker stamps each with its
 arrival as it hands it to a thread (:class:`Arrivals`), and a thread numbers its event only once every
@@ -160,8 +162,10 @@ fifo_table: Final = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("seen_at", UTCDateTime(), nullable=False),
     sa.Column("settled_at", UTCDateTime(), nullable=True),
-    #: pending: until when its last attempt vouches for it; past that, a later event of its dossier releases it
+    #: pending: until when its last attempt vouches for it; past that, a later event of its dossier doubts it
     sa.Column("alive_until", UTCDateTime(), nullable=True),
+    #: pending: when a later event first found it unvouched (and gave it one more window); cleared when it is seen
+    sa.Column("doubted_at", UTCDateTime(), nullable=True),
     sa.CheckConstraint(f"state IN ({', '.join(repr(s) for s in _FIFO_STATES)})", name="dossier_fifo_state_valid"),
     sa.Index("dossier_fifo_by_seq", "target", "dossier_code", "seq"),
 )
@@ -170,19 +174,20 @@ _o = order_table.c
 _f = fifo_table.c
 
 
-def _add_alive_until(conn: Connection) -> None:
-    """Add ``alive_until`` to a ``dossier_fifo`` table made by an earlier release.
+def _add_liveness(conn: Connection) -> None:
+    """Add ``alive_until`` and ``doubted_at`` to a ``dossier_fifo`` table made by an earlier release.
 
     Its pending rows then count from ``seen_at`` (:meth:`OrderStore.enter_fifo`).
     """
     inspector = sa.inspect(conn)
     if not inspector.has_table(fifo_table.name):
         return
-    if "alive_until" in {c["name"] for c in inspector.get_columns(fifo_table.name)}:
-        return
-    kind = _f.alive_until.type.compile(dialect=conn.dialect)
-    conn.execute(sa.text(f"ALTER TABLE {fifo_table.name} ADD COLUMN alive_until {kind}"))
-    _log.info("store_upgraded", table=fifo_table.name, added="alive_until")
+    columns = {c["name"] for c in inspector.get_columns(fifo_table.name)}
+    for column in (_f.alive_until, _f.doubted_at):
+        if column.name not in columns:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {fifo_table.name} ADD COLUMN {column.name} {kind}"))
+            _log.info("store_upgraded", table=fifo_table.name, added=column.name)
 
 
 def position_of(occurred_at: datetime, status: int | None, event_id: str) -> str:
@@ -268,7 +273,7 @@ class OrderStore:
     def __init__(self, store: IdempotencyStore) -> None:
         self._store = store
         for table in order_metadata.sorted_tables:
-            store.create_table(table, upgrade=_add_alive_until if table is fifo_table else None)
+            store.create_table(table, upgrade=_add_liveness if table is fifo_table else None)
         #: fifo events between their PASS and their leave in a thread of this process (a count per event)
         self._calls: dict[tuple[str, str, str], int] = {}
         self._calls_lock = threading.Lock()
@@ -371,10 +376,11 @@ class OrderStore:
     ) -> Decision:
         """Number the event at its first sight, then say whether every earlier one of the dossier is settled.
 
-        Each call vouches for the event for ``release_after_s`` (its ``alive_until``): an earlier pending
-        event whose time ran out (no attempt of it entered since: its message was lost, purged, or its
-        route is no longer consumed) is released here, so no event waits forever behind one that will
-        never come back.
+        Each call vouches for the event for ``release_after_s`` (its ``alive_until``). An earlier pending
+        event whose time ran out (no attempt of it entered since) is first doubted: it gets one more window,
+        since the workers may only now be back from an outage and it may be on its way; still unseen when
+        that ends (its message lost or purged, its route no longer consumed), it is released here, so no
+        event waits forever behind one that will never come back.
 
         Returns:
             PASS (send it) or WAIT (with the earliest pending event before it); ``seq`` is the event's number;
@@ -409,12 +415,14 @@ class OrderStore:
                 # old place
                 returned = seen.state == RELEASED
                 conn.execute(
-                    sa.update(fifo_table).where(mine).values(state=PENDING, settled_at=None, alive_until=alive_until)
+                    sa.update(fifo_table)
+                    .where(mine)
+                    .values(state=PENDING, settled_at=None, alive_until=alive_until, doubted_at=None)
                 )
             released: list[str] = []
             while True:
                 earlier = conn.execute(
-                    sa.select(_f.event_id, _f.seen_at, _f.alive_until)
+                    sa.select(_f.event_id, _f.seen_at, _f.alive_until, _f.doubted_at)
                     .where(_f.target == target, _f.dossier_code == dossier, _f.seq < seq, _f.state == PENDING)
                     .order_by(_f.seq)
                     .limit(1)
@@ -427,6 +435,11 @@ class OrderStore:
                         Verdict.WAIT, seq=seq, earlier=earlier.event_id, released=tuple(released), returned=returned
                     )
                 gone = sa.and_(_f.target == target, _f.dossier_code == dossier, _f.event_id == earlier.event_id)
+                if earlier.doubted_at is None:  # one more window: only a wait that spans it proves it gone
+                    conn.execute(sa.update(fifo_table).where(gone).values(doubted_at=now, alive_until=alive_until))
+                    return Decision(
+                        Verdict.WAIT, seq=seq, earlier=earlier.event_id, released=tuple(released), returned=returned
+                    )
                 conn.execute(sa.update(fifo_table).where(gone).values(state=RELEASED, settled_at=now))
                 released.append(earlier.event_id)
 

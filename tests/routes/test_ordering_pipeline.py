@@ -184,14 +184,20 @@ def test_fifo_a_later_event_releases_an_earlier_one_unseen_for_too_long_with_a_l
     runners: dict[str, RouteRunner],
 ) -> None:
     """A seen 3 h ago and never since (its message lost, purged, or its route no longer consumed) ▶ B is not
-    held forever: it releases A, logs ``order_released_unseen`` naming A, and is delivered."""
+    held forever: its first look doubts A (one more window, 0.5 s here), its next one after that window
+    releases A, logs ``order_released_unseen`` naming A, and is delivered."""
     runner = runners["ping-fifo"]
+    assert runner._order is not None
+    runner._order.release_after_s = 0.5
     code = _dossier()
     a, b = _ping(code, 2), _ping(code, 1)
     orders = OrderStore.of(runner.store)
     orders.enter_fifo("f", code, a["event_id"], now=datetime.now(UTC) - timedelta(hours=3))
+    waited = runner.handle(_delivery(b))
+    assert waited.outcome == "retry"
+    time.sleep(0.6)
     with capture_logs() as logs:
-        out = runner.handle(_delivery(b))
+        out = runner.handle(_delivery(b, headers=dict(waited.messages[0].properties.headers)))
     assert out.outcome == "delivered"
     [line] = [e for e in logs if e["event"] == "order_released_unseen"]
     assert (line["released_event_id"], line["target"], line["log_level"]) == (a["event_id"], "f", "warning")

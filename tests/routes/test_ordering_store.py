@@ -228,18 +228,34 @@ def test_fifo_threads_numbering_one_dossier_give_each_event_one_distinct_number(
     assert sorted(seqs.values()) == list(range(1, 201))
 
 
-def test_fifo_an_earlier_event_unseen_past_its_time_is_released_by_the_next(orders: OrderStore) -> None:
-    """A's attempts vouch for it 60 s at a time; unseen for longer (its message lost) ▶ B releases it and
-    passes, naming it; A seen within its time is waited for; A coming back later is pending again, at its place."""
+def test_fifo_an_earlier_event_unseen_for_two_windows_is_released_by_the_next(orders: OrderStore) -> None:
+    """A's attempts vouch for it 60 s at a time. B within that waits; B after it doubts A and gives it one
+    more window (the workers may just be back from an outage); A still unseen at its end (its message lost)
+    ▶ B releases it and passes, naming it; A coming back later is pending again, at its place."""
     a, b = str(uuid.uuid4()), str(uuid.uuid4())
     orders.enter_fifo(TARGET, D1, a, release_after_s=60, now=T0)
     early = orders.enter_fifo(TARGET, D1, b, release_after_s=60, now=T0 + timedelta(seconds=59))
     assert (early.verdict, early.earlier, early.released) == (Verdict.WAIT, a, ())
-    late = orders.enter_fifo(TARGET, D1, b, release_after_s=60, now=T0 + timedelta(seconds=61))
+    doubt = orders.enter_fifo(TARGET, D1, b, release_after_s=60, now=T0 + timedelta(seconds=61))
+    assert (doubt.verdict, doubt.earlier, doubt.released) == (Verdict.WAIT, a, ())
+    still = orders.enter_fifo(TARGET, D1, b, release_after_s=60, now=T0 + timedelta(seconds=120))
+    assert (still.verdict, still.released) == (Verdict.WAIT, ())
+    late = orders.enter_fifo(TARGET, D1, b, release_after_s=60, now=T0 + timedelta(seconds=122))
     assert (late.verdict, late.released) == (Verdict.PASS, (a,))
     assert orders.fifo_states(TARGET, D1) == [(1, a, "released"), (2, b, "pending")]
-    back = orders.enter_fifo(TARGET, D1, a, release_after_s=60, now=T0 + timedelta(seconds=62))
+    back = orders.enter_fifo(TARGET, D1, a, release_after_s=60, now=T0 + timedelta(seconds=123))
     assert (back.verdict, back.seq, back.returned) == (Verdict.PASS, 1, True)
+
+
+def test_fifo_a_doubted_event_seen_again_is_vouched_for_afresh(orders: OrderStore) -> None:
+    """After an outage B doubts A (unseen 2 h); A comes back within the extra window ▶ no longer doubted: B
+    waits for it a whole window again instead of releasing it."""
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    orders.enter_fifo(TARGET, D1, a, release_after_s=60, now=T0)
+    assert orders.enter_fifo(TARGET, D1, b, release_after_s=60, now=T0 + timedelta(hours=2)).verdict is Verdict.WAIT
+    orders.enter_fifo(TARGET, D1, a, release_after_s=60, now=T0 + timedelta(hours=2, seconds=30))
+    after = orders.enter_fifo(TARGET, D1, b, release_after_s=60, now=T0 + timedelta(hours=2, seconds=100))
+    assert (after.verdict, after.released) == (Verdict.WAIT, ())
 
 
 def test_fifo_each_attempt_of_the_earlier_event_vouches_for_it_again(orders: OrderStore) -> None:
@@ -294,7 +310,9 @@ def test_fifo_table_of_an_earlier_release_gets_alive_until(store_url: str) -> No
         b = str(uuid.uuid4())
         wait = orders.enter_fifo(TARGET, D1, b, release_after_s=600, now=T0 + timedelta(seconds=599))
         assert (wait.verdict, wait.seq) == (Verdict.WAIT, 2)
-        gone = orders.enter_fifo(TARGET, D1, b, release_after_s=600, now=T0 + timedelta(seconds=601))
+        doubt = orders.enter_fifo(TARGET, D1, b, release_after_s=600, now=T0 + timedelta(seconds=601))
+        assert (doubt.verdict, doubt.released) == (Verdict.WAIT, ())
+        gone = orders.enter_fifo(TARGET, D1, b, release_after_s=600, now=T0 + timedelta(seconds=1202))
         assert gone.released == (a,)
     finally:
         store.close()
