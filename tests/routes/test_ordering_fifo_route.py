@@ -19,7 +19,20 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from busenv import SIM_PASSWORD, SIM_USER, depth, drained, example, get_all, publish, thread_worker, wait_for
+from busenv import (
+    SIM_PASSWORD,
+    SIM_USER,
+    ProcessWorker,
+    declare_routes,
+    depth,
+    drained,
+    env_for,
+    example,
+    get_all,
+    publish,
+    thread_worker,
+    wait_for,
+)
 from busenv import dossier_code as make_code
 from structlog.testing import capture_logs
 
@@ -235,4 +248,57 @@ def test_fifo_numbers_updates_in_the_order_received_when_a_thread_stalls(
             assert [eid for _, eid, _ in orders.fifo_states("igate", code)] == ids, f"{code}: numbered out of order"
     finally:
         store.close()
+    assert depth(amqp_url, f"dlq.{ROUTE}") == 0
+
+
+def test_fifo_a_worker_killed_after_sending_a_dossiers_first_update_holds_the_rest_only_until_it_is_back(
+    amqp_url, sqlite_url, tmp_path, sim
+):
+    """The worker process is SIGKILLed right after its first send (the head of a dossier, applied, never
+    recorded) ▶ a clean worker reconciles that update by lookup (no second effect) and the dossiers' later
+    updates then go, in order, each once, within the dead worker's claim lease and a few parks."""
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "routes.yaml").write_text(ROUTES_YAML.format(max_attempts=MAX_ATTEMPTS))
+    (cfg / "connectors.yaml").write_text(CONNECTORS_YAML.format(endpoint=sim.url))
+    run = uuid.uuid4().hex[:4].upper()
+    codes = [make_code(i, run) for i in range(2)]
+    base = datetime.fromisoformat("2025-12-11T08:00:00+07:00")
+    lives = {code: [_tracking(code, k, base) for k in range(3)] for code in codes}
+    batch = [lives[code][k] for k in range(3) for code in codes]
+    want = {idempotency_key(ROUTE, str(e["event_id"])) for e in batch}
+    env = env_for(amqp_url, sqlite_url, cfg, IGATE_BUS_OPS_PORT="0")
+    log = tmp_path / "worker.log"
+    declare_routes(amqp_url, cfg)
+    publish(amqp_url, batch, exchange="bus.results")
+    crashing = ProcessWorker({**env, "IGATE_BUS_TESTING": "1", "IGATE_CRASH_AT": "after_send"}, log, routes=ROUTE)
+    crashing.start()
+    proc = crashing.proc
+    assert proc is not None
+    try:
+        wait_for(lambda: proc.poll() is not None, timeout=60, what="the worker to die after its first send")
+    finally:
+        crashing.stop()
+    assert proc.returncode == -9, f"the worker exited {proc.returncode}, not by its crash point"
+    applied = sim.effects()  # the crash is right after a send (two threads may each have sent a dossier's head)
+    assert applied, "the worker died before anything was applied: the test proved nothing"
+    assert {e["client_request_id"] for e in applied} <= {
+        idempotency_key(ROUTE, str(lives[c][0]["event_id"])) for c in codes
+    }, "a later update was sent before its dossier's first"
+    started = time.monotonic()
+    worker = ProcessWorker(env, log, routes=ROUTE).start()
+    try:
+        wait_for(lambda: want <= sim.effect_counts().keys(), timeout=90, interval=0.5, what="6 updates")
+        took = time.monotonic() - started
+        wait_for(lambda: drained(amqp_url, QUEUES, pause=0.5), timeout=30, what="the route's queues to drain")
+        assert worker.terminate() == 0
+    finally:
+        worker.stop()
+    print(f"\n  the rest applied {took:.1f} s after the clean worker started")
+    assert all(n == 1 for n in sim.effect_counts().values()), sim.effect_counts()
+    by_dossier: dict[str, list[str]] = defaultdict(list)
+    for e in sim.effects():
+        by_dossier[e["dossier_code"]].append(e["client_request_id"])
+    for code in codes:
+        assert by_dossier[code] == [idempotency_key(ROUTE, str(e["event_id"])) for e in lives[code]], code
     assert depth(amqp_url, f"dlq.{ROUTE}") == 0

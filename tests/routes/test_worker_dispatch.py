@@ -40,6 +40,7 @@ def _worker(*, waits_on_io: bool, concurrency: int) -> tuple[Worker, Any, _Recor
         route=SimpleNamespace(spec=spec),
         operation=SimpleNamespace(waits_on_io=waits_on_io),
         handle_batch=lambda _deliveries: [],
+        admit=lambda deliveries: deliveries,  # an unordered route: RouteRunner.admit hands them on as they are
     )
     worker = Worker("amqp://guest:guest@127.0.0.1:5672/%2F", [runner])  # type: ignore[list-item]
     for executor in worker._executors.values():
