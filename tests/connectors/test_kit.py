@@ -25,6 +25,7 @@ from connectors.kit import (
     Guard,
     KitConnector,
     Refused,
+    Watchdog,
     operation,
     run_probe,
 )
@@ -410,3 +411,63 @@ class TestDeclaration:
         """A read has nothing to reconcile."""
         with pytest.raises(TypeError, match="nothing to look up"):
             operation(Ask, Answer, effect=False, lookup="find")
+
+
+class TestWatchdog:
+    """An armed action runs at its time, however it was armed among others; a disarmed one never runs."""
+
+    def test_an_earlier_deadline_armed_after_a_later_one_runs_on_time(self) -> None:
+        """Arming a deadline before the one the thread sleeps towards wakes it: the early one is not late."""
+        dog = Watchdog()
+        fired: dict[str, float] = {}
+        done = threading.Event()
+        start = time.monotonic()
+
+        def at(name: str) -> None:
+            fired[name] = time.monotonic()
+            done.set()
+
+        dog.arm(start + 30, lambda: at("late"))
+        dog.arm(start + 0.1, lambda: at("early"))
+        assert done.wait(5)
+        assert "late" not in fired
+        assert fired["early"] - start >= 0.1
+        assert_within(fired["early"] - start, 0.1, "the early action")
+
+    def test_disarmed_actions_never_run_and_a_live_one_behind_them_does(self) -> None:
+        """Many disarmed entries at the head of the heap are dropped; the live one after them runs once."""
+        dog = Watchdog()
+        ran: list[str] = []
+        done = threading.Event()
+        start = time.monotonic()
+        tickets = [dog.arm(start + 0.05 + i / 10_000, lambda: ran.append("disarmed")) for i in range(100)]
+
+        def live() -> None:
+            ran.append("live")
+            done.set()
+
+        dog.arm(start + 0.15, live)
+        for ticket in tickets:
+            dog.disarm(ticket)
+        assert done.wait(5)
+        time.sleep(0.1)
+        assert ran == ["live"]
+
+    def test_arms_after_the_first_do_not_wake_the_thread(self) -> None:
+        """A later deadline than the one the thread sleeps towards is not a reason to wake it (issue 15)."""
+        dog = Watchdog()
+        start = time.monotonic()
+        dog.arm(start + 5, lambda: None)
+        time.sleep(0.05)  # the thread sleeps towards start + 5
+        notified = 0
+        real_notify = dog._cond.notify
+
+        def counting_notify(n: int = 1) -> None:
+            nonlocal notified
+            notified += 1
+            real_notify(n)
+
+        dog._cond.notify = counting_notify  # type: ignore[method-assign]
+        for i in range(50):
+            dog.disarm(dog.arm(start + 6 + i, lambda: None))
+        assert notified == 0
