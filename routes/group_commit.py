@@ -15,8 +15,9 @@ alone, so one message's bad row never fails the others (the store validates ever
 
 from __future__ import annotations
 
+import _thread
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -30,9 +31,10 @@ R = TypeVar("R")
 
 @dataclass(slots=True)
 class _Write(Generic[V, R]):
-    """One thread's writes, and what came of them."""
+    """One thread's writes, what came of them, and the lock its thread sleeps on while they wait."""
 
     items: Mapping[str, V]
+    wake: _thread.LockType = field(default_factory=_thread.allocate_lock)
     finished: bool = False
     result: Mapping[str, R] | None = None
     error: BaseException | None = None
@@ -41,6 +43,11 @@ class _Write(Generic[V, R]):
 class GroupCommit(Generic[V, R]):
     """Runs ``write(items)`` for many threads at once; each gets back its own keys' part of the answer.
 
+    One thread at a time leads: it runs the writes waiting at that moment in one transaction, wakes the
+    threads whose writes it ran (each once, on a lock of its own: waking every waiter to let each see whether
+    it was served cost a thread switch per waiter per transaction, issue 15), then hands the lead to the
+    oldest write still waiting, or gives it up when none is. A thread that finds nobody leading leads at once.
+
     Args:
         write: one transaction over ``key ▶ value``; returns ``key ▶ answer`` (or None when it answers
             nothing, like a completion).
@@ -48,7 +55,7 @@ class GroupCommit(Generic[V, R]):
 
     def __init__(self, write: Callable[[dict[str, V]], Mapping[str, R] | None]) -> None:
         self._write = write
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: list[_Write[V, R]] = []
         self._leading = False
 
@@ -59,22 +66,25 @@ class GroupCommit(Generic[V, R]):
             Exception: what the write raised for these items (run alone after a shared failure).
         """
         mine: _Write[V, R] = _Write(items)
-        with self._cond:
+        mine.wake.acquire()  # released once: when another leader ran it, or handed this thread the lead
+        with self._lock:
             self._queue.append(mine)
-        while True:
-            with self._cond:
-                while not mine.finished and self._leading:
-                    self._cond.wait()
-                if mine.finished:
-                    break
-                self._leading = True
-                group = self._take()
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            mine.wake.acquire()  # another leader ran this write, or handed this thread the lead
+        if not mine.finished:
             try:
-                self._run(group)
+                while not mine.finished:  # leading: run what waits (this write too, once its key is free)
+                    with self._lock:
+                        group = self._take()
+                    self._run(group, mine)
             finally:
-                with self._cond:
-                    self._leading = False
-                    self._cond.notify_all()
+                with self._lock:  # the lead passes to the oldest write still waiting
+                    if self._queue:
+                        self._queue[0].wake.release()
+                    else:
+                        self._leading = False
         if mine.error is not None:
             raise mine.error
         return mine.result
@@ -93,26 +103,34 @@ class GroupCommit(Generic[V, R]):
         self._queue = rest
         return group
 
-    def _run(self, group: list[_Write[V, R]]) -> None:
+    def _run(self, group: list[_Write[V, R]], leader: _Write[V, R]) -> None:
         merged: dict[str, V] = {}
         for write in group:
             merged.update(write.items)
         try:
             answer = self._write(merged)
-        except Exception as exc:
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # interrupted: no write of the group is known to be done
+                for write in group:
+                    self._finish(write, None, exc, leader)
+                raise
             if len(group) == 1:
-                self._finish(group[0], None, exc)
+                self._finish(group[0], None, exc, leader)
                 return
             for write in group:  # alone, so one message's failure touches only its own outcome
                 try:
-                    self._finish(write, self._write(dict(write.items)), None)
+                    self._finish(write, self._write(dict(write.items)), None, leader)
                 except Exception as own:
-                    self._finish(write, None, own)
+                    self._finish(write, None, own, leader)
             return
         for write in group:
             part = None if answer is None else {k: answer[k] for k in write.items}
-            self._finish(write, part, None)
+            self._finish(write, part, None, leader)
 
-    def _finish(self, write: _Write[V, R], result: Mapping[str, R] | None, error: BaseException | None) -> None:
-        with self._cond:
-            write.result, write.error, write.finished = result, error, True
+    @staticmethod
+    def _finish(
+        write: _Write[V, R], result: Mapping[str, R] | None, error: BaseException | None, leader: _Write[V, R]
+    ) -> None:
+        write.result, write.error, write.finished = result, error, True
+        if write is not leader:
+            write.wake.release()

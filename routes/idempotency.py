@@ -585,29 +585,77 @@ class IdempotencyStore:
             ValueError: As :meth:`claim`, for any key.
             ClaimContentionError: As :meth:`claim`.
         """
+        return self.write_many(route, claims=owners, completions={}, lease_s=lease_s, now=now)
+
+    def write_many(
+        self,
+        route: str,
+        *,
+        claims: dict[str, str],
+        completions: dict[str, tuple[str, dict[str, Any]]],
+        lease_s: float,
+        now: datetime | None = None,
+    ) -> dict[str, Claim]:
+        """:meth:`complete_many` and :meth:`claim_many` of other keys, in one transaction.
+
+        Why: a route's pipeline threads claim some messages while they complete others; one transaction for
+        both halves the transactions per message, and on SQLite the two never wait for each other's write
+        lock (the busy handler sleeps a millisecond or more per wait: a pipeline thread not sending).
+
+        Args:
+            route: The route's name.
+            claims: ``event_id`` ▶ owner of the attempt claiming it.
+            completions: ``event_id`` ▶ (owner, result), as :meth:`complete_many`; no key of ``claims``.
+            lease_s: How long each claim is exclusive.
+            now: The current time (timezone-aware); the wall clock when None.
+
+        Returns:
+            ``event_id`` ▶ :class:`Claim`, for every key of ``claims``.
+
+        Raises:
+            ValueError: As :meth:`claim` and :meth:`complete`, for any key (then nothing is written); a key
+                both claimed and completed.
+            TypeError: As :meth:`complete`.
+            ClaimContentionError: As :meth:`claim`.
+        """
         _check_lease(lease_s)
         now = _utc(now)
+        if not claims.keys().isdisjoint(completions):
+            raise ValueError("a key is both claimed and completed in one transaction")
         lease_until = now + timedelta(seconds=lease_s)
-        rows = [_claim_params(route, event_id, owner, now, lease_until) for event_id, owner in owners.items()]
+        rows = [_claim_params(route, event_id, owner, now, lease_until) for event_id, owner in claims.items()]
+        done = self._completion_rows(route, completions)
+        if not rows and not done:
+            return {}
+        with self._begin() as conn:
+            changed = self._complete_in(conn, done)
+            out = self._claim_many_in(conn, route, rows, now, lease_until)
+        if 0 <= changed < len(done):
+            _log.warning("claim_already_done", route=route, already_done=len(done) - changed, of=len(done))
+        return out
+
+    def _claim_many_in(
+        self, conn: Connection, route: str, rows: list[dict[str, Any]], now: datetime, lease_until: datetime
+    ) -> dict[str, Claim]:
+        """The claims of ``rows`` inside an open transaction: one multi-row insert, the rest per row."""
         if not rows:
             return {}
         claimed_at, until = self._driver.when(now), self._driver.when(lease_until)
         flat = [
             v for p in rows for v in (route, p["k_event_id"], IN_PROGRESS, False, p["n_owner"], 1, claimed_at, until)
         ]
-        with self._begin() as conn:
-            cursor = conn.connection.cursor()
-            try:
-                cursor.execute(self._driver.insert_fresh(len(rows)), flat)
-                fresh = {row[0] for row in cursor.fetchall()}
-            finally:
-                cursor.close()
-            return {
-                p["k_event_id"]: Claim(ClaimOutcome.NEW, None, 1)
-                if p["k_event_id"] in fresh
-                else self._claim_in(conn, p, now)
-                for p in rows
-            }
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(self._driver.insert_fresh(len(rows)), flat)
+            fresh = {row[0] for row in cursor.fetchall()}
+        finally:
+            cursor.close()
+        return {
+            p["k_event_id"]: Claim(ClaimOutcome.NEW, None, 1)
+            if p["k_event_id"] in fresh
+            else self._claim_in(conn, p, now)
+            for p in rows
+        }
 
     def _claim_in(self, conn: Connection, params: dict[str, Any], now: datetime) -> Claim:
         """One key's claim inside an open transaction: insert, else read and compare-and-set."""
@@ -680,23 +728,28 @@ class IdempotencyStore:
         Raises:
             ValueError, TypeError: As :meth:`complete`, for any key (then nothing is recorded).
         """
+        self.write_many(route, claims={}, completions=results, lease_s=1.0)
+
+    def _completion_rows(self, route: str, results: dict[str, tuple[str, dict[str, Any]]]) -> list[tuple[Any, ...]]:
+        """The checked rows of :meth:`complete_many` (every one is checked before any is written)."""
         done_at = self._driver.when(datetime.now(UTC))
         rows: list[tuple[Any, ...]] = []
         for event_id, (owner, result) in results.items():
             _check_key(route, event_id)
             _check_text("owner", owner)
             rows.append((route, event_id, DONE, False, owner, 1, done_at, None, done_at, _dump(result), None))
+        return rows
+
+    def _complete_in(self, conn: Connection, rows: list[tuple[Any, ...]]) -> int:
+        """Write completion ``rows`` inside an open transaction; how many changed (-1 when the driver cannot say)."""
         if not rows:
-            return
-        with self._begin() as conn:
-            cursor = conn.connection.cursor()
-            try:
-                cursor.executemany(self._driver.complete, rows)
-                changed = cursor.rowcount
-            finally:
-                cursor.close()
-        if 0 <= changed < len(rows):
-            _log.warning("claim_already_done", route=route, already_done=len(rows) - changed, of=len(rows))
+            return 0
+        cursor = conn.connection.cursor()
+        try:
+            cursor.executemany(self._driver.complete, rows)
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
 
     def fail(self, route: str, event_id: str, *, owner: str, error: str) -> None:
         """Record a permanent rejection: the claim becomes ``failed``, unless it may have been applied.

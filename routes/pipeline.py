@@ -85,6 +85,8 @@ if TYPE_CHECKING:
     from routes.schedule_store import ScheduleStore
 
 T = TypeVar("T")
+#: what a pipeline thread writes for one event through the group commit: a claim (its owner) or a completion
+_StoreWrite = str | tuple[str, dict[str, Any]]
 
 #: names result event ids: uuid5(RESULT_NS, "<route>/<event_id>") is the same on every re-emit
 RESULT_NS = uuid.UUID("6f1d3c52-8a0e-4d7e-9b0a-3c1f2e4d5a6b")
@@ -332,13 +334,8 @@ class RouteRunner:
             lease_s=lease_s,
             longest_backoff=max(self._backoff),
         )
-        # the claims and completions of threads that reach the store together share a transaction
-        self._claims: GroupCommit[str, Claim] = GroupCommit(
-            lambda owners: self.store.claim_many(self.name, owners, lease_s=self.lease_s)
-        )
-        self._completions: GroupCommit[tuple[str, dict[str, Any]], None] = GroupCommit(
-            lambda results: self.store.complete_many(self.name, results)
-        )
+        # the claims and completions of threads that reach the store together share one transaction
+        self._writes: GroupCommit[_StoreWrite, Claim | None] = GroupCommit(self._write_store)
 
     # -- the pipeline -------------------------------------------------------------------------------
     def admit(self, deliveries: list[Delivery]) -> list[Delivery]:
@@ -504,7 +501,7 @@ class RouteRunner:
             job.owner = owner
             first.setdefault(job.event_id, job)
         try:
-            claims = self._claims.submit({eid: job.owner for eid, job in first.items()}) or {}
+            claims = self._writes.submit({eid: job.owner for eid, job in first.items()}) or {}
         except Exception as exc:  # the store is down: nothing was claimed, nothing sent; retry every one
             for job in jobs:
                 self._fail(job, exc)
@@ -524,6 +521,21 @@ class RouteRunner:
             return
         job.claimed = True
         job.reclaimed = claim.outcome is ClaimOutcome.RECLAIMED
+
+    def _write_store(self, writes: dict[str, _StoreWrite]) -> dict[str, Claim | None]:
+        """One transaction of the group commit: the claims (an owner) and completions ((owner, reply)) in it.
+
+        Returns each claim's :class:`Claim`, and None for each completion.
+        """
+        claims: dict[str, str] = {}
+        completions: dict[str, tuple[str, dict[str, Any]]] = {}
+        for event_id, write in writes.items():
+            if isinstance(write, str):
+                claims[event_id] = write
+            else:
+                completions[event_id] = write
+        claimed = self.store.write_many(self.name, claims=claims, completions=completions, lease_s=self.lease_s)
+        return {**claimed, **dict.fromkeys(completions)}
 
     def _reconcile(self, job: _Job) -> None:
         """An earlier attempt may have applied the effect: ask the target before sending again.
@@ -566,7 +578,7 @@ class RouteRunner:
         if not jobs:
             return
         try:
-            self._completions.submit({j.event_id: (j.owner, j.reply or {}) for j in jobs})
+            self._writes.submit({j.event_id: (j.owner, j.reply or {}) for j in jobs})
         except Exception as exc:  # a bug or the store being down: the effects may be applied, reconcile later
             for job in jobs:
                 self._fail(job, exc)

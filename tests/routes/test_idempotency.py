@@ -381,6 +381,25 @@ def test_complete_many_records_each_and_keeps_a_first_result(store: IdempotencyS
     assert store.get(ROUTE, "d") is None  # a bad result anywhere records nothing
 
 
+def test_write_many_completes_and_claims_other_keys_in_one_transaction(store: IdempotencyStore) -> None:
+    """write_many is complete_many plus claim_many of other keys: each key ends as its own call would leave it."""
+    store.claim_many(ROUTE, {"sent": "w1/x", "held": "w9/z"}, lease_s=30, now=T0)
+
+    claims = store.write_many(
+        ROUTE, claims={"fresh": "w2/y", "held": "w2/y"}, completions={"sent": ("w1/x", {"n": 1})}, lease_s=30, now=T0
+    )
+
+    assert claims == {"fresh": Claim(ClaimOutcome.NEW, None, 1), "held": Claim(ClaimOutcome.HELD, None, 1)}
+    assert (_record(store, "sent").state, _record(store, "sent").result) == ("done", {"n": 1})
+    assert _record(store, "fresh").owner == "w2/y"
+    assert _record(store, "held").owner == "w9/z"
+    with pytest.raises(ValueError, match="both claimed and completed"):
+        store.write_many(ROUTE, claims={"k": "w1/x"}, completions={"k": ("w1/x", {})}, lease_s=30)
+    with pytest.raises(ValueError, match=r"NaN|JSON"):
+        store.write_many(ROUTE, claims={"k2": "w1/x"}, completions={"k3": ("w1/x", {"bad": math.nan})}, lease_s=30)
+    assert store.get(ROUTE, "k2") is None  # a bad completion anywhere writes nothing, not even the claims
+
+
 def test_forget_lets_a_done_event_run_again(store: IdempotencyStore) -> None:
     """forget (dlq replay --force) deletes the claim: the next claim starts afresh."""
     store.claim(ROUTE, "e1", owner="w1/a", lease_s=30)
