@@ -110,6 +110,8 @@ _SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 #: the request never left: a connection (or TLS handshake) that did not open
 _CONNECT_PHASE: Final = (NewConnectionError, ConnectTimeoutError, NameResolutionError, SSLError, LocationParseError)
+#: urllib3 retries nothing and follows no redirect (built once: ``retries=False`` builds one per request)
+_NO_RETRIES: Final = urllib3.Retry(total=False, redirect=False)
 #: bytes asked of the socket per read of a reply body
 _READ_CHUNK: Final = 65_536
 
@@ -208,6 +210,14 @@ class HttpClient:
                 raise ConfigError(f"connector {name!r}: {url} is not an http(s) URL", field="endpoint")
         self._base = base.rstrip("/") + "/"
         self._origins = frozenset(_origin(u) for u in (base, *extra_origins))
+        # Built once (issue 15): a request to a path under the endpoint goes straight to the endpoint's own
+        # pool with its path as the target, skipping the manager's per-request URL parse and pool lookup;
+        # absolute URLs and redirects take the manager's way and its origin check.
+        parts = urlsplit(self._base)
+        self._base_origin = (parts.scheme, parts.hostname or "", parts.port)
+        self._base_path = parts.path if not (parts.query or parts.fragment) else None
+        self._base_pool: urllib3.HTTPConnectionPool | None = None
+        self._timeouts = urllib3.Timeout(connect=spec.timeout.connect, read=spec.timeout.read)
         self.guard = Guard(name, spec, log_as="http")
         ca_file = spec.options.get("ca_file")
         max_connections = int(spec.options.get("max_connections", 20))
@@ -290,6 +300,7 @@ class HttpClient:
 
     def close(self) -> None:
         """Close the pooled connections."""
+        self._base_pool = None
         self._pool.clear()
 
     def _check_origin(self, url: str) -> None:
@@ -299,7 +310,17 @@ class HttpClient:
 
     def _timeout(self, remaining: float) -> urllib3.Timeout:
         spec = self.spec.timeout
+        if remaining >= spec.connect and remaining >= spec.read:
+            return self._timeouts
         return urllib3.Timeout(connect=min(spec.connect, remaining), read=min(spec.read, remaining))
+
+    def _endpoint_pool(self) -> urllib3.HTTPConnectionPool:
+        """The endpoint's pool, the one the manager holds for its origin (it never evicts: a slot per origin)."""
+        pool = self._base_pool
+        if pool is None:
+            scheme, host, port = self._base_origin
+            pool = self._base_pool = self._pool.connection_from_host(host, port, scheme)
+        return pool
 
     def _build(
         self,
@@ -308,11 +329,17 @@ class HttpClient:
         form: Mapping[str, str] | None,
         params: Mapping[str, str | int] | None,
         headers: Mapping[str, str] | None,
-    ) -> tuple[str, bytes | None, dict[str, str]]:
-        """The absolute URL, the body bytes and the headers of one request."""
-        full = url if url.startswith(("http://", "https://")) else self._base + url.lstrip("/")
+    ) -> tuple[str, str | None, bytes | None, dict[str, str]]:
+        """The absolute URL, its target on the endpoint's pool (None: another origin), the body and the headers."""
+        relative = not url.startswith(("http://", "https://"))
+        full = self._base + url.lstrip("/") if relative else url
+        query = ""
         if params:
-            full += ("&" if urlsplit(full).query else "?") + urlencode(dict(params))
+            query = ("&" if urlsplit(full).query else "?") + urlencode(dict(params))
+            full += query
+        target = None
+        if relative and self._base_path is not None:
+            target = self._base_path + url.lstrip("/") + query
         out = {**self._headers, **(headers or {})}
         body: bytes | None = None
         if json_body is not None:
@@ -321,25 +348,49 @@ class HttpClient:
         elif form is not None:
             body = urlencode(dict(form)).encode()
             out["Content-Type"] = "application/x-www-form-urlencoded"
-        return full, body, out
+        return full, target, body, out
 
     def _open(
-        self, method: str, url: str, body: bytes | None, headers: dict[str, str], remaining: float
+        self,
+        method: str,
+        url: str,
+        target: str | None,
+        body: bytes | None,
+        headers: dict[str, str],
+        remaining: float,
     ) -> tuple[urllib3.BaseHTTPResponse, str]:
-        """Send, following at most MAX_REDIRECTS redirects of a GET or HEAD within the allowed origins."""
+        """Send, following at most MAX_REDIRECTS redirects of a GET or HEAD within the allowed origins.
+
+        ``target``: the request's path on the endpoint's own pool (its origin is the endpoint's: no check).
+        """
         for _ in range(MAX_REDIRECTS + 1):
-            self._check_origin(url)
-            response = self._pool.request(
-                method,
-                url,
-                body=body,
-                headers=headers,
-                timeout=self._timeout(remaining),
-                preload_content=False,
-                decode_content=False,
-                redirect=False,
-                retries=False,
-            )
+            if target is not None:
+                response = self._endpoint_pool().urlopen(
+                    method,
+                    target,
+                    body=body,
+                    headers=headers,
+                    timeout=self._timeout(remaining),
+                    preload_content=False,
+                    decode_content=False,
+                    redirect=False,
+                    retries=_NO_RETRIES,
+                    release_conn=False,
+                )
+            else:
+                self._check_origin(url)
+                response = self._pool.request(
+                    method,
+                    url,
+                    body=body,
+                    headers=headers,
+                    timeout=self._timeout(remaining),
+                    preload_content=False,
+                    decode_content=False,
+                    redirect=False,
+                    retries=_NO_RETRIES,
+                )
+            target = None
             location = response.headers.get("location")
             if method not in _SAFE_METHODS or response.status not in _REDIRECTS or not location:
                 return response, url
@@ -365,10 +416,10 @@ class HttpClient:
         remaining = deadline - started
         if remaining <= 0:
             raise TargetUnavailable("the operation's deadline passed before this request was sent")
-        full, body_bytes, request_headers = self._build(url, json_body, form, params, headers)
+        full, target, body_bytes, request_headers = self._build(url, json_body, form, params, headers)
         fired = threading.Event()
         try:
-            response, full = self._open(method, full, body_bytes, request_headers, remaining)
+            response, full = self._open(method, full, target, body_bytes, request_headers, remaining)
             ticket = WATCHDOG.arm(deadline, lambda: _shut_socket(response, fired))
             complete = False
             try:
