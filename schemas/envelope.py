@@ -50,7 +50,16 @@ from pydantic import (
 
 from schemas.errors import InvalidEvent
 from schemas.pii import marked_field_names
-from schemas.strict import MULTILINE_KEY, NOT_AFTER, ExactInt, Instant, check_text, not_after, uuid_text
+from schemas.strict import (
+    MULTILINE_KEY,
+    NOT_AFTER,
+    SINGLE_LINE_NEVER,
+    ExactInt,
+    Instant,
+    check_text,
+    not_after,
+    uuid_text,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -193,13 +202,67 @@ class Event:
         return data
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise InvalidEvent(f"duplicate key {key!r} in JSON object")
-        out[key] = value
-    return out
+def _nfc_text(text: str) -> str:
+    """``text`` in NFC (ASCII, and text already in NFC, come back as they are, without a copy)."""
+    if text.isascii() or unicodedata.is_normalized("NFC", text):
+        return text
+    return unicodedata.normalize("NFC", text)
+
+
+#: a match when :func:`single_line_text` refuses the text (the pattern's own search: no call of ours per string)
+_single_line_refused: Final = SINGLE_LINE_NEVER.search
+
+
+class _StrictObjects:
+    """The decoder's ``object_pairs_hook`` of :func:`loads_checked`: each object as it is decoded.
+
+    Refuses a duplicate key (among the raw keys), puts keys and strings (in the
+    object and in its arrays) in NFC, and notes whether any of them fails :func:`single_line_text`. The
+    decoder builds objects innermost first, so every object is seen once and nothing is walked twice.
+    """
+
+    __slots__ = ("clean",)
+
+    def __init__(self) -> None:
+        #: every key and string so far passed :func:`single_line_text`
+        self.clean = True
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        refused = _single_line_refused
+        clean = self.clean
+        renamed = False
+        for key, value in pairs:
+            if key in out:
+                raise InvalidEvent(f"duplicate key {key!r} in JSON object")
+            if type(value) is str:
+                if not value.isascii():
+                    value = _nfc_text(value)  # noqa: PLW2901 - the NFC form is what is kept
+                if clean and refused(value):
+                    clean = False
+            elif type(value) is list:
+                value = self._array(value)  # noqa: PLW2901 - its strings in NFC
+            out[key] = value
+            if not key.isascii():
+                renamed = True
+            if clean and refused(key):
+                clean = False
+        self.clean = clean and self.clean
+        if renamed:  # as nfc(): keys in NFC, a later key that becomes equal to an earlier one wins
+            out = {_nfc_text(k): v for k, v in out.items()}
+        return out
+
+    def _array(self, items: list[Any]) -> list[Any]:
+        """An array's strings (and its arrays') in NFC; its objects were seen when they were decoded."""
+        for i, item in enumerate(items):
+            if type(item) is str:
+                text = _nfc_text(item)
+                items[i] = text
+                if self.clean and _single_line_refused(text):
+                    self.clean = False
+            elif type(item) is list:
+                items[i] = self._array(item)
+        return items
 
 
 def _reject_constant(name: str) -> Any:
@@ -219,6 +282,19 @@ def nfc(value: Any) -> Any:
 
 def loads_strict(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
     """Decode JSON bytes strictly: size cap, UTF-8 only, no duplicate keys, no NaN/Infinity, NFC text."""
+    return loads_checked(body, max_bytes=max_bytes)[0]
+
+
+def loads_checked(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Any, bool]:
+    """:func:`loads_strict`'s value, and whether every key and string in it passed :func:`single_line_text`.
+
+    One pass (issue 15): the decoder's hook refuses duplicate keys, puts text in NFC and tests it for the
+    characters :func:`schemas.strict.check_text` refuses, as each object is decoded, instead of walking the
+    value again for NFC and again for the check (a third of the worker's time parsing an event). When the
+    second value is True, ``check_text`` accepts the value whatever its multi-line fields; when False, it
+    has to judge (and name the field). A value that is not an object is put in NFC by :func:`nfc`, and is
+    never called clean.
+    """
     if len(body) > max_bytes:
         raise InvalidEvent(f"body is {len(body)} bytes, over the limit of {max_bytes}")
     if not body:
@@ -229,18 +305,18 @@ def loads_strict(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
         raise InvalidEvent(f"body is not UTF-8: byte {exc.start} is {body[exc.start : exc.start + 1]!r}") from None
     if text.startswith("\ufeff"):
         raise InvalidEvent("body starts with a byte-order mark")
+    objects = _StrictObjects()
     try:
-        data = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        data = json.loads(text, object_pairs_hook=objects, parse_constant=_reject_constant)
+        if not isinstance(data, dict):
+            return nfc(data), False
     except json.JSONDecodeError as exc:
         raise InvalidEvent(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except RecursionError:
+    except RecursionError:  # json's C parser nests deeper than Python recursion can walk back
         raise InvalidEvent("JSON nested too deeply") from None
     except ValueError as exc:  # e.g. an integer over Python's digit limit
         raise InvalidEvent(f"JSON value refused: {exc}") from None
-    try:
-        return nfc(data)
-    except RecursionError:  # json's C parser nests deeper than Python recursion can walk back
-        raise InvalidEvent("JSON nested too deeply") from None
+    return data, objects.clean
 
 
 def format_validation_error(exc: ValidationError, *, prefix: str = "") -> str:
@@ -305,12 +381,13 @@ def parse_event(
         shown = "missing" if content_type is None else repr(content_type[:100])
         raise InvalidEvent(f"{shown}: it must be {JSON_MEDIA_TYPE} (UTF-8)", field="content_type")
     rules = rules or _DEFAULT_RULES
-    data = loads_strict(body, max_bytes=max_bytes)
+    data, clean = loads_checked(body, max_bytes=max_bytes)
     if not isinstance(data, dict):
         raise InvalidEvent(f"event must be a JSON object, got {type(data).__name__}")
     event_type = data.get("event_type")
     model = payload_models.get(event_type) if isinstance(event_type, str) else None
-    check_text(data, multiline_keys=multiline_keys(model) if model is not None else frozenset())
+    if not clean:  # some text holds a character refused somewhere: check_text judges it, field by field
+        check_text(data, multiline_keys=multiline_keys(model) if model is not None else frozenset())
     try:
         envelope = Envelope.model_validate(data)
     except ValidationError as exc:

@@ -58,6 +58,8 @@ _BIDI: Final = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 _NEVER: Final = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_BIDI}\ufeff\ud800-\udfff]")
 #: refused outside multi-line fields
 _LINE: Final = re.compile("[\t\n\r\u2028\u2029]")
+#: what :func:`check_text` refuses in a key or a single-line field: ``_NEVER`` and ``_LINE`` in one search
+SINGLE_LINE_NEVER: Final = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}\ufeff\ud800-\udfff\u2028\u2029]")
 #: allowed only in multi-line fields: tab, LF, CR; the separators U+2028/9 never
 _MULTILINE_NEVER: Final = re.compile("[\u2028\u2029]")
 _SIMPLE_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -161,6 +163,15 @@ def field_path(parts: Iterable[str | int]) -> str:
         else:
             out += f"[{part[:64]!a}]"
     return out
+
+
+def single_line_text(text: str) -> bool:
+    """Whether :func:`check_text` accepts ``text`` wherever it sits: as a key, or in a single-line field.
+
+    The quick test of a one-pass decoder (``schemas.envelope.loads_checked``); a text it refuses is judged
+    by :func:`check_text`, which knows the field and names it.
+    """
+    return SINGLE_LINE_NEVER.search(text) is None
 
 
 def check_text(value: Any, *, multiline_keys: frozenset[str], path: tuple[str | int, ...] = ()) -> None:

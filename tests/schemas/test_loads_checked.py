@@ -1,0 +1,90 @@
+"""The one-pass decoder (schemas/envelope.py ``loads_checked``) against what it replaced: decode with
+duplicate keys refused, then put every key and string in NFC, then ``check_text`` over the whole value.
+
+Its ``clean`` says ``check_text`` accepts the value even with every field single-line; the worker then skips
+``check_text`` (issue 15), so a clean verdict on a value ``check_text`` refuses would let a control or bidi
+character through. Hypothesis draws JSON values with such characters, NFD text, escapes and nesting.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.envelope import loads_checked, loads_strict
+from schemas.errors import InvalidEvent
+from schemas.strict import check_text
+
+# text with what the checks care about: controls, tab and line breaks, bidi marks, separators, a BOM,
+# decomposed Vietnamese (NFD), plain letters
+_CHARS = st.sampled_from(
+    [
+        *("a", "Z", " ", "\x00", "\x1f", "\x7f", "\x85", "\t", "\n", "\r", "\u200e", "\u202e", "\u2028", "\u2029"),
+        *("\ufeff", "D\u0323", "e\u0302\u0301", "\u1ea1", "\u0110", "\u0301", "\u00e0", '"', "\\", "/"),
+    ]
+)
+_TEXT = st.lists(_CHARS, max_size=6).map("".join)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _nfc(value: Any) -> Any:
+    """What the old decoder did after json.loads: every key and string in NFC."""
+    if isinstance(value, str):
+        return unicodedata.normalize("NFC", value)
+    if isinstance(value, list):
+        return [_nfc(v) for v in value]
+    if isinstance(value, dict):
+        return {_nfc(k): _nfc(v) for k, v in value.items()}
+    return value
+
+
+def _check_text_accepts(value: Any) -> bool:
+    try:
+        check_text(value, multiline_keys=frozenset())
+    except InvalidEvent:
+        return False
+    return True
+
+
+class TestLoadsChecked:
+    """The same value as decode-then-NFC; clean exactly when check_text accepts it with no multi-line field."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(value=st.dictionaries(_TEXT, _JSON, max_size=5), ascii_only=st.booleans())
+    def test_same_value_and_clean_exactly_when_check_text_accepts(
+        self, value: dict[str, Any], ascii_only: bool
+    ) -> None:
+        """Escaped or raw, any drawn object decodes to the old value; clean ⇔ check_text accepts it."""
+        body = json.dumps(value, ensure_ascii=ascii_only).encode()
+        data, clean = loads_checked(body)
+        assert data == _nfc(json.loads(body))
+        assert clean == _check_text_accepts(data)
+
+    @given(value=_JSON)
+    def test_a_value_that_is_not_an_object_is_never_clean(self, value: Any) -> None:
+        """Arrays, strings and numbers at the top come back in NFC, not called clean (the worker refuses them)."""
+        body = json.dumps([value]).encode()
+        data, clean = loads_checked(body)
+        assert data == _nfc(json.loads(body))
+        assert clean is False
+
+    def test_duplicate_keys_are_refused_at_any_depth(self) -> None:
+        """A key twice in one object, nested or not, is refused; equal keys in different objects are fine."""
+        with pytest.raises(InvalidEvent, match="duplicate key 'a'"):
+            loads_checked(b'{"x": [{"a": 1, "a": 2}]}')
+        assert loads_strict(b'{"a": {"a": 1}, "b": [{"a": 2}]}') == {"a": {"a": 1}, "b": [{"a": 2}]}
+
+    def test_nfd_keys_become_nfc_and_the_later_equal_key_wins(self) -> None:
+        """Two raw keys that differ only by normalisation are not duplicates; the later one's value is kept."""
+        data, clean = loads_checked('{"Đe\u0302": 1, "Đ\u00ea": 2}'.encode())
+        assert data == {"Đ\u00ea": 2}
+        assert clean is True
