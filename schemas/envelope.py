@@ -209,6 +209,8 @@ def _nfc_text(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+#: brackets in a body above which :func:`loads_checked` walks the value again (an event holds a few dozen)
+_WALK_BRACKETS: Final = 200
 #: a match when :func:`single_line_text` refuses the text (the pattern's own search: no call of ours per string)
 _single_line_refused: Final = SINGLE_LINE_NEVER.search
 
@@ -310,6 +312,10 @@ def loads_checked(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[A
         data = json.loads(text, object_pairs_hook=objects, parse_constant=_reject_constant)
         if not isinstance(data, dict):
             return nfc(data), False
+        if text.count("[") + text.count("{") > _WALK_BRACKETS:
+            # enough brackets to nest deep: walked back by nfc() as before, whose recursion refuses a value
+            # nested deeper than Python can walk (the C decoder nests deeper), so that limit stays as it was
+            data = nfc(data)
     except json.JSONDecodeError as exc:
         raise InvalidEvent(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:  # json's C parser nests deeper than Python recursion can walk back

@@ -88,3 +88,13 @@ class TestLoadsChecked:
         data, clean = loads_checked('{"Đe\u0302": 1, "Đ\u00ea": 2}'.encode())
         assert data == {"Đ\u00ea": 2}
         assert clean is True
+
+    @pytest.mark.parametrize(
+        "body",
+        [b'{"a":' * 900 + b"1" + b"}" * 900, b'{"X": ' + b"[" * 600 + b"]" * 600 + b"}"],
+        ids=["objects-900-deep", "arrays-600-deep"],
+    )
+    def test_too_deep_is_refused_as_before(self, body: bytes) -> None:
+        """The C decoder nests deeper than Python walks back: such a value is still refused, not let through."""
+        with pytest.raises(InvalidEvent, match="nested too deeply"):
+            loads_checked(body)
