@@ -114,7 +114,11 @@ class Worker:
         self._consumer_tags: dict[str, str] = {}
         self._executors = {r.name: ThreadPoolExecutor(r.route.spec.concurrency, f"route-{r.name}") for r in runners}
         self._waiting: dict[str, deque[tuple[_InFlight, Delivery]]] = {r.name: deque() for r in runners}
-        self._busy = {r.name: 0 for r in runners}  # batches in a pipeline thread, per route
+        self._busy = {r.name: 0 for r in runners}  # pipeline threads taking this route's deliveries
+        #: taking from ``_waiting`` (the I/O loop and pipeline threads) and dropping it (``_teardown``)
+        self._take_lock = threading.Lock()
+        #: pipeline threads that found nothing more to take since the I/O loop last counted them, per route
+        self._idle: dict[str, int] = {r.name: 0 for r in runners}
         self._dispatch_due: set[str] = set()
         #: outcomes handed back by pipeline threads, drained by the I/O loop (see _handoff)
         self._processed: deque[tuple[RouteRunner, list[_InFlight], Future[list[Outcome]]]] = deque()
@@ -284,9 +288,10 @@ class Worker:
     def _teardown(self) -> None:
         """Forget the current generation: its deliveries go back to the broker, its outcomes are dropped."""
         self._generation += 1
-        for waiting in self._waiting.values():  # never started: the broker redelivers them
-            self._running -= len(waiting)
-            waiting.clear()
+        with self._take_lock:
+            for waiting in self._waiting.values():  # never started: the broker redelivers them
+                self._running -= len(waiting)
+                waiting.clear()
         self._pending.clear()
         self._channels.clear()
         self._consumer_tags.clear()
@@ -323,31 +328,68 @@ class Worker:
             self._ioloop.call_later(0, partial(self._dispatch, runner))
 
     def _dispatch(self, runner: RouteRunner) -> None:
-        """Hand waiting deliveries to free pipeline threads.
+        """Start pipeline threads on waiting deliveries, up to the route's concurrency.
 
-        A route whose operation waits on I/O (every real target) gets one delivery per thread, so a claim
-        never waits behind other sends in its batch and its lease (2 × the connector's total timeout + 5 s)
-        cannot run out before its own send starts; its threads overlap the waiting. A route that waits on
+        A route whose operation waits on I/O (every real target) gets one delivery per thread at a time, so a
+        claim never waits behind other sends in its batch and its lease (2 × the connector's total timeout +
+        5 s) cannot run out before its own send starts; its threads overlap the waiting. A route that waits on
         nothing gets batches spread evenly over at most two threads, ``MAX_BATCH`` each at most: its claims
         and completions share a transaction per batch, and more threads would only contend for the GIL.
-        What arrives while every thread is busy waits here (as it would have in the executor's queue).
+
+        A thread that finishes takes the next waiting delivery itself (:meth:`_pipeline`), so while
+        deliveries wait, none goes through the I/O loop and the executor's queue to reach a thread (two
+        thread wake-ups each, and a thread idle in between, issue 15); what arrives while every thread is
+        busy waits here.
         """
         name = runner.name
         self._dispatch_due.discard(name)
         waiting = self._waiting[name]
-        threads, most = runner.route.spec.concurrency, 1
-        if not runner.operation.waits_on_io:
-            threads, most = min(threads, CPU_ONLY_THREADS), MAX_BATCH
+        threads, most = self._threads(runner)
         free = threads - self._busy[name]
         while waiting and free > 0:
-            size = min(most, -(-len(waiting) // free))
-            batch = [waiting.popleft() for _ in range(size)]
+            with self._take_lock:  # arrivals are stamped in the queue's order, whichever thread takes them
+                size = min(most, -(-len(waiting) // free))
+                batch = [waiting.popleft() for _ in range(min(size, len(waiting)))]
+                deliveries = runner.admit([d for _, d in batch]) if batch else []
+            if not batch:
+                break
             self._busy[name] += 1
             free -= 1
-            future = self._executors[name].submit(runner.handle_batch, runner.admit([d for _, d in batch]))
-            future.add_done_callback(partial(self._handoff, runner, [r for r, _ in batch]))
+            work = partial(self._pipeline, runner, [r for r, _ in batch])
+            self._executors[name].submit(work, deliveries)
 
-    def _handoff(self, runner: RouteRunner, recs: list[_InFlight], future: Future[list[Outcome]]) -> None:
+    @staticmethod
+    def _threads(runner: RouteRunner) -> tuple[int, int]:
+        """The route's pipeline threads at most, and the deliveries one thread takes at a time."""
+        if not runner.operation.waits_on_io:
+            return min(runner.route.spec.concurrency, CPU_ONLY_THREADS), MAX_BATCH
+        return runner.route.spec.concurrency, 1
+
+    def _pipeline(self, runner: RouteRunner, recs: list[_InFlight], deliveries: list[Delivery]) -> None:
+        """Runs in a pipeline thread: handle the batch, hand its outcomes over, take the next while any waits.
+
+        When nothing waits the thread is counted idle for the I/O loop (:meth:`_drain_processed`), which
+        starts a thread again for what arrives after.
+        """
+        most = self._threads(runner)[1]
+        waiting = self._waiting[runner.name]
+        while True:
+            future: Future[list[Outcome]] = Future()
+            try:
+                future.set_result(runner.handle_batch(deliveries))
+            except BaseException as exc:  # handle_batch() never raises; if it did, the broker redelivers
+                future.set_exception(exc)
+            with self._take_lock:
+                batch = [waiting.popleft() for _ in range(min(most, len(waiting)))]
+                taken = runner.admit([d for _, d in batch]) if batch else []
+            self._handoff(runner, recs, future, last=not batch)
+            if not batch:
+                return
+            recs, deliveries = [r for r, _ in batch], taken
+
+    def _handoff(
+        self, runner: RouteRunner, recs: list[_InFlight], future: Future[list[Outcome]], *, last: bool = True
+    ) -> None:
         """Runs in a pipeline thread: pass the outcomes to the I/O loop, the only thread that may use pika.
 
         One wake-up of the I/O loop per group of completions, not one per batch: each wake-up is a pipe
@@ -357,6 +399,8 @@ class Worker:
         """
         self._processed.append((runner, recs, future))
         with self._wake_lock:
+            if last:  # this thread takes nothing more: counted before the flag is tested, so it is drained too
+                self._idle[runner.name] += 1
             if self._wake_due:
                 return
             self._wake_due = True
@@ -366,12 +410,17 @@ class Worker:
         """On the I/O loop: hand every outcome queued since the last wake-up to :meth:`_on_processed`."""
         with self._wake_lock:
             self._wake_due = False
+            idle, self._idle = self._idle, dict.fromkeys(self._idle, 0)
         while self._processed:
             self._on_processed(*self._processed.popleft())
+        for runner in self._runners:
+            if idle[runner.name]:
+                self._busy[runner.name] -= idle[runner.name]
+                if self._waiting[runner.name]:
+                    self._dispatch(runner)
 
     def _on_processed(self, runner: RouteRunner, recs: list[_InFlight], future: Future[list[Outcome]]) -> None:
         self._running -= len(recs)
-        self._busy[runner.name] -= 1
         exc = future.exception()
         outcomes: list[Outcome | None] = [None] * len(recs)
         if exc is None and len(result := future.result()) == len(recs):

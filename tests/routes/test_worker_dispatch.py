@@ -86,3 +86,64 @@ def test_a_route_that_waits_on_nothing_gets_batches_on_at_most_two_threads() -> 
     recorder.batches.clear()
     worker._dispatch(runner)
     assert recorder.batches == [MAX_BATCH, MAX_BATCH]
+
+
+class _InlineExecutor:
+    """Stands in for a ThreadPoolExecutor: runs each submitted call at once, in the caller's thread."""
+
+    def __init__(self) -> None:
+        self.submits = 0
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        self.submits += 1
+        fn(*args)
+
+    def shutdown(self, wait: bool = True) -> None:
+        del wait
+
+
+class _Loop:
+    """Stands in for pika's IOLoop: keeps what ``add_callback_threadsafe`` was given, runs it on demand."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+
+    def add_callback_threadsafe(self, callback: Any) -> None:
+        self.callbacks.append(callback)
+
+    def run_pending(self) -> None:
+        pending, self.callbacks = self.callbacks, []
+        for callback in pending:
+            callback()
+
+
+def test_a_thread_takes_the_next_waiting_delivery_itself_and_gives_its_slot_back_when_none_waits() -> None:
+    """5 waiting, one thread: one start, five batches of one; drained ▶ the slot is free for the next arrival."""
+    worker, runner, _ = _worker(waits_on_io=True, concurrency=1)
+    batches: list[int] = []
+
+    def handle_batch(deliveries: list[Delivery]) -> list[None]:
+        batches.append(len(deliveries))
+        return [None] * len(deliveries)
+
+    runner.handle_batch = handle_batch
+    executor = _InlineExecutor()
+    worker._executors["r"] = executor  # type: ignore[assignment]
+    loop = _Loop()
+    worker._ioloop = loop
+    handed: list[Any] = []
+    worker._on_processed = lambda _runner, recs, _future: handed.extend(recs)  # type: ignore[method-assign,assignment]
+    _arrive(worker, runner, 5)
+
+    worker._dispatch(runner)
+
+    assert executor.submits == 1
+    assert batches == [1, 1, 1, 1, 1]
+    assert len(loop.callbacks) == 1  # every hand-over shares one wake-up of the loop
+    assert worker._busy["r"] == 1  # the loop has not counted the thread idle yet
+    loop.run_pending()
+    assert [rec.delivery_tag for rec in handed] == [0, 1, 2, 3, 4]
+    assert worker._busy["r"] == 0
+    _arrive(worker, runner, 1)
+    worker._dispatch(runner)
+    assert executor.submits == 2
