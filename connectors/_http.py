@@ -140,6 +140,54 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return (parts.scheme, (parts.hostname or "").lower(), port)
 
 
+class _OneWrite:
+    """Connection mixin: a request's line and headers go out in the same write as its body (when bytes).
+
+    http.client writes the headers, then urllib3 the body: two writes, two TCP segments and two wake-ups of
+    the target's reader per request (issue 15: four system calls per request between the two processes).
+    The body is held from :meth:`request` and added to the headers' write; urllib3's own write of it is then
+    skipped (it is the body's one chunk, equal to what was sent). A body urllib3 would send in several
+    chunks (over ``blocksize``, or chunked transfer encoding) is left alone.
+    """
+
+    blocksize: int
+    _held_body: bytes | None = None
+
+    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kw: Any) -> None:
+        whole = not kw.get("chunked") and not any(str(k).lower() == "transfer-encoding" for k in headers or ())
+        self._held_body = body if whole and isinstance(body, bytes) and 0 < len(body) <= self.blocksize else None
+        try:
+            super().request(method, url, body, headers, **kw)  # type: ignore[misc]
+        finally:
+            self._held_body = None
+
+    def send(self, data: Any) -> None:
+        body = self._held_body
+        if body is None:
+            super().send(data)  # type: ignore[misc]
+            return
+        if data is body or data == body:  # the body's own write: it went out with the headers
+            self._held_body = None
+            return
+        super().send(bytes(data) + body)  # type: ignore[misc]  # the headers: with the body
+
+
+class _Connection(_OneWrite, urllib3.connection.HTTPConnection):
+    """urllib3's connection, writing a request once (:class:`_OneWrite`)."""
+
+
+class _TLSConnection(_OneWrite, urllib3.connection.HTTPSConnection):
+    """urllib3's TLS connection, writing a request once (:class:`_OneWrite`)."""
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
 class _ForeignRedirectError(Exception):
     """Raised by the request hook when a redirect leaves the configured origins."""
 
@@ -232,6 +280,7 @@ class HttpClient:
             retries=False,
             ssl_context=ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context(),
         )
+        self._pool.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
 
     def request(
         self,
