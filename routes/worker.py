@@ -366,26 +366,40 @@ class Worker:
         return runner.route.spec.concurrency, 1
 
     def _pipeline(self, runner: RouteRunner, recs: list[_InFlight], deliveries: list[Delivery]) -> None:
-        """Runs in a pipeline thread: handle the batch, hand its outcomes over, take the next while any waits.
+        """Runs in a pipeline thread: the route's chain of batches (:meth:`RouteRunner.handle_chain`).
 
-        When nothing waits the thread is counted idle for the I/O loop (:meth:`_drain_processed`), which
-        starts a thread again for what arrives after.
+        It takes the next waiting batch as each finishes and hands each batch's outcomes over in order. When
+        nothing waits the thread is counted idle for the I/O loop (:meth:`_drain_processed`), which starts a
+        thread again for what arrives after. Every batch taken is handed over exactly once, the
+        last one as last, even if the chain broke (then as an exception: the broker redelivers).
         """
         most = self._threads(runner)[1]
         waiting = self._waiting[runner.name]
-        while True:
-            future: Future[list[Outcome]] = Future()
-            try:
-                future.set_result(runner.handle_batch(deliveries))
-            except BaseException as exc:  # handle_batch() never raises; if it did, the broker redelivers
-                future.set_exception(exc)
+        taken: deque[list[_InFlight]] = deque([recs])
+
+        def take_next() -> list[Delivery] | None:
             with self._take_lock:
                 batch = [waiting.popleft() for _ in range(min(most, len(waiting)))]
-                taken = runner.admit([d for _, d in batch]) if batch else []
-            self._handoff(runner, recs, future, last=not batch)
+                deliveries = runner.admit([d for _, d in batch]) if batch else []  # in the queue's order
             if not batch:
-                return
-            recs, deliveries = [r for r, _ in batch], taken
+                return None
+            taken.append([r for r, _ in batch])
+            return deliveries
+
+        def hand_over(outcomes: list[Outcome], last: bool) -> None:
+            future: Future[list[Outcome]] = Future()
+            future.set_result(outcomes)
+            self._handoff(runner, taken.popleft(), future, last=last)
+
+        try:
+            runner.handle_chain(deliveries, take_next, hand_over)
+        except BaseException as exc:  # handle_chain() never raises; if it did, the broker redelivers
+            while taken:
+                future: Future[list[Outcome]] = Future()
+                future.set_exception(exc)
+                self._handoff(runner, taken.popleft(), future, last=not taken)
+            if not isinstance(exc, Exception):
+                raise
 
     def _handoff(
         self, runner: RouteRunner, recs: list[_InFlight], future: Future[list[Outcome]], *, last: bool = True

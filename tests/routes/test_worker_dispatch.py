@@ -122,11 +122,14 @@ def test_a_thread_takes_the_next_waiting_delivery_itself_and_gives_its_slot_back
     worker, runner, _ = _worker(waits_on_io=True, concurrency=1)
     batches: list[int] = []
 
-    def handle_batch(deliveries: list[Delivery]) -> list[None]:
-        batches.append(len(deliveries))
-        return [None] * len(deliveries)
+    def handle_chain(deliveries: list[Delivery] | None, take_next: Any, hand_over: Any) -> None:
+        while deliveries is not None:  # as RouteRunner.handle_chain hands batches over: in order, last last
+            batches.append(len(deliveries))
+            following = take_next()
+            hand_over([None] * len(deliveries), following is None)
+            deliveries = following
 
-    runner.handle_batch = handle_batch
+    runner.handle_chain = handle_chain
     executor = _InlineExecutor()
     worker._executors["r"] = executor  # type: ignore[assignment]
     loop = _Loop()
