@@ -318,6 +318,8 @@ class BusMetrics:
             buckets=LATENCY_BUCKETS,
         )
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        #: the call histogram's children by (connector, operation, result): a labels() lookup per call cost more
+        self._calls: dict[tuple[str, str, str], Any] = {}
         for route in routes:
             for outcome in OUTCOMES:
                 self._child(route, outcome)
@@ -346,7 +348,11 @@ class BusMetrics:
 
     def record_call(self, connector: str, operation: str, duration_s: float, error: BaseException | None) -> None:
         """Time one call to a target, labelled with how it ended."""
-        self.connector_calls.labels(connector, operation, _call_result(error)).observe(duration_s)
+        key = (connector, operation, _call_result(error))
+        child = self._calls.get(key)
+        if child is None:
+            child = self._calls[key] = self.connector_calls.labels(*key)
+        child.observe(duration_s)
 
 
 def _call_result(error: BaseException | None) -> str:
