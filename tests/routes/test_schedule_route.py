@@ -255,8 +255,15 @@ def _two_workers_sigkill_holder(
             row = _row(pg_url)
             assert row.owner == holder, f"the lease moved to {row.owner} before the SIGKILL: it missed the holder"
             wait_for(partial(_fired_by, pg_url, survivor, killed_at), timeout=60, what="the survivor firing")
-            # when the survivor fired its first tick, by its own log (the test's polling adds nothing to it)
-            first = min(at for at in _fired_times(tmp_path / f"{survivor}.log") if at > killed_at)
+            # when the survivor fired its first tick, by its own log (the test's polling adds nothing to it);
+            # the store row is written before the tick_fired line, so wait for the line too
+            survivor_log = tmp_path / f"{survivor}.log"
+            wait_for(
+                lambda: any(at > killed_at for at in _fired_times(survivor_log)),  # noqa: B023 - called at once
+                timeout=30,
+                what="the survivor's tick_fired line",
+            )
+            first = min(at for at in _fired_times(survivor_log) if at > killed_at)
             takeovers.append((first - killed_at).total_seconds())
             name = f"w{len(workers) + 1}"
             workers[name] = worker(name)  # a replacement joins, as a supervisor would restart one
