@@ -43,6 +43,7 @@ from simulators.igate import IGateSimulator
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 ROUTE = "tracking-to-igate"
 BACKOFF = ("300ms", "600ms")
@@ -78,6 +79,15 @@ def sim() -> Iterator[IGateSimulator]:
         yield s
 
 
+def _config(tmp_path: Path, sim: IGateSimulator, *, max_attempts: int) -> Path:
+    """The fifo route and the iGate connector to ``sim``, in ``tmp_path/cfg``."""
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "routes.yaml").write_text(ROUTES_YAML.format(max_attempts=max_attempts))
+    (cfg / "connectors.yaml").write_text(CONNECTORS_YAML.format(endpoint=sim.url))
+    return cfg
+
+
 def _tracking(code: str, k: int, base: datetime) -> dict[str, object]:
     """The ``k``-th tracking update of a dossier's parcel (times increase with k)."""
     ev = example("vnpost.tracking_updated")
@@ -93,10 +103,7 @@ def _tracking(code: str, k: int, base: datetime) -> dict[str, object]:
 
 def test_fifo_keeps_each_dossiers_order_when_its_first_call_fails(amqp_url, sqlite_url, tmp_path, sim):
     """30 dossiers × 5 updates; the first call of 6 dossiers fails ▶ every update applied once, in order."""
-    cfg = tmp_path / "cfg"
-    cfg.mkdir()
-    (cfg / "routes.yaml").write_text(ROUTES_YAML.format(max_attempts=MAX_ATTEMPTS))
-    (cfg / "connectors.yaml").write_text(CONNECTORS_YAML.format(endpoint=sim.url))
+    cfg = _config(tmp_path, sim, max_attempts=MAX_ATTEMPTS)
     run = uuid.uuid4().hex[:4].upper()
     codes = [make_code(i, run) for i in range(30)]
     failing = codes[::5]
@@ -156,10 +163,7 @@ def test_fifo_a_dead_lettered_update_releases_the_next_with_a_log_line(amqp_url,
     used to fail each whole dossier until both first updates were dead-lettered, and on a loaded machine the
     next update of the dossier released first could spend its own 3 attempts meanwhile.
     """
-    cfg = tmp_path / "cfg"
-    cfg.mkdir()
-    (cfg / "routes.yaml").write_text(ROUTES_YAML.format(max_attempts=3))
-    (cfg / "connectors.yaml").write_text(CONNECTORS_YAML.format(endpoint=sim.url))
+    cfg = _config(tmp_path, sim, max_attempts=3)
     run = uuid.uuid4().hex[:4].upper()
     codes = [make_code(i, run) for i in range(6)]
     failing = codes[:2]
@@ -207,10 +211,7 @@ def test_fifo_numbers_updates_in_the_order_received_when_a_thread_stalls(
     This is what made the dead-letter test above fail under load: the second update was numbered first, so it
     was the one dead-lettered, and the first was sent after the third.
     """
-    cfg = tmp_path / "cfg"
-    cfg.mkdir()
-    (cfg / "routes.yaml").write_text(ROUTES_YAML.format(max_attempts=3))
-    (cfg / "connectors.yaml").write_text(CONNECTORS_YAML.format(endpoint=sim.url))
+    cfg = _config(tmp_path, sim, max_attempts=3)
     run = uuid.uuid4().hex[:4].upper()
     codes = [make_code(i, run) for i in range(3)]
     base = datetime.fromisoformat("2025-12-11T08:00:00+07:00")
@@ -257,10 +258,7 @@ def test_fifo_a_worker_killed_after_sending_a_dossiers_first_update_holds_the_re
     """The worker process is SIGKILLed right after its first send (the head of a dossier, applied, never
     recorded) ▶ a clean worker reconciles that update by lookup (no second effect) and the dossiers' later
     updates then go, in order, each once, within the dead worker's claim lease and a few parks."""
-    cfg = tmp_path / "cfg"
-    cfg.mkdir()
-    (cfg / "routes.yaml").write_text(ROUTES_YAML.format(max_attempts=MAX_ATTEMPTS))
-    (cfg / "connectors.yaml").write_text(CONNECTORS_YAML.format(endpoint=sim.url))
+    cfg = _config(tmp_path, sim, max_attempts=MAX_ATTEMPTS)
     run = uuid.uuid4().hex[:4].upper()
     codes = [make_code(i, run) for i in range(2)]
     base = datetime.fromisoformat("2025-12-11T08:00:00+07:00")
