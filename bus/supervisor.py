@@ -21,9 +21,12 @@ The supervisor:
   child's readiness report (``igate-bus status`` reads it; each child serves its own ops endpoint on a
   loopback port of its own), 503 unless every child runs and that one is ready.
 
-What the multiprocess mode leaves out: the series a worker computes when scraped (queue depths and ages,
-connector health, breaker state) live in each child's own registry; with several processes, read them
-with ``igate-bus status`` or from one child started with its ops port.
+The multiprocess mode holds what the children count and time; the series a worker computes when scraped
+(queue depths and ages, broker up, connector health and breaker state, its consumer) live in each child's
+own registry. ``/metrics`` reads them from the children's own endpoints at each scrape: the queue and
+broker series once (from the first child that answers: they are the broker's numbers, the same for all),
+the connector, breaker and consumer series from every live child with a ``worker`` label (its slot), since
+each child has its own breaker. ``/health`` carries each live child's connector states the same way.
 """
 
 from __future__ import annotations
@@ -50,12 +53,19 @@ import structlog
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["Child", "Supervisor", "child_command", "default_processes"]
+    from prometheus_client.metrics_core import Metric
+
+__all__ = ["Child", "Supervisor", "child_command", "default_processes", "merge_scrape_series"]
 
 log = structlog.get_logger("igate_bus.supervisor")
 
 #: prometheus-client reads this variable when a process imports it: set only in the children's environment
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+#: how long a scrape or a health check waits for one child's own endpoint, and how much it reads of it
+CHILD_TIMEOUT_S: Final = 2.0
+MAX_CHILD_BYTES: Final = 8 * 1024 * 1024
+#: the scrape-time series that are the broker's numbers, the same from every child: taken from one
+BROKER_SERIES: Final = ("igate_bus_queue_", "igate_bus_broker_up")
 #: the exit code of a refused configuration (``bus/cli_ops.py``): restarting would only fail again
 EXIT_CONFIG: Final = 2
 FIRST_BACKOFF_S: Final = 1.0
@@ -147,7 +157,7 @@ class Supervisor:
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether every child runs, and each one's pid and restarts (what ``GET /health`` answers)."""
         with self._lock:
-            workers = [
+            workers: list[dict[str, Any]] = [
                 {
                     "slot": c.slot,
                     "pid": c.proc.pid if c.proc is not None else None,
@@ -157,7 +167,25 @@ class Supervisor:
                 for c in self._children
             ]
         ok = all(w["alive"] for w in workers) and not self._stop.is_set()
+        for worker in workers:
+            if worker["alive"]:
+                worker["connectors"] = self._child_connectors(worker["slot"])
         return ok, {"status": "ok" if ok else "degraded", "processes": len(workers), "workers": workers}
+
+    def _child_connectors(self, slot: int) -> dict[str, str] | None:
+        """A child's connector states from its own ``/health`` (None while it does not answer)."""
+        port = self._child_ports[slot]
+        if not port:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=CHILD_TIMEOUT_S) as r:
+                body = json.loads(r.read(MAX_CHILD_BYTES))
+        except (OSError, ValueError):
+            return None
+        connectors = body.get("connectors") if isinstance(body, dict) else None
+        if not isinstance(connectors, dict):
+            return None
+        return {str(name): str(c.get("state")) for name, c in connectors.items() if isinstance(c, dict)}
 
     def readiness(self) -> tuple[int, bytes]:
         """A live child's readiness report; 503 unless every child runs and that child is ready."""
@@ -181,7 +209,42 @@ class Supervisor:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+        counted = generate_latest(registry)
+        return counted + self._children_scrape_series(counted)
+
+    def _children_scrape_series(self, counted: bytes) -> bytes:
+        """The gauges the children compute when scraped, read from their own ``/metrics`` (module docstring)."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.parser import text_string_to_metric_families
+
+        have = {f.name for f in text_string_to_metric_families(counted.decode())}
+        with self._lock:
+            live = [c.slot for c in self._children if c.proc is not None and c.proc.poll() is None]
+        read = [(slot, families) for slot in live if (families := self._child_families(slot)) is not None]
+        merged = merge_scrape_series(read, counted=have)
+        if not merged:
+            return b""
+
+        class _Families:
+            def collect(self) -> list[Metric]:
+                return merged
+
+        extra = CollectorRegistry()
+        extra.register(_Families())
+        return generate_latest(extra)
+
+    def _child_families(self, slot: int) -> list[Metric] | None:
+        """A child's own series (None while it does not answer: starting, stopping or stuck)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        port = self._child_ports[slot]
+        if not port:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=CHILD_TIMEOUT_S) as r:
+                return list(text_string_to_metric_families(r.read(MAX_CHILD_BYTES).decode()))
+        except (OSError, ValueError):
+            return None
 
     # -- children --------------------------------------------------------------------------------------
     def _prepare_metrics_dir(self) -> None:
@@ -291,6 +354,36 @@ class Supervisor:
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="igate-bus-supervisor-ops", daemon=True).start()
         log.info("ops_listening", host=host, port=port, processes=len(self._children))
+
+
+def merge_scrape_series(children: Sequence[tuple[int, Sequence[Metric]]], *, counted: set[str]) -> list[Metric]:
+    """The children's scrape-time gauges as one set of families (the module docstring says which).
+
+    Args:
+        children: each live child's slot and the families its own ``/metrics`` served.
+        counted: the families the multiprocess collector already holds (left out here).
+    """
+    from prometheus_client.core import GaugeMetricFamily
+
+    merged: dict[str, tuple[GaugeMetricFamily, list[str]]] = {}
+    broker_from: int | None = None
+    for slot, families in children:
+        for family in families:
+            if family.type != "gauge" or family.name in counted:
+                continue
+            shared = family.name.startswith(BROKER_SERIES)
+            if shared and broker_from not in (None, slot):
+                continue  # the broker's numbers: one child's reading is enough
+            broker_from = slot if shared else broker_from
+            for sample in family.samples:
+                labels = dict(sample.labels) if shared else {**sample.labels, "worker": str(slot)}
+                if family.name not in merged:
+                    names = list(labels)
+                    merged[family.name] = (GaugeMetricFamily(family.name, family.documentation, labels=names), names)
+                target, names = merged[family.name]
+                if list(labels) == names:
+                    target.add_metric([labels[n] for n in names], sample.value)
+    return [family for family, _ in merged.values()]
 
 
 def _free_port() -> int:

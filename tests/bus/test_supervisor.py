@@ -27,6 +27,7 @@ from busenv import (
     wait_for,
     write_config,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from bus.ops_api import HealthReport
 
@@ -126,6 +127,18 @@ def test_two_processes_restart_a_killed_one_aggregate_metrics_and_drain(amqp_url
         wait_for(lambda: _delivered(port) == 40, timeout=60, what="40 delivered: the dead child's 20 still count")
         assert depth(amqp_url, "route.bus-ping") == 0
 
+        # the series each child computes when scraped: the broker's once, each child's own with its slot
+        wait_for(lambda: b"igate_bus_worker_consuming" in _get(f"http://127.0.0.1:{port}/metrics")[1], timeout=30)
+        text = _get(f"http://127.0.0.1:{port}/metrics")[1].decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        consuming = families["igate_bus_worker_consuming"].samples
+        assert sorted(s.labels["worker"] for s in consuming) == ["0", "1"], consuming
+        queue = [s for s in families["igate_bus_queue_messages"].samples if s.labels.get("queue") == "route.bus-ping"]
+        assert len(queue) == 1 and "worker" not in queue[0].labels, queue
+        assert len(families["igate_bus_broker_up"].samples) == 1
+        # and /health: each live child's connector states
+        assert all(isinstance(w["connectors"], dict) for w in _health(port)[1]["workers"]), _health(port)[1]
+
         assert worker.terminate(timeout=120) == 0, worker.tail()
         events = [e.get("event") for e in _log_lines(worker)]
         assert events.count("worker_stopped") == 2, worker.tail()
@@ -149,3 +162,29 @@ def test_a_config_the_children_would_refuse_is_refused_once(tmp_path: Path) -> N
     assert result.returncode == 2
     assert "IGATE_BUS_TESTING" in result.stderr
     assert "worker_started" not in result.stderr
+
+
+def test_merged_scrape_series_take_the_brokers_once_and_each_childs_own_with_its_slot() -> None:
+    """Queue depths are the broker's numbers (one child's reading); breaker states are each child's own."""
+    from bus.supervisor import merge_scrape_series
+
+    def child(depth: int, breaker: int) -> list[Any]:
+        text = (
+            "# TYPE igate_bus_queue_messages gauge\n"
+            f'igate_bus_queue_messages{{queue="route.a",route="a",kind="route"}} {depth}\n'
+            "# TYPE igate_bus_connector_breaker_state gauge\n"
+            f'igate_bus_connector_breaker_state{{connector="igate",state="open"}} {breaker}\n'
+            "# TYPE igate_bus_routes_delivered counter\n"
+            "igate_bus_routes_delivered_total 5\n"
+        )
+        return list(text_string_to_metric_families(text))
+
+    merged = {f.name: f for f in merge_scrape_series([(0, child(7, 1)), (1, child(9, 0))], counted=set())}
+    assert [(s.labels, s.value) for s in merged["igate_bus_queue_messages"].samples] == [
+        ({"queue": "route.a", "route": "a", "kind": "route"}, 7)
+    ]
+    breaker = merged["igate_bus_connector_breaker_state"].samples
+    assert sorted((s.labels["worker"], s.value) for s in breaker) == [("0", 1), ("1", 0)]
+    assert "igate_bus_routes_delivered" not in merged  # counters come from the multiprocess files
+    counted = {"igate_bus_queue_messages"}
+    assert "igate_bus_queue_messages" not in {f.name for f in merge_scrape_series([(0, child(7, 1))], counted=counted)}
