@@ -67,8 +67,9 @@ def _register() -> None:
     from bus.cli_report import COMMANDS as REPORT_COMMANDS
     from bus.cli_serve import COMMANDS as SERVE_COMMANDS
     from bus.cli_status import COMMANDS as STATUS_COMMANDS
+    from bus.cli_vnpost import COMMANDS as VNPOST_COMMANDS
 
-    for command in [*COMMANDS, dlq, list_, *STATUS_COMMANDS, *SERVE_COMMANDS, *REPORT_COMMANDS]:
+    for command in [*COMMANDS, dlq, list_, *STATUS_COMMANDS, *SERVE_COMMANDS, *REPORT_COMMANDS, *VNPOST_COMMANDS]:
         main.add_command(command)
 
 
