@@ -250,6 +250,45 @@ class TestMaskPersonalData:
         out = MaskPersonalData()(None, "info", {"loop": loop})
         assert PHONE not in json.dumps(out, default=str)
 
+    def test_a_key_seen_before_is_masked_the_same_way_every_time(self) -> None:
+        """The shortcut for a key met before (plain text, numbers) gives what the first line got, for any value.
+
+        The same masker logs many lines: a key first seen with a harmless value later carries a phone, a
+        dict, a model or a str subclass; a masked key or the exception's is never taken for a plain one.
+        """
+        masker = MaskPersonalData(keys={"phone", "name"})
+        first = {"note": "ok", "n": 1, "phone": PHONE, "Name": NAME, "exception": "e", "route": "r"}
+        for _ in range(3):  # the second and third calls take the shortcut for the keys they met
+            assert masker(None, "info", first) == {
+                "note": "ok", "n": 1, "phone": "***78", "Name": "***", "exception": "e", "route": "r",
+            }  # fmt: skip
+        # a remembered key with a value that needs the whole way
+        out = masker(
+            None,
+            "info",
+            {
+                "note": f"call {PHONE} id {CCCD}",
+                "n": {"phone": PHONE, "x": CCCD},
+                "route": [PHONE],
+                "exception": {"exc_value": f"bad {PHONE}", "name": NAME},
+            },
+        )
+        assert out == {
+            "note": "call ***78 id ***34",
+            "n": {"phone": "***78", "x": "***34"},
+            "route": ["***78"],
+            "exception": {"exc_value": "bad ***78", "name": NAME},  # structlog's keys, text scrubbed only
+        }
+
+        class Text(str):
+            __slots__ = ()
+
+        assert masker(None, "info", {"note": Text(PHONE), "n": None, "phone": 912345678}) == {
+            "note": "***78",
+            "n": None,
+            "phone": "***78",
+        }
+
     def test_exception_keys_are_not_masked(self) -> None:
         """In a rendered exception, a frame's name is kept; only its text is scrubbed."""
         frames = [{"filename": "x.py", "lineno": 1, "name": "issue_receipt"}]
