@@ -35,6 +35,20 @@ _JSON = st.recursive(
     max_leaves=12,
 )
 
+# text that json.dumps(ensure_ascii=False) writes with no escape at all
+_RAW_CHARS = st.sampled_from(
+    [
+        *("a", "Z", " ", "/", "\x7f", "\x85", "\x9f", "\u200e", "\u202e", "\u2028", "\u2029", "\ufeff"),
+        *("D\u0323", "e\u0302\u0301", "\u1ea1", "\u0110", "\u0301", "\u00e0"),
+    ]
+)
+_RAW_TEXT = st.lists(_RAW_CHARS, max_size=6).map("".join)
+_RAW_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | _RAW_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_RAW_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
 
 def _nfc(value: Any) -> Any:
     """What the old decoder did after json.loads: every key and string in NFC."""
@@ -68,6 +82,24 @@ class TestLoadsChecked:
         data, clean = loads_checked(body)
         assert data == _nfc(json.loads(body))
         assert clean == _check_text_accepts(data)
+
+    @settings(max_examples=400, deadline=None)
+    @given(value=st.dictionaries(_RAW_TEXT, _RAW_JSON, max_size=5))
+    def test_a_body_without_escapes_is_judged_the_same(self, value: dict[str, Any]) -> None:
+        """Written with no backslash, ASCII text is not searched (only DEL could be refused there): the same
+        verdict as check_text, DEL, C1 controls, bidi marks and separators raw in keys and strings included."""
+        body = json.dumps(value, ensure_ascii=False).encode()
+        assert b"\\" not in body
+        data, clean = loads_checked(body)
+        assert data == _nfc(json.loads(body))
+        assert clean == _check_text_accepts(data)
+
+    def test_del_in_ascii_text_is_not_clean(self) -> None:
+        """DEL is the one refused ASCII character the decoder lets through raw: in a key or a value, not clean."""
+        assert loads_checked(b'{"a": "x\x7fy"}') == ({"a": "x\x7fy"}, False)
+        assert loads_checked(b'{"a\x7f": 1}') == ({"a\x7f": 1}, False)
+        assert loads_checked(b'{"a": ["x", "\x7f"]}') == ({"a": ["x", "\x7f"]}, False)
+        assert loads_checked(b'{"a": ["x", "y"], "b": "z"}') == ({"a": ["x", "y"], "b": "z"}, True)
 
     @given(value=_JSON)
     def test_a_value_that_is_not_an_object_is_never_clean(self, value: Any) -> None:
