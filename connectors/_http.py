@@ -413,32 +413,21 @@ class HttpClient:
         ``target``: the request's path on the endpoint's own pool (its origin is the endpoint's: no check).
         """
         for _ in range(MAX_REDIRECTS + 1):
+            # the same options either way: the body streamed as it is, no redirect or retry of urllib3's own
+            options: dict[str, Any] = {
+                "body": body,
+                "headers": headers,
+                "timeout": self._timeout(remaining),
+                "preload_content": False,
+                "decode_content": False,
+                "redirect": False,
+                "retries": _NO_RETRIES,
+            }
             if target is not None:
-                response = self._endpoint_pool().urlopen(
-                    method,
-                    target,
-                    body=body,
-                    headers=headers,
-                    timeout=self._timeout(remaining),
-                    preload_content=False,
-                    decode_content=False,
-                    redirect=False,
-                    retries=_NO_RETRIES,
-                    release_conn=False,
-                )
+                response = self._endpoint_pool().urlopen(method, target, release_conn=False, **options)
             else:
                 self._check_origin(url)
-                response = self._pool.request(
-                    method,
-                    url,
-                    body=body,
-                    headers=headers,
-                    timeout=self._timeout(remaining),
-                    preload_content=False,
-                    decode_content=False,
-                    redirect=False,
-                    retries=_NO_RETRIES,
-                )
+                response = self._pool.request(method, url, **options)
             target = None
             location = response.headers.get("location")
             if method not in _SAFE_METHODS or response.status not in _REDIRECTS or not location:
