@@ -1,8 +1,10 @@
-"""Adapters that need no external schema: the diagnostic ``bus.ping`` path used by the bench and smoke tests."""
+"""Adapters that need no external schema: the diagnostic ``bus.ping`` path, schedules' ticks, the bus's notices."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
 
 from adapters.registry import adapter
 from schemas.bus import TICK_EVENT, NoopRequest, Ping, Tick
@@ -36,3 +38,23 @@ def tick(event: Event, *, now: datetime) -> NoopRequest:
     return NoopRequest(
         data={"route": payload.route, "scheduled_at": payload.scheduled_at.isoformat(), "cursor": payload.cursor or ""}
     )
+
+
+#: result events the bus emits for the operator, not for a target system: the ``bus-notices`` route takes them
+NOTICE_EVENTS = ("bus.superseded", "vnpost.pool_low")
+
+
+@adapter(accepts=NOTICE_EVENTS, produces=NoopRequest)
+def notice(event: Event, *, now: datetime) -> NoopRequest:
+    """A notice as the ``noop`` connector's request: what it says, without personal data.
+
+    Why a route at all: with no route binding them these events went to ``unrouted``, one per superseded
+    status (thousands a day with the portal's order), burying the events that really went astray. Taken by
+    ``bus-notices``, each is counted per route in ``/metrics`` and logged once as processed.
+    """
+    del now
+    payload = event.payload
+    data: dict[str, Any] = {"event_type": event.envelope.event_type, "dossier_code": event.envelope.dossier_code or ""}
+    if isinstance(payload, BaseModel):
+        data.update(payload.model_dump(mode="json"))
+    return NoopRequest(data=data)
