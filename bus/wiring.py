@@ -91,6 +91,7 @@ def topology_of(routes: Iterable[Route]) -> Topology:
             keys=tuple(r.spec.from_.events),
             backoff=tuple(r.spec.retry.backoff),
             delivery_limit=r.spec.delivery_limit,
+            single_consumer=r.spec.single_consumer,
         )
         for r in routes
     )

@@ -261,6 +261,12 @@ class RouteSpec(_Strict):
     emits: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
     prefetch: int = Field(default=50, ge=1, le=1000)
     concurrency: int = Field(default=8, ge=1, le=256, description="Deliveries worked on at once.")
+    single_consumer: bool = Field(
+        default=False,
+        description="One consumer of the route's queue at a time across every worker process and host "
+        "(RabbitMQ's single active consumer; another takes over when it goes): with concurrency 1, the "
+        "route keeps its queue's order however many workers run.",
+    )
     delivery_limit: int = Field(default=20, ge=2, le=1000, description="Broker redeliveries before DLQ.")
     max_bytes: int = Field(default=1_048_576, ge=256, le=16_777_216)
     order: OrderSpec | None = Field(default=None, description="Per-dossier order toward a target; none: any order.")

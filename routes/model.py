@@ -373,14 +373,22 @@ def build_routes(
         _check_schedule(check, index, spec, adapter)
         _check_emits(check, reg, index, spec)
         _check_retry(check, index, spec)
-        if spec.order is not None and op_spec is not None and not op_spec.effect:
-            message = f"{spec.to} applies nothing at its target: there is no state to keep in order"
-            check.route(index, spec, ("order",), message)
+        _check_order(check, index, spec, op_spec)
         if adapter is not None and op_spec is not None:
             routes.append(_route(spec, adapter, op_spec))
     if check.problems:
         raise ConfigInvalid(check.problems)
     return routes
+
+
+def _check_order(check: _Check, index: int, spec: RouteSpec, op_spec: OperationSpec | None) -> None:
+    """``order`` needs state at the target; ``single_consumer`` keeps the queue's order only on one thread."""
+    if spec.order is not None and op_spec is not None and not op_spec.effect:
+        message = f"{spec.to} applies nothing at its target: there is no state to keep in order"
+        check.route(index, spec, ("order",), message)
+    if spec.single_consumer and spec.concurrency > 1:
+        message = f"single_consumer keeps the queue's order only with concurrency: 1 (it is {spec.concurrency})"
+        check.route(index, spec, ("single_consumer",), message)
 
 
 def _route(spec: RouteSpec, adapter: Adapter, op_spec: OperationSpec) -> Route:

@@ -70,6 +70,8 @@ class RouteTopology:
     keys: tuple[str, ...]
     backoff: tuple[float, ...]
     delivery_limit: int
+    #: one consumer at a time (``x-single-active-consumer``): the route's order across worker processes
+    single_consumer: bool = False
 
 
 @dataclass(slots=True)
@@ -96,8 +98,9 @@ def build_topology(routes: Iterable[RouteTopology]) -> Topology:
     topo = Topology(queues=[QueueDecl(UNROUTED_QUEUE, {"x-queue-type": "classic"}, ((UNROUTED_EXCHANGE, ""),))])
     for r in routes:
         main = route_queue(r.name)
+        single = {"x-single-active-consumer": True} if r.single_consumer else {}
         topo.queues.append(
-            QueueDecl(main, _quorum(r.delivery_limit, dlq(r.name)), tuple((r.exchange, k) for k in r.keys))
+            QueueDecl(main, _quorum(r.delivery_limit, dlq(r.name), **single), tuple((r.exchange, k) for k in r.keys))
         )
         for delay in sorted(set(r.backoff)):
             topo.queues.append(

@@ -283,6 +283,15 @@ class TestRegistryProblems:
             f"{cfg.routes}:{again}: route bus-ping: name: duplicate route name (first on line {first})"
         )
 
+    def test_single_consumer_needs_one_thread(self, write_config: WriteConfig) -> None:
+        """One consumer with several threads would not keep the queue's order: refused, saying the count."""
+        routes = BASE_ROUTES + "    concurrency: 4\n    single_consumer: true\n"
+        cfg = write_config(routes)
+        assert _only_problem(cfg.check()) == (
+            f"{cfg.routes}:{cfg.line('single_consumer:')}: route bus-ping: single_consumer: "
+            "single_consumer keeps the queue's order only with concurrency: 1 (it is 4)"
+        )
+
     def test_unreachable_route(self, write_config: WriteConfig) -> None:
         """A key matching no known event type makes the route unreachable; the close type is offered."""
         cfg = write_config(BASE_ROUTES.replace("events: [bus.ping]", "events: [bus.pingg]"))
