@@ -84,11 +84,13 @@ def run(config: Path | None, route_names: str, processes: int | None) -> None:
 
     app = _load(config)
     configure_logging(app.settings.log_level, app.settings.log_format)
-    from bus.supervisor import default_processes
+    from bus.supervisor import default_processes, follow_supervisor
 
     processes = processes or default_processes()
     if processes > 1:
         _supervise(app, config, route_names, processes)
+    if not follow_supervisor():  # a supervisor's child whose supervisor is already gone
+        _fail("the supervisor that started this worker is gone; not starting", 1)
     try:
         worker = build_worker(app, [n for n in route_names.split(",") if n] or None)
     except ConfigError as exc:

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["Child", "Supervisor", "child_command", "default_processes", "merge_scrape_series"]
+__all__ = ["Child", "Supervisor", "child_command", "default_processes", "follow_supervisor", "merge_scrape_series"]
 
 log = structlog.get_logger("igate_bus.supervisor")
 
@@ -66,6 +66,10 @@ CHILD_TIMEOUT_S: Final = 2.0
 MAX_CHILD_BYTES: Final = 8 * 1024 * 1024
 #: the scrape-time series that are the broker's numbers, the same from every child: taken from one
 BROKER_SERIES: Final = ("igate_bus_queue_", "igate_bus_broker_up")
+#: set in each child's environment: the supervisor's pid, so a child ends with it (:func:`follow_supervisor`)
+SUPERVISOR_PID_ENV: Final = "IGATE_BUS_SUPERVISOR_PID"
+#: Linux prctl option: the signal a process gets when its parent dies
+_PR_SET_PDEATHSIG: Final = 1
 #: the exit code of a refused configuration (``bus/cli_ops.py``): restarting would only fail again
 EXIT_CONFIG: Final = 2
 FIRST_BACKOFF_S: Final = 1.0
@@ -260,6 +264,7 @@ class Supervisor:
             MULTIPROC_ENV: str(self._metrics_dir),
             "IGATE_BUS_OPS_HOST": "127.0.0.1",
             "IGATE_BUS_OPS_PORT": str(self._child_ports[child.slot]),
+            SUPERVISOR_PID_ENV: str(os.getpid()),
         }
         proc = subprocess.Popen(self._argv, env=env)  # noqa: S603 - our own interpreter and CLI
         with self._lock:
@@ -384,6 +389,30 @@ def merge_scrape_series(children: Sequence[tuple[int, Sequence[Metric]]], *, cou
                 if list(labels) == names:
                     target.add_metric([labels[n] for n in names], sample.value)
     return [family for family, _ in merged.values()]
+
+
+def follow_supervisor() -> bool:
+    """In a child: be sent SIGTERM (a graceful drain) when the supervisor dies; False if it is already gone.
+
+    Why: a supervisor killed outright (SIGKILL, the OOM killer) cannot pass SIGTERM on; its children would go
+    on consuming as orphans, and a supervisor started again would add N more beside them. Linux's parent-death
+    signal covers it (children are started from the supervisor's main thread, which lives as long as it
+    does); elsewhere, nothing is set. A child whose parent is not the supervisor named in its environment
+    (it died before the signal was set) should stop at once.
+    """
+    import ctypes
+    import ctypes.util
+
+    expected = os.environ.get(SUPERVISOR_PID_ENV)
+    if not expected:
+        return True
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError) as exc:  # no libc to ask: the supervisor's SIGTERM still reaches us
+            log.warning("parent_death_signal_unset", error=str(exc))
+    return str(os.getppid()) == expected
 
 
 def _free_port() -> int:

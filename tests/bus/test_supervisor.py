@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -188,3 +189,41 @@ def test_merged_scrape_series_take_the_brokers_once_and_each_childs_own_with_its
     assert "igate_bus_routes_delivered" not in merged  # counters come from the multiprocess files
     counted = {"igate_bus_queue_messages"}
     assert "igate_bus_queue_messages" not in {f.name for f in merge_scrape_series([(0, child(7, 1))], counted=counted)}
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie nobody reaped counts as gone)."""
+    try:
+        status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
+
+
+def test_the_workers_end_with_a_supervisor_killed_outright(amqp_url: str, tmp_path: Path) -> None:
+    """SIGKILL the supervisor ▶ its two workers are sent SIGTERM by the kernel and drain: no orphan consumers."""
+    cfg = write_config(tmp_path / "cfg", endpoint="http://127.0.0.1:9")
+    declare_routes(amqp_url, cfg)
+    port = _free_port()
+    env = env_for(
+        amqp_url,
+        f"sqlite:///{tmp_path / 'store.sqlite3'}",
+        cfg,
+        IGATE_BUS_PROCESSES="2",
+        IGATE_BUS_OPS_PORT=str(port),
+    )
+    worker = ProcessWorker(env, tmp_path / "supervisor.log", routes="bus-ping").start()
+    try:
+        worker.wait_consuming(2, timeout=60)
+        wait_for(lambda: _health(port)[0] == 200, timeout=30, what="supervisor health")
+        pids = [w["pid"] for w in _health(port)[1]["workers"]]
+        assert len(pids) == 2 and all(_running(p) for p in pids)
+        worker.kill9()
+        wait_for(lambda: not any(_running(p) for p in pids), timeout=60, what="the orphaned workers to end")
+        stopped = [e for e in _log_lines(worker) if e.get("event") == "worker_stopped"]
+        assert len(stopped) == 2, worker.tail()  # each drained and said so, not killed
+    finally:
+        worker.stop()
+        for pid in pids if "pids" in locals() else []:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
