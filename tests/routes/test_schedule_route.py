@@ -382,7 +382,10 @@ def test_a_holder_killed_between_publish_and_record_fires_twice_and_runs_once(
     outcomes = [
         outcome for event_id, outcome in _processed(tmp_path / "w1.log", tmp_path / "w2.log") if event_id == first
     ]
-    assert sorted(outcomes) == ["delivered", "duplicate"], outcomes
+    # executed once, every other copy acked as a duplicate: w2's second firing, and, when w1's own consumer took
+    # the tick in before the crash point killed it, that copy again (unacked, so redelivered to w2)
+    assert outcomes.count("delivered") == 1 and len(outcomes) >= 2, outcomes
+    assert set(outcomes) == {"delivered", "duplicate"}, outcomes
     done = [c for c in _claims(sqlite_url) if c.state == "done"]
     row = _row(sqlite_url)
     assert (row.cursor, row.cursor_version) == (str(len(done)), len(done))
