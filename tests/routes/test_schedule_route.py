@@ -349,7 +349,9 @@ def test_a_holder_killed_between_publish_and_record_fires_twice_and_runs_once(
     """w1 dies (SIGKILL at ``after_tick_publish``) after its first tick is confirmed, before the store knows.
 
     w2 takes the schedule over and fires that scheduled time again, with the same id: the tick is in the queue
-    twice, delivered once and acked once as a duplicate, and the cursor moved one step for it. Every 6 s, so
+    twice, delivered once and acked once as a duplicate (and if w1's own consumer took it in before dying, that
+    copy is redelivered: held while w1's claim lease runs, then a duplicate or the one execution), and the
+    cursor moved one step for it. Every 6 s, so
     that w2, started once w1 holds the schedule, is up before more than two firings are due (more would be a
     misfire, fired once for the latest) even on a loaded 2-CPU machine (3 s flaked there).
     """
@@ -373,7 +375,15 @@ def test_a_holder_killed_between_publish_and_record_fires_twice_and_runs_once(
         row = _row(sqlite_url)
         assert (row.owner, row.last_scheduled_at) == ("w1", None)
         first = tick_id(ROUTE, row.next_run_at)
-        wait_for(lambda: _done(sqlite_url) >= 3, timeout=60, what="3 ticks executed by w2")
+        # w1's own consumer may have claimed that tick before the crash point killed it: the copies w2 gets are
+        # then held (retried) until the dead worker's claim lease ends, and executed once after it
+        wait_for(
+            lambda: (
+                _done(sqlite_url) >= 3 and any(c.event_id == first and c.state == "done" for c in _claims(sqlite_url))
+            ),
+            timeout=120,
+            what="3 ticks executed, the re-fired one among them",
+        )
         assert w2.terminate() == 0
     finally:
         w1.stop()
@@ -385,7 +395,7 @@ def test_a_holder_killed_between_publish_and_record_fires_twice_and_runs_once(
     # executed once, every other copy acked as a duplicate: w2's second firing, and, when w1's own consumer took
     # the tick in before the crash point killed it, that copy again (unacked, so redelivered to w2)
     assert outcomes.count("delivered") == 1 and len(outcomes) >= 2, outcomes
-    assert set(outcomes) == {"delivered", "duplicate"}, outcomes
+    assert set(outcomes) <= {"delivered", "duplicate", "retry"}, outcomes  # retry: held behind w1's claim
     done = [c for c in _claims(sqlite_url) if c.state == "done"]
     row = _row(sqlite_url)
     assert (row.cursor, row.cursor_version) == (str(len(done)), len(done))
