@@ -588,7 +588,8 @@ class RouteRunner:
         writes.update({eid: job.owner for eid, job in first.items()})
         try:
             claims = self._writes.submit(writes) or {}
-        except Exception:  # written again apart: each half fails or succeeds on its own
+        except Exception as exc:  # written again apart: each half fails or succeeds (and logs) on its own
+            self._log.warning("store_shared_write_failed", error=_clip(f"{type(exc).__name__}: {exc}"))
             self._complete_all(done)
             self._claim_all(jobs)
             return

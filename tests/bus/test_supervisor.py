@@ -76,8 +76,8 @@ def _log_lines(worker: ProcessWorker) -> list[dict[str, Any]]:
     return out
 
 
-def test_two_processes_restart_a_killed_one_aggregate_metrics_and_drain(amqp_url: str, tmp_path: Path) -> None:
-    """2 workers ▶ 20 pings ▶ SIGKILL one ▶ restarted, logged ▶ 20 more ▶ /metrics says 40 ▶ SIGTERM ▶ exit 0."""
+def _two_workers(amqp_url: str, tmp_path: Path) -> tuple[ProcessWorker, int]:
+    """A supervisor of two workers on ``bus-ping``, both consuming and its health up; and its ops port."""
     cfg = write_config(tmp_path / "cfg", endpoint="http://127.0.0.1:9")
     declare_routes(amqp_url, cfg)
     port = _free_port()
@@ -92,6 +92,16 @@ def test_two_processes_restart_a_killed_one_aggregate_metrics_and_drain(amqp_url
     try:
         worker.wait_consuming(2, timeout=60)
         wait_for(lambda: _health(port)[0] == 200, timeout=30, what="supervisor health")
+    except BaseException:
+        worker.stop()
+        raise
+    return worker, port
+
+
+def test_two_processes_restart_a_killed_one_aggregate_metrics_and_drain(amqp_url: str, tmp_path: Path) -> None:
+    """2 workers ▶ 20 pings ▶ SIGKILL one ▶ restarted, logged ▶ 20 more ▶ /metrics says 40 ▶ SIGTERM ▶ exit 0."""
+    worker, port = _two_workers(amqp_url, tmp_path)
+    try:
         pids = [w["pid"] for w in _health(port)[1]["workers"]]
         assert len(set(pids)) == 2
         assert worker.proc is not None
@@ -202,20 +212,8 @@ def _running(pid: int) -> bool:
 
 def test_the_workers_end_with_a_supervisor_killed_outright(amqp_url: str, tmp_path: Path) -> None:
     """SIGKILL the supervisor ▶ its two workers are sent SIGTERM by the kernel and drain: no orphan consumers."""
-    cfg = write_config(tmp_path / "cfg", endpoint="http://127.0.0.1:9")
-    declare_routes(amqp_url, cfg)
-    port = _free_port()
-    env = env_for(
-        amqp_url,
-        f"sqlite:///{tmp_path / 'store.sqlite3'}",
-        cfg,
-        IGATE_BUS_PROCESSES="2",
-        IGATE_BUS_OPS_PORT=str(port),
-    )
-    worker = ProcessWorker(env, tmp_path / "supervisor.log", routes="bus-ping").start()
+    worker, port = _two_workers(amqp_url, tmp_path)
     try:
-        worker.wait_consuming(2, timeout=60)
-        wait_for(lambda: _health(port)[0] == 200, timeout=30, what="supervisor health")
         pids = [w["pid"] for w in _health(port)[1]["workers"]]
         assert len(pids) == 2 and all(_running(p) for p in pids)
         worker.kill9()
