@@ -464,6 +464,8 @@ class Bench:
             return None
         out = self.tmp / f"py-spy-{name}.txt"
         argv = ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--nonblocking"]
+        if self.args.py_spy_gil:
+            argv.append("--gil")  # only the thread holding the GIL: where the Python CPU goes
         spy = subprocess.Popen([*argv, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
         self.procs.append(spy)
         return spy
@@ -514,8 +516,8 @@ class Bench:
         for rep in range(self.args.repeat):
             for k in self.args.kinds:
                 kind = KINDS[k]
-                for target_ms in (0, self.args.target_ms):
-                    for subject in ("plain", "bus"):
+                for target_ms in dict.fromkeys((0, self.args.target_ms)):  # --target-ms 0: the 0 ms case only
+                    for subject in self.args.subjects:
                         res = self.results.setdefault((k, target_ms, subject), Result())
                         (self.run_plain if subject == "plain" else self.run_bus)(kind, target_ms, res)
                         print(
@@ -546,7 +548,8 @@ class Bench:
             table.add_column(name, justify="left" if name in {"route", "subject"} else "right", no_wrap=True)
         med = statistics.median
         for (k, target_ms, subject), res in self.results.items():
-            plain = med(self.results[(k, target_ms, "plain")].rate)
+            plain_res = self.results.get((k, target_ms, "plain"))
+            plain = med(plain_res.rate) if plain_res else float("nan")
             table.add_row(
                 KINDS[k].route,
                 f"{target_ms} ms",
@@ -571,7 +574,7 @@ class Bench:
             "load average after each run (above the CPU count, other work shared the CPUs: noisy figures).",
             highlight=False,
         )
-        if ("rest", 0, "bus") in self.results:
+        if ("rest", 0, "bus") in self.results and ("rest", 0, "plain") in self.results:
             rest_bus, rest_plain = self.results[("rest", 0, "bus")], self.results[("rest", 0, "plain")]
             print(f"real-route ratio: {med(rest_bus.rate) / med(rest_plain.rate):.2f}", flush=True)
 
@@ -595,7 +598,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--repeat", type=int, default=1, help="runs of everything; medians reported (default 1)")
     p.add_argument("--quick", action="store_true", help="smaller runs (about a minute in all)")
+    p.add_argument(
+        "--subjects", default="plain,bus", help="plain, bus or both (default both; the ratios need both)"
+    )
     p.add_argument("--py-spy", action="store_true", help="sample the worker with py-spy (implies --keep)")
+    p.add_argument("--py-spy-gil", action="store_true", help="--py-spy, sampling only the thread holding the GIL")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) and print its path")
     p.add_argument(
         "--amqp-url", default=None, help="a broker (vhost) of your own, used as is: no temporary vhost is made"
@@ -606,6 +613,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.messages = args.messages or (400 if args.quick else 2000)
     args.latency_messages = args.latency_messages or (100 if args.quick else 300)
     args.kinds = [k for k in args.kinds.split(",") if k]
+    args.py_spy = args.py_spy or args.py_spy_gil
+    args.subjects = [s for s in ("plain", "bus") if s in args.subjects.split(",")]
     args.keep = args.keep or args.py_spy
     if not set(args.kinds) <= set(KINDS) or args.messages < 10 or args.latency_messages < 10:
         p.error("--kinds from rest,soap; --messages and --latency-messages >= 10")

@@ -4,14 +4,13 @@ Where it sits: inside the connector step (event → route → adapter → **conn
 connector (``connectors/igate.py``, ...) builds one :class:`HttpClient` from its ``ConnectorSpec`` and calls
 :meth:`HttpClient.request`; everything below is decided here once, so no connector can forget it:
 
-- **The transport is urllib3** (a pool per origin, no retries, no redirects of its own), chosen by
-  measurement (issue 15): the iGate connector's whole ``add_note`` (guard, token, request, reply parsed)
-  against the iGate simulator, 2,000 calls on 8 threads, two runs each: 459-494 µs of CPU per call on
-  urllib3 and 743-903 µs on httpx at load average 18 on the 2 CPUs; 607-608 µs (1,396 calls/s) against
-  704-956 µs (941-1,067 calls/s) at load 2. httpx's connection pool takes locks per call that eight
-  worker threads contend for, and it builds request and response models of its own.
-  Everything around the transport (the table below, the deadline, the cap) is this module's, not the
-  library's, so the choice changes no behaviour.
+- **The transport is** :mod:`connectors._http_wire` (keep-alive sockets per origin and llhttp's parser via
+  ``httptools``), chosen by measurement (issue 15). The connector's whole ``add_note`` against the iGate
+  simulator on 8 threads cost 743-903 µs of CPU per call on httpx and 459-608 µs on urllib3; one request on
+  one thread costs 302-308 µs through a urllib3 pool and 64-75 µs on the wire module (its docstring says
+  where the difference goes). No retries, no redirects of its own, no proxy from the environment.
+  Everything around the transport (the table below, the deadline, the cap) is this module's, so the choice
+  changes no behaviour.
 - **Timeouts on every phase** (connect, read), each capped by what is left of the operation's
   **total deadline**. A read timeout is per read, so a target that drips one byte every few seconds
   would never trip it: once the headers are in, a watchdog thread shuts the socket when the deadline
@@ -24,16 +23,18 @@ connector (``connectors/igate.py``, ...) builds one :class:`HttpClient` from its
 - **The kit's guard** (:mod:`connectors.kit.guard`): the breaker, the rate limit and the total deadline,
   exactly as the SOAP path applies them; a status the caller names in ``refused`` (401 to a request
   carrying a token) is raised as :class:`connectors.kit.Refused` for the credential helper, no verdict.
-- **Translation into the error tree** (:mod:`schemas.errors`), so routes never see urllib3:
+- **Translation into the error tree** (:mod:`schemas.errors`), so routes never see a socket error:
 
   ============================================  ===============================================
   what happened                                 raised
   ============================================  ===============================================
-  connection refused, DNS failure, connect or   ``TargetUnavailable(maybe_applied=False)``: the
-  pool timeout, rate-limit wait past deadline   request never left
+  connection refused, DNS failure, connect      ``TargetUnavailable(maybe_applied=False)``: the
+  timeout, TLS handshake, rate-limit wait past  request never left
+  the deadline
   breaker open                                  ``BreakerOpen``: nothing sent
   read/write timeout, deadline passed mid-body  ``TargetTimeout`` (``maybe_applied`` is True)
-  connection dropped after sending              ``TargetUnavailable(maybe_applied=effect)``
+  connection dropped after sending, a reply     ``TargetUnavailable(maybe_applied=effect)``
+  that is not HTTP
   503, 429, 408, 425                            ``TargetUnavailable(maybe_applied=False)``: the
                                                 target said it did not do it
   500, 502, 504 and other 5xx                   ``TargetUnavailable(maybe_applied=effect)``: a
@@ -43,6 +44,8 @@ connector (``connectors/igate.py``, ...) builds one :class:`HttpClient` from its
   2xx whose body is not the expected JSON       ``TargetGarbled(maybe_applied=effect)``
   other 4xx, refused redirect                   ``TargetRejected(code=str(status))`` with a short
                                                 scrubbed snippet of the body, never the body
+  a control character in a header or the path   ``TargetRejected(code="invalid-request")``: not
+                                                sent (a CR/LF must never start a header)
   ============================================  ===============================================
 
   ``effect`` is what the caller says of the request: a read can never have applied anything.
@@ -63,18 +66,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
-import urllib3
 from pydantic import BaseModel, ValidationError
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    LocationParseError,
-    NameResolutionError,
-    NewConnectionError,
-    ReadTimeoutError,
-    SSLError,
-)
 
+from connectors import _http_wire as wire
 from connectors.base import endpoint
 from connectors.kit.credential import Refused
 from connectors.kit.guard import WATCHDOG, Guard
@@ -108,10 +102,6 @@ USER_AGENT: Final = "igate-bus/0.1"
 _NOT_APPLIED_STATUSES: Final = frozenset({408, 425, 429, 503})
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
-#: the request never left: a connection (or TLS handshake) that did not open
-_CONNECT_PHASE: Final = (NewConnectionError, ConnectTimeoutError, NameResolutionError, SSLError, LocationParseError)
-#: urllib3 retries nothing and follows no redirect (built once: ``retries=False`` builds one per request)
-_NO_RETRIES: Final = urllib3.Retry(total=False, redirect=False)
 #: bytes asked of the socket per read of a reply body
 _READ_CHUNK: Final = 65_536
 
@@ -140,63 +130,14 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return (parts.scheme, (parts.hostname or "").lower(), port)
 
 
-class _OneWrite:
-    """Connection mixin: a request's line and headers go out in the same write as its body (when bytes).
-
-    http.client writes the headers, then urllib3 the body: two writes, two TCP segments and two wake-ups of
-    the target's reader per request (issue 15: four system calls per request between the two processes).
-    The body is held from :meth:`request` and added to the headers' write; urllib3's own write of it is then
-    skipped (it is the body's one chunk, equal to what was sent). A body urllib3 would send in several
-    chunks (over ``blocksize``, or chunked transfer encoding) is left alone.
-    """
-
-    blocksize: int
-    _held_body: bytes | None = None
-
-    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kw: Any) -> None:
-        whole = not kw.get("chunked") and not any(str(k).lower() == "transfer-encoding" for k in headers or ())
-        self._held_body = body if whole and isinstance(body, bytes) and 0 < len(body) <= self.blocksize else None
-        try:
-            super().request(method, url, body, headers, **kw)  # type: ignore[misc]
-        finally:
-            self._held_body = None
-
-    def send(self, data: Any) -> None:
-        body = self._held_body
-        if body is None:
-            super().send(data)  # type: ignore[misc]
-            return
-        if data is body or data == body:  # the body's own write: it went out with the headers
-            self._held_body = None
-            return
-        super().send(bytes(data) + body)  # type: ignore[misc]  # the headers: with the body
-
-
-class _Connection(_OneWrite, urllib3.connection.HTTPConnection):
-    """urllib3's connection, writing a request once (:class:`_OneWrite`)."""
-
-
-class _TLSConnection(_OneWrite, urllib3.connection.HTTPSConnection):
-    """urllib3's TLS connection, writing a request once (:class:`_OneWrite`)."""
-
-
-class _Pool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _Connection
-
-
-class _TLSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _TLSConnection
-
-
 class _ForeignRedirectError(Exception):
     """Raised by the request hook when a redirect leaves the configured origins."""
 
 
-def _shut_socket(response: urllib3.BaseHTTPResponse, fired: threading.Event) -> None:
+def _shut_socket(response: wire.Response, fired: threading.Event) -> None:
     """Wake a read blocked on ``response``'s socket: the deadline has passed."""
     fired.set()
-    conn = response.connection
-    sock = getattr(conn, "sock", None)
+    sock = response.connection.sock
     if isinstance(sock, socket.socket):
         # socket.socket.shutdown, not SSLSocket.shutdown: the latter tears down TLS state under the reader.
         with contextlib.suppress(OSError):
@@ -236,7 +177,7 @@ class HttpReply:
 
 
 class HttpClient:
-    """A urllib3 pool with the deadline, size cap, breaker, rate limit and error translation above.
+    """Keep-alive connections per origin with the deadline, size cap, breaker, rate limit and error translation.
 
     Args:
         name: the connector's name (logs, breaker).
@@ -259,28 +200,19 @@ class HttpClient:
         self._base = base.rstrip("/") + "/"
         self._origins = frozenset(_origin(u) for u in (base, *extra_origins))
         # Built once (issue 15): a request to a path under the endpoint goes straight to the endpoint's own
-        # pool with its path as the target, skipping the manager's per-request URL parse and pool lookup;
-        # absolute URLs and redirects take the manager's way and its origin check.
+        # pool with its path as the target, no URL parse; absolute URLs and redirects are parsed and checked.
         parts = urlsplit(self._base)
-        self._base_origin = (parts.scheme, parts.hostname or "", parts.port)
         self._base_path = parts.path if not (parts.query or parts.fragment) else None
-        self._base_pool: urllib3.HTTPConnectionPool | None = None
-        self._timeouts = urllib3.Timeout(connect=spec.timeout.connect, read=spec.timeout.read)
         self.guard = Guard(name, spec, log_as="http")
         ca_file = spec.options.get("ca_file")
-        max_connections = int(spec.options.get("max_connections", 20))
+        self._max_connections = int(spec.options.get("max_connections", 20))
         # built once: every request merges its own few headers into these
         self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json", "Accept-Encoding": "identity"}
-        # No proxy from the environment (urllib3 reads none): it would send our traffic (and tokens)
-        # somewhere the config does not say. No retries and no redirects of urllib3's own: both are decided here.
-        self._pool = urllib3.PoolManager(
-            num_pools=max(4, len(self._origins)),
-            maxsize=max_connections,
-            block=False,
-            retries=False,
-            ssl_context=ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context(),
-        )
-        self._pool.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+        # No proxy from the environment: it would send our traffic (and tokens) somewhere the config does not say.
+        self._ssl = ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context()
+        self._pools: dict[tuple[str, str, int | None], wire.Pool] = {}
+        self._pools_lock = threading.Lock()
+        self._base_pool = self._pool_for(_origin(self._base))
 
     def request(
         self,
@@ -349,26 +281,27 @@ class HttpClient:
 
     def close(self) -> None:
         """Close the pooled connections."""
-        self._base_pool = None
-        self._pool.clear()
+        with self._pools_lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.clear()
 
     def _check_origin(self, url: str) -> None:
         if _origin(url) not in self._origins:
             parts = urlsplit(url)
             raise _ForeignRedirectError(f"{parts.scheme}://{parts.hostname}")
 
-    def _timeout(self, remaining: float) -> urllib3.Timeout:
-        spec = self.spec.timeout
-        if remaining >= spec.connect and remaining >= spec.read:
-            return self._timeouts
-        return urllib3.Timeout(connect=min(spec.connect, remaining), read=min(spec.read, remaining))
-
-    def _endpoint_pool(self) -> urllib3.HTTPConnectionPool:
-        """The endpoint's pool, the one the manager holds for its origin (it never evicts: a slot per origin)."""
-        pool = self._base_pool
+    def _pool_for(self, origin: tuple[str, str, int | None]) -> wire.Pool:
+        """The pool of one of the configured origins (made on first use, kept: one per origin)."""
+        pool = self._pools.get(origin)
         if pool is None:
-            scheme, host, port = self._base_origin
-            pool = self._base_pool = self._pool.connection_from_host(host, port, scheme)
+            scheme, host, port = origin
+            with self._pools_lock:
+                pool = self._pools.get(origin)
+                if pool is None:
+                    tls = self._ssl if scheme == "https" else None
+                    pool = wire.Pool(scheme, host, port or 0, maxsize=self._max_connections, ssl_context=tls)
+                    self._pools[origin] = pool
         return pool
 
     def _build(
@@ -407,35 +340,42 @@ class HttpClient:
         body: bytes | None,
         headers: dict[str, str],
         remaining: float,
-    ) -> tuple[urllib3.BaseHTTPResponse, str]:
+    ) -> tuple[wire.Response, str]:
         """Send, following at most MAX_REDIRECTS redirects of a GET or HEAD within the allowed origins.
 
         ``target``: the request's path on the endpoint's own pool (its origin is the endpoint's: no check).
         """
+        spec = self.spec.timeout
+        connect, read = min(spec.connect, remaining), min(spec.read, remaining)
         for _ in range(MAX_REDIRECTS + 1):
-            # the same options either way: the body streamed as it is, no redirect or retry of urllib3's own
-            options: dict[str, Any] = {
-                "body": body,
-                "headers": headers,
-                "timeout": self._timeout(remaining),
-                "preload_content": False,
-                "decode_content": False,
-                "redirect": False,
-                "retries": _NO_RETRIES,
-            }
             if target is not None:
-                response = self._endpoint_pool().urlopen(method, target, release_conn=False, **options)
+                pool = self._base_pool
             else:
                 self._check_origin(url)
-                response = self._pool.request(method, url, **options)
+                pool = self._pool_for(_origin(url))
+                parts = urlsplit(url)
+                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            request = wire.encode_request(method, target, pool.host_header, headers, body)
+            response = pool.exchange(request, connect_timeout=connect, read_timeout=read, head=method == "HEAD")
             target = None
             location = response.headers.get("location")
             if method not in _SAFE_METHODS or response.status not in _REDIRECTS or not location:
                 return response, url
-            response.drain_conn()
-            response.release_conn()
+            drained, _ = self._drain(response)
+            response.release(complete=drained)
             url = urljoin(url, location)
         raise _ForeignRedirectError(f"more than {MAX_REDIRECTS} redirects")
+
+    @staticmethod
+    def _drain(response: wire.Response) -> tuple[bool, int]:
+        """Read a redirect's (small) body so its connection can serve again; a big one closes it instead."""
+        read = 0
+        while read <= ERROR_BODY_BYTES:
+            chunk = response.read1(_READ_CHUNK)
+            if not chunk:
+                return True, read
+            read += len(chunk)
+        return False, read
 
     def _send(
         self,
@@ -465,10 +405,11 @@ class HttpClient:
                 body, complete = self._read_body(response, deadline, effect=effect, whole=ok)
             finally:
                 WATCHDOG.disarm(ticket)
-                if not complete:  # a connection with unread bytes must not serve the next request
-                    response.close()
-                response.release_conn()
-        except (_ForeignRedirectError, HTTPError, OSError) as exc:
+                # a connection with unread bytes must not serve the next request
+                response.release(complete=complete and not fired.is_set())
+        except wire.InvalidRequest as exc:
+            raise TargetRejected(f"request not sent: {exc}", code="invalid-request") from None
+        except (_ForeignRedirectError, wire.WireError) as exc:
             raise self._transport_error(exc, full, fired=fired.is_set(), effect=effect) from None
         elapsed_ms = (time.monotonic() - started) * 1000
         if fired.is_set():
@@ -481,17 +422,15 @@ class HttpClient:
         """What a failure of the transport means for the effect (the module's table)."""
         if isinstance(exc, _ForeignRedirectError):
             return TargetRejected(f"redirect refused: {exc}", code="redirect")
-        if isinstance(exc, _CONNECT_PHASE):
-            return TargetUnavailable(f"cannot reach {urlsplit(url).hostname}: {type(exc).__name__}")
+        if isinstance(exc, wire.ConnectFailed):
+            return TargetUnavailable(f"cannot reach {urlsplit(url).hostname}: {exc}")
         if fired:
             return TargetTimeout(f"the {self.spec.timeout.total:g}s deadline passed mid-reply")
-        if isinstance(exc, ReadTimeoutError):
-            return TargetTimeout(f"no answer within the timeout ({type(exc).__name__})")
-        return TargetUnavailable(f"connection lost after sending ({type(exc).__name__})", maybe_applied=effect)
+        if isinstance(exc, wire.ReadTimedOut):
+            return TargetTimeout(f"no answer within the timeout ({exc})")
+        return TargetUnavailable(f"connection lost after sending ({exc})", maybe_applied=effect)
 
-    def _read_body(
-        self, response: urllib3.BaseHTTPResponse, deadline: float, *, effect: bool, whole: bool
-    ) -> tuple[bytes, bool]:
+    def _read_body(self, response: wire.Response, deadline: float, *, effect: bool, whole: bool) -> tuple[bytes, bool]:
         """The body within the cap, and whether it was read to its end.
 
         An error reply is read only as far as its snippet needs.
@@ -505,7 +444,7 @@ class HttpClient:
             raise TargetGarbled(f"reply of {declared} bytes is over the {cap}-byte cap", maybe_applied=effect)
         body = bytearray()
         while True:
-            chunk = response.read1(min(_READ_CHUNK, cap + 1 - len(body)), decode_content=False)
+            chunk = response.read1(min(_READ_CHUNK, cap + 1 - len(body)))
             if not chunk:
                 return bytes(body), True
             body += chunk
@@ -516,7 +455,7 @@ class HttpClient:
             if time.monotonic() > deadline:
                 raise TargetTimeout(f"the {self.spec.timeout.total:g}s deadline passed mid-reply")
 
-    def _status_error(self, response: urllib3.BaseHTTPResponse, body: bytes, effect: bool) -> BusError:
+    def _status_error(self, response: wire.Response, body: bytes, effect: bool) -> BusError:
         status = response.status
         if status in _NOT_APPLIED_STATUSES:
             return TargetUnavailable(f"HTTP {status} (not applied): {scrub_snippet(body)}")
