@@ -598,9 +598,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--repeat", type=int, default=1, help="runs of everything; medians reported (default 1)")
     p.add_argument("--quick", action="store_true", help="smaller runs (about a minute in all)")
-    p.add_argument(
-        "--subjects", default="plain,bus", help="plain, bus or both (default both; the ratios need both)"
-    )
+    p.add_argument("--subjects", default="plain,bus", help="plain, bus or both (default both; the ratios need both)")
     p.add_argument("--py-spy", action="store_true", help="sample the worker with py-spy (implies --keep)")
     p.add_argument("--py-spy-gil", action="store_true", help="--py-spy, sampling only the thread holding the GIL")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) and print its path")
