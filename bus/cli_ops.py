@@ -83,7 +83,8 @@ def run(config: Path | None, route_names: str, processes: int | None) -> None:
     from schemas.errors import ConfigError
 
     app = _load(config)
-    configure_logging(app.settings.log_level, app.settings.log_format)
+    # a line per message: written a group at a time (bus/log_buffer.py); warnings and worse at once
+    configure_logging(app.settings.log_level, app.settings.log_format, buffered=True)
     from bus.supervisor import default_processes, follow_supervisor
 
     processes = processes or default_processes()

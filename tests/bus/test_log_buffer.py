@@ -1,0 +1,124 @@
+"""The worker's log lines written a group at a time (bus/log_buffer.py), in order, warnings at once."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from bus import log_buffer
+from bus.logging import configure_logging, get_logger, saved_logging
+
+
+class CountingStream(io.StringIO):
+    """A text stream that counts its writes (each one a system call on a real file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.lock = threading.Lock()
+
+    def write(self, s: str) -> int:
+        with self.lock:
+            self.writes += 1
+            return super().write(s)
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.getvalue().splitlines()]
+
+
+@pytest.fixture
+def stream() -> Any:
+    restore = saved_logging()
+    out = CountingStream()
+    configure_logging("debug", "json", stream=out, buffered=True)
+    yield out
+    configure_logging("info", "json", stream=io.StringIO())  # closes the test's buffer
+    restore()
+
+
+def _wait_for(out: CountingStream, count: int) -> None:
+    deadline = time.monotonic() + 2
+    while len(out.getvalue().splitlines()) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_info_lines_go_out_a_group_at_a_time_and_all_of_them(stream: CountingStream) -> None:
+    log = get_logger("t")
+    for i in range(200):
+        log.info("processed", n=i)
+    assert stream.writes < 5, "each line was written on its own"
+    _wait_for(stream, 200)
+    assert [line["n"] for line in stream.lines()] == list(range(200))
+    assert stream.writes <= 3
+
+
+def test_an_info_line_waits_no_longer_than_the_flush_delay(stream: CountingStream) -> None:
+    started = time.monotonic()
+    get_logger("t").info("alone")
+    _wait_for(stream, 1)
+    assert stream.lines()[0]["event"] == "alone"
+    assert time.monotonic() - started < log_buffer.FLUSH_AFTER + 0.5
+
+
+def test_a_warning_goes_out_at_once_after_every_line_before_it(stream: CountingStream) -> None:
+    log = get_logger("t")
+    log.info("first")
+    log.debug("second")
+    log.warning("third")
+    # no waiting: the warning wrote the lines queued before it, in order
+    assert [line["event"] for line in stream.lines()] == ["first", "second", "third"]
+
+
+def test_stdlib_lines_join_the_same_queue_in_order(stream: CountingStream) -> None:
+    get_logger("t").info("ours")
+    logging.getLogger("somelib").warning("theirs")
+    assert [line["event"] for line in stream.lines()] == ["ours", "theirs"]
+
+
+def test_too_many_waiting_lines_are_written_without_waiting(stream: CountingStream) -> None:
+    log = get_logger("t")
+    for i in range(log_buffer.MAX_LINES):
+        log.info("x", n=i)
+    assert len(stream.lines()) == log_buffer.MAX_LINES  # the last one wrote the group
+
+
+def test_a_new_configuration_writes_what_the_old_buffer_held() -> None:
+    restore = saved_logging()
+    try:
+        old = CountingStream()
+        configure_logging("info", "json", stream=old, buffered=True)
+        get_logger("t").info("held")
+        configure_logging("info", "json", stream=io.StringIO())
+        assert [line["event"] for line in old.lines()] == ["held"]
+    finally:
+        restore()
+
+
+def test_unbuffered_logging_writes_each_line_at_once() -> None:
+    restore = saved_logging()
+    try:
+        out = CountingStream()
+        configure_logging("info", "json", stream=out)
+        get_logger("t").info("now")
+        assert [line["event"] for line in out.lines()] == ["now"]
+    finally:
+        restore()
+
+
+def test_a_value_orjson_refuses_is_rendered_by_the_stdlib(stream: CountingStream) -> None:
+    huge = 2**70
+    get_logger("t").warning("big", value=huge, uuid_like=object())
+    line = stream.lines()[0]
+    assert line["value"] == huge
+    assert line["uuid_like"].startswith("<object object")
+
+
+def test_vietnamese_text_stays_readable(stream: CountingStream) -> None:
+    get_logger("t").warning("note", text="Hệ thống tích hợp đã nhận hồ sơ")
+    assert "Hệ thống tích hợp đã nhận hồ sơ" in stream.getvalue()
