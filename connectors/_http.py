@@ -62,7 +62,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -134,7 +134,25 @@ class _ForeignRedirectError(Exception):
     """Raised by the request hook when a redirect leaves the configured origins."""
 
 
-def _shut_socket(response: wire.Response, fired: threading.Event) -> None:
+class _Fired:
+    """Set by the watchdog when the deadline passed mid-reply.
+
+    A flag: a ``threading.Event`` per request built a condition and a lock that nothing ever waits on.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def is_set(self) -> bool:
+        return self.value
+
+
+def _shut_socket(response: wire.Response, fired: _Fired) -> None:
     """Wake a read blocked on ``response``'s socket: the deadline has passed."""
     fired.set()
     sock = response.connection.sock
@@ -259,7 +277,7 @@ class HttpClient:
             TargetRejected: a 4xx or a refused redirect.
             Refused: a status in ``refused``.
         """
-        path = urlsplit(url).path
+        path = url.partition("?")[0] if not url.startswith(("http://", "https://")) else urlsplit(url).path
         with self.guard.call(deadline, guard=guard, judge=judge, method=method, path=path) as note:
             reply = self._send(
                 method,
@@ -275,7 +293,8 @@ class HttpClient:
             if reply.status in refused:
                 raise Refused(f"HTTP {reply.status}: {scrub_snippet(reply.body)}")
             if expect is not None and 200 <= reply.status < 300:
-                reply = replace(reply, parsed=reply.parse(expect))
+                parsed = reply.parse(expect)
+                reply = HttpReply(reply.status, reply.headers, reply.body, reply.elapsed_ms, reply.effect, parsed)
             note["status"] = reply.status
         return reply
 
@@ -395,7 +414,7 @@ class HttpClient:
         if remaining <= 0:
             raise TargetUnavailable("the operation's deadline passed before this request was sent")
         full, target, body_bytes, request_headers = self._build(url, json_body, form, params, headers)
-        fired = threading.Event()
+        fired = _Fired()
         try:
             response, full = self._open(method, full, target, body_bytes, request_headers, remaining)
             ticket = WATCHDOG.arm(deadline, lambda: _shut_socket(response, fired))

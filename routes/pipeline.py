@@ -37,6 +37,7 @@ it refuses to start (:func:`crash_plan_from_env`): a stray variable in productio
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import signal
@@ -239,14 +240,26 @@ def kill(point: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def uuid5_text(namespace: uuid.UUID, name: str) -> str:
+    """``str(uuid.uuid5(namespace, name))`` in a third of its time: two per message on every route (issue 15).
+
+    No ``UUID`` object: it validates its bytes, then ``str`` takes them apart again.
+    """
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])  # noqa: S324 - RFC 4122 v5
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
 def idempotency_key(route: str, event_id: str) -> str:
     """The key a connector sends to its target for this route's effect of this event."""
-    return str(uuid.uuid5(KEY_NS, f"{route}/{event_id}"))
+    return uuid5_text(KEY_NS, f"{route}/{event_id}")
 
 
 def result_event_id(route: str, event_id: str) -> str:
     """The id of the result event a route emits for an event: stable across re-emits."""
-    return str(uuid.uuid5(RESULT_NS, f"{route}/{event_id}"))
+    return uuid5_text(RESULT_NS, f"{route}/{event_id}")
 
 
 def crash_plan_from_env(environ: Mapping[str, str] | None = None) -> CrashPlan:

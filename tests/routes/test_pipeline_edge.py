@@ -175,3 +175,13 @@ def test_no_crash_points_is_no_plan_and_a_testing_plan_is_taken():
     )
     assert plan == CrashPlan(frozenset({"after_claim", "after_ack"}), 0.5)
     assert not CrashPlan().hits("after_claim")
+
+
+@pytest.mark.parametrize("name", ["", "bus-ack/5f0e8d2a-8d7e-4b1e-9d63-3b7f0f6f1c11", "hồ-sơ/Đ/ü/𝔘", "x" * 5000])
+def test_uuid5_text_is_the_standard_uuid5(name: str) -> None:
+    import uuid
+
+    from routes.pipeline import KEY_NS, RESULT_NS, uuid5_text
+
+    for namespace in (KEY_NS, RESULT_NS, uuid.NAMESPACE_URL):
+        assert uuid5_text(namespace, name) == str(uuid.uuid5(namespace, name))
