@@ -20,16 +20,14 @@ Masking happens here only, driven by the schemas' markers; call sites never reda
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import TYPE_CHECKING, Any, Final, TextIO, cast
 
-import orjson
 import structlog
 from pydantic import BaseModel
 from structlog.dev import ConsoleRenderer, plain_traceback
-from structlog.processors import ExceptionRenderer, TimeStamper
+from structlog.processors import ExceptionRenderer, JSONRenderer, TimeStamper
 from structlog.tracebacks import ExceptionDictTransformer
 
 from bus.log_buffer import LineBuffer
@@ -250,22 +248,6 @@ class _BusHandler(logging.StreamHandler[TextIO]):
 _current_buffer: LineBuffer | None = None
 
 
-def _render_json(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> str:
-    """One JSON object per line, by orjson (a tenth of the stdlib's time per line).
-
-    What orjson refuses (an integer past 64 bits) goes through the stdlib's, so no line is lost to it.
-    """
-    try:
-        return orjson.dumps(event_dict, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        return json.dumps(event_dict, ensure_ascii=False, default=_json_fallback)
-
-
-def _json_fallback(value: Any) -> Any:
-    """What a value that is not JSON becomes: its ``repr``, as structlog's own renderer does."""
-    return repr(value)
-
-
 def _add_logger_name(logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
     name = getattr(logger, "name", None)
     if name and "logger" not in event_dict:
@@ -308,7 +290,7 @@ def configure_logging(
     renderer: Processor
     if fmt == "json":
         exceptions = ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
-        renderer = _render_json
+        renderer = JSONRenderer(ensure_ascii=False)
     else:
         # Plain text rendered before masking, so the masker sees it; ConsoleRenderer's own (rich) formatter
         # would print locals, after the masker has run.
