@@ -269,7 +269,7 @@ class Response:
                     raise ConnectionLost("the connection closed before the reply's end")
                 parse.complete = True  # a body delimited by the connection's close
                 return b""
-            _feed(self._parser, data)
+            _feed(parse, data)
         chunk = parse.chunks.popleft()
         if len(chunk) > limit:
             parse.chunks.appendleft(chunk[limit:])
@@ -298,16 +298,29 @@ class Response:
             self._conn.close()
 
 
-def _feed(parser: httptools.HttpResponseParser, data: memoryview) -> None:
+def _feed(parse: _Parse, data: memoryview) -> None:
+    """Give llhttp the next bytes.
+
+    What llhttp refuses once the reply is complete (anything after a ``Connection: close`` reply, bytes that
+    are not HTTP) is trailing bytes, like a second reply would be: never read, and the connection is not
+    reused; the reply itself stands.
+    """
     try:
-        parser.feed_data(data)
-    except httptools.HttpParserUpgrade:
-        raise BadReply("the server switched protocols") from None
-    except httptools.HttpParserCallbackError as exc:
+        parse.parser.feed_data(data)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+        if parse.complete:
+            parse.trailing = True
+            return
+        raise _bad_reply(exc) from None
+
+
+def _bad_reply(exc: Exception) -> BadReply:
+    if isinstance(exc, httptools.HttpParserUpgrade):
+        return BadReply("the server switched protocols")
+    if isinstance(exc, httptools.HttpParserCallbackError):
         cause = exc.__cause__ or exc.__context__
-        raise cause if isinstance(cause, BadReply) else BadReply("not an HTTP reply") from None
-    except httptools.HttpParserError as exc:
-        raise BadReply(f"not an HTTP reply ({type(exc).__name__})") from None
+        return cause if isinstance(cause, BadReply) else BadReply("not an HTTP reply")
+    return BadReply(f"not an HTTP reply ({type(exc).__name__})")
 
 
 class Pool:
@@ -398,7 +411,7 @@ class Pool:
             received += len(data)
             if received > MAX_HEADER_BYTES + RECV_BYTES and not parse.headers_done:
                 raise BadReply("no end of the reply's headers")
-            _feed(parse.parser, data)
+            _feed(parse, data)
         return Response(self, conn, parse, head=head)
 
     def clear(self) -> None:
