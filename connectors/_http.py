@@ -13,8 +13,8 @@ connector (``connectors/igate.py``, ...) builds one :class:`HttpClient` from its
   changes no behaviour.
 - **Timeouts on every phase** (connect, read), each capped by what is left of the operation's
   **total deadline**. A read timeout is per read, so a target that drips one byte every few seconds
-  would never trip it: once the headers are in, a watchdog thread shuts the socket when the deadline
-  passes, so the call ends within the deadline even mid-body.
+  would never trip it: from before the request is written, a watchdog thread shuts the socket when the
+  deadline passes, so the call ends within the deadline even mid-head or mid-body.
 - **A reply size cap** (``max_reply_bytes``): a declared ``Content-Length`` over it is refused unread, and a
   streamed body is cut as soon as it passes the cap. Compressed replies are refused (we ask for
   ``identity``), because a small gzip body can expand past any cap in one decompression step.
@@ -134,32 +134,49 @@ class _ForeignRedirectError(Exception):
     """Raised by the request hook when a redirect leaves the configured origins."""
 
 
-class _Fired:
-    """Set by the watchdog when the deadline passed mid-reply.
+class _Cut:
+    """The deadline's hold on one request: when it passes, the connection the request is on is shut.
 
-    A flag: a ``threading.Event`` per request built a condition and a lock that nothing ever waits on.
+    Armed before the request is written, not once its headers are in: each read is within the read timeout,
+    so a server dripping its head (or streaming ``100 Continue``) would otherwise hold the call past any
+    deadline. The wire module hands over each connection the request uses (:meth:`attach`); one is
+    detached before it goes back to its pool, so the watchdog never shuts an idle connection.
+
+    No lock (a lock per request costs what the plain flag saved, issue 15): the watchdog writes ``fired``
+    then reads the connection, the request's thread clears the connection then reads ``fired``, each one
+    bytecode under the GIL. Whichever order they run in, either the watchdog finds no connection, or the
+    request's thread sees ``fired`` and closes the connection instead of pooling it.
     """
 
-    __slots__ = ("value",)
+    __slots__ = ("_conn", "fired")
 
     def __init__(self) -> None:
-        self.value = False
+        self._conn: wire.Connection | None = None
+        self.fired = False
 
-    def set(self) -> None:
-        self.value = True
+    def fire(self) -> None:
+        """The deadline passed (the watchdog's thread): wake any read or write blocked on the connection."""
+        self.fired = True
+        conn = self._conn
+        if conn is not None:
+            # socket.socket.shutdown, not SSLSocket.shutdown: the latter tears down TLS state under the reader.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
 
-    def is_set(self) -> bool:
-        return self.value
+    def attach(self, conn: wire.Connection) -> None:
+        """The request is about to be written on ``conn``.
 
+        Raises:
+            wire.ConnectFailed: the deadline has passed already (nothing is written).
+        """
+        self._conn = conn
+        if self.fired:
+            raise wire.ConnectFailed("the deadline passed before the request was written")
 
-def _shut_socket(response: wire.Response, fired: _Fired) -> None:
-    """Wake a read blocked on ``response``'s socket: the deadline has passed."""
-    fired.set()
-    sock = response.connection.sock
-    if isinstance(sock, socket.socket):
-        # socket.socket.shutdown, not SSLSocket.shutdown: the latter tears down TLS state under the reader.
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    def detach(self) -> bool:
+        """Stop watching the connection (before it is given back or closed); whether the deadline fired."""
+        self._conn = None
+        return self.fired
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +376,7 @@ class HttpClient:
         body: bytes | None,
         headers: dict[str, str],
         remaining: float,
+        cut: _Cut,
     ) -> tuple[wire.Response, str]:
         """Send, following at most MAX_REDIRECTS redirects of a GET or HEAD within the allowed origins.
 
@@ -375,13 +393,19 @@ class HttpClient:
                 parts = urlsplit(url)
                 target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             request = wire.encode_request(method, target, pool.host_header, headers, body)
-            response = pool.exchange(request, connect_timeout=connect, read_timeout=read, head=method == "HEAD")
+            response = pool.exchange(
+                request, connect_timeout=connect, read_timeout=read, head=method == "HEAD", watch=cut.attach
+            )
             target = None
             location = response.headers.get("location")
             if method not in _SAFE_METHODS or response.status not in _REDIRECTS or not location:
                 return response, url
-            drained, _ = self._drain(response)
-            response.release(complete=drained)
+            drained = False
+            try:
+                drained, _ = self._drain(response)
+            finally:  # closed at once on a failed drain too (not left to the garbage collector)
+                fired = cut.detach()  # before the connection goes back to its pool
+                response.release(complete=drained and not fired)
             url = urljoin(url, location)
         raise _ForeignRedirectError(f"more than {MAX_REDIRECTS} redirects")
 
@@ -414,24 +438,26 @@ class HttpClient:
         if remaining <= 0:
             raise TargetUnavailable("the operation's deadline passed before this request was sent")
         full, target, body_bytes, request_headers = self._build(url, json_body, form, params, headers)
-        fired = _Fired()
+        cut = _Cut()
+        ticket = WATCHDOG.arm(deadline, cut.fire)
         try:
-            response, full = self._open(method, full, target, body_bytes, request_headers, remaining)
-            ticket = WATCHDOG.arm(deadline, lambda: _shut_socket(response, fired))
+            response, full = self._open(method, full, target, body_bytes, request_headers, remaining, cut)
             complete = False
             try:
                 ok = 200 <= response.status < 300 or response.status in accept
                 body, complete = self._read_body(response, deadline, effect=effect, whole=ok)
             finally:
-                WATCHDOG.disarm(ticket)
+                fired = cut.detach()
                 # a connection with unread bytes must not serve the next request
-                response.release(complete=complete and not fired.is_set())
+                response.release(complete=complete and not fired)
         except wire.InvalidRequest as exc:
             raise TargetRejected(f"request not sent: {exc}", code="invalid-request") from None
         except (_ForeignRedirectError, wire.WireError) as exc:
-            raise self._transport_error(exc, full, fired=fired.is_set(), effect=effect) from None
+            raise self._transport_error(exc, full, fired=cut.detach(), effect=effect) from None
+        finally:
+            WATCHDOG.disarm(ticket)
         elapsed_ms = (time.monotonic() - started) * 1000
-        if fired.is_set():
+        if fired:
             raise TargetTimeout(f"the {self.spec.timeout.total:g}s deadline passed mid-reply")
         if ok:
             return HttpReply(response.status, response.headers, body, elapsed_ms, effect)

@@ -17,7 +17,8 @@ What is kept from the library, and what is ours:
 - **Timeouts**: the connect timeout on the connect (and the TLS handshake); a read timeout per read. On a
   plain socket the read and write timeouts are the kernel's (``SO_RCVTIMEO``/``SO_SNDTIMEO``, set only when
   they change), so a read is one system call; a TLS socket uses Python's timeout. The total deadline is the
-  caller's (:mod:`connectors._http` arms a watchdog that shuts the socket).
+  caller's (:mod:`connectors._http` arms a watchdog that shuts the socket; :meth:`Pool.exchange` hands it the
+  connection before writing, so the head is under the deadline too).
 - **Keep-alive**: a connection goes back to its origin's idle list only when its reply was read to the end
   and the server did not ask to close. One idle longer than :data:`STALE_AFTER` is checked (a zero-timeout
   poll) before reuse: a server's keep-alive timeout closes it on its side, and a request written into that
@@ -39,9 +40,12 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Final, overload
+from typing import TYPE_CHECKING, Final, overload
 
 import httptools
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: a connection idle longer than this is checked before reuse (seconds)
 STALE_AFTER: Final = 1.0
@@ -380,8 +384,20 @@ class Pool:
                 sock.close()
             raise ConnectFailed(f"cannot open the connection ({type(exc).__name__})") from exc
 
-    def exchange(self, request: bytes, *, connect_timeout: float, read_timeout: float, head: bool) -> Response:
+    def exchange(
+        self,
+        request: bytes,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        head: bool,
+        watch: Callable[[Connection], None] | None = None,
+    ) -> Response:
         """Write ``request`` and read the reply up to the end of its headers.
+
+        ``watch`` is told the connection before anything is written: the caller's deadline watchdog must be
+        able to shut it while the head is still coming (each read is within the read timeout, so a server
+        dripping its head, or streaming ``100 Continue``, would otherwise hold the call past any deadline).
 
         Raises:
             ConnectFailed: the request never left.
@@ -389,6 +405,8 @@ class Pool:
         """
         conn = self.take(connect_timeout)
         try:
+            if watch is not None:
+                watch(conn)
             conn.set_timeout(read_timeout)
             try:
                 conn.sock.sendall(request)
