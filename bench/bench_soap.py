@@ -22,7 +22,7 @@ so every call is a create the portal accepts at once):
 3. **profile**: ``--messages`` again with ``cProfile`` (timer: the thread's CPU time) enabled in every pipeline
    call; zeep's share is the CPU time inside the SOAP client's exchange (``SoapClient._send``: the envelope
    from its compiled plan or from zeep, the reply read by the plan or by zeep) and ``zeep.helpers.serialize_object``
-   minus the CPU time inside our transport's HTTP ``post`` (urllib3, sockets), over the CPU time of
+   minus the CPU time inside our transport's HTTP ``post`` (``connectors/_http_wire.py``, sockets), over the CPU time of
    the whole pipeline (``RouteRunner.handle_batch``). The breakdown table attributes each function's own time to
    a package (time of builtins and stdlib helpers goes to the package that called them).
 
@@ -405,10 +405,13 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("/lxml/", "lxml"),
     ("lxml.", "lxml"),
     ("/isodate/", "zeep"),
-    ("/requests/", "http (requests/urllib3)"),
-    ("/urllib3/", "http (requests/urllib3)"),
-    ("http/client.py", "http (requests/urllib3)"),
-    ("_socket.socket", "http (requests/urllib3)"),
+    ("connectors/_http_wire.py", "http (wire, httptools, sockets)"),
+    ("httptools", "http (wire, httptools, sockets)"),
+    ("/requests/", "http (wire, httptools, sockets)"),
+    ("/urllib3/", "http (wire, httptools, sockets)"),
+    ("http/client.py", "http (wire, httptools, sockets)"),
+    ("_socket.socket", "http (wire, httptools, sockets)"),
+    ("_ssl._SSLSocket", "http (wire, httptools, sockets)"),
     ("/sqlalchemy/", "store (SQLAlchemy/SQLite)"),
     ("sqlite3", "store (SQLAlchemy/SQLite)"),
     ("/pydantic/", "pydantic"),
@@ -541,7 +544,7 @@ def _print_probe(burst: Pass) -> float:
     rows = [
         ("pipeline (RouteRunner.handle_batch)", c.wall, c.cpu),
         ("  zeep operation call (inclusive)", probe.wall["zeep_call"], probe.cpu["zeep_call"]),
-        ("    HTTP post under it (requests, socket)", probe.wall["http_post"], probe.cpu["http_post"]),
+        ("    HTTP post under it (wire, socket)", probe.wall["http_post"], probe.cpu["http_post"]),
         ("  zeep.helpers.serialize_object (reply)", probe.wall["serialize"], probe.cpu["serialize"]),
         ("  ZEEP (build + serialise + parse, no HTTP)", zeep_wall, zeep_cpu),
         ("  store: claim + complete", probe.wall["store"], probe.cpu["store"]),
@@ -567,7 +570,7 @@ def _print_profile(profiled: Pass, args: argparse.Namespace) -> float:
     print("inflates code that makes many small Python calls, zeep most, so read shares beside the table above):")
     print(f"  pipeline CPU total                {share['total']:8.2f} s  {_ms(share['total'], profiled.messages)}")
     print(f"  zeep operation call (inclusive)   {share['zeep_call']:8.2f} s  {share['zeep_call'] / total:6.1%}")
-    print(f"    of which HTTP post (requests)   {share['http']:8.2f} s  {share['http'] / total:6.1%}")
+    print(f"    of which HTTP post (wire)       {share['http']:8.2f} s  {share['http'] / total:6.1%}")
     print(f"  zeep.helpers.serialize_object     {share['serialize']:8.2f} s  {share['serialize'] / total:6.1%}")
     print(f"  zeep without HTTP                 {prof_zeep:8.2f} s  {prof_zeep / total:6.1%}")
     print()

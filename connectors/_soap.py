@@ -18,12 +18,19 @@ here once, so no SOAP connector can forget it (docs/design.md Security, docs/rel
   zeep's own serialiser, so a malformed request still meets zeep's error. A 200 reply of the plain shape the
   plan knows (the response element, string leaves in order) is read by one strict lxml parse set as zeep's;
   any other reply (a fault, a DOCTYPE, another shape, broken XML) declines, and zeep reads it as before.
-- **The transport is urllib3** (a pool per origin, no retries, no redirects of its own), as in
-  ``connectors/_http.py``, chosen by measurement (issue 15): the portal connector's whole ``dong_bo_ho_so``
-  (guard, session, envelope, POST, reply read and validated) against the portal simulator in its own
-  process, 2,000 calls on 8 threads, three runs alternating: 795-970 µs of CPU per call on urllib3 against
-  958-1,148 on requests (load average 8 on the 2 CPUs). requests merges session settings, runs hooks and
-  builds models of its own around the same urllib3 pool on every call, and nothing here used them.
+- **The transport is** :mod:`connectors._http_wire`, the REST connectors' wire (keep-alive sockets per
+  origin, llhttp's parser via ``httptools``, one ``sendall`` per request, kernel read timeouts), chosen by
+  measurement (issue 15). One thread, 2,000 ``dong_bo_ho_so`` calls against the portal simulator in its own
+  process, six runs each (load average 6-7 from other work): the envelope's POST and reply read cost
+  392-437 µs of CPU per call on a urllib3 pool and 137-174 µs on the wire (the whole call 743-814 µs
+  against 481-559 µs); in ``bench/bench_soap.py`` (1,000 messages, 8 threads) 0.48-0.55 ms against
+  0.18-0.19 ms per message. Where urllib3's time goes (per-request wrapper, file and header objects, a poll
+  before each read) is in ``connectors/_http_wire.py``. urllib3 had itself replaced requests here (795-970 µs
+  against 958-1,148 µs per call on 8 threads): requests merged session settings, ran hooks and built models
+  of its own around the same pool on every call. No retries, no redirects, no proxy from the environment.
+  Everything around the transport (the table below, the deadline, the cap) is this module's, so the change
+  of transport changed no behaviour but one: a failed TLS handshake is known to be one (urllib3 could not
+  tell it from a failed read, and said ``maybe_applied=effect``), and nothing was sent.
 - **A total deadline** per operation (``timeout.total``) on top of per-read timeouts: zeep's POST has none
   by default, and a read timeout is per read, so a reply dripped one byte at a time would never
   trip it. Once the headers are in, a watchdog thread shuts the socket's read side at the deadline. The
@@ -35,14 +42,17 @@ here once, so no SOAP connector can forget it (docs/design.md Security, docs/rel
   (500, 400) with an XML content type go to zeep; HTML or anything else is refused with a short scrubbed
   snippet.
 - **Translation into the error tree** (:func:`translate`, and :func:`parse_answer` for a reply that is not
-  the caller's model), so routes never see zeep or urllib3:
+  the caller's model), so routes never see zeep or a socket error:
 
   ===================================================  =========================================================
   what happened                                        raised
   ===================================================  =========================================================
-  connection refused, DNS failure, connect timeout     ``TargetUnavailable(maybe_applied=False)``
-  read timeout, deadline passed mid-reply              ``TargetTimeout`` (``maybe_applied``)
-  connection lost after sending, truncated reply       ``TargetUnavailable(maybe_applied=effect)``
+  connection refused, DNS failure, connect timeout,    ``TargetUnavailable(maybe_applied=False)``: the
+  TLS handshake, a bad address                         request never left
+  no reply within the read timeout, deadline passed   ``TargetTimeout`` (``maybe_applied``)
+  mid-reply
+  connection lost after sending, truncated reply, a    ``TargetUnavailable(maybe_applied=effect)``
+  read timeout mid-body, a reply that is not HTTP
   503, 429, 408, 425                                   ``TargetUnavailable(maybe_applied=False)``
   other 5xx without a SOAP envelope                    ``TargetUnavailable(maybe_applied=effect)``
   reply over the cap, HTML, compressed, not XML,       ``TargetGarbled(maybe_applied=effect)``: the target
@@ -53,6 +63,7 @@ here once, so no SOAP connector can forget it (docs/design.md Security, docs/rel
   SOAP fault ``Client``/``Client.*``, ``MustUnder-     ``TargetRejected(code="soap:Client…")``
   stand``, ``VersionMismatch``
   other 4xx, redirects (never followed)                ``TargetRejected(code=str(status))``
+  a control character in a header or the address      ``TargetRejected(code="invalid-request")``: not sent
   a fault code the caller names in ``refused``         :class:`connectors.kit.Refused` (a session refused:
                                                        the credential helper renews it), no verdict
   ===================================================  =========================================================
@@ -66,29 +77,22 @@ chains back to them. Fault strings are quoted only after :func:`schemas.pii.scru
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse, urlsplit
 
-import urllib3
 import zeep
 import zeep.exceptions
 import zeep.helpers
 from lxml import etree  # type: ignore[import-untyped]  # lxml ships no type hints
 from pydantic import BaseModel, ValidationError
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    LocationParseError,
-    NameResolutionError,
-    NewConnectionError,
-    ReadTimeoutError,
-)
 
+from connectors import _http_wire as wire
 from connectors._http import ERROR_BODY_BYTES, USER_AGENT, scrub_snippet
 from connectors._soap_wire import Declined, WirePlan, compile_operation
 from connectors.kit.credential import Refused
@@ -126,6 +130,9 @@ _NOT_APPLIED_STATUSES: Final = frozenset({408, 425, 429, 503})
 _XML_MEDIA_TYPES: Final = frozenset({"text/xml", "application/xml", "application/soap+xml"})
 _READ_CHUNK: Final = 65536
 _CLIENT_FAULTS: Final = frozenset({"Client", "MustUnderstand", "VersionMismatch"})
+#: characters kept as they are in an address's path and query (RFC 3986's, and '%' of an escape already there)
+_PATH_SAFE: Final = "/:@!$&'()*+,;=%-._~"
+_QUERY_SAFE: Final = _PATH_SAFE + "?"
 
 
 def hardened_settings() -> zeep.Settings:
@@ -195,7 +202,8 @@ def _charset(headers: Mapping[str, str]) -> str | None:
 class SoapTransport(zeep.Transport):
     """zeep's transport with local-only schema loading, a total deadline, a reply cap and error translation.
 
-    The HTTP client is a urllib3 pool, as in ``connectors/_http.py`` (the module docstring says why).
+    The HTTP client is :mod:`connectors._http_wire`, as in ``connectors/_http.py`` (the module docstring
+    says why): one pool of keep-alive connections per origin.
 
     Thread-safe: the deadline and the effect flag of the operation in flight live in a thread-local set by
     :meth:`call`, so one client serves every worker thread.
@@ -218,19 +226,15 @@ class SoapTransport(zeep.Transport):
         self._local = threading.local()
         ca_file = spec.options.get("ca_file")
         # One connector serves every route that names it, each with its own worker threads: a small pool
-        # would discard connections under that load and reconnect for every call. No proxy from the
-        # environment (urllib3 reads none): it would send our traffic somewhere the config does not say.
-        # No retries and no redirects of urllib3's own: both are decided here.
-        self._pool = urllib3.PoolManager(
-            num_pools=4,
-            maxsize=POOL_SIZE,
-            block=False,
-            retries=False,
-            ssl_context=ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context(),
-        )
+        # would discard connections under that load and reconnect for every call (POOL_SIZE idle ones are
+        # kept; more are opened when all are busy). No proxy from the environment: it would send our traffic
+        # somewhere the config does not say. No retries and no redirects: both are decided here.
+        self._ssl = ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context()
         self._headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "text/xml"}
-        # an endpoint's connection pool and path, looked up once: a client posts to one address
-        self._targets: dict[str, tuple[urllib3.HTTPConnectionPool, str]] = {}
+        # an address's pool and request target, looked up once: a client posts to one address
+        self._targets: dict[str, tuple[wire.Pool, str]] = {}
+        self._pools: dict[tuple[str, str, int], wire.Pool] = {}
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def call(self, deadline: float, *, effect: bool) -> Iterator[CallState]:
@@ -244,8 +248,12 @@ class SoapTransport(zeep.Transport):
 
     def close(self) -> None:
         """Close the pooled connections."""
-        self._targets.clear()
-        self._pool.clear()
+        with self._lock:
+            pools = list(self._pools.values())
+            self._targets.clear()
+            self._pools.clear()
+        for pool in pools:
+            pool.clear()
         self.session.close()
 
     # -- zeep's transport interface -----------------------------------------------------------------------
@@ -282,58 +290,64 @@ class SoapTransport(zeep.Transport):
         if remaining <= 0:
             raise TargetUnavailable("the operation's deadline passed before this request was sent")
         spec = self.spec.timeout
-        timeout = urllib3.Timeout(connect=min(spec.connect, remaining), read=min(spec.read, remaining))
+        connect, read = min(spec.connect, remaining), min(spec.read, remaining)
         body = message.encode("utf-8") if isinstance(message, str) else message
         ctx.sent = True
         try:
-            pool, path = self._target(address)
-            response = pool.urlopen(
-                "POST",
-                path,
-                body=body,
-                headers={**self._headers, **headers},
-                timeout=timeout,
-                preload_content=False,
-                decode_content=False,
-                redirect=False,
-                retries=False,
-            )
-        except (NewConnectionError, NameResolutionError):  # NewConnectionError is also a ConnectTimeoutError
-            raise TargetUnavailable(f"cannot reach {urlparse(address).hostname}: connection refused") from None
-        except ConnectTimeoutError:
-            raise TargetUnavailable(f"cannot reach {urlparse(address).hostname}: connect timeout") from None
-        except ReadTimeoutError:
+            pool, target = self._target(address)
+            request = wire.encode_request("POST", target, pool.host_header, {**self._headers, **headers}, body)
+            response = pool.exchange(request, connect_timeout=connect, read_timeout=read, head=False)
+        except _BadAddressError:
+            raise TargetUnavailable(f"cannot reach {_host(address)}: bad address") from None
+        except wire.InvalidRequest as exc:
+            raise TargetRejected(f"request not sent: {exc}", code="invalid-request") from None
+        except wire.ConnectFailed as exc:
+            raise TargetUnavailable(f"cannot reach {_host(address)}: {_connect_failure(exc)}") from None
+        except wire.ReadTimedOut:
             raise TargetTimeout("no answer within the read timeout") from None
-        except LocationParseError:
-            raise TargetUnavailable(f"cannot reach {urlparse(address).hostname}: bad address") from None
-        except (HTTPError, OSError):  # a TLS error too: urllib3 cannot tell a handshake from a read, so maybe sent
+        except wire.WireError:  # lost after (part of) the request was written, or a reply that is not HTTP
             raise TargetUnavailable("connection lost after sending", maybe_applied=ctx.effect) from None
-        fired = threading.Event()
-        ticket = WATCHDOG.arm(ctx.deadline, lambda: _shut_read(response, fired))
-        whole = False
+        cut = _Cut(response)
+        ticket = WATCHDOG.arm(ctx.deadline, cut)
         try:
-            reply = self._reply(response, ctx, started, fired)
-            whole = True
-            return reply
+            return self._reply(response, ctx, started, cut.fired)
         finally:
             WATCHDOG.disarm(ticket)
-            if not whole or fired.is_set():
-                response.close()  # a refused, cut or timed-out reply: the connection is not reused
-            response.release_conn()  # read to its end, the connection serves the next call
+            cut.release()
 
     # -- internals ----------------------------------------------------------------------------------------
 
-    def _target(self, address: str) -> tuple[urllib3.HTTPConnectionPool, str]:
-        """The pool and request path of ``address`` (the pool manager's per-call URL parsing, done once)."""
-        target = self._targets.get(address)
-        if target is None:
-            parts = urllib3.util.parse_url(address)
-            target = self._targets[address] = (self._pool.connection_from_url(address), parts.request_uri)
-        return target
+    def _target(self, address: str) -> tuple[wire.Pool, str]:
+        """The pool of ``address``'s origin and its request target, parsed once.
 
-    def _reply(
-        self, response: urllib3.BaseHTTPResponse, ctx: CallState, started: float, fired: threading.Event
-    ) -> SoapReply:
+        Raises:
+            _BadAddressError: not an http(s) URL with a host and a valid port.
+        """
+        found = self._targets.get(address)
+        if found is not None:
+            return found
+        try:
+            parts = urlsplit(address)
+            port = parts.port
+        except ValueError:
+            raise _BadAddressError from None
+        scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+        if scheme not in {"http", "https"} or not host:
+            raise _BadAddressError
+        # as urllib3 did: characters not allowed in a URL are percent-encoded, a '%' already there is kept
+        target = quote(parts.path or "/", safe=_PATH_SAFE) + (
+            f"?{quote(parts.query, safe=_QUERY_SAFE)}" if parts.query else ""
+        )
+        origin = (scheme, host, port or {"http": 80, "https": 443}[scheme])
+        with self._lock:
+            pool = self._pools.get(origin)
+            if pool is None:
+                tls = self._ssl if scheme == "https" else None
+                pool = self._pools[origin] = wire.Pool(*origin, maxsize=POOL_SIZE, ssl_context=tls)
+            found = self._targets[address] = (pool, target)
+        return found
+
+    def _reply(self, response: wire.Response, ctx: CallState, started: float, fired: threading.Event) -> SoapReply:
         status = response.status
         headers = response.headers
         if status not in _SOAP_STATUSES:
@@ -359,9 +373,7 @@ class SoapTransport(zeep.Transport):
         elapsed_ms = (time.monotonic() - started) * 1000
         return SoapReply(status, headers, body, elapsed_ms, encoding=_charset(headers))
 
-    def _read(
-        self, response: urllib3.BaseHTTPResponse, ctx: CallState, fired: threading.Event, *, cap: int, whole: bool
-    ) -> bytes:
+    def _read(self, response: wire.Response, ctx: CallState, fired: threading.Event, *, cap: int, whole: bool) -> bytes:
         """The body within ``cap``; an error reply (``whole`` False) is read only as far as its snippet needs."""
         declared = response.headers.get("Content-Length", "")
         if whole and declared.isdigit() and int(declared) > cap:
@@ -369,7 +381,7 @@ class SoapTransport(zeep.Transport):
         body = bytearray()
         try:
             self._stream(response, ctx, fired, body, cap=cap, whole=whole)
-        except (HTTPError, OSError) as exc:
+        except (wire.WireError, OSError) as exc:
             if fired.is_set():
                 raise self._deadline_error(ctx) from None
             if whole:
@@ -382,7 +394,7 @@ class SoapTransport(zeep.Transport):
 
     @staticmethod
     def _stream(
-        response: urllib3.BaseHTTPResponse,
+        response: wire.Response,
         ctx: CallState,
         fired: threading.Event,
         body: bytearray,
@@ -391,7 +403,7 @@ class SoapTransport(zeep.Transport):
         whole: bool,
     ) -> None:
         """Read into ``body`` until the reply ends, passes ``cap`` or the deadline; a whole reply past it is garbage."""
-        while chunk := response.read1(min(_READ_CHUNK, cap + 1 - len(body)), decode_content=False):
+        while chunk := response.read1(min(_READ_CHUNK, cap + 1 - len(body))):
             body += chunk
             if len(body) > cap:
                 if not whole:
@@ -406,11 +418,69 @@ class SoapTransport(zeep.Transport):
         return TargetTimeout(f"the {self.spec.timeout.total:g}s deadline passed mid-reply")
 
 
-def _shut_read(response: urllib3.BaseHTTPResponse, fired: threading.Event) -> None:
-    """Wake a read blocked on ``response``'s socket: the deadline has passed."""
-    fired.set()
-    with contextlib.suppress(OSError, ValueError, RuntimeError, AttributeError):
-        response.shutdown()  # urllib3 2.x: shuts the socket's read side; the blocked read sees EOF
+class _BadAddressError(Exception):
+    """The address is not an http(s) URL with a host and a valid port: nothing is sent."""
+
+
+def _host(address: str) -> str:
+    try:
+        return urlsplit(address).hostname or "the target"
+    except ValueError:
+        return "the target"
+
+
+def _connect_failure(exc: wire.ConnectFailed) -> str:
+    """What kept the connection from opening, from the cause's class (its text may name files or peers)."""
+    cause = exc.__cause__
+    if isinstance(cause, TimeoutError):
+        return "connect timeout"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, socket.gaierror):
+        return "name not resolved"
+    if isinstance(cause, ssl.SSLError):  # a certificate refused too (SSLCertVerificationError)
+        return f"TLS handshake failed ({type(cause).__name__})"
+    return f"cannot connect ({type(cause).__name__})"
+
+
+class _Cut:
+    """The watchdog's action for one reply (the deadline has passed), and the reply's release, never both at once.
+
+    The action shuts the socket's read side, so a read blocked on it sees EOF. The watchdog runs it outside
+    its lock, so it may run just after :meth:`release` gave the connection back to its pool: it would then
+    shut a pooled connection and fail the next call on it ("connection lost after sending"). The lock and
+    the ``released`` flag make the action a no-op once the reply is released (urllib3 refused the same:
+    ``shutdown()`` raised once the connection was back in the pool).
+    """
+
+    __slots__ = ("_lock", "_released", "_response", "fired")
+
+    def __init__(self, response: wire.Response) -> None:
+        self._response = response
+        self._lock = threading.Lock()
+        self._released = False
+        #: set when the deadline passed mid-reply (by this action, or by the reader's own check)
+        self.fired = threading.Event()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self.fired.set()
+            # socket.socket.shutdown, not SSLSocket.shutdown: the latter tears down TLS state under the reader.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(self._response.connection.sock, socket.SHUT_RD)
+
+    def release(self) -> None:
+        """Give the connection back or close it.
+
+        The wire keeps it only when the reply was read to its end and the server keeps it open: a reply
+        refused unread or cut at the cap is closed, and an error reply whose short body the snippet read
+        whole serves the next call (as urllib3 released it). One cut at the deadline is closed.
+        """
+        with self._lock:
+            self._released = True
+            self._response.release(complete=not self.fired.is_set())
 
 
 def _status_error(status: int, body: bytes, headers: Mapping[str, str], *, effect: bool) -> BusError:

@@ -6,6 +6,7 @@ request-id log or a dossier's state.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import socket
 import threading
@@ -13,6 +14,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
 from structlog.testing import capture_logs
@@ -20,6 +22,7 @@ from wallclock import assert_within
 
 from config.model import ConnectorSpec
 from connectors._soap import WSDL_DIR, SoapTransport, scrub_fault
+from connectors.kit.guard import WATCHDOG
 from connectors.nps import NAMESPACE, NpsConnector
 from schemas.errors import (
     AmbiguousOutcome,
@@ -47,7 +50,7 @@ from schemas.results import DvcqgSyncResult
 from simulators.nps import DEFAULT_MADONVI, DEFAULT_PASSWORD, DEFAULT_USERNAME, NpsSimulator
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 USER_ENV = "IGATE_BUS_TEST_NPS_USERNAME"
 PASSWORD_ENV = "IGATE_BUS_TEST_NPS_PASSWORD"
@@ -168,6 +171,52 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class CountingProxy:
+    """A TCP proxy in front of the simulator that counts the connections clients open through it."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.accepted = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = int(self.listener.getsockname()[1])
+        self._open: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            self.accepted += 1
+            server = socket.create_connection(self.upstream)
+            self._open += [client, server]
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.listener.close()
+        for sock in self._open:
+            sock.close()
 
 
 class TestOperations:
@@ -701,6 +750,125 @@ class TestProbe:
 
         assert health.state == "down"
         assert "unavailable" in health.detail
+
+
+class TestTransport:
+    """The HTTP under zeep (connectors/_http_wire.py): kept-alive connections, and TLS refused before sending."""
+
+    @pytest.fixture
+    def proxy(self, sim: NpsSimulator) -> Iterator[CountingProxy]:
+        """A counting proxy to the simulator."""
+        host, port = urlsplit(sim.endpoint).hostname, urlsplit(sim.endpoint).port
+        assert host is not None
+        assert port is not None
+        counting = CountingProxy((host, port))
+        yield counting
+        counting.close()
+
+    def test_twenty_sequential_calls_share_one_keep_alive_connection(
+        self, sim: NpsSimulator, make_connector: Any, proxy: CountingProxy
+    ) -> None:
+        """The login and 20 DongBoHoSoMC calls, one after the other ▶ 21 requests on ONE connection."""
+        path = urlsplit(sim.endpoint).path
+        nps = make_connector(endpoint=f"http://127.0.0.1:{proxy.port}{path}")
+
+        for n in range(20):
+            assert sync(nps, f"k-{n}", MaHoSo=f"000.00.16.H16-250312-{n:04d}").ok
+
+        assert len(sim.requests("DongBoHoSoMC")) == 20  # they did go through the proxy
+        assert [r["operation"] for r in sim.requests()][:1] == ["XacThuc"]
+        assert proxy.accepted == 1
+
+    def test_an_error_reply_read_to_its_end_keeps_its_connection(
+        self, sim: NpsSimulator, make_connector: Any, proxy: CountingProxy
+    ) -> None:
+        """A 503 whose short body the snippet read whole: the next call goes on the same connection."""
+        path = urlsplit(sim.endpoint).path
+        nps = make_connector(endpoint=f"http://127.0.0.1:{proxy.port}{path}")
+        sim.set_faults(mode="http_503", only_operations=["DongBoHoSoMC"])
+        with pytest.raises(TargetUnavailable, match="HTTP 503"):
+            sync(nps, "k1")
+        sim.set_faults()
+
+        assert sync(nps, "k2").ok
+
+        assert len(sim.requests("DongBoHoSoMC")) == 2
+        assert proxy.accepted == 1
+
+    def test_a_reply_cut_at_the_deadline_closes_its_connection(
+        self, sim: NpsSimulator, make_connector: Any, proxy: CountingProxy
+    ) -> None:
+        """A dripped reply cut by the watchdog: its unread bytes must not be read as the next reply, so the
+        next call opens a new connection (and succeeds)."""
+        path = urlsplit(sim.endpoint).path
+        nps = make_connector(
+            endpoint=f"http://127.0.0.1:{proxy.port}{path}", timeout={"connect": "1s", "read": "1s", "total": "0.5s"}
+        )
+        assert nps.probe().state == "up"  # the login, outside the dripped call's deadline
+        sim.set_faults(mode="drip", only_operations=["DongBoHoSoMC"], drip_interval_s=0.05)
+        with pytest.raises(TargetTimeout, match="deadline passed mid-reply"):
+            sync(nps, "k1")
+        assert proxy.accepted == 1
+        sim.set_faults()
+
+        assert sync(nps, "k2").ok
+
+        assert proxy.accepted == 2
+
+    def test_a_late_watchdog_action_leaves_the_released_connection_alone(
+        self, sim: NpsSimulator, make_connector: Any, proxy: CountingProxy, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The watchdog runs an action it took just before the disarm after the reply was released (its
+        thread runs actions outside its lock) ▶ the pooled connection is not shut: the next call uses it."""
+        path = urlsplit(sim.endpoint).path
+        nps = make_connector(endpoint=f"http://127.0.0.1:{proxy.port}{path}")
+        assert sync(nps, "k0", MaHoSo="000.00.16.H16-250312-0100").ok
+        actions: list[Callable[[], None]] = []
+        arm = WATCHDOG.arm
+
+        def capture(at: float, action: Callable[[], None]) -> int:
+            actions.append(action)
+            return arm(at, action)
+
+        monkeypatch.setattr(WATCHDOG, "arm", capture)
+        assert sync(nps, "k1", MaHoSo="000.00.16.H16-250312-0101").ok
+        assert len(actions) == 1  # k1's reply armed it, and its connection is back in the pool
+
+        actions[0]()  # late, as the watchdog thread could run it
+
+        assert sync(nps, "k2", MaHoSo="000.00.16.H16-250312-0102").ok
+        assert proxy.accepted == 1
+
+    def test_tls_handshake_failure_is_not_applied_and_sends_nothing(self) -> None:
+        """A peer that answers the ClientHello with plain HTTP ▶ TargetUnavailable(maybe_applied=False), and
+        the peer received a TLS record, never the envelope."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(5)
+        received = bytearray()
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                with conn:
+                    received.extend(conn.recv(65536))
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        address = f"https://127.0.0.1:{listener.getsockname()[1]}/lgsp/dvcqg"
+        transport = SoapTransport("nps", make_spec(address))
+        try:
+            with transport.call(time.monotonic() + 2, effect=True), pytest.raises(TargetUnavailable) as caught:
+                transport.post(address, b"<envelope-marker/>", {"Content-Type": "text/xml"})
+            thread.join(5)
+        finally:
+            transport.close()
+            listener.close()
+
+        assert caught.value.maybe_applied is False
+        assert "TLS handshake failed" in str(caught.value)
+        assert received[:1] == b"\x16"  # a TLS handshake record: the handshake did start
+        assert b"envelope-marker" not in received
 
 
 class TestConfig:

@@ -345,11 +345,10 @@ class TestReply:
 
     def zeep_reads(self, client: SoapClient, content: bytes) -> dict[str, Any]:
         """What zeep's reply path (with the connector's strict settings) makes of ``content``, serialised."""
-        from urllib3 import HTTPHeaderDict
-
+        from connectors._http_wire import Headers
         from connectors._soap import SoapReply, _drop_none
 
-        headers = HTTPHeaderDict({"Content-Type": "text/xml; charset=utf-8"})
+        headers = Headers({"content-type": "text/xml; charset=utf-8"})  # what the transport hands zeep
         answer = client._binding.process_reply(
             client._client, client._binding.get("DongBoHoSoMC"), SoapReply(200, headers, content, 1.0, "utf-8")
         )
