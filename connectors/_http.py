@@ -55,10 +55,8 @@ Thread-safe: the engine calls one client from several worker threads.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import socket
 import ssl
 import threading
 import time
@@ -132,51 +130,6 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 class _ForeignRedirectError(Exception):
     """Raised by the request hook when a redirect leaves the configured origins."""
-
-
-class _Cut:
-    """The deadline's hold on one request: when it passes, the connection the request is on is shut.
-
-    Armed before the request is written, not once its headers are in: each read is within the read timeout,
-    so a server dripping its head (or streaming ``100 Continue``) would otherwise hold the call past any
-    deadline. The wire module hands over each connection the request uses (:meth:`attach`); one is
-    detached before it goes back to its pool, so the watchdog never shuts an idle connection.
-
-    No lock (a lock per request costs what the plain flag saved, issue 15): the watchdog writes ``fired``
-    then reads the connection, the request's thread clears the connection then reads ``fired``, each one
-    bytecode under the GIL. Whichever order they run in, either the watchdog finds no connection, or the
-    request's thread sees ``fired`` and closes the connection instead of pooling it.
-    """
-
-    __slots__ = ("_conn", "fired")
-
-    def __init__(self) -> None:
-        self._conn: wire.Connection | None = None
-        self.fired = False
-
-    def fire(self) -> None:
-        """The deadline passed (the watchdog's thread): wake any read or write blocked on the connection."""
-        self.fired = True
-        conn = self._conn
-        if conn is not None:
-            # socket.socket.shutdown, not SSLSocket.shutdown: the latter tears down TLS state under the reader.
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
-
-    def attach(self, conn: wire.Connection) -> None:
-        """The request is about to be written on ``conn``.
-
-        Raises:
-            wire.ConnectFailed: the deadline has passed already (nothing is written).
-        """
-        self._conn = conn
-        if self.fired:
-            raise wire.ConnectFailed("the deadline passed before the request was written")
-
-    def detach(self) -> bool:
-        """Stop watching the connection (before it is given back or closed); whether the deadline fired."""
-        self._conn = None
-        return self.fired
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +329,7 @@ class HttpClient:
         body: bytes | None,
         headers: dict[str, str],
         remaining: float,
-        cut: _Cut,
+        cut: wire.DeadlineCut,
     ) -> tuple[wire.Response, str]:
         """Send, following at most MAX_REDIRECTS redirects of a GET or HEAD within the allowed origins.
 
@@ -438,7 +391,7 @@ class HttpClient:
         if remaining <= 0:
             raise TargetUnavailable("the operation's deadline passed before this request was sent")
         full, target, body_bytes, request_headers = self._build(url, json_body, form, params, headers)
-        cut = _Cut()
+        cut = wire.DeadlineCut()
         ticket = WATCHDOG.arm(deadline, cut.fire)
         try:
             response, full = self._open(method, full, target, body_bytes, request_headers, remaining, cut)

@@ -241,6 +241,52 @@ class Connection:
             self.sock.close()
 
 
+class DeadlineCut:
+    """The deadline's hold on one request: when it passes, the connection the request is on is shut.
+
+    Armed before the request is written, not once its headers are in: each read is within the read timeout,
+    so a server dripping its head (or streaming ``100 Continue``) would otherwise hold the call past any
+    deadline. :meth:`Pool.exchange` hands over each connection the request uses (:meth:`attach`); the caller
+    detaches it before it goes back to its pool, so the watchdog never shuts an idle connection. Used by
+    both transports (``connectors/_http.py``, ``connectors/_soap.py``) with the kit's watchdog.
+
+    No lock (a lock per request costs what the plain flag saved, issue 15): the watchdog writes ``fired``
+    then reads the connection, the request's thread clears the connection then reads ``fired``, each one
+    bytecode under the GIL. Whichever order they run in, either the watchdog finds no connection, or the
+    request's thread sees ``fired`` and closes the connection instead of pooling it.
+    """
+
+    __slots__ = ("_conn", "fired")
+
+    def __init__(self) -> None:
+        self._conn: Connection | None = None
+        self.fired = False
+
+    def fire(self) -> None:
+        """The deadline passed (the watchdog's thread): wake any read or write blocked on the connection."""
+        self.fired = True
+        conn = self._conn
+        if conn is not None:
+            # socket.socket.shutdown, not SSLSocket.shutdown: the latter tears down TLS state under the reader.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+
+    def attach(self, conn: Connection) -> None:
+        """The request is about to be written on ``conn``.
+
+        Raises:
+            ConnectFailed: the deadline has passed already (nothing is written).
+        """
+        self._conn = conn
+        if self.fired:
+            raise ConnectFailed("the deadline passed before the request was written")
+
+    def detach(self) -> bool:
+        """Stop watching the connection (before it is given back or closed); whether the deadline fired."""
+        self._conn = None
+        return self.fired
+
+
 class Response:
     """A reply whose status and headers are in; its body is read with :meth:`read1`."""
 

@@ -33,8 +33,9 @@ here once, so no SOAP connector can forget it (docs/design.md Security, docs/rel
   tell it from a failed read, and said ``maybe_applied=effect``), and nothing was sent.
 - **A total deadline** per operation (``timeout.total``) on top of per-read timeouts: zeep's POST has none
   by default, and a read timeout is per read, so a reply dripped one byte at a time would never
-  trip it. Once the headers are in, a watchdog thread shuts the socket's read side at the deadline. The
-  header phase is bounded by the read timeout of each read (as ``connectors/_http.py``).
+  trip it. From before the request is written, a watchdog thread shuts the socket at the deadline
+  (:class:`connectors._http_wire.DeadlineCut`, as ``connectors/_http.py``), so a head or a body dripped
+  under the read timeout ends within the deadline.
 - **A reply size cap** (``max_reply_bytes``): a declared ``Content-Length`` over it is refused unread, and a
   streamed body is cut as soon as it passes the cap. zeep reads the body whole into memory and lxml builds a
   tree from it, so the cap is what bounds memory. Compressed replies are refused (we ask for ``identity``).
@@ -293,27 +294,49 @@ class SoapTransport(zeep.Transport):
         connect, read = min(spec.connect, remaining), min(spec.read, remaining)
         body = message.encode("utf-8") if isinstance(message, str) else message
         ctx.sent = True
+        # armed before the request is written: a head dripped under the read timeout ends at the deadline too
+        cut = wire.DeadlineCut()
+        ticket = WATCHDOG.arm(ctx.deadline, cut.fire)
+        try:
+            response = self._open(address, body, headers, connect, read, ctx, cut)
+            try:
+                return self._reply(response, ctx, started, cut)
+            finally:
+                fired = cut.detach()  # before the connection goes back to its pool
+                response.release(complete=not fired)
+        finally:
+            WATCHDOG.disarm(ticket)
+
+    def _open(
+        self,
+        address: str,
+        body: bytes,
+        headers: dict[str, str],
+        connect: float,
+        read: float,
+        ctx: CallState,
+        cut: wire.DeadlineCut,
+    ) -> wire.Response:
+        """Write the request and read the reply's head, or raise the bus error that the failure means."""
         try:
             pool, target = self._target(address)
             request = wire.encode_request("POST", target, pool.host_header, {**self._headers, **headers}, body)
-            response = pool.exchange(request, connect_timeout=connect, read_timeout=read, head=False)
+            return pool.exchange(request, connect_timeout=connect, read_timeout=read, head=False, watch=cut.attach)
         except _BadAddressError:
             raise TargetUnavailable(f"cannot reach {_host(address)}: bad address") from None
         except wire.InvalidRequest as exc:
             raise TargetRejected(f"request not sent: {exc}", code="invalid-request") from None
-        except wire.ConnectFailed as exc:
-            raise TargetUnavailable(f"cannot reach {_host(address)}: {_connect_failure(exc)}") from None
-        except wire.ReadTimedOut:
-            raise TargetTimeout("no answer within the read timeout") from None
-        except wire.WireError:  # lost after (part of) the request was written, or a reply that is not HTTP
+        except wire.WireError as exc:
+            if cut.detach():  # the deadline shut the connection (or passed before the request was written)
+                if isinstance(exc, wire.ConnectFailed):
+                    raise TargetUnavailable("the operation's deadline passed before this request was sent") from None
+                raise self._deadline_error(ctx) from None
+            if isinstance(exc, wire.ConnectFailed):
+                raise TargetUnavailable(f"cannot reach {_host(address)}: {_connect_failure(exc)}") from None
+            if isinstance(exc, wire.ReadTimedOut):
+                raise TargetTimeout("no answer within the read timeout") from None
+            # lost after (part of) the request was written, or a reply that is not HTTP
             raise TargetUnavailable("connection lost after sending", maybe_applied=ctx.effect) from None
-        cut = _Cut(response)
-        ticket = WATCHDOG.arm(ctx.deadline, cut)
-        try:
-            return self._reply(response, ctx, started, cut.fired)
-        finally:
-            WATCHDOG.disarm(ticket)
-            cut.release()
 
     # -- internals ----------------------------------------------------------------------------------------
 
@@ -347,11 +370,11 @@ class SoapTransport(zeep.Transport):
             found = self._targets[address] = (pool, target)
         return found
 
-    def _reply(self, response: wire.Response, ctx: CallState, started: float, fired: threading.Event) -> SoapReply:
+    def _reply(self, response: wire.Response, ctx: CallState, started: float, cut: wire.DeadlineCut) -> SoapReply:
         status = response.status
         headers = response.headers
         if status not in _SOAP_STATUSES:
-            body = self._read(response, ctx, fired, cap=ERROR_BODY_BYTES, whole=False)
+            body = self._read(response, ctx, cut, cap=ERROR_BODY_BYTES, whole=False)
             raise _status_error(status, body, headers, effect=ctx.effect)
         encoding = headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in {"", "identity"}:
@@ -364,31 +387,31 @@ class SoapTransport(zeep.Transport):
                 raise TargetGarbled(
                     f"HTTP 200 reply is {media or 'untyped'}, not a SOAP envelope", maybe_applied=ctx.effect
                 )
-            body = self._read(response, ctx, fired, cap=ERROR_BODY_BYTES, whole=False)
+            body = self._read(response, ctx, cut, cap=ERROR_BODY_BYTES, whole=False)
             raise TargetUnavailable(
                 f"HTTP {status} reply is {media or 'untyped'}, not a SOAP envelope: {scrub_snippet(body)}",
                 maybe_applied=ctx.effect,
             )
-        body = self._read(response, ctx, fired, cap=self.spec.max_reply_bytes, whole=True)
+        body = self._read(response, ctx, cut, cap=self.spec.max_reply_bytes, whole=True)
         elapsed_ms = (time.monotonic() - started) * 1000
         return SoapReply(status, headers, body, elapsed_ms, encoding=_charset(headers))
 
-    def _read(self, response: wire.Response, ctx: CallState, fired: threading.Event, *, cap: int, whole: bool) -> bytes:
+    def _read(self, response: wire.Response, ctx: CallState, cut: wire.DeadlineCut, *, cap: int, whole: bool) -> bytes:
         """The body within ``cap``; an error reply (``whole`` False) is read only as far as its snippet needs."""
         declared = response.headers.get("Content-Length", "")
         if whole and declared.isdigit() and int(declared) > cap:
             raise TargetGarbled(f"reply of {declared} bytes is over the {cap}-byte cap", maybe_applied=ctx.effect)
         body = bytearray()
         try:
-            self._stream(response, ctx, fired, body, cap=cap, whole=whole)
+            self._stream(response, ctx, cut, body, cap=cap, whole=whole)
         except (wire.WireError, OSError) as exc:
-            if fired.is_set():
+            if cut.fired:
                 raise self._deadline_error(ctx) from None
             if whole:
                 raise TargetUnavailable(
                     f"connection lost mid-reply ({type(exc).__name__})", maybe_applied=ctx.effect
                 ) from None
-        if fired.is_set():
+        if cut.fired:
             raise self._deadline_error(ctx)
         return bytes(body[:cap])
 
@@ -396,7 +419,7 @@ class SoapTransport(zeep.Transport):
     def _stream(
         response: wire.Response,
         ctx: CallState,
-        fired: threading.Event,
+        cut: wire.DeadlineCut,
         body: bytearray,
         *,
         cap: int,
@@ -410,7 +433,7 @@ class SoapTransport(zeep.Transport):
                     return
                 raise TargetGarbled(f"reply passed the {cap}-byte cap", maybe_applied=ctx.effect)
             if time.monotonic() > ctx.deadline:
-                fired.set()
+                cut.fired = True  # as the watchdog would: the reply is cut, its connection not kept
                 return
 
     def _deadline_error(self, ctx: CallState) -> TargetTimeout:
@@ -441,46 +464,6 @@ def _connect_failure(exc: wire.ConnectFailed) -> str:
     if isinstance(cause, ssl.SSLError):  # a certificate refused too (SSLCertVerificationError)
         return f"TLS handshake failed ({type(cause).__name__})"
     return f"cannot connect ({type(cause).__name__})"
-
-
-class _Cut:
-    """The watchdog's action for one reply (the deadline has passed), and the reply's release, never both at once.
-
-    The action shuts the socket's read side, so a read blocked on it sees EOF. The watchdog runs it outside
-    its lock, so it may run just after :meth:`release` gave the connection back to its pool: it would then
-    shut a pooled connection and fail the next call on it ("connection lost after sending"). The lock and
-    the ``released`` flag make the action a no-op once the reply is released (urllib3 refused the same:
-    ``shutdown()`` raised once the connection was back in the pool).
-    """
-
-    __slots__ = ("_lock", "_released", "_response", "fired")
-
-    def __init__(self, response: wire.Response) -> None:
-        self._response = response
-        self._lock = threading.Lock()
-        self._released = False
-        #: set when the deadline passed mid-reply (by this action, or by the reader's own check)
-        self.fired = threading.Event()
-
-    def __call__(self) -> None:
-        with self._lock:
-            if self._released:
-                return
-            self.fired.set()
-            # socket.socket.shutdown, not SSLSocket.shutdown: the latter tears down TLS state under the reader.
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(self._response.connection.sock, socket.SHUT_RD)
-
-    def release(self) -> None:
-        """Give the connection back or close it.
-
-        The wire keeps it only when the reply was read to its end and the server keeps it open: a reply
-        refused unread or cut at the cap is closed, and an error reply whose short body the snippet read
-        whole serves the next call (as urllib3 released it). One cut at the deadline is closed.
-        """
-        with self._lock:
-            self._released = True
-            self._response.release(complete=not self.fired.is_set())
 
 
 def _status_error(status: int, body: bytes, headers: Mapping[str, str], *, effect: bool) -> BusError:
