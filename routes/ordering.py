@@ -214,14 +214,6 @@ def _newest(a: str | None, b: str | None) -> str | None:
 
 
 #: lock a dossier's row (PostgreSQL's row lock; SQLite's write lock) and read it back: one statement, built once
-_TOUCH: Final = (
-    sa.update(order_table)
-    .where(_o.target == sa.bindparam("t"), _o.dossier_code == sa.bindparam("d"))
-    .values(updated_at=sa.bindparam("now", type_=UTCDateTime()))
-    .returning(*order_table.c)
-)
-
-
 class Verdict(StrEnum):
     """What the order says about one event."""
 
@@ -261,10 +253,11 @@ _stores_lock = threading.Lock()
 class OrderStore:
     """The per-dossier positions and leases, in the idempotency store's database; thread-safe.
 
-    Each call is one short transaction that first locks the dossier's row (an ``UPDATE ... RETURNING`` of it:
-    PostgreSQL's row lock, and on SQLite the database's write lock from the first statement; when the dossier has
-    no row yet, an ``INSERT ... ON CONFLICT DO NOTHING`` makes it and the ``UPDATE`` follows), so every decision
-    about one (target, dossier) is taken one at a time across threads, processes and hosts.
+    Each call is one short transaction that first locks the dossier's row (one ``INSERT ... ON CONFLICT DO
+    UPDATE ... RETURNING`` that makes it when missing: PostgreSQL's row lock, and on SQLite the database's
+    write lock from the first statement), so every decision about one (target, dossier) is taken one at a
+    time across threads, processes and hosts. The statements are built once per store, not per call: on the
+    portal's status routes building and compiling them per event cost more than the portal call (issue 15).
 
     Args:
         store: The idempotency store whose database holds the tables (created when missing).
@@ -277,6 +270,23 @@ class OrderStore:
         #: fifo events between their PASS and their leave in a thread of this process (a count per event)
         self._calls: dict[tuple[str, str, str], int] = {}
         self._calls_lock = threading.Lock()
+        #: make the dossier's row when missing, lock it and read it: one statement (the dialect's upsert)
+        self._lock_row = (
+            store.insert(order_table)
+            .values(
+                target=sa.bindparam("t"),
+                dossier_code=sa.bindparam("d"),
+                next_seq=0,
+                updated_at=sa.bindparam("now", type_=UTCDateTime()),
+            )
+            .on_conflict_do_update(
+                index_elements=[_o.target, _o.dossier_code],
+                set_={"updated_at": sa.bindparam("now", type_=UTCDateTime())},
+            )
+            .returning(*order_table.c)
+        )
+        #: ``UPDATE`` of the dossier's row, one statement per set of columns (built at its first use)
+        self._updates: dict[tuple[str, ...], sa.Update] = {}
 
     @classmethod
     def of(cls, store: IdempotencyStore) -> OrderStore:
@@ -292,19 +302,18 @@ class OrderStore:
         for name, value in (("target", target), ("dossier_code", dossier)):
             if not value or len(value) > _KEY_LENGTH:
                 raise ValueError(f"{name} must be 1-{_KEY_LENGTH} characters, got {value!r}")
-        params = {"t": target, "d": dossier, "now": now}
-        row = conn.execute(_TOUCH, params).first()  # locks the row and reads it, in one statement
-        if row is None:  # the dossier's first event toward this target: make the row, then lock it as above
-            fresh = self._store.insert(order_table).values(
-                target=target, dossier_code=dossier, next_seq=0, updated_at=now
-            )
-            conn.execute(fresh.on_conflict_do_nothing(index_elements=[_o.target, _o.dossier_code]))
-            row = conn.execute(_TOUCH, params).one()
-        return row
+        return conn.execute(self._lock_row, {"t": target, "d": dossier, "now": now}).one()
 
     def _set(self, conn: Connection, target: str, dossier: str, **values: Any) -> None:
-        key = sa.and_(_o.target == target, _o.dossier_code == dossier)
-        conn.execute(sa.update(order_table).where(key).values(**values))
+        columns = tuple(values)
+        stmt = self._updates.get(columns)
+        if stmt is None:  # a race builds it twice, the same statement
+            stmt = self._updates[columns] = (
+                sa.update(order_table)
+                .where(_o.target == sa.bindparam("t"), _o.dossier_code == sa.bindparam("d"))
+                .values({c: sa.bindparam(f"v_{c}", type_=order_table.c[c].type) for c in columns})
+            )
+        conn.execute(stmt, {"t": target, "d": dossier, **{f"v_{c}": v for c, v in values.items()}})
 
     # -- latest --------------------------------------------------------------------------------------
     def enter_latest(
