@@ -199,8 +199,8 @@ class CountingProxy:
             self.accepted += 1
             server = socket.create_connection(self.upstream)
             self._open += [client, server]
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._answer, args=(server, client), daemon=True).start()
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -211,12 +211,100 @@ class CountingProxy:
         except OSError:
             pass
 
+    def _answer(self, server: socket.socket, client: socket.socket) -> None:
+        """The simulator's replies to the client: passed on as they come (DripProxy holds one back)."""
+        self._pump(server, client)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
         self.listener.close()
         for sock in self._open:
             sock.close()
+
+
+#: an interim reply; the client must read past it to the real one
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class DripProxy(CountingProxy):
+    """A counting proxy that feeds the simulator's next reply slowly, each write well within the read timeout.
+
+    :meth:`arm` picks the fault for the next reply that comes back from the simulator (on any connection):
+    ``"head"`` writes its head (status line and headers) one byte every ``pause`` seconds, then the rest at
+    once; ``"continue"`` first writes ``interims`` whole ``100 Continue`` replies ``pause`` apart, then the
+    reply. Either runs to its end unless a write fails, which is the client having closed the connection.
+    What it wrote, and whether the client hung up mid-fault, is recorded for the tests' guards.
+    """
+
+    def __init__(self, upstream: tuple[str, int], *, pause: float) -> None:
+        self.pause = pause
+        self._mode: str | None = None
+        self._interims = 0
+        self._guard = threading.Lock()
+        #: the fault's units written before it ended: bytes of the head, or interim replies
+        self.sent = 0
+        #: the units the whole fault has (the head's length, or the number of interim replies)
+        self.whole = 0
+        #: set when a write of the fault failed: the client closed the connection mid-fault
+        self.hung_up = threading.Event()
+        #: set when the fault ran to its end: the client waited through all of it
+        self.completed = threading.Event()
+        super().__init__(upstream)
+
+    def arm(self, mode: str, *, interims: int = 0) -> None:
+        """Feed the next reply from the simulator with fault ``mode`` (``"head"`` or ``"continue"``)."""
+        with self._guard:
+            self._mode, self._interims = mode, interims
+
+    def _answer(self, server: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := server.recv(65536):
+                with self._guard:
+                    mode, interims, self._mode = self._mode, self._interims, None
+                if mode is not None:
+                    data = self._fault(mode, interims, data, server, client)
+                client.sendall(data)
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _fault(self, mode: str, interims: int, data: bytes, server: socket.socket, client: socket.socket) -> bytes:
+        """Write the fault's slow part; what is left of ``data`` is the caller's to pass on.
+
+        Raises:
+            OSError: a write failed (``hung_up`` is set) or the simulator closed mid-head.
+        """
+        if mode == "head":
+            while b"\r\n\r\n" not in data:  # the simulator writes its head in one piece; be sure of it anyway
+                more = server.recv(65536)
+                if not more:
+                    raise OSError("the simulator closed mid-head")
+                data += more
+        self.whole = interims if mode == "continue" else data.index(b"\r\n\r\n") + 4
+        units = [CONTINUE] * interims if mode == "continue" else [data[i : i + 1] for i in range(self.whole)]
+        for unit in units:
+            try:
+                client.sendall(unit)
+            except OSError:
+                self.hung_up.set()
+                raise
+            self.sent += 1
+            if self._stop.wait(self.pause):
+                raise OSError("the proxy is closing")
+        self.completed.set()
+        return data if mode == "continue" else data[self.whole :]
+
+
+# A reply head fed slowly, each write far within the 5 s read timeout, the 1.5 s deadline armed before the
+# request is written (connectors/_soap.py: wire.DeadlineCut, Pool.exchange(watch=)): the call ends at the
+# deadline. Each fault outlasts the deadline plus wallclock's slack several times over (the head: ~150
+# bytes at 0.2 s, ~30 s; the interim replies: 40 at 0.2 s, 8 s), so a head read under the read timeout
+# alone fails the time bound.
+DRIP_FAULTS = [
+    pytest.param({"mode": "head"}, id="head-one-byte-every-0.2s"),
+    pytest.param({"mode": "continue", "interims": 40}, id="100-continue-every-0.2s"),
+]
 
 
 class TestOperations:
@@ -838,6 +926,66 @@ class TestTransport:
 
         assert sync(nps, "k2", MaHoSo="000.00.16.H16-250312-0102").ok
         assert proxy.accepted == 1
+
+    @pytest.fixture
+    def drip_proxy(self, sim: NpsSimulator) -> Iterator[DripProxy]:
+        """A drip proxy to the simulator, one write every 0.2 s once armed."""
+        host, port = urlsplit(sim.endpoint).hostname, urlsplit(sim.endpoint).port
+        assert host is not None
+        assert port is not None
+        dripping = DripProxy((host, port), pause=0.2)
+        yield dripping
+        dripping.close()
+
+    def _dripped_call(
+        self, sim: NpsSimulator, make_connector: Any, proxy: DripProxy, fault: dict[str, Any]
+    ) -> tuple[NpsConnector, float]:
+        """A connector through ``proxy`` (read 5 s, total 1.5 s), logged in; one DongBoHoSoMC whose reply
+        carries ``fault`` ▶ TargetTimeout for the deadline (not the read timeout); the connector and the call's
+        wall time."""
+        path = urlsplit(sim.endpoint).path
+        nps: NpsConnector = make_connector(
+            endpoint=f"http://127.0.0.1:{proxy.port}{path}", timeout={"connect": "1s", "read": "5s", "total": "1.5s"}
+        )
+        assert nps.probe().state == "up"  # the login, outside the dripped call's deadline
+        proxy.arm(**fault)
+        started = time.monotonic()
+        with pytest.raises(TargetTimeout, match="deadline passed") as caught:
+            sync(nps, "k1")
+        elapsed = time.monotonic() - started
+        assert caught.value.maybe_applied is True
+        assert len(sim.requests("DongBoHoSoMC")) == 1  # the request did reach the portal
+        return nps, elapsed
+
+    @pytest.mark.parametrize("fault", DRIP_FAULTS)
+    def test_a_reply_head_fed_under_the_read_timeout_ends_at_the_deadline(
+        self, sim: NpsSimulator, make_connector: Any, drip_proxy: DripProxy, fault: dict[str, Any]
+    ) -> None:
+        """The reply's head dripped one byte every 0.2 s, or 100 Continue replies streamed every 0.2 s (read
+        timeout 5 s) ▶ TargetTimeout at the 1.5 s deadline, the connection closed by the client mid-head.
+        Guard: the proxy wrote at least 4 units of the fault before the client hung up, and never all of it."""
+        _, elapsed = self._dripped_call(sim, make_connector, drip_proxy, fault)
+
+        assert_within(elapsed, 1.5, "a reply head fed slowly under a 1.5 s deadline")
+        assert drip_proxy.hung_up.wait(3), "the client never closed the dripped connection"
+        assert drip_proxy.sent >= 4, f"the fault barely happened: {drip_proxy.sent} writes"
+        assert drip_proxy.sent < drip_proxy.whole
+        assert not drip_proxy.completed.is_set()
+
+    @pytest.mark.parametrize("fault", DRIP_FAULTS)
+    def test_after_a_head_cut_at_the_deadline_the_next_call_opens_a_fresh_connection(
+        self, sim: NpsSimulator, make_connector: Any, drip_proxy: DripProxy, fault: dict[str, Any]
+    ) -> None:
+        """The connection cut mid-head is closed, not pooled ▶ the next call through the same connector succeeds
+        on a second connection (a pooled cut one would be "connection lost after sending")."""
+        nps, _ = self._dripped_call(sim, make_connector, drip_proxy, fault)
+        assert drip_proxy.accepted == 1
+        assert drip_proxy.sent >= 4  # guard: the fault happened
+
+        assert sync(nps, "k2", MaHoSo="000.00.16.H16-250312-0002").ok
+
+        assert drip_proxy.accepted == 2
+        assert len(sim.requests("DongBoHoSoMC")) == 2
 
     def test_tls_handshake_failure_is_not_applied_and_sends_nothing(self) -> None:
         """A peer that answers the ClientHello with plain HTTP ▶ TargetUnavailable(maybe_applied=False), and
