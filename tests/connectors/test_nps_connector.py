@@ -298,8 +298,8 @@ class DripProxy(CountingProxy):
 
 # A reply head fed slowly, each write far within the 5 s read timeout, the 1.5 s deadline armed before the
 # request is written (connectors/_soap.py: wire.DeadlineCut, Pool.exchange(watch=)): the call ends at the
-# deadline. Each fault outlasts the deadline plus wallclock's slack several times over (the head: ~150
-# bytes at 0.2 s, ~30 s; the interim replies: 40 at 0.2 s, 8 s), so a head read under the read timeout
+# deadline. Each fault outlasts the deadline plus wallclock's slack several times over (the head: ~160
+# bytes at 0.2 s, ~33 s; the interim replies: 40 at 0.2 s, 8 s), so a head read under the read timeout
 # alone fails the time bound.
 DRIP_FAULTS = [
     pytest.param({"mode": "head"}, id="head-one-byte-every-0.2s"),
@@ -841,7 +841,8 @@ class TestProbe:
 
 
 class TestTransport:
-    """The HTTP under zeep (connectors/_http_wire.py): kept-alive connections, and TLS refused before sending."""
+    """The HTTP under zeep (connectors/_http_wire.py): kept-alive connections, the deadline over a slow head, TLS
+    refused before sending."""
 
     @pytest.fixture
     def proxy(self, sim: NpsSimulator) -> Iterator[CountingProxy]:
