@@ -517,7 +517,12 @@ class IGateSimulator(ServedSimulator[Faults]):
         if route == ("GET", "/_sim/requests"):
             return _Answer(200, {"requests": self.requests(call.param("path") or "")})
         if route == ("GET", "/_sim/effects"):
-            return _Answer(200, {"effects": self.effects(), "counts": self.effect_counts()})
+            since = call.param("since")
+            if since is None:
+                return _Answer(200, {"effects": self.effects(), "counts": self.effect_counts()})
+            if not since.isdigit():
+                return _error(400, "since must be a count of effects (0 or more)", call.path)
+            return _Answer(200, {"effects": self.effects(int(since))})
         if route == ("POST", "/_sim/reset"):
             self.reset()
             return _Answer(200, {"reset": True})

@@ -680,14 +680,19 @@ class NpsSimulator(ServedSimulator[Faults]):
             self._requests.append(entry)
         return entry
 
-    def _control(self, method: str, path: str, body: bytes) -> tuple[int, Any]:  # noqa: PLR0911 - one per endpoint
+    def _control(  # noqa: PLR0911 - one branch per endpoint
+        self, method: str, path: str, body: bytes, query: str = ""
+    ) -> tuple[int, Any]:
         faults = self._faults_control(method, path, body)
         if faults is not None:
             return faults
         if (method, path) == ("GET", "/_sim/requests"):
             return 200, {"requests": self.requests()}
         if (method, path) == ("GET", "/_sim/effects"):
-            return 200, {"effects": self.effects()}
+            since = parse_qs(query).get("since", ["0"])[-1]
+            if not since.isdigit():
+                return 400, {"error": "since must be a count of effects (0 or more)"}
+            return 200, {"effects": self.effects(int(since))}
         if (method, path) == ("GET", "/_sim/dossiers"):
             return 200, {"dossiers": self.dossier_codes()}
         if method == "GET" and path.startswith("/_sim/dossiers/"):
@@ -788,7 +793,7 @@ class _Handler(QuietHandler):
         split = urlsplit(self.path)
         sim = self.server.sim
         if split.path.startswith(CONTROL_PREFIX):
-            status, data = sim._control("GET", split.path, b"")  # noqa: SLF001 - the handler is part of the simulator
+            status, data = sim._control("GET", split.path, b"", split.query)  # noqa: SLF001 - part of the simulator
             self._send(status, json.dumps(data, ensure_ascii=False).encode(), "application/json; charset=utf-8")
             return
         query = parse_qs(split.query, keep_blank_values=True)

@@ -157,6 +157,20 @@ class TestIGateApi:
         assert sim.effect_counts() == {"dup": 2}
         assert http.get("/_sim/effects").json()["counts"] == {"dup": 2}
 
+    def test_effects_since_gives_only_the_new_ones(self, http: httpx.Client) -> None:
+        """A poller asks for what came after what it has read (a benchmark's wait must not load the target)."""
+        headers = bearer(http)
+        for key in ("k1", "k2", "k3"):
+            assert http.post(f"/pa/dossier/{CODE}/--bus-note", json=note_body(key), headers=headers).status_code == 200
+        every = http.get("/_sim/effects").json()["effects"]
+        after_one = http.get("/_sim/effects?since=1").json()
+
+        assert [e["client_request_id"] for e in every] == ["k1", "k2", "k3"]
+        assert after_one == {"effects": every[1:]}
+        assert http.get("/_sim/effects?since=3").json() == {"effects": []}
+        assert http.get("/_sim/effects?since=-1").status_code == 400
+        assert http.get("/_sim/effects?since=x").status_code == 400
+
     def test_status_update_moves_the_dossier(self, http: httpx.Client) -> None:
         """A status update with a national status is applied to the dossier."""
         headers = bearer(http)

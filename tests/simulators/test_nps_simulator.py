@@ -355,6 +355,18 @@ class TestState:
         assert dossier is not None
         assert dossier["TrangThaiHoSo"] == "4"
 
+    def test_effects_since_gives_only_the_new_ones(self, http: httpx.Client) -> None:
+        """``GET /_sim/effects?since=N``: the effects after the first N, so a poller takes only what is new."""
+        session = login(http)
+        assert text(dong_bo(http, session, "k1"), "error_code") == "0"
+        assert text(dong_bo(http, session, "k2", updating=True, TrangThaiHoSo="4"), "error_code") == "0"
+        every = http.get("/_sim/effects").json()["effects"]
+
+        assert len(every) == 2
+        assert http.get("/_sim/effects?since=1").json() == {"effects": every[1:]}
+        assert http.get("/_sim/effects?since=2").json() == {"effects": []}
+        assert http.get("/_sim/effects?since=no").status_code == 400
+
     def test_newest_status_wins_across_records_and_steps(self, sim: NpsSimulator, http: httpx.Client) -> None:
         """10 at T3, then 4 at T1 (record) and 5 at T2 (step): the dossier stays at 10, history kept."""
         session = login(http)
