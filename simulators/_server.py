@@ -45,10 +45,14 @@ def duration_arg(text: str) -> float:
 
 
 def configure_cli_logging() -> None:
-    """Log as the bus does (JSON lines, personal data masked) when a simulator runs as ``python -m``."""
+    """Log as the bus does (JSON lines, personal data masked) when a simulator runs as ``python -m``.
+
+    A line per request, written a group at a time as the worker's are (``bus/log_buffer.py``): a benchmark
+    runs the simulator on the subject's CPUs, and a write per line was its CPU taken from the subject.
+    """
     from bus.logging import configure_logging
 
-    configure_logging()
+    configure_logging(buffered=True)
 
 
 class SimServer(ThreadingHTTPServer):
