@@ -59,6 +59,8 @@ MAX_HEADERS: Final = 200
 _ILLEGAL_VALUE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed in a value
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET: Final = re.compile(r"[\x21-\x7e]+")  # no space, no control character, no non-ASCII
+#: headers :func:`encode_request` writes itself; a caller's own would frame the request twice
+_FRAMING_HEADERS: Final = frozenset({"host", "content-length", "transfer-encoding"})
 
 
 class WireError(Exception):
@@ -116,6 +118,8 @@ def encode_request(method: str, target: str, host: str, headers: dict[str, str],
     for name, value in headers.items():
         if not _TOKEN.fullmatch(name):
             raise InvalidRequest(f"header name {name[:40]!r} is not an HTTP token")
+        if name.lower() in _FRAMING_HEADERS:  # a second one would make the peer and a proxy read two requests
+            raise InvalidRequest(f"header {name} is the wire's own (it frames the request)")
         if _ILLEGAL_VALUE.search(value):
             raise InvalidRequest(f"header {name} has a control character in its value")
         lines.append(f"{name}: {value}")

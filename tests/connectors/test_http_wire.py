@@ -477,6 +477,9 @@ BAD_HEADERS = [
     pytest.param({"X-Token:": "abc"}, id="name-colon"),
     pytest.param({"X-Token\r\nX-Admin": "1"}, id="name-crlf"),
     pytest.param({"": "abc"}, id="name-empty"),
+    pytest.param({"Host": "evil.example"}, id="own-host"),
+    pytest.param({"content-length": "0"}, id="own-content-length"),
+    pytest.param({"Transfer-Encoding": "chunked"}, id="own-transfer-encoding"),
 ]
 BAD_TARGETS = [
     pytest.param("/a b", id="space"),
@@ -520,6 +523,19 @@ class TestInjectionRefusedBeforeSending:
         time.sleep(0.05)
         assert (server.accepts, server.requests) == (0, [])
         assert client.request("GET", "/fine", deadline=later(), effect=False).status == 200  # guard: server works
+        assert server.accepts == 1
+
+    @pytest.mark.parametrize("tail", ["/a\r\nX-Admin: 1", "/a\tb", "/a b", "/hồ-sơ", "/a\x00"])
+    def test_http_client_sends_nothing_for_a_bad_absolute_url(self, serve: Any, clients: Any, tail: str) -> None:
+        """An absolute URL is refused whole: urlsplit would drop a CR, LF or tab and send another path."""
+        server = serve(keep_alive(lambda _req, _peer: reply()))
+        client = clients(server)
+        with pytest.raises(TargetRejected) as caught:
+            client.request("GET", server.url + tail, deadline=later(), effect=False)
+        assert caught.value.code == "invalid-request"
+        time.sleep(0.05)
+        assert (server.accepts, server.requests) == (0, [])
+        assert client.request("GET", server.url + "/fine", deadline=later(), effect=False).status == 200  # guard
         assert server.accepts == 1
 
     @pytest.mark.parametrize("target", BAD_TARGETS)
