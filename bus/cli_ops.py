@@ -415,7 +415,7 @@ def simulate(system: str, host: str, port: int | None, bus_url: str | None, toke
     from bus.logging import configure_logging
 
     settings = _settings(None)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, buffered=True)  # a line per request, grouped
     if system == "vilis":
         from simulators import vilis
 

@@ -49,10 +49,13 @@ def configure_cli_logging() -> None:
 
     A line per request, written a group at a time as the worker's are (``bus/log_buffer.py``): a benchmark
     runs the simulator on the subject's CPUs, and a write per line was its CPU taken from the subject.
+    ``IGATE_SIM_LOG_LEVEL`` (default ``info``; ``warning`` leaves the request lines out: the benchmark's rig).
     """
+    import os
+
     from bus.logging import configure_logging
 
-    configure_logging(buffered=True)
+    configure_logging(os.environ.get("IGATE_SIM_LOG_LEVEL", "info"), buffered=True)
 
 
 class SimServer(ThreadingHTTPServer):
