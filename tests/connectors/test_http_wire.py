@@ -296,6 +296,14 @@ def clients() -> Iterator[Callable[..., HttpClient]]:
         client.close()
 
 
+def assert_unavailable_as_the_effect(client: HttpClient) -> None:
+    """A POST with and without an effect ▶ TargetUnavailable whose ``maybe_applied`` is the request's effect."""
+    for effect in (True, False):
+        with pytest.raises(TargetUnavailable) as caught:
+            client.request("POST", "/x", deadline=later(), effect=effect)
+        assert caught.value.maybe_applied is effect
+
+
 def later(seconds: float = 5.0) -> float:
     return time.monotonic() + seconds
 
@@ -637,11 +645,7 @@ class TestHostileHeaders:
     def test_http_client_maps_a_non_http_reply_to_unavailable(self, serve: Any, clients: Any) -> None:
         """▶ TargetUnavailable whose maybe_applied is the request's effect."""
         server = serve(keep_alive(lambda _req, _peer: b"garbage\r\n\r\n"))
-        client = clients(server)
-        for effect in (True, False):
-            with pytest.raises(TargetUnavailable) as caught:
-                client.request("POST", "/x", deadline=later(), effect=effect)
-            assert caught.value.maybe_applied is effect
+        assert_unavailable_as_the_effect(clients(server))
         assert len(server.requests) == 2
 
 
@@ -803,11 +807,7 @@ class TestBodies:
         server = serve(after_request(lambda _peer: None))
         with pytest.raises(wire.ConnectionLost):
             fetch(pools(server))
-        client = clients(server)
-        for effect in (True, False):
-            with pytest.raises(TargetUnavailable) as caught:
-                client.request("POST", "/x", deadline=later(), effect=effect)
-            assert caught.value.maybe_applied is effect
+        assert_unavailable_as_the_effect(clients(server))
         assert len(server.requests) == 3
 
 
