@@ -304,6 +304,14 @@ def assert_unavailable_as_the_effect(client: HttpClient) -> None:
         assert caught.value.maybe_applied is effect
 
 
+def assert_bad_reply_soon(server: RawServer, pools: Any, what: str) -> None:
+    """Fetching from ``server`` raises BadReply within half a second (its design figure): ``what`` it sent."""
+    started = time.monotonic()
+    with pytest.raises(wire.BadReply):
+        fetch(pools(server))
+    assert_within(time.monotonic() - started, 0.5, what)
+
+
 def later(seconds: float = 5.0) -> float:
     return time.monotonic() + seconds
 
@@ -602,11 +610,7 @@ class TestHostileHeaders:
             while not peer.server.stopping.is_set():
                 peer.send(b"v" * 4096)
 
-        server = serve(after_request(endless))
-        started = time.monotonic()
-        with pytest.raises(wire.BadReply):
-            fetch(pools(server))
-        assert_within(time.monotonic() - started, 0.5, "an endless header line")
+        assert_bad_reply_soon(serve(after_request(endless)), pools, "an endless header line")
 
     def test_more_than_max_headers_is_refused(self, serve: Any, pools: Any) -> None:
         """MAX_HEADERS + 1 short headers (far under the byte limit) ▶ BadReply; exactly MAX_HEADERS ▶ read."""
@@ -688,11 +692,7 @@ class TestInterimReplies:
             while not peer.server.stopping.is_set():
                 peer.send(b"HTTP/1.1 100 Continue\r\n\r\n" * 100)
 
-        server = serve(after_request(endless))
-        started = time.monotonic()
-        with pytest.raises(wire.BadReply):
-            fetch(pools(server))
-        assert_within(time.monotonic() - started, 0.5, "endless interim replies")
+        assert_bad_reply_soon(serve(after_request(endless)), pools, "endless interim replies")
 
 
 class TestBodies:
