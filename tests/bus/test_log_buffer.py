@@ -59,11 +59,23 @@ def test_info_lines_go_out_a_group_at_a_time_and_all_of_them(stream: CountingStr
 
 
 def test_an_info_line_waits_no_longer_than_the_flush_delay(stream: CountingStream) -> None:
+    log = get_logger("t")
+    log.info("first")  # a quiet stream: written at once
     started = time.monotonic()
-    get_logger("t").info("alone")
-    _wait_for(stream, 1)
-    assert stream.lines()[0]["event"] == "alone"
+    log.info("second")  # right after: waits for the group
+    _wait_for(stream, 2)
+    assert [line["event"] for line in stream.lines()] == ["first", "second"]
     assert time.monotonic() - started < log_buffer.FLUSH_AFTER + 0.5
+
+
+def test_a_line_after_a_quiet_spell_is_written_at_once(stream: CountingStream) -> None:
+    """A quiet worker's line is as prompt as before the buffer: a reader never waits for it."""
+    log = get_logger("t")
+    log.info("early")
+    time.sleep(log_buffer.FLUSH_AFTER * 2)
+    _wait_for(stream, 1)
+    log.info("after the quiet spell")
+    assert [line["event"] for line in stream.lines()] == ["early", "after the quiet spell"]  # no waiting
 
 
 def test_a_warning_goes_out_at_once_after_every_line_before_it(stream: CountingStream) -> None:
@@ -83,9 +95,9 @@ def test_stdlib_lines_join_the_same_queue_in_order(stream: CountingStream) -> No
 
 def test_too_many_waiting_lines_are_written_without_waiting(stream: CountingStream) -> None:
     log = get_logger("t")
-    for i in range(log_buffer.MAX_LINES):
+    for i in range(log_buffer.MAX_LINES + 1):  # the first goes out at once (a quiet stream), then a full group
         log.info("x", n=i)
-    assert len(stream.lines()) == log_buffer.MAX_LINES  # the last one wrote the group
+    assert len(stream.lines()) == log_buffer.MAX_LINES + 1  # the last one wrote the group
 
 
 def test_a_new_configuration_writes_what_the_old_buffer_held() -> None:
