@@ -198,7 +198,7 @@ class _Parse:
 class Connection:
     """One keep-alive connection to an origin; used by one thread at a time (taken from its pool)."""
 
-    __slots__ = ("_buf", "_timeout", "_view", "idle_since", "reused", "sock", "tls")
+    __slots__ = ("_buf", "_timeout", "_view", "idle_since", "sock", "tls")
 
     def __init__(self, sock: socket.socket, *, tls: bool) -> None:
         self.sock = sock
@@ -207,7 +207,6 @@ class Connection:
         self._buf = bytearray(RECV_BYTES)
         self._view = memoryview(self._buf)
         self.idle_since = 0.0
-        self.reused = False
 
     def set_timeout(self, seconds: float) -> None:
         """The read and write timeout of the next calls (a system call only when it changes)."""
@@ -294,14 +293,12 @@ class DeadlineCut:
 class Response:
     """A reply whose status and headers are in; its body is read with :meth:`read1`."""
 
-    __slots__ = ("_conn", "_parse", "_parser", "_pool", "_released", "connection", "head", "headers", "status")
+    __slots__ = ("_conn", "_parse", "_pool", "_released", "head", "headers", "status")
 
     def __init__(self, pool: Pool, conn: Connection, parse: _Parse, *, head: bool) -> None:
         self._pool = pool
         self._conn = conn
-        self.connection = conn  # for the watchdog: ``connection.sock``
         self._parse = parse
-        self._parser = parse.parser
         self.status = parse.status
         self.headers = parse.headers
         self.head = head
@@ -319,7 +316,7 @@ class Response:
                 return b""
             data = self._conn.recv()
             if not data:
-                if self._parser.should_keep_alive() or self._declares_length():
+                if parse.parser.should_keep_alive() or self._declares_length():
                     raise ConnectionLost("the connection closed before the reply's end")
                 parse.complete = True  # a body delimited by the connection's close
                 return b""
@@ -343,12 +340,6 @@ class Response:
         if reusable and parse.keep_alive:
             self._pool.put(self._conn)
         else:
-            self._conn.close()
-
-    def close(self) -> None:
-        """Close the connection (unread bytes must not serve the next request)."""
-        if not self._released:
-            self._released = True
             self._conn.close()
 
 
@@ -384,9 +375,8 @@ class Pool:
         self.scheme = scheme
         self.host = host
         self.port = port
-        self.host_header = host if port == {"http": 80, "https": 443}[scheme] else f"{host}:{port}"
-        if ":" in host and not host.startswith("["):  # an IPv6 literal
-            self.host_header = f"[{host}]" if port == {"http": 80, "https": 443}[scheme] else f"[{host}]:{port}"
+        name = f"[{host}]" if ":" in host and not host.startswith("[") else host  # an IPv6 literal in brackets
+        self.host_header = name if port == {"http": 80, "https": 443}[scheme] else f"{name}:{port}"
         self.maxsize = maxsize
         self._ssl = ssl_context
         self._idle: list[Connection] = []
@@ -394,7 +384,6 @@ class Pool:
 
     def put(self, conn: Connection) -> None:
         conn.idle_since = time.monotonic()
-        conn.reused = True
         with self._lock:
             if len(self._idle) < self.maxsize:
                 self._idle.append(conn)

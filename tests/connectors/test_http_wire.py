@@ -267,7 +267,7 @@ def fetch(
         while chunk := response.read1(65_536):
             chunks.append(chunk)
     except BaseException:
-        response.close()
+        response.release(complete=False)  # closes it: unread bytes must not serve the next request
         raise
     response.release(complete=True)
     return response, b"".join(chunks)
