@@ -57,8 +57,6 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -195,14 +193,13 @@ class HttpClient:
         self._base_path = parts.path if not (parts.query or parts.fragment) else None
         self.guard = Guard(name, spec, log_as="http")
         ca_file = spec.options.get("ca_file")
-        self._max_connections = int(spec.options.get("max_connections", 20))
         # built once: every request merges its own few headers into these
         self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json", "Accept-Encoding": "identity"}
         # No proxy from the environment: it would send our traffic (and tokens) somewhere the config does not say.
-        self._ssl = ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context()
-        self._pools: dict[tuple[str, str, int | None], wire.Pool] = {}
-        self._pools_lock = threading.Lock()
-        self._base_pool = self._pool_for(_origin(self._base))
+        self._pools = wire.Pools(
+            maxsize=int(spec.options.get("max_connections", 20)), ca_file=str(ca_file) if ca_file else None
+        )
+        self._base_pool = self._pools.get(*_origin(self._base))
 
     def request(
         self,
@@ -272,28 +269,12 @@ class HttpClient:
 
     def close(self) -> None:
         """Close the pooled connections."""
-        with self._pools_lock:
-            pools = list(self._pools.values())
-        for pool in pools:
-            pool.clear()
+        self._pools.clear()
 
     def _check_origin(self, url: str) -> None:
         if _origin(url) not in self._origins:
             parts = urlsplit(url)
             raise _ForeignRedirectError(f"{parts.scheme}://{parts.hostname}")
-
-    def _pool_for(self, origin: tuple[str, str, int | None]) -> wire.Pool:
-        """The pool of one of the configured origins (made on first use, kept: one per origin)."""
-        pool = self._pools.get(origin)
-        if pool is None:
-            scheme, host, port = origin
-            with self._pools_lock:
-                pool = self._pools.get(origin)
-                if pool is None:
-                    tls = self._ssl if scheme == "https" else None
-                    pool = wire.Pool(scheme, host, port or 0, maxsize=self._max_connections, ssl_context=tls)
-                    self._pools[origin] = pool
-        return pool
 
     def _build(
         self,
@@ -346,7 +327,7 @@ class HttpClient:
                 if not _URL.fullmatch(url):  # urlsplit would drop a CR, LF or tab and send another URL
                     raise wire.InvalidRequest("the URL has a space, a control or a non-ASCII character")
                 self._check_origin(url)
-                pool = self._pool_for(_origin(url))
+                pool = self._pools.get(*_origin(url))
                 parts = urlsplit(url)
                 target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             request = wire.encode_request(method, target, pool.host_header, headers, body)

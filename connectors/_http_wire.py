@@ -476,3 +476,37 @@ class Pool:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class Pools:
+    """One :class:`Pool` per origin, made at its first request and kept; thread-safe. Each transport owns one.
+
+    Args:
+        maxsize: idle connections kept per origin (more are opened while all are busy).
+        ca_file: a PEM bundle to trust instead of the system's, for ``https`` origins.
+    """
+
+    def __init__(self, *, maxsize: int, ca_file: str | None = None) -> None:
+        self._maxsize = maxsize
+        self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+        self._pools: dict[tuple[str, str, int], Pool] = {}
+        self._lock = threading.Lock()
+
+    def get(self, scheme: str, host: str, port: int | None) -> Pool:
+        """The pool of ``scheme://host:port`` (``port`` None: the scheme's own)."""
+        origin = (scheme, host, port or {"http": 80, "https": 443}[scheme])
+        pool = self._pools.get(origin)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(origin)
+                if pool is None:
+                    tls = self._ssl if scheme == "https" else None
+                    pool = self._pools[origin] = Pool(*origin, maxsize=self._maxsize, ssl_context=tls)
+        return pool
+
+    def clear(self) -> None:
+        """Close every idle connection (the pools stay, empty)."""
+        with self._lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.clear()

@@ -230,12 +230,10 @@ class SoapTransport(zeep.Transport):
         # would discard connections under that load and reconnect for every call (POOL_SIZE idle ones are
         # kept; more are opened when all are busy). No proxy from the environment: it would send our traffic
         # somewhere the config does not say. No retries and no redirects: both are decided here.
-        self._ssl = ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context()
+        self._pools = wire.Pools(maxsize=POOL_SIZE, ca_file=str(ca_file) if ca_file else None)
         self._headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "text/xml"}
         # an address's pool and request target, looked up once: a client posts to one address
         self._targets: dict[str, tuple[wire.Pool, str]] = {}
-        self._pools: dict[tuple[str, str, int], wire.Pool] = {}
-        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def call(self, deadline: float, *, effect: bool) -> Iterator[CallState]:
@@ -249,12 +247,8 @@ class SoapTransport(zeep.Transport):
 
     def close(self) -> None:
         """Close the pooled connections."""
-        with self._lock:
-            pools = list(self._pools.values())
-            self._targets.clear()
-            self._pools.clear()
-        for pool in pools:
-            pool.clear()
+        self._targets.clear()
+        self._pools.clear()
         self.session.close()
 
     # -- zeep's transport interface -----------------------------------------------------------------------
@@ -361,13 +355,7 @@ class SoapTransport(zeep.Transport):
         target = quote(parts.path or "/", safe=_PATH_SAFE) + (
             f"?{quote(parts.query, safe=_QUERY_SAFE)}" if parts.query else ""
         )
-        origin = (scheme, host, port or {"http": 80, "https": 443}[scheme])
-        with self._lock:
-            pool = self._pools.get(origin)
-            if pool is None:
-                tls = self._ssl if scheme == "https" else None
-                pool = self._pools[origin] = wire.Pool(*origin, maxsize=POOL_SIZE, ssl_context=tls)
-            found = self._targets[address] = (pool, target)
+        found = self._targets[address] = (self._pools.get(scheme, host, port), target)
         return found
 
     def _reply(self, response: wire.Response, ctx: CallState, started: float, cut: wire.DeadlineCut) -> SoapReply:
