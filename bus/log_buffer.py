@@ -11,8 +11,8 @@ see is never held back.
 
 What it costs: a process killed outright (SIGKILL, the OOM killer) loses the INFO lines of its last
 :data:`FLUSH_AFTER`; a normal exit flushes (``atexit``), and the crash points of the reliability tests log
-at WARNING, which flushes. Only the worker (``igate-bus run``) writes through a buffer; commands, the
-ingress and tests write each line at once.
+at WARNING, which flushes. Only the worker (``igate-bus run``) and the simulators write through a buffer;
+commands, the ingress and tests write each line at once.
 """
 
 from __future__ import annotations
@@ -96,6 +96,6 @@ class LineBuffer:
 
 @atexit.register
 def flush_all() -> None:
-    """Write what every buffer holds (at exit, and before a process replaces its logging)."""
+    """Write what every buffer holds, at the process's exit."""
     for buffer in list(_ALL):
         buffer.flush()
