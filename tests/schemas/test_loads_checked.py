@@ -28,12 +28,20 @@ _CHARS = st.sampled_from(
         *("\ufeff", "D\u0323", "e\u0302\u0301", "\u1ea1", "\u0110", "\u0301", "\u00e0", '"', "\\", "/"),
     ]
 )
-_TEXT = st.lists(_CHARS, max_size=6).map("".join)
-_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | _TEXT,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
-    max_leaves=12,
-)
+
+
+def _json_of(chars: st.SearchStrategy[str]) -> tuple[st.SearchStrategy[str], st.SearchStrategy[object]]:
+    """Short texts of ``chars``, and small JSON values with such texts as keys and strings."""
+    text = st.lists(chars, max_size=6).map("".join)
+    value = st.recursive(
+        st.none() | st.booleans() | st.integers(-(10**6), 10**6) | text,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+        max_leaves=12,
+    )
+    return text, value
+
+
+_TEXT, _JSON = _json_of(_CHARS)
 
 # text that json.dumps(ensure_ascii=False) writes with no escape at all
 _RAW_CHARS = st.sampled_from(
@@ -42,12 +50,7 @@ _RAW_CHARS = st.sampled_from(
         *("D\u0323", "e\u0302\u0301", "\u1ea1", "\u0110", "\u0301", "\u00e0"),
     ]
 )
-_RAW_TEXT = st.lists(_RAW_CHARS, max_size=6).map("".join)
-_RAW_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | _RAW_TEXT,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_RAW_TEXT, inner, max_size=4),
-    max_leaves=12,
-)
+_RAW_TEXT, _RAW_JSON = _json_of(_RAW_CHARS)
 
 
 def _nfc(value: Any) -> Any:
