@@ -91,6 +91,32 @@ _KINDS: Final = (
 _ARRIVALS: Final = frozenset({"created", "moved_to"})
 
 
+def _open_for_writing(path: Path) -> bool:
+    """True when some process holds ``path`` open for writing (read from /proc: its fds and their flags).
+
+    Needed where a watch comes late: a file made in a new directory before the directory's watch existed
+    gives no close event, so the scan must tell a finished file from one still being written.
+    """
+    target = os.fspath(path)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.fspath(fd.readlink()) != target:
+                    continue
+                flags = (proc / "fdinfo" / fd.name).read_text().split("flags:", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if int(flags, 8) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                return True
+    return False
+
+
 def _inode(path: Path) -> int | None:
     """The inode of ``path`` now, or None when it is already gone."""
     try:
@@ -210,6 +236,9 @@ class _Inotify:
         self._fd: int = fd
         self._dirs: dict[int, Path] = {}
         self._stop = threading.Event()
+        #: one reader at a time: a reader that found the queue empty while the thread still parsed what it
+        #: had read would return a record without those events
+        self._reading = threading.Lock()
         self.overflowed = False
         self._watch_tree(root)
         self._thread = threading.Thread(target=self._run, name="sftp-sim-inotify", daemon=True)
@@ -234,14 +263,15 @@ class _Inotify:
 
     def drain(self) -> None:
         """Read every pending event (also called by readers, so the record is current when they look)."""
-        while True:
-            try:
-                data = os.read(self._fd, 1 << 16)
-            except BlockingIOError:
-                return
-            except OSError:
-                return  # closed by stop()
-            self._parse(data)
+        with self._reading:
+            while True:
+                try:
+                    data = os.read(self._fd, 1 << 16)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    return  # closed by stop()
+                self._parse(data)
 
     def _parse(self, data: bytes) -> None:
         offset = 0
@@ -273,13 +303,20 @@ class _Inotify:
         return path.relative_to(self.root).as_posix()
 
     def _scan(self, directory: Path, now: float) -> None:
-        """Report the files a new directory already holds: they may have come before its watch did."""
+        """Report the files a new directory already holds: they may have come before its watch did.
+
+        A file already closed gets its "written" here too (its close came before the watch); one still open
+        gets it from the watch, which exists before this scan.
+        """
         for current, _dirs, names in os.walk(directory):
             for name in names:
                 path = Path(current) / name
                 inode = _inode(path)
-                if inode is not None:
-                    self._sink(FsEvent("created", self._relative(path), now, inode))
+                if inode is None:
+                    continue
+                self._sink(FsEvent("created", self._relative(path), now, inode))
+                if path.is_file() and not path.is_symlink() and not _open_for_writing(path):
+                    self._sink(FsEvent("written", self._relative(path), now, None))
 
     def close(self) -> None:
         """Stop the thread and close the descriptor."""

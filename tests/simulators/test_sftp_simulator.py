@@ -135,3 +135,33 @@ def test_files_made_in_a_new_directory_before_it_is_watched_are_recorded_once(sf
     while time.monotonic() < deadline and 0 in counted().values():
         time.sleep(0.05)
     assert set(counted().values()) == {1}
+
+
+def test_a_file_closed_before_its_new_directory_is_watched_is_recorded_as_written(sftp_sim: SftpSimulator) -> None:
+    """A directory made and a file written and closed in it while the watcher is busy ▶ the record still holds
+    the file's "written" (from the directory's scan); a file still open then gets it when it closes, once."""
+    watcher = sftp_sim._watcher
+    assert watcher is not None
+    with watcher._reading:  # the watcher thread waits here: the directory is not watched yet
+        (sftp_sim.root / "late").mkdir()
+        (sftp_sim.root / "late" / "done.bin").write_bytes(b"x" * 100)
+        still_open = (sftp_sim.root / "late" / "open.bin").open("wb")
+    try:
+        still_open.write(b"y")
+        still_open.flush()
+        kinds = [(e.kind, e.path) for e in sftp_sim.events() if e.path.startswith("late/")]
+        assert ("written", "late/done.bin") in kinds
+        assert ("created", "late/open.bin") in kinds and ("written", "late/open.bin") not in kinds
+    finally:
+        still_open.close()
+    written = [e for e in sftp_sim.events() if e.kind == "written" and e.path.startswith("late/")]
+    assert sorted(e.path for e in written) == ["late/done.bin", "late/open.bin"]
+
+
+def test_a_reader_waits_for_events_the_watcher_thread_is_still_parsing(sftp_sim: SftpSimulator) -> None:
+    """events() right after a write always holds it, even when the watcher thread read the queue first
+    (one drain at a time: a reader that found the queue empty must not return before the parse is done)."""
+    for i in range(200):
+        path = sftp_sim.root / f"r{i}.bin"
+        path.write_bytes(b"z")
+        assert any(e.kind == "written" and e.path == f"r{i}.bin" for e in sftp_sim.events()), i
