@@ -40,7 +40,9 @@ def dossier_received(event: Event, *, now: datetime) -> AddNoteRequest:
             "a dossier.received event without a dossier code cannot be acknowledged", field="dossier_code"
         )
     at = envelope.occurred_at.astimezone(VIETNAM_TIME)
-    text = f"Hệ thống tích hợp đã nhận hồ sơ {envelope.dossier_code} lúc {at:%H:%M} ngày {at:%d/%m/%Y}"
+    # fields, not strftime: the same text at a third of the cost (issue 15), and no locale in the way
+    clock, day = f"{at.hour:02d}:{at.minute:02d}", f"{at.day:02d}/{at.month:02d}/{at.year:04d}"
+    text = f"Hệ thống tích hợp đã nhận hồ sơ {envelope.dossier_code} lúc {clock} ngày {day}"
     receipt_no = getattr(event.payload, "receipt_no", None)
     if isinstance(receipt_no, str) and receipt_no:
         text += f" (số biên nhận {receipt_no})"

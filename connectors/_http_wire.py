@@ -14,15 +14,16 @@ What is kept from the library, and what is ours:
 - **A request is written once** (request line, headers and body in one ``sendall``) with ``TCP_NODELAY``.
   Header names and values and the request target are checked for control characters first
   (:class:`InvalidRequest`): a token or key holding CR/LF must never become a second header.
-- **Timeouts**: the connect timeout on the connect (and the TLS handshake); a read timeout per read. On a
+- **Timeouts**: the connect timeout bounds the connect and the TLS handshake together; a read timeout per read. On a
   plain socket the read and write timeouts are the kernel's (``SO_RCVTIMEO``/``SO_SNDTIMEO``, set only when
   they change), so a read is one system call; a TLS socket uses Python's timeout. The total deadline is the
   caller's (:mod:`connectors._http` arms a watchdog that shuts the socket; :meth:`Pool.exchange` hands it the
   connection before writing, so the head is under the deadline too).
 - **Keep-alive**: a connection goes back to its origin's idle list only when its reply was read to the end
-  and the server did not ask to close. One idle longer than :data:`STALE_AFTER` is checked (a zero-timeout
-  poll) before reuse: a server's keep-alive timeout closes it on its side, and a request written into that
-  would look like a connection lost after sending.
+  and the server did not ask to close. Every idle connection is checked before reuse (a zero-timeout poll
+  on a poll object made once per connection, under a microsecond): a server's keep-alive timeout closes it
+  on its side, and a request written into that would look like a connection lost after sending; and bytes
+  a server sent unasked while it sat idle (a second reply, say) would be read as the next request's reply.
 
 Errors (the caller maps them to :mod:`schemas.errors`): :class:`ConnectFailed` (the request never left),
 :class:`ReadTimedOut`, :class:`ConnectionLost` (closed or reset after the request was written, or a write
@@ -47,8 +48,6 @@ import httptools
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-#: a connection idle longer than this is checked before reuse (seconds)
-STALE_AFTER: Final = 1.0
 #: bytes asked of the socket per read
 RECV_BYTES: Final = 65_536
 #: a reply's header block is refused past this many bytes (a hostile server could stream headers forever)
@@ -198,7 +197,7 @@ class _Parse:
 class Connection:
     """One keep-alive connection to an origin; used by one thread at a time (taken from its pool)."""
 
-    __slots__ = ("_buf", "_timeout", "_view", "idle_since", "sock", "tls")
+    __slots__ = ("_buf", "_poll", "_timeout", "_view", "sock", "tls")
 
     def __init__(self, sock: socket.socket, *, tls: bool) -> None:
         self.sock = sock
@@ -206,7 +205,8 @@ class Connection:
         self._timeout: float | None = None
         self._buf = bytearray(RECV_BYTES)
         self._view = memoryview(self._buf)
-        self.idle_since = 0.0
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN | select.POLLPRI)
 
     def set_timeout(self, seconds: float) -> None:
         """The read and write timeout of the next calls (a system call only when it changes)."""
@@ -232,12 +232,13 @@ class Connection:
         return self._view[:n]
 
     def looks_closed(self) -> bool:
-        """Whether the idle connection has been closed (or sent something unasked) by the server."""
+        """Whether the idle connection was closed by the server, or has bytes nobody asked for: not reusable."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():  # decrypted already: no poll sees them
+            return True
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
+            return bool(self._poll.poll(0))
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -383,7 +384,6 @@ class Pool:
         self._lock = threading.Lock()
 
     def put(self, conn: Connection) -> None:
-        conn.idle_since = time.monotonic()
         with self._lock:
             if len(self._idle) < self.maxsize:
                 self._idle.append(conn)
@@ -401,12 +401,18 @@ class Pool:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
                 return self._connect(connect_timeout)
-            if time.monotonic() - conn.idle_since > STALE_AFTER and conn.looks_closed():
+            if conn.looks_closed():
                 conn.close()
                 continue
             return conn
 
     def _connect(self, timeout: float) -> Connection:
+        """A new connection within ``timeout`` in all: the TLS handshake gets what the connect left of it.
+
+        (Python bounds a handshake as a whole by the socket's timeout, not per read: a server dripping its
+        handshake cannot stretch it.)
+        """
+        end = time.monotonic() + timeout
         try:
             sock = socket.create_connection((self.host, self.port), timeout=timeout)
         except OSError as exc:
@@ -414,6 +420,10 @@ class Pool:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no time left for the TLS handshake")
+                sock.settimeout(left)
                 sock = self._ssl.wrap_socket(sock, server_hostname=self.host)
                 return Connection(sock, tls=True)
             sock.settimeout(None)  # blocking: the kernel's timeouts from here (Connection.set_timeout)

@@ -54,6 +54,7 @@ from schemas.strict import (
     MULTILINE_KEY,
     NOT_AFTER,
     SINGLE_LINE_NEVER,
+    SINGLE_LINE_NEVER_IN_RAW_JSON,
     ExactInt,
     Instant,
     check_text,
@@ -213,6 +214,31 @@ def _nfc_text(text: str) -> str:
 _WALK_BRACKETS: Final = 200
 #: a match when :func:`single_line_text` refuses the text (the pattern's own search: no call of ours per string)
 _single_line_refused: Final = SINGLE_LINE_NEVER.search
+_single_line_refused_raw: Final = SINGLE_LINE_NEVER_IN_RAW_JSON.search
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The decoder's ``object_pairs_hook`` for a body :func:`_plain_body` passed: only duplicate keys to refuse."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidEvent(f"duplicate key {key!r} in JSON object")
+            seen.add(key)
+    return out
+
+
+def _plain_body(text: str) -> bool:
+    """Whether every key and string of the JSON ``text`` is already NFC and passes :func:`single_line_text`.
+
+    Judged on the whole text at once (three C-speed scans instead of a test per key and string, issue 15):
+    without a backslash every key and string is a piece of the text as written; outside them stand only
+    JSON's punctuation, literals and whitespace, which :data:`SINGLE_LINE_NEVER_IN_RAW_JSON` leaves out
+    (the decoder refuses tab, LF and CR raw inside a string); and a text in NFC has its quoted pieces in
+    NFC, as a quote mark composes with nothing on either side, so normalisation never reaches across it.
+    """
+    return "\\" not in text and not _single_line_refused_raw(text) and unicodedata.is_normalized("NFC", text)
 
 
 class _StrictObjects:
@@ -318,9 +344,10 @@ def loads_checked(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[A
         raise InvalidEvent(f"body is not UTF-8: byte {exc.start} is {body[exc.start : exc.start + 1]!r}") from None
     if text.startswith("\ufeff"):
         raise InvalidEvent("body starts with a byte-order mark")
-    objects = _StrictObjects(ascii_clean="\\" not in text and "\x7f" not in text)
+    plain = _plain_body(text)
+    objects = None if plain else _StrictObjects(ascii_clean="\\" not in text and "\x7f" not in text)
     try:
-        data = json.loads(text, object_pairs_hook=objects, parse_constant=_reject_constant)
+        data = json.loads(text, object_pairs_hook=objects or _unique_keys, parse_constant=_reject_constant)
         if not isinstance(data, dict):
             return nfc(data), False
         if text.count("[") + text.count("{") > _WALK_BRACKETS:
@@ -333,7 +360,7 @@ def loads_checked(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[A
         raise InvalidEvent("JSON nested too deeply") from None
     except ValueError as exc:  # e.g. an integer over Python's digit limit
         raise InvalidEvent(f"JSON value refused: {exc}") from None
-    return data, objects.clean
+    return data, plain or (objects is not None and objects.clean)
 
 
 def format_validation_error(exc: ValidationError, *, prefix: str = "") -> str:

@@ -60,6 +60,11 @@ _NEVER: Final = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_BIDI}\ufeff\u
 _LINE: Final = re.compile("[\t\n\r\u2028\u2029]")
 #: what :func:`check_text` refuses in a key or a single-line field: ``_NEVER`` and ``_LINE`` in one search
 SINGLE_LINE_NEVER: Final = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}\ufeff\ud800-\udfff\u2028\u2029]")
+#: :data:`SINGLE_LINE_NEVER` less JSON's whitespace (tab, LF, CR): searched over a whole JSON text without
+#: escapes, where those three stand only between tokens (the decoder refuses them raw inside a string)
+SINGLE_LINE_NEVER_IN_RAW_JSON: Final = re.compile(
+    f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_BIDI}\ufeff\ud800-\udfff\u2028\u2029]"
+)
 #: allowed only in multi-line fields: tab, LF, CR; the separators U+2028/9 never
 _MULTILINE_NEVER: Final = re.compile("[\u2028\u2029]")
 _SIMPLE_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -392,7 +393,7 @@ class TestKeepAlive:
 
 
 class TestStaleIdleConnection:
-    """A keep-alive connection the server closed while it sat idle is not written into."""
+    """A keep-alive connection the server closed, or wrote to unasked, while it sat idle is not used again."""
 
     @staticmethod
     def _one_reply_then_close(peer: Peer) -> None:
@@ -402,11 +403,18 @@ class TestStaleIdleConnection:
             with contextlib.suppress(OSError):
                 peer.sock.shutdown(socket.SHUT_RDWR)
 
-    def test_a_connection_closed_by_the_server_while_idle_is_replaced(
-        self, serve: Any, pools: Any, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """The server closes each connection after its reply; idle past STALE_AFTER ▶ a new connection, 200."""
-        monkeypatch.setattr(wire, "STALE_AFTER", 0.05)
+    @staticmethod
+    def _reply_then_an_unasked_one(peer: Peer) -> None:
+        """The first connection answers its request, then sends a second reply nobody asked for; others answer."""
+        while (request := peer.read_request()) is not None:
+            peer.send(reply(path_of(request).encode()))
+            if peer.index == 0:
+                time.sleep(0.05)  # after the client has read its reply and pooled the connection
+                peer.send(reply(b"unasked"))
+
+    def test_a_connection_closed_by_the_server_while_idle_is_replaced(self, serve: Any, pools: Any) -> None:
+        """The server closes each connection after its reply ▶ the next request (0.3 s later, well inside any
+        idle limit) goes on a new connection, 200."""
         server = serve(self._one_reply_then_close)
         pool = pools(server)
         assert fetch(pool, "/1")[1] == b"ok"
@@ -415,19 +423,36 @@ class TestStaleIdleConnection:
         assert server.accepts == 2
         assert server.conn_of == [0, 1]
 
-    def test_guard_without_the_check_the_same_sequence_loses_the_request(
-        self, serve: Any, pools: Any, monkeypatch: pytest.MonkeyPatch
+    def test_bytes_sent_unasked_to_an_idle_connection_are_never_read_as_the_next_reply(
+        self, serve: Any, pools: Any
     ) -> None:
-        """Guard: with the check out of reach (STALE_AFTER huge) the dead connection is written into ▶
-        ConnectionLost. The fault the test above survives is real."""
-        monkeypatch.setattr(wire, "STALE_AFTER", 3600.0)
-        server = serve(self._one_reply_then_close)
+        """A second reply arrives on the idle connection 50 ms after the first ▶ the next request (0.2 s later)
+        goes on a new connection and reads its own reply, never the unasked one."""
+        server = serve(self._reply_then_an_unasked_one)
         pool = pools(server)
-        assert fetch(pool, "/1")[1] == b"ok"
+        assert fetch(pool, "/1")[1] == b"/1"
+        time.sleep(0.2)
+        assert fetch(pool, "/2")[1] == b"/2"
+        assert fetch(pool, "/3")[1] == b"/3"
+        assert server.conn_of == [0, 1, 1]
+
+    @pytest.mark.parametrize("handler", ["_one_reply_then_close", "_reply_then_an_unasked_one"])
+    def test_guard_without_the_check_the_same_sequence_goes_wrong(
+        self, serve: Any, pools: Any, monkeypatch: pytest.MonkeyPatch, handler: str
+    ) -> None:
+        """Guard: with the check stubbed out, the dead connection is written into (ConnectionLost), or the
+        unasked reply is read as the next request's. The faults the tests above survive are real."""
+        monkeypatch.setattr(wire.Connection, "looks_closed", lambda _self: False)
+        server = serve(getattr(self, handler))
+        pool = pools(server)
+        assert fetch(pool, "/1")[1] in {b"ok", b"/1"}
         time.sleep(0.3)
-        with pytest.raises(wire.ConnectionLost):
-            fetch(pool, "/2")
-        assert server.accepts == 1
+        if handler == "_one_reply_then_close":
+            with pytest.raises(wire.ConnectionLost):
+                fetch(pool, "/2")
+            assert server.accepts == 1
+        else:
+            assert fetch(pool, "/2")[1] == b"unasked"
 
 
 # --------------------------------------------------------------------------------------------- the request
@@ -922,6 +947,32 @@ class TestConnect:
             clients(f"http://127.0.0.1:{port}").request("POST", "/x", deadline=later(), effect=True)
         assert caught.value.maybe_applied is False
         assert_within(time.monotonic() - started, 1.0, "two refused connects")
+
+    def test_a_tls_handshake_that_never_ends_is_bounded_by_the_connect_timeout(self) -> None:
+        """A server that accepts and then says nothing ▶ ConnectFailed once the connect timeout is spent (the
+        connect and the handshake share it), not a read timeout later and not never."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        held: list[socket.socket] = []
+        acceptor = threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True)
+        acceptor.start()
+        pool = wire.Pool(
+            "https", "127.0.0.1", listener.getsockname()[1], maxsize=2, ssl_context=ssl.create_default_context()
+        )
+        started = time.monotonic()
+        try:
+            with pytest.raises(wire.ConnectFailed, match="cannot open the connection"):
+                pool.exchange(
+                    wire.encode_request("GET", "/", pool.host_header, {}, None),
+                    connect_timeout=0.5,
+                    read_timeout=30.0,
+                    head=False,
+                )
+            assert_within(time.monotonic() - started, 0.5 + 1.0, "a silent TLS handshake")
+            assert time.monotonic() - started >= 0.45
+        finally:
+            acceptor.join(2)
+            for sock in (*held, listener):
+                sock.close()
 
 
 # --------------------------------------------------------------------------------------------- headers

@@ -133,3 +133,57 @@ class TestLoadsChecked:
         """The C decoder nests deeper than Python walks back: such a value is still refused, not let through."""
         with pytest.raises(InvalidEvent, match="nested too deeply"):
             loads_checked(body)
+
+
+class TestPlainBodies:
+    """A body with no escape, in NFC and with no refused character is judged as a whole (issue 15)."""
+
+    def test_the_whole_text_pattern_is_the_single_line_one_less_json_whitespace(self) -> None:
+        """Every code point: refused over a whole body ⇔ refused in a single-line field, but for tab, LF, CR
+        (JSON's whitespace between tokens; raw inside a string the decoder refuses them itself)."""
+        from schemas.strict import SINGLE_LINE_NEVER, SINGLE_LINE_NEVER_IN_RAW_JSON
+
+        differ = [
+            cp
+            for cp in range(0x110000)
+            if bool(SINGLE_LINE_NEVER.match(chr(cp))) != bool(SINGLE_LINE_NEVER_IN_RAW_JSON.match(chr(cp)))
+        ]
+        assert differ == [0x09, 0x0A, 0x0D]
+        for raw in (b'{"a": "x\ty"}', b'{"a": "x\ny"}', b'{"a": "x\ry"}'):
+            with pytest.raises(InvalidEvent, match="malformed JSON"):
+                loads_checked(raw)
+
+    def test_the_shipped_example_takes_the_whole_text_path(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The example event (Vietnamese, pretty-printed) decodes without the per-object hook: that hook is
+        stubbed to fail, and the value is still the full walk's, called clean."""
+        from pathlib import Path
+
+        from schemas import envelope
+
+        body = (Path(__file__).parents[2] / "examples" / "events" / "dossier.received.json").read_bytes()
+        monkeypatch.setattr(envelope, "_StrictObjects", None)
+        data, clean = loads_checked(body)
+        assert data == _nfc(json.loads(body)) and clean is True
+        assert _check_text_accepts(data)
+
+    @pytest.mark.parametrize(
+        ("body", "clean"),
+        [
+            ('{"a": "D\u0323"}', True),  # NFD: the walk puts it in NFC
+            ('{"a": "x\u202ey"}', False),  # a bidi override
+            ('{"a": "x\u0085y"}', False),  # a C1 control
+            ('{"a\u2028": 1}', False),  # a separator in a key
+            ('{"a": "\\u00e9"}', True),  # an escape: the walk
+        ],
+    )
+    def test_other_bodies_still_take_the_walk(self, body: str, clean: bool) -> None:
+        """NFD text, a refused character or an escape anywhere ▶ the per-object walk, with its verdict."""
+        data, got = loads_checked(body.encode())
+        assert data == _nfc(json.loads(body))
+        assert got is clean
+
+    def test_duplicate_keys_are_refused_on_the_whole_text_path_too(self) -> None:
+        """A plain body with a key twice, nested or not ▶ refused, naming the key."""
+        for body in (b'{"a": 1, "a": 2}', b'{"x": [{"b": "\xc3\xa9", "b": 2}]}'):
+            with pytest.raises(InvalidEvent, match="duplicate key"):
+                loads_checked(body)
