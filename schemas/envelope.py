@@ -241,6 +241,22 @@ def _plain_body(text: str) -> bool:
     return "\\" not in text and not _single_line_refused_raw(text) and unicodedata.is_normalized("NFC", text)
 
 
+#: an escape that decodes to an ASCII character :func:`single_line_text` refuses (a control, DEL): ``\\b``,
+#: ``\\f``, ``\\n``, ``\\r``, ``\\t`` or ``\\u`` 0000-001F/007F (after an escaped backslash it matches too:
+#: a needless search then, never a missed one)
+_ASCII_REFUSED_ESCAPE: Final = re.compile(r"\\(?:[bfnrt]|u00[01][0-9A-Fa-f]|u007[Ff])")
+
+
+def _ascii_as_written(text: str) -> bool:
+    """Whether no ASCII key or string of the JSON ``text`` can hold a character single_line_text refuses.
+
+    True when no DEL is written raw and no escape decodes to a control or DEL (the decoder refuses the other
+    controls raw); any other escape decodes to printable ASCII, or to text that is not ASCII and is searched
+    anyway.
+    """
+    return "\x7f" not in text and ("\\" not in text or not _ASCII_REFUSED_ESCAPE.search(text))
+
+
 class _StrictObjects:
     """The decoder's ``object_pairs_hook`` of :func:`loads_checked`: each object as it is decoded.
 
@@ -249,10 +265,9 @@ class _StrictObjects:
     decoder builds objects innermost first, so every object is seen once and nothing is walked twice.
 
     Args:
-        ascii_clean: the body has no backslash and no DEL, so an ASCII key or string is a piece of it as
-            written, and the decoder refuses the other ASCII characters :func:`single_line_text` refuses
-            (raw controls in a string): ASCII text is not searched, only the rest (issue 15: a search per
-            key and per string was a fifth of an event's decoding).
+        ascii_clean: :func:`_ascii_as_written` passed the body: an ASCII key or string cannot hold a refused
+            character, so ASCII text is not searched, only the rest (issue 15: a search per key and per
+            string was a fifth of an event's decoding).
     """
 
     __slots__ = ("ascii_clean", "clean")
@@ -345,7 +360,7 @@ def loads_checked(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[A
     if text.startswith("\ufeff"):
         raise InvalidEvent("body starts with a byte-order mark")
     plain = _plain_body(text)
-    objects = None if plain else _StrictObjects(ascii_clean="\\" not in text and "\x7f" not in text)
+    objects = None if plain else _StrictObjects(ascii_clean=_ascii_as_written(text))
     try:
         data = json.loads(text, object_pairs_hook=objects or _unique_keys, parse_constant=_reject_constant)
         if not isinstance(data, dict):

@@ -187,3 +187,24 @@ class TestPlainBodies:
         for body in (b'{"a": 1, "a": 2}', b'{"x": [{"b": "\xc3\xa9", "b": 2}]}'):
             with pytest.raises(InvalidEvent, match="duplicate key"):
                 loads_checked(body)
+
+
+class TestEscapedAsciiText:
+    """With escapes in the body, ASCII text is searched only when an escape could decode to a refused one."""
+
+    @pytest.mark.parametrize("code", range(0x80))
+    def test_every_ascii_character_escaped_is_judged_as_check_text_does(self, code: int) -> None:
+        """Each ASCII character as ``\\u00XX`` (upper and lower hex), beside an escaped Vietnamese letter,
+        in a value and in a key ▶ clean exactly when check_text accepts the decoded value."""
+        for escape in (f"\\u{code:04x}", f"\\u{code:04X}"):
+            for body in (f'{{"a": "x{escape}y", "b": "\\u1ea1"}}', f'{{"k{escape}": "\\u1ea1"}}'):
+                data, clean = loads_checked(body.encode())
+                assert data == _nfc(json.loads(body))
+                assert clean == _check_text_accepts(data), body
+
+    @pytest.mark.parametrize("escape", ["\\b", "\\f", "\\n", "\\r", "\\t", '\\"', "\\\\", "\\/"])
+    def test_short_escapes_are_judged_as_check_text_does(self, escape: str) -> None:
+        """``\\n`` and the other short escapes, in a value and in a key ▶ the same verdict as check_text."""
+        for body in (f'{{"a": "x{escape}y", "b": "\\u1ea1"}}', f'{{"k{escape}": 1}}'):
+            data, clean = loads_checked(body.encode())
+            assert clean == _check_text_accepts(data), body
