@@ -402,7 +402,9 @@ class _DriverSQL:
 
     def __init__(self, dialect: sa.Dialect) -> None:
         ph = "?" if dialect.paramstyle == "qmark" else "%s"
-        bind = UTCDateTime().bind_processor(dialect)
+        # the dialect's own form (on SQLite SQLAlchemy's text, microseconds always written), not the driver's
+        # default adapter, which leaves them out at .000000: one stored form, so times compare as text
+        bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
         self.when: Any = bind if bind is not None else (lambda value: value)
         table = claims_table.name
         self._row = "(" + ", ".join([ph] * 8) + ")"
@@ -505,6 +507,11 @@ class IdempotencyStore:
     def begin(self) -> AbstractContextManager[Connection]:
         """One transaction on a pooled connection (serialised on an in-memory SQLite store)."""
         return self._begin()
+
+    @property
+    def dialect(self) -> sa.Dialect:
+        """The database's SQLAlchemy dialect (for a part that writes its hot statements as the driver's SQL)."""
+        return self._engine.dialect
 
     def insert(self, table: sa.Table) -> Any:
         """The dialect's ``INSERT`` for ``table`` (it has ``on_conflict_do_nothing`` on both back ends)."""

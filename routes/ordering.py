@@ -90,7 +90,7 @@ from schemas.errors import ClaimHeld, InvalidEvent
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sqlalchemy.engine import Connection, Row
+    from sqlalchemy.engine import Connection
 
     from config.model import OrderSpec
     from schemas.envelope import Envelope
@@ -250,6 +250,61 @@ _stores: weakref.WeakKeyDictionary[IdempotencyStore, OrderStore] = weakref.WeakK
 _stores_lock = threading.Lock()
 
 
+@dataclass(frozen=True, slots=True)
+class _OrderRow:
+    """A dossier's row as :meth:`OrderStore._row` read it (locked until the transaction ends)."""
+
+    applied: str | None
+    holder: str | None
+    lease_until: datetime | None
+    pending: str | None
+    next_seq: int
+
+
+class _RowSQL:
+    """The dossier row's two statements (lock-and-read, update) as the driver's SQL, made once per store.
+
+    Why: through SQLAlchemy's expression layer each execution builds a cache key, an execution context and a
+    result; on the portal's status routes the order step's two transactions per message were a quarter of
+    the worker's time (issue 15). The idempotency store's hot path does the same (``_DriverSQL``): the same
+    columns and conflict rule as the Core statements it replaced, datetimes written and read through
+    :class:`UTCDateTime`'s own processors, so every other statement reads these rows as its own. The table
+    and column names are ours; every value is a bound parameter.
+    """
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self._ph = "?" if dialect.paramstyle == "qmark" else "%s"
+        column_type = UTCDateTime().dialect_impl(dialect)  # the dialect's form, as the Core statements write
+        bind = column_type.bind_processor(dialect)
+        read = column_type.result_processor(dialect, None)
+        self.when: Callable[[datetime | None], Any] = bind if bind is not None else (lambda value: value)
+        self.read_when: Callable[[Any], datetime | None] = read if read is not None else (lambda value: value)
+        ph, table = self._ph, order_table.name
+        self.lock_row = (
+            f"INSERT INTO {table} (target, dossier_code, next_seq, updated_at) VALUES ({ph}, {ph}, 0, {ph})"  # noqa: S608
+            " ON CONFLICT (target, dossier_code) DO UPDATE SET updated_at = excluded.updated_at"
+            " RETURNING applied, holder, lease_until, pending, next_seq"
+        )
+        #: ``UPDATE`` of the dossier's row, one per set of columns (made at its first use)
+        self._updates: dict[tuple[str, ...], str] = {}
+
+    def update(self, columns: tuple[str, ...]) -> str:
+        """The ``UPDATE`` of ``columns`` (then the target and dossier code as the last two parameters)."""
+        sql = self._updates.get(columns)
+        if sql is None:  # a race makes it twice, the same text
+            for column in columns:
+                if column not in order_table.c:
+                    raise ValueError(f"{order_table.name} has no column {column!r}")
+            sets = ", ".join(f"{column} = {self._ph}" for column in columns)
+            where = f"target = {self._ph} AND dossier_code = {self._ph}"
+            sql = self._updates[columns] = f"UPDATE {order_table.name} SET {sets} WHERE {where}"  # noqa: S608
+        return sql
+
+
+#: the columns of the dossier's row that hold times (written through :attr:`_RowSQL.when`)
+_TIME_COLUMNS: Final = frozenset({"lease_until", "updated_at"})
+
+
 class OrderStore:
     """The per-dossier positions and leases, in the idempotency store's database; thread-safe.
 
@@ -270,23 +325,8 @@ class OrderStore:
         #: fifo events between their PASS and their leave in a thread of this process (a count per event)
         self._calls: dict[tuple[str, str, str], int] = {}
         self._calls_lock = threading.Lock()
-        #: make the dossier's row when missing, lock it and read it: one statement (the dialect's upsert)
-        self._lock_row = (
-            store.insert(order_table)
-            .values(
-                target=sa.bindparam("t"),
-                dossier_code=sa.bindparam("d"),
-                next_seq=0,
-                updated_at=sa.bindparam("now", type_=UTCDateTime()),
-            )
-            .on_conflict_do_update(
-                index_elements=[_o.target, _o.dossier_code],
-                set_={"updated_at": sa.bindparam("now", type_=UTCDateTime())},
-            )
-            .returning(*order_table.c)
-        )
-        #: ``UPDATE`` of the dossier's row, one statement per set of columns (built at its first use)
-        self._updates: dict[tuple[str, ...], sa.Update] = {}
+        #: make the dossier's row when missing, lock it and read it (the dialect's upsert), and update it
+        self._sql = _RowSQL(store.dialect)
 
     @classmethod
     def of(cls, store: IdempotencyStore) -> OrderStore:
@@ -297,23 +337,30 @@ class OrderStore:
                 found = _stores[store] = cls(store)
             return found
 
-    def _row(self, conn: Connection, target: str, dossier: str, now: datetime) -> Row[Any]:
+    def _row(self, conn: Connection, target: str, dossier: str, now: datetime) -> _OrderRow:
         """Lock and read the dossier's row, creating it first."""
         for name, value in (("target", target), ("dossier_code", dossier)):
             if not value or len(value) > _KEY_LENGTH:
                 raise ValueError(f"{name} must be 1-{_KEY_LENGTH} characters, got {value!r}")
-        return conn.execute(self._lock_row, {"t": target, "d": dossier, "now": now}).one()
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(self._sql.lock_row, (target, dossier, self._sql.when(now)))
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+        if len(rows) != 1:
+            raise RuntimeError(f"the upsert of {order_table.name} returned {len(rows)} rows, not 1")
+        applied, holder, lease_until, pending, next_seq = rows[0]
+        return _OrderRow(applied, holder, self._sql.read_when(lease_until), pending, int(next_seq))
 
     def _set(self, conn: Connection, target: str, dossier: str, **values: Any) -> None:
-        columns = tuple(values)
-        stmt = self._updates.get(columns)
-        if stmt is None:  # a race builds it twice, the same statement
-            stmt = self._updates[columns] = (
-                sa.update(order_table)
-                .where(_o.target == sa.bindparam("t"), _o.dossier_code == sa.bindparam("d"))
-                .values({c: sa.bindparam(f"v_{c}", type_=order_table.c[c].type) for c in columns})
-            )
-        conn.execute(stmt, {"t": target, "d": dossier, **{f"v_{c}": v for c, v in values.items()}})
+        when = self._sql.when
+        params = [when(v) if c in _TIME_COLUMNS else v for c, v in values.items()]
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(self._sql.update(tuple(values)), (*params, target, dossier))
+        finally:
+            cursor.close()
 
     # -- latest --------------------------------------------------------------------------------------
     def enter_latest(

@@ -741,3 +741,20 @@ def test_processes_racing_for_the_same_keys_get_one_winner_each(store_url: str) 
     _check_race(outcomes, keys, ClaimOutcome.NEW)
     with IdempotencyStore(store_url, create=False) as s:
         assert s.counts() == {"done": 200}
+
+
+def test_the_driver_path_stores_times_in_the_form_the_core_path_does(sqlite_url: str) -> None:
+    """On SQLite times are text compared as text: claims written by the batch path (the driver's SQL) at a
+    whole second keep the microseconds, as SQLAlchemy's own statements write them (the driver's default
+    adapter left ``.000000`` out, so an equal time compared as earlier)."""
+    store = IdempotencyStore(sqlite_url)
+    try:
+        whole = datetime(2026, 11, 26, 3, 0, 0, tzinfo=UTC)
+        store.write_many(ROUTE, claims={"batch": "w1/x"}, completions={}, lease_s=30, now=whole)
+        store.claim(ROUTE, "core", owner="w1/x", lease_s=30, now=whole)
+        with store.begin() as conn:
+            found = conn.exec_driver_sql("SELECT event_id, claimed_at || '|' || lease_until FROM claims").all()
+        rows: dict[str, str] = dict(found)
+        assert rows["batch"] == rows["core"] == "2026-11-26 03:00:00.000000|2026-11-26 03:00:30.000000"
+    finally:
+        store.close()

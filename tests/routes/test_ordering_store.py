@@ -316,3 +316,21 @@ def test_fifo_table_of_an_earlier_release_gets_alive_until(store_url: str) -> No
         assert gone.released == (a,)
     finally:
         store.close()
+
+
+def test_the_lease_is_stored_in_the_core_form_and_read_back_aware(orders: OrderStore) -> None:
+    """The dossier row's lock-and-read and update (the driver's SQL) write the lease as SQLAlchemy's own
+    statements do and read it back UTC-aware: a lease taken at a whole second, read by a Core select, holds
+    until exactly then (HELD a microsecond before its end, PASS at it)."""
+    import sqlalchemy as sa
+
+    lease_from = datetime(2026, 11, 26, 3, 0, 0, tzinfo=UTC)
+    assert orders.enter_latest(TARGET, D1, _pos(1), owner="w1", lease_s=30, now=lease_from).verdict is Verdict.PASS
+    with orders._store.begin() as conn:
+        lease_until = conn.execute(
+            sa.select(order_table.c.lease_until).where(order_table.c.dossier_code == D1)
+        ).scalar()
+    assert lease_until == lease_from + timedelta(seconds=30)
+    just_before = lease_until - timedelta(microseconds=1)
+    assert orders.enter_latest(TARGET, D1, _pos(2), owner="w2", lease_s=30, now=just_before).verdict is Verdict.HELD
+    assert orders.enter_latest(TARGET, D1, _pos(2), owner="w2", lease_s=30, now=lease_until).verdict is Verdict.PASS
