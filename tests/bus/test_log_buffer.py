@@ -48,7 +48,12 @@ def _wait_for(out: CountingStream, count: int) -> None:
         time.sleep(0.01)
 
 
-def test_info_lines_go_out_a_group_at_a_time_and_all_of_them(stream: CountingStream) -> None:
+def test_info_lines_go_out_a_group_at_a_time_and_all_of_them(
+    stream: CountingStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 lines ▶ a few writes, every line in order. The group's window is widened to 0.5 s so that a slow,
+    shared machine logging the 200 lines in more than 50 ms cannot split them into more writes."""
+    monkeypatch.setattr(log_buffer, "FLUSH_AFTER", 0.5)
     log = get_logger("t")
     for i in range(200):
         log.info("processed", n=i)
@@ -93,7 +98,12 @@ def test_stdlib_lines_join_the_same_queue_in_order(stream: CountingStream) -> No
     assert [line["event"] for line in stream.lines()] == ["ours", "theirs"]
 
 
-def test_too_many_waiting_lines_are_written_without_waiting(stream: CountingStream) -> None:
+def test_too_many_waiting_lines_are_written_without_waiting(
+    stream: CountingStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAX_LINES waiting ▶ written by the line that filled the group, not by the flusher: its window is made
+    30 s here (CI met the flusher writing part of the group when the lines took over 50 ms to log)."""
+    monkeypatch.setattr(log_buffer, "FLUSH_AFTER", 30.0)
     log = get_logger("t")
     for i in range(log_buffer.MAX_LINES + 1):  # the first goes out at once (a quiet stream), then a full group
         log.info("x", n=i)
