@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from concurrently import run_concurrently
 from wallclock import assert_within
 
 from config.model import ConnectorSpec
@@ -1029,11 +1030,7 @@ def test_eight_threads_share_one_client(serve: Any, clients: Any) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    run_concurrently(work, [(t,) for t in range(8)], timeout=30)
     assert errors == [] and wrong == []
     paths = sorted(path_of(r) for r in server.requests)
     assert paths == sorted(f"/t{t}/r{i}" for t in range(8) for i in range(50))

@@ -6,12 +6,12 @@ Every assertion about what was sent reads the simulator's record (what it RECEIV
 from __future__ import annotations
 
 import socket
-import threading
 import time
 import tracemalloc
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from concurrently import run_concurrently
 from wallclock import SLACK_S, assert_within
 
 from config.model import ConnectorSpec
@@ -594,11 +594,7 @@ class TestConcurrencyAndRate:
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
+        run_concurrently(work, [(w,) for w in range(8)], timeout=30)
 
         assert errors == []
         counts = sim.effect_counts()

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+from concurrently import run_concurrently
 from pydantic import BaseModel, SecretStr
 from structlog.testing import capture_logs
 from wallclock import SLACK_S, assert_within
@@ -278,11 +279,7 @@ class TestCredential:
         def work() -> None:
             results.append(cred.use(time.monotonic() + 5, lambda c: c.value.get_secret_value()))
 
-        threads = [threading.Thread(target=work) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(5)
+        run_concurrently(work, [()] * 8, timeout=5)
         assert results == ["s1"] * 8
         assert issued == ["s1"]
 

@@ -6,6 +6,7 @@ import threading
 from typing import TYPE_CHECKING
 
 import pytest
+from concurrently import run_concurrently
 
 from connectors.kit.state import ConnectorState, HasState, StateNotAttached
 from routes.idempotency import IdempotencyStore
@@ -57,11 +58,7 @@ def test_take_moves_each_row_once_across_threads(state: ConnectorState, store_ur
             with lock:
                 taken.append(row.key)
 
-    threads = [threading.Thread(target=taker, args=(st,)) for st in others]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_concurrently(taker, [(st,) for st in others], timeout=60)
     for st in others:
         st.close()
     assert sorted(taken) == [f"EE{i:09d}VN" for i in range(60)]  # every code once, none twice

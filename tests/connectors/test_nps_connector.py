@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
+from concurrently import run_concurrently
 from structlog.testing import capture_logs
 from wallclock import assert_within
 
@@ -801,11 +802,7 @@ class TestFailures:
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
+        run_concurrently(work, [(n,) for n in range(8)], timeout=10)
 
         assert errors == []
         assert len(sim.requests("XacThuc")) == 1

@@ -7,20 +7,17 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+from concurrently import run_concurrently
 
 from routes.group_commit import GroupCommit
 from routes.idempotency import ClaimOutcome, IdempotencyStore
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 
-def _run_threads(n: int, work: object) -> None:
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]  # type: ignore[arg-type]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+def _run_threads(n: int, work: Callable[[int], object]) -> None:
+    run_concurrently(work, [(i,) for i in range(n)], timeout=30)
 
 
 def test_writes_that_arrive_together_share_transactions_and_each_gets_its_own_answer() -> None:

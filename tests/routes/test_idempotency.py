@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
+from concurrently import run_concurrently
 
 from routes.idempotency import Claim, ClaimOutcome, ClaimRecord, IdempotencyStore
 
@@ -565,11 +566,7 @@ def test_a_store_made_by_the_previous_release_is_upgraded_in_place(store_url: st
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=open_store) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(open_store, [()] * 3, timeout=60)
     assert not errors, errors
 
     with IdempotencyStore(store_url) as store:

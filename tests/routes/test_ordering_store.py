@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import pytest
+from concurrently import run_concurrently
 
 from routes.idempotency import IdempotencyStore
 from routes.ordering import OrderStore, Verdict, order_table, position_of
@@ -150,11 +151,7 @@ def test_latest_threads_racing_one_dossier_never_hold_it_together(orders: OrderS
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(run, [(k,) for k in range(16)], timeout=60)
     assert not errors, errors
     assert not overlaps, f"two holders at once: {overlaps[:3]}"
     assert passed, "nothing passed"
@@ -220,11 +217,7 @@ def test_fifo_threads_numbering_one_dossier_give_each_event_one_distinct_number(
             with lock:
                 seqs[eid] = int(d.seq or 0)
 
-    threads = [threading.Thread(target=run) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(run, [()] * 8, timeout=60)
     assert sorted(seqs.values()) == list(range(1, 201))
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
+from concurrently import run_concurrently
 
 from routes.idempotency import IdempotencyStore
 from routes.schedule_store import ScheduleStore
@@ -80,11 +81,7 @@ class TestLease:
             won: list[str] = []
             barrier = threading.Barrier(8)
 
-            threads = [threading.Thread(target=_take, args=(store, f"W{i}", now, won, barrier)) for i in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            run_concurrently(_take, [(store, f"W{i}", now, won, barrier) for i in range(8)], timeout=60)
             winners.append(won)
         assert [len(w) for w in winners] == [1] * 25, winners
 
