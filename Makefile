@@ -30,9 +30,10 @@ typecheck: $(STAMP)
 
 # two pytest-xdist workers, a test file each at a time (--dist loadfile: a file's module fixtures stay in one
 # worker): most tests wait on the broker, a simulator or a subprocess, so two share the 2-CPU CI machine well
+# --durations: the slowest tests close the output, to keep the whole run under its 20 minutes
 TEST_WORKERS ?= 2
 test: venv services lint typecheck
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 # the long runs (thousands of events, fault schedules, soaks); each has a smaller version in `make test`
 chaos: venv services
