@@ -76,7 +76,7 @@ def _log_lines(worker: ProcessWorker) -> list[dict[str, Any]]:
     return out
 
 
-def _two_workers(amqp_url: str, tmp_path: Path) -> tuple[ProcessWorker, int]:
+def _two_workers(amqp_url: str, tmp_path: Path, **extra_env: str) -> tuple[ProcessWorker, int]:
     """A supervisor of two workers on ``bus-ping``, both consuming and its health up; and its ops port."""
     cfg = write_config(tmp_path / "cfg", endpoint="http://127.0.0.1:9")
     declare_routes(amqp_url, cfg)
@@ -87,6 +87,7 @@ def _two_workers(amqp_url: str, tmp_path: Path) -> tuple[ProcessWorker, int]:
         cfg,
         IGATE_BUS_PROCESSES="2",
         IGATE_BUS_OPS_PORT=str(port),
+        **extra_env,
     )
     worker = ProcessWorker(env, tmp_path / "supervisor.log", routes="bus-ping").start()
     try:
@@ -211,8 +212,11 @@ def _running(pid: int) -> bool:
 
 
 def test_the_workers_end_with_a_supervisor_killed_outright(amqp_url: str, tmp_path: Path) -> None:
-    """SIGKILL the supervisor ▶ its two workers are sent SIGTERM by the kernel and drain: no orphan consumers."""
-    worker, port = _two_workers(amqp_url, tmp_path)
+    """SIGKILL the supervisor ▶ its two workers are sent SIGTERM by the kernel and drain: no orphan consumers.
+
+    Its metrics folder is the test's (a supervisor killed outright cannot remove the one it makes itself).
+    """
+    worker, port = _two_workers(amqp_url, tmp_path, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     try:
         pids = [w["pid"] for w in _health(port)[1]["workers"]]
         assert len(pids) == 2 and all(_running(p) for p in pids)
