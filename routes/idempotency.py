@@ -388,24 +388,48 @@ class _Statements:
         self.confirm_absent = held.values(maybe_applied=False)
 
 
+@dataclass(frozen=True, slots=True)
+class DriverForms:
+    """How the driver's own SQL (beside SQLAlchemy's statements) writes values as those statements do.
+
+    One place for every part that runs hot statements on the transaction's raw connection (this store's
+    batch path, ``routes/ordering.py``): the placeholder, and times through the dialect's own form of
+    :class:`UTCDateTime` (on SQLite SQLAlchemy's text with the microseconds always written, not the driver's
+    default adapter, which leaves out ``.000000``: one stored form, so times compare as text).
+    """
+
+    placeholder: str
+    when: Callable[[datetime | None], Any]
+    read_when: Callable[[Any], datetime | None]
+
+    @classmethod
+    def of(cls, dialect: sa.Dialect) -> DriverForms:
+        """The forms of ``dialect``."""
+        column_type = UTCDateTime().dialect_impl(dialect)
+        bind = column_type.bind_processor(dialect)
+        read = column_type.result_processor(dialect, None)
+        return cls(
+            "?" if dialect.paramstyle == "qmark" else "%s",
+            bind if bind is not None else (lambda value: value),
+            read if read is not None else (lambda value: value),
+        )
+
+
 class _DriverSQL:
     """The two statements a batch runs, as driver SQL on the transaction's own connection.
 
     Why: SQLAlchemy's per-execution work (parameter processing, result set-up) costs more than SQLite
     takes to run these statements, and a batch claim must learn which keys it inserted (``RETURNING``),
     which Core only offers through its slower insertmanyvalues path. Same columns, same conflict rules and
-    the same stored forms (datetimes go through :class:`UTCDateTime`'s own bind processor) as the Core
+    the same stored forms (:class:`DriverForms`) as the Core
     statements of :class:`_Statements`, so every other method reads these rows as its own (the
     ``claim_many``/``complete_many`` tests read them back through :meth:`IdempotencyStore.get` on both back
     ends). Measured: half the store's CPU per message of a batch (109 ▶ 50 µs at 16 per batch on SQLite).
     """
 
     def __init__(self, dialect: sa.Dialect) -> None:
-        ph = "?" if dialect.paramstyle == "qmark" else "%s"
-        # the dialect's own form (on SQLite SQLAlchemy's text, microseconds always written), not the driver's
-        # default adapter, which leaves them out at .000000: one stored form, so times compare as text
-        bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
-        self.when: Any = bind if bind is not None else (lambda value: value)
+        forms = DriverForms.of(dialect)
+        ph, self.when = forms.placeholder, forms.when
         table = claims_table.name
         self._row = "(" + ", ".join([ph] * 8) + ")"
         # the table name and placeholders are ours; every value is a bound parameter

@@ -84,7 +84,7 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 import structlog
 
-from routes.idempotency import IdempotencyStore, UTCDateTime
+from routes.idempotency import DriverForms, IdempotencyStore, UTCDateTime
 from schemas.errors import ClaimHeld, InvalidEvent
 
 if TYPE_CHECKING:
@@ -267,18 +267,14 @@ class _RowSQL:
     Why: through SQLAlchemy's expression layer each execution builds a cache key, an execution context and a
     result; on the portal's status routes the order step's two transactions per message were a quarter of
     the worker's time (issue 15). The idempotency store's hot path does the same (``_DriverSQL``): the same
-    columns and conflict rule as the Core statements it replaced, datetimes written and read through
-    :class:`UTCDateTime`'s own processors, so every other statement reads these rows as its own. The table
+    columns and conflict rule as the Core statements it replaced, values in the same forms
+    (:class:`routes.idempotency.DriverForms`), so every other statement reads these rows as its own. The table
     and column names are ours; every value is a bound parameter.
     """
 
     def __init__(self, dialect: sa.Dialect) -> None:
-        self._ph = "?" if dialect.paramstyle == "qmark" else "%s"
-        column_type = UTCDateTime().dialect_impl(dialect)  # the dialect's form, as the Core statements write
-        bind = column_type.bind_processor(dialect)
-        read = column_type.result_processor(dialect, None)
-        self.when: Callable[[datetime | None], Any] = bind if bind is not None else (lambda value: value)
-        self.read_when: Callable[[Any], datetime | None] = read if read is not None else (lambda value: value)
+        forms = DriverForms.of(dialect)
+        self._ph, self.when, self.read_when = forms.placeholder, forms.when, forms.read_when
         ph, table = self._ph, order_table.name
         self.lock_row = (
             f"INSERT INTO {table} (target, dossier_code, next_seq, updated_at) VALUES ({ph}, {ph}, 0, {ph})"  # noqa: S608
@@ -302,7 +298,7 @@ class _RowSQL:
 
 
 #: the columns of the dossier's row that hold times (written through :attr:`_RowSQL.when`)
-_TIME_COLUMNS: Final = frozenset({"lease_until", "updated_at"})
+_TIME_COLUMNS: Final = frozenset(c.name for c in order_table.c if isinstance(c.type, UTCDateTime))
 
 
 class OrderStore:
