@@ -98,8 +98,6 @@ USER_AGENT: Final = "igate-bus/0.1"
 _NOT_APPLIED_STATUSES: Final = frozenset({408, 425, 429, 503})
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
-#: an absolute URL (or a redirect's) as sent: printable ASCII, no space
-_URL: Final = re.compile(r"[\x21-\x7e]+")
 #: bytes asked of the socket per read of a reply body
 _READ_CHUNK: Final = 65_536
 
@@ -324,7 +322,7 @@ class HttpClient:
             if target is not None:
                 pool = self._base_pool
             else:
-                if not _URL.fullmatch(url):  # urlsplit would drop a CR, LF or tab and send another URL
+                if not wire.VISIBLE_ASCII.fullmatch(url):  # urlsplit would drop a CR, LF or tab and send another URL
                     raise wire.InvalidRequest("the URL has a space, a control or a non-ASCII character")
                 self._check_origin(url)
                 pool = self._pools.get(*_origin(url))

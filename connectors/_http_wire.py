@@ -57,7 +57,8 @@ MAX_HEADERS: Final = 200
 
 _ILLEGAL_VALUE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed in a value
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TARGET: Final = re.compile(r"[\x21-\x7e]+")  # no space, no control character, no non-ASCII
+#: a request target (or an absolute URL before it is split): printable ASCII, no space, no control character
+VISIBLE_ASCII: Final = re.compile(r"[\x21-\x7e]+")
 #: headers :func:`encode_request` writes itself; a caller's own would frame the request twice
 _FRAMING_HEADERS: Final = frozenset({"host", "content-length", "transfer-encoding"})
 
@@ -111,7 +112,7 @@ def encode_request(method: str, target: str, host: str, headers: dict[str, str],
     """
     if not _TOKEN.fullmatch(method):
         raise InvalidRequest("the method is not an HTTP token")
-    if not _TARGET.fullmatch(target):
+    if not VISIBLE_ASCII.fullmatch(target):
         raise InvalidRequest("the request target has a space, a control or a non-ASCII character")
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     for name, value in headers.items():
