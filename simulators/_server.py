@@ -219,6 +219,16 @@ class ServedSimulator(Generic[F]):
             self._rng = random.Random(getattr(new, "seed", None))
         return new
 
+    def effects_since(self, since: str) -> list[dict[str, Any]]:
+        """:meth:`effects` from a ``since`` query parameter (``GET /_sim/effects?since=N``).
+
+        Raises:
+            ValueError: ``since`` is not a count (0 or more); its message is the 400 answer's.
+        """
+        if not since.isdigit():
+            raise ValueError("since must be a count of effects (0 or more)")
+        return self.effects(int(since))
+
     def effects(self, since: int = 0) -> list[dict[str, Any]]:
         """Every call that changed the target's state, in order; from the ``since``-th on (0 is the first).
 

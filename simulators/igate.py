@@ -520,9 +520,10 @@ class IGateSimulator(ServedSimulator[Faults]):
             since = call.param("since")
             if since is None:
                 return _Answer(200, {"effects": self.effects(), "counts": self.effect_counts()})
-            if not since.isdigit():
-                return _error(400, "since must be a count of effects (0 or more)", call.path)
-            return _Answer(200, {"effects": self.effects(int(since))})
+            try:
+                return _Answer(200, {"effects": self.effects_since(since)})
+            except ValueError as exc:
+                return _error(400, str(exc), call.path)
         if route == ("POST", "/_sim/reset"):
             self.reset()
             return _Answer(200, {"reset": True})

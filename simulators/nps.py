@@ -689,10 +689,10 @@ class NpsSimulator(ServedSimulator[Faults]):
         if (method, path) == ("GET", "/_sim/requests"):
             return 200, {"requests": self.requests()}
         if (method, path) == ("GET", "/_sim/effects"):
-            since = parse_qs(query).get("since", ["0"])[-1]
-            if not since.isdigit():
-                return 400, {"error": "since must be a count of effects (0 or more)"}
-            return 200, {"effects": self.effects(int(since))}
+            try:
+                return 200, {"effects": self.effects_since(parse_qs(query).get("since", ["0"])[-1])}
+            except ValueError as exc:
+                return 400, {"error": str(exc)}
         if (method, path) == ("GET", "/_sim/dossiers"):
             return 200, {"dossiers": self.dossier_codes()}
         if method == "GET" and path.startswith("/_sim/dossiers/"):
