@@ -91,13 +91,15 @@ _KINDS: Final = (
 _ARRIVALS: Final = frozenset({"created", "moved_to"})
 
 
-def _open_for_writing(path: Path) -> bool:
-    """True when some process holds ``path`` open for writing (read from /proc: its fds and their flags).
+def _open_for_writing(under: Path) -> set[str]:
+    """The paths below ``under`` some process holds open for writing (read from /proc: fds and their flags).
 
     Needed where a watch comes late: a file made in a new directory before the directory's watch existed
-    gives no close event, so the scan must tell a finished file from one still being written.
+    gives no close event, so the scan must tell a finished file from one still being written. One pass over
+    /proc per scanned directory, not one per file.
     """
-    target = os.fspath(path)
+    prefix = os.fspath(under) + os.sep
+    found: set[str] = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -107,14 +109,15 @@ def _open_for_writing(path: Path) -> bool:
             continue
         for fd in fds:
             try:
-                if os.fspath(fd.readlink()) != target:
+                target = os.fspath(fd.readlink())
+                if not target.startswith(prefix):
                     continue
                 flags = (proc / "fdinfo" / fd.name).read_text().split("flags:", 1)[1].split()[0]
             except (OSError, IndexError):
                 continue
             if int(flags, 8) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
-                return True
-    return False
+                found.add(target)
+    return found
 
 
 def _inode(path: Path) -> int | None:
@@ -308,6 +311,7 @@ class _Inotify:
         A file already closed gets its "written" here too (its close came before the watch); one still open
         gets it from the watch, which exists before this scan.
         """
+        writing: set[str] | None = None  # read from /proc at the first file: most new directories are empty
         for current, _dirs, names in os.walk(directory):
             for name in names:
                 path = Path(current) / name
@@ -315,7 +319,11 @@ class _Inotify:
                 if inode is None:
                     continue
                 self._sink(FsEvent("created", self._relative(path), now, inode))
-                if path.is_file() and not path.is_symlink() and not _open_for_writing(path):
+                if not path.is_file() or path.is_symlink():
+                    continue
+                if writing is None:
+                    writing = _open_for_writing(directory)
+                if os.fspath(path) not in writing:
                     self._sink(FsEvent("written", self._relative(path), now, None))
 
     def close(self) -> None:
