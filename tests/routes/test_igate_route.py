@@ -15,6 +15,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
+import sqlalchemy as sa
 from busenv import (
     SIM_PASSWORD,
     SIM_USER,
@@ -31,6 +32,7 @@ from busenv import (
 )
 from wallclock import assert_within
 
+from routes.idempotency import IN_PROGRESS
 from routes.pipeline import idempotency_key
 from simulators.igate import IGateSimulator
 
@@ -63,6 +65,14 @@ def _assert_exactly_once(sim: IGateSimulator, events: list[dict[str, object]]) -
 
 def _all_applied(sim: IGateSimulator, n: int) -> bool:
     return len(sim.effect_counts()) >= n
+
+
+def _in_progress(engine: sa.Engine) -> int:
+    """Claims in progress in the store now (read beside the worker: SQLite in WAL mode lets a reader in)."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(sa.text("SELECT count(*) FROM claims WHERE state = :s"), {"s": IN_PROGRESS}).scalar_one()
+        )
 
 
 def _drained(amqp_url: str) -> bool:
@@ -175,8 +185,18 @@ def test_a_worker_sigkilled_mid_run_loses_nothing_and_duplicates_nothing(amqp_ur
     publish(amqp_url, events)
     first = ProcessWorker(env, log, routes=ROUTE).start()
     try:
-        wait_for(lambda: len(sim.effect_counts()) >= 400, timeout=60, what="400 notes before the kill")
-        first.kill9()
+        # killed while the store holds claims in progress (sent or about to be), so the restart must reconcile
+        # them: a kill in an instant with none (CI met one) would leave the reconcile path untested
+        engine = sa.create_engine(sqlite_url)
+        try:
+            wait_for(
+                lambda: len(sim.effect_counts()) >= 400 and _in_progress(engine) > 0,
+                timeout=60,
+                what="400 notes and a claim in progress before the kill",
+            )
+            first.kill9()
+        finally:
+            engine.dispose()
     finally:
         first.stop()
     applied_at_kill = len(sim.effect_counts())
