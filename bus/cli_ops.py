@@ -20,6 +20,7 @@ from config.settings import Settings, load_settings
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from bus.affinity import AffinityRule
     from bus.wiring import App
     from routes.model import Route
     from schemas.envelope import Event
@@ -74,7 +75,16 @@ config_option = click.option(
     show_envvar=True,
     help="Worker processes sharing the routes, under one supervisor (default: the number of cores).",
 )
-def run(config: Path | None, route_names: str, processes: int | None) -> None:
+@click.option(
+    "--cpu-affinity",
+    "affinity",
+    default="auto",
+    envvar="IGATE_BUS_CPU_AFFINITY",
+    show_envvar=True,
+    callback=lambda _ctx, _param, value: _affinity(value),
+    help="auto (each worker on a CPU of its own), none (the kernel places them) or a CPU list such as 0,2-3.",
+)
+def run(config: Path | None, route_names: str, processes: int | None, affinity: AffinityRule) -> None:
     """Run the worker: consume the routes' queues until SIGTERM/SIGINT, then drain and stop."""
     import threading
 
@@ -89,9 +99,10 @@ def run(config: Path | None, route_names: str, processes: int | None) -> None:
 
     processes = processes or default_processes()
     if processes > 1:
-        _supervise(app, config, route_names, processes)
+        _supervise(app, config, route_names, processes, affinity)
     if not follow_supervisor():  # a supervisor's child whose supervisor is already gone
         _fail("the supervisor that started this worker is gone; not starting", 1)
+    _pin(affinity)  # before the worker's threads start: they inherit the CPU
     try:
         worker = build_worker(app, [n for n in route_names.split(",") if n] or None)
     except ConfigError as exc:
@@ -105,7 +116,44 @@ def run(config: Path | None, route_names: str, processes: int | None) -> None:
         app.close()
 
 
-def _supervise(app: App, config: Path | None, route_names: str, processes: int) -> NoReturn:
+def _affinity(value: str) -> AffinityRule:
+    from bus.affinity import parse_affinity
+
+    try:
+        return parse_affinity(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _pin(rule: AffinityRule) -> None:
+    """Pin this worker to its CPU (bus/affinity.py); a CPU the rule named but the kernel refuses stops it."""
+    import os
+
+    import structlog
+
+    from bus.affinity import allowed_cpus, current_cpu, pin_process
+    from bus.supervisor import WORKER_CPU_ENV
+
+    log = structlog.get_logger("igate_bus.worker")
+    given = os.environ.get(WORKER_CPU_ENV, "")  # a supervisor's child: the CPU of its slot ("" for none)
+    if WORKER_CPU_ENV in os.environ:
+        cpu = int(given) if given.isdigit() else None
+    else:
+        cpu = rule.cpu_for(0, allowed=allowed_cpus(), start=current_cpu())
+    if cpu is None:
+        log.info("cpu_affinity", cpu=None, rule=str(rule))
+        return
+    try:
+        pin_process(cpu)
+    except OSError as exc:
+        if rule.mode != "auto":
+            _fail(f"--cpu-affinity {rule}: the kernel refuses CPU {cpu}: {exc.strerror or exc}")
+        log.warning("cpu_affinity_refused", cpu=cpu, rule=str(rule), error=exc.strerror or str(exc))
+        return
+    log.info("cpu_affinity", cpu=cpu, rule=str(rule))
+
+
+def _supervise(app: App, config: Path | None, route_names: str, processes: int, affinity: AffinityRule) -> NoReturn:
     """``run --processes N``: check what every child would refuse once, then run N of them (bus/supervisor.py)."""
     import os
 
@@ -124,8 +172,16 @@ def _supervise(app: App, config: Path | None, route_names: str, processes: int) 
     if not routes:
         _fail("no route to run: every route is disabled or none was selected")
     app.close()
+    from bus.affinity import allowed_cpus, current_cpu
+
+    allowed, start = allowed_cpus(), current_cpu()
     supervisor = Supervisor(
-        child_command(route_names, config), processes, env=dict(os.environ), ops_host=host, ops_port=port
+        child_command(route_names, config),
+        processes,
+        env=dict(os.environ),
+        ops_host=host,
+        ops_port=port,
+        cpus=[affinity.cpu_for(slot, allowed=allowed, start=start) for slot in range(processes)],
     )
     supervisor.install_signal_handlers()
     sys.exit(supervisor.run())

@@ -55,7 +55,15 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["Child", "Supervisor", "child_command", "default_processes", "follow_supervisor", "merge_scrape_series"]
+__all__ = [
+    "WORKER_CPU_ENV",
+    "Child",
+    "Supervisor",
+    "child_command",
+    "default_processes",
+    "follow_supervisor",
+    "merge_scrape_series",
+]
 
 log = structlog.get_logger("igate_bus.supervisor")
 
@@ -68,6 +76,8 @@ MAX_CHILD_BYTES: Final = 8 * 1024 * 1024
 BROKER_SERIES: Final = ("igate_bus_queue_", "igate_bus_broker_up")
 #: set in each child's environment: the supervisor's pid, so a child ends with it (:func:`follow_supervisor`)
 SUPERVISOR_PID_ENV: Final = "IGATE_BUS_SUPERVISOR_PID"
+#: set in each child's environment: the CPU its slot runs on ("" for none: the kernel places it), bus/affinity.py
+WORKER_CPU_ENV: Final = "IGATE_BUS_WORKER_CPU"
 #: Linux prctl option: the signal a process gets when its parent dies
 _PR_SET_PDEATHSIG: Final = 1
 #: the exit code of a refused configuration (``bus/cli_ops.py``): restarting would only fail again
@@ -101,6 +111,8 @@ class Supervisor:
         env: their environment (the supervisor adds the metrics folder and turns their ops server off).
         ops_host, ops_port: where ``/metrics`` and ``/health`` are served; port 0 serves nothing.
         drain_timeout_s: how long SIGTERM waits for the children before killing them.
+        cpus: the CPU each slot's worker is pinned to (None: the kernel places it; bus/affinity.py); a
+            restarted worker keeps its slot's CPU. Default: none pinned.
     """
 
     def __init__(
@@ -112,9 +124,13 @@ class Supervisor:
         ops_host: str,
         ops_port: int,
         drain_timeout_s: float = 90.0,
+        cpus: Sequence[int | None] | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
+        self._cpus = list(cpus) if cpus is not None else [None] * processes
+        if len(self._cpus) != processes:
+            raise ValueError("cpus must name one CPU (or None) per process")
         self._argv = list(child_argv)
         self._env = env
         self._ops = (ops_host, ops_port)
@@ -159,7 +175,7 @@ class Supervisor:
         return self._exit_code
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Whether every child runs, and each one's pid and restarts (what ``GET /health`` answers)."""
+        """Whether every child runs, and each one's pid, restarts and CPU (what ``GET /health`` answers)."""
         with self._lock:
             workers: list[dict[str, Any]] = [
                 {
@@ -167,6 +183,7 @@ class Supervisor:
                     "pid": c.proc.pid if c.proc is not None else None,
                     "alive": c.proc is not None and c.proc.poll() is None,
                     "restarts": c.restarts,
+                    "cpu": self._cpus[c.slot],
                 }
                 for c in self._children
             ]
@@ -265,12 +282,13 @@ class Supervisor:
             "IGATE_BUS_OPS_HOST": "127.0.0.1",
             "IGATE_BUS_OPS_PORT": str(self._child_ports[child.slot]),
             SUPERVISOR_PID_ENV: str(os.getpid()),
+            WORKER_CPU_ENV: "" if (cpu := self._cpus[child.slot]) is None else str(cpu),
         }
         proc = subprocess.Popen(self._argv, env=env)  # noqa: S603 - our own interpreter and CLI
         with self._lock:
             child.proc, child.started_at, child.restart_at = proc, time.monotonic(), None
             child.pids.append(proc.pid)
-        log.info("worker_started", slot=child.slot, pid=proc.pid, restarts=child.restarts)
+        log.info("worker_started", slot=child.slot, pid=proc.pid, restarts=child.restarts, cpu=cpu)
 
     def _watch(self) -> None:
         now = time.monotonic()

@@ -76,6 +76,17 @@ def _log_lines(worker: ProcessWorker) -> list[dict[str, Any]]:
     return out
 
 
+def _thread_cpus(pid: int) -> set[int]:
+    """Every CPU any thread of ``pid`` may run on (read once its threads have started)."""
+    out: set[int] = set()
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out |= os.sched_getaffinity(int(task.name))
+        except ProcessLookupError:
+            continue
+    return out
+
+
 def _two_workers(amqp_url: str, tmp_path: Path, **extra_env: str) -> tuple[ProcessWorker, int]:
     """A supervisor of two workers on ``bus-ping``, both consuming and its health up; and its ops port."""
     cfg = write_config(tmp_path / "cfg", endpoint="http://127.0.0.1:9")
@@ -107,6 +118,12 @@ def test_two_processes_restart_a_killed_one_aggregate_metrics_and_drain(amqp_url
         assert len(set(pids)) == 2
         assert worker.proc is not None
         assert worker.proc.pid not in pids
+        # --cpu-affinity auto: each child, every thread of it, on a CPU of its own (as /health says)
+        cpus = [_thread_cpus(pid) for pid in pids]
+        assert all(len(c) == 1 for c in cpus), cpus
+        assert [w["cpu"] for w in _health(port)[1]["workers"]] == [min(c) for c in cpus]
+        if len(os.sched_getaffinity(0)) >= 2:
+            assert cpus[0] != cpus[1], cpus
 
         publish(amqp_url, ping_events(20))
         wait_for(lambda: _delivered(port) == 20, timeout=60, what="20 delivered in /metrics")
@@ -130,6 +147,8 @@ def test_two_processes_restart_a_killed_one_aggregate_metrics_and_drain(amqp_url
         wait_for(restarted, timeout=60, what="the killed worker restarted")
         assert sum(w["restarts"] for w in _health(port)[1]["workers"]) == 1
         worker.wait_consuming(3, timeout=60)  # the new child consumes too
+        reborn = _health(port)[1]["workers"][0]["pid"]
+        assert _thread_cpus(reborn) == cpus[0]  # a restarted child keeps its slot's CPU
 
         ready, report = _get(f"http://127.0.0.1:{port}/health/ready")  # what `igate-bus status` reads
         assert ready in {200, 503}
