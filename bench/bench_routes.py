@@ -438,6 +438,7 @@ class Bench:
             "IGATE_BUS_STORE_URL": self.store_url,
             "IGATE_BUS_CONFIG_DIR": str(self.config),
             "IGATE_BUS_LOG_LEVEL": self.args.log_level,
+            "IGATE_BUS_CPU_AFFINITY": self.args.cpu_affinity,
             "IGATE_BUS_OPS_PORT": "0",
         }
         log = (self.tmp / f"worker-{kind.name}-{target_ms}.log").open("ab")
@@ -483,6 +484,8 @@ class Bench:
         """With ``--py-spy``: sample the worker's threads (collapsed stacks, kept in the temp folder)."""
         if not self.args.py_spy:
             return None
+        if shutil.which("py-spy") is None:
+            raise SystemExit("--py-spy: py-spy is not installed here (pip install py-spy)")
         out = self.tmp / f"py-spy-{name}.txt"
         argv = ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--nonblocking"]
         if self.args.py_spy_gil:
@@ -589,8 +592,8 @@ class Bench:
         console.print(
             f"{a.messages:,} events ready before each throughput run (rate = first ▶ last effect at the simulator); "
             f"latency = publish ▶ effect over {a.latency_messages:,} events at half the subject's rate; concurrency "
-            f"{a.concurrency or 'route default'}; {a.processes} worker process(es); store {a.store}; worker log "
-            f"{a.log_level}; median of {a.repeat}; "
+            f"{a.concurrency or 'route default'}; {a.processes} worker process(es), CPU affinity "
+            f"{a.cpu_affinity}; store {a.store}; worker log {a.log_level}; median of {a.repeat}; "
             f"{os.cpu_count()} CPUs shared by RabbitMQ, the simulator, the subject and the bench; load = the 1-minute "
             "load average after each run (above the CPU count, other work shared the CPUs: noisy figures).",
             highlight=False,
@@ -616,6 +619,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="the bus's worker processes (run --processes; default 1); CPU and "
         "peak MiB then add up the supervisor and its workers",
+    )
+    p.add_argument(
+        "--cpu-affinity",
+        default="auto",
+        help="the workers' run --cpu-affinity (default auto: each on a CPU of its own; none: the kernel places them)",
     )
     p.add_argument("--repeat", type=int, default=1, help="runs of everything; medians reported (default 1)")
     p.add_argument("--quick", action="store_true", help="smaller runs (about a minute in all)")
