@@ -108,6 +108,7 @@ def run(config: Path | None, route_names: str, processes: int | None, affinity: 
     except ConfigError as exc:
         _fail(str(exc))
     worker.install_signal_handlers()
+    _freeze_startup_heap()
     # queues of removed routes keep taking events nobody reads: say so at start, off the way of consumption
     threading.Thread(target=warn_stale, args=(app,), name="igate-bus-stale-check", daemon=True).start()
     try:
@@ -151,6 +152,24 @@ def _pin(rule: AffinityRule) -> None:
         log.warning("cpu_affinity_refused", cpu=cpu, rule=str(rule), error=exc.strerror or str(exc))
         return
     log.info("cpu_affinity", cpu=cpu, rule=str(rule))
+
+
+def _freeze_startup_heap() -> None:
+    """Keep what start-up made (modules, schemas, WSDLs, the config) out of the garbage collector's scans.
+
+    Why: a worker's heap is mostly start-up objects that live as long as it does (about 143,000 tracked
+    objects on the shipped config), and each full collection walked all of them: 81 ms, a stall of every
+    message in flight, whenever enough objects had survived (issue 15). ``gc.freeze`` moves them to a
+    generation the collector never scans (a full collection then took under 1 ms); the objects messages
+    make are collected as before.
+    """
+    import gc
+
+    import structlog
+
+    gc.collect()
+    gc.freeze()
+    structlog.get_logger("igate_bus.worker").info("startup_heap_frozen", objects=gc.get_freeze_count())
 
 
 def _supervise(app: App, config: Path | None, route_names: str, processes: int, affinity: AffinityRule) -> NoReturn:

@@ -1,5 +1,7 @@
 """``igate-bus run --cpu-affinity``: which CPU a worker runs on (bus/affinity.py, issue 15).
 
+(A worker's start-up heap kept out of the collector's scans is checked here too: the same start-up.)
+
 The rule's arithmetic and every malformed CPU list refused with what is wrong; a real process pinned with
 the threads it already runs and those it starts later; a real worker pinned by default, and left to the
 kernel with ``none``. The supervisor's children (a CPU each, kept across a restart) are checked in
@@ -143,6 +145,8 @@ def test_a_single_worker_is_pinned_by_default_and_left_to_the_kernel_with_none(
         else:
             assert all(m == os.sched_getaffinity(0) for m in masks), masks
             assert said[0]["cpu"] is None
+        frozen = [json.loads(x) for x in worker.log_path.read_text().splitlines() if '"startup_heap_frozen"' in x]
+        assert len(frozen) == 1 and frozen[0]["objects"] > 10_000, frozen  # kept out of the collector's scans
         assert worker.terminate() == 0
         wait_for(lambda: worker.proc is not None and worker.proc.poll() is not None, timeout=10, what="exit")
     finally:
