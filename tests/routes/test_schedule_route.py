@@ -349,9 +349,11 @@ def test_a_holder_killed_between_publish_and_record_fires_twice_and_runs_once(
     """w1 dies (SIGKILL at ``after_tick_publish``) after its first tick is confirmed, before the store knows.
 
     w2 takes the schedule over and fires that scheduled time again, with the same id: the tick is in the queue
-    twice, delivered once and acked once as a duplicate (and if w1's own consumer took it in before dying, that
-    copy is redelivered: held while w1's claim lease runs, then a duplicate or the one execution), and the
-    cursor moved one step for it. Every 6 s, so
+    twice, executed once and every other copy acked as a duplicate, and the cursor moved one step for it. w1's
+    own consumer may have taken the tick in before the crash point: that copy is then redelivered (held while
+    w1's claim lease runs, then a duplicate or the one execution), or w1 even executed it, the store says so
+    (the claim's owner), while its ``processed`` line may be lost with it (a SIGKILL takes the INFO lines of the
+    last 50 ms: ``bus/log_buffer.py``). Every 6 s, so
     that w2, started once w1 holds the schedule, is up before more than two firings are due (more would be a
     misfire, fired once for the latest) even on a loaded 2-CPU machine (3 s flaked there).
     """
@@ -389,12 +391,21 @@ def test_a_holder_killed_between_publish_and_record_fires_twice_and_runs_once(
         w1.stop()
         w2.stop()
     assert first in {event_id for event_id, _ in _fired(tmp_path / "w2.log")}, "w2 did not fire the tick again"
-    outcomes = [
-        outcome for event_id, outcome in _processed(tmp_path / "w1.log", tmp_path / "w2.log") if event_id == first
-    ]
-    # executed once, every other copy acked as a duplicate: w2's second firing, and, when w1's own consumer took
-    # the tick in before the crash point killed it, that copy again (unacked, so redelivered to w2)
-    assert outcomes.count("delivered") == 1 and len(outcomes) >= 2, outcomes
+    # executed once: one claim, done, by the worker whose outcome says delivered. w2 stopped gracefully, so its log
+    # is whole: it acked its own second firing (and w1's unacked copy, redelivered) as duplicates, or executed
+    # the tick itself; w1 was SIGKILLed and may have lost the line of an execution the store recorded
+    [claim] = [c for c in _claims(sqlite_url) if c.event_id == first]
+    assert claim.state == "done", claim
+    by_w1 = [outcome for event_id, outcome in _processed(tmp_path / "w1.log") if event_id == first]
+    by_w2 = [outcome for event_id, outcome in _processed(tmp_path / "w2.log") if event_id == first]
+    outcomes = by_w1 + by_w2
+    assert outcomes.count("delivered") <= 1, (by_w1, by_w2)
+    assert by_w2.count("duplicate") >= 1, by_w2  # w2's own firing again: acked without running
+    executor = claim.owner.split("/")[0]
+    if executor == "w2":
+        assert by_w2.count("delivered") == 1, (by_w1, by_w2)
+    else:
+        assert executor == "w1" and "delivered" not in by_w2, (claim.owner, by_w2)
     assert set(outcomes) <= {"delivered", "duplicate", "retry"}, outcomes  # retry: held behind w1's claim
     done = [c for c in _claims(sqlite_url) if c.state == "done"]
     row = _row(sqlite_url)
