@@ -441,6 +441,8 @@ class Bench:
             "IGATE_BUS_CPU_AFFINITY": self.args.cpu_affinity,
             "IGATE_BUS_OPS_PORT": "0",
         }
+        if self.args.processes > 1:  # the supervisor's metrics folder in ours: gone with it even if it is killed
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.tmp / f"metrics-{kind.name}-{target_ms}")
         log = (self.tmp / f"worker-{kind.name}-{target_ms}.log").open("ab")
         argv = [sys.executable, "-m", "bus.cli", "run", "--routes", kind.route, "--processes", str(self.args.processes)]
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)  # noqa: S603
