@@ -24,12 +24,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
-__all__ = ["AffinityRule", "allowed_cpus", "current_cpu", "parse_affinity", "pin_process"]
+__all__ = ["AffinityRule", "allowed_cpus", "current_cpu", "libc", "parse_affinity", "pin_process"]
 
 AUTO: Final = "auto"
 NONE: Final = "none"
+LIST: Final = "list"
 #: Linux's own ceiling on CPU numbers (CONFIG_NR_CPUS is at most 8192): a larger number is a typo
 MAX_CPU: Final = 8191
 _ITEM = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")  # ASCII digits: int() would take any script's
@@ -39,8 +40,13 @@ _ITEM = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")  # ASCII digits: int() wou
 class AffinityRule:
     """``auto``, ``none`` or an explicit CPU list, as parsed from ``--cpu-affinity``."""
 
-    mode: str
+    mode: Literal["auto", "none", "list"]
     cpus: tuple[int, ...] = ()
+
+    def placements(self, processes: int) -> list[int | None]:
+        """The CPU of each of ``processes`` workers (slot order), read against this process's mask and CPU."""
+        allowed, start = allowed_cpus(), current_cpu()
+        return [self.cpu_for(slot, allowed=allowed, start=start) for slot in range(processes)]
 
     def cpu_for(self, slot: int, *, allowed: tuple[int, ...], start: int | None) -> int | None:
         """The CPU worker ``slot`` runs on; None leaves it to the kernel.
@@ -56,7 +62,7 @@ class AffinityRule:
         return self.cpus[slot % len(self.cpus)]
 
     def __str__(self) -> str:
-        return self.mode if self.mode != "list" else ",".join(map(str, self.cpus))
+        return self.mode if self.mode != LIST else ",".join(map(str, self.cpus))
 
 
 def parse_affinity(text: str, *, allowed: tuple[int, ...] | None = None) -> AffinityRule:
@@ -66,8 +72,10 @@ def parse_affinity(text: str, *, allowed: tuple[int, ...] | None = None) -> Affi
     would fail every worker at start, so it is refused here, with the CPUs it may use.
     """
     spec = text.strip().lower()
-    if spec in (AUTO, NONE):
-        return AffinityRule(spec)
+    if spec == AUTO:
+        return AffinityRule(AUTO)
+    if spec == NONE:
+        return AffinityRule(NONE)
     if not spec:
         raise ValueError("empty: give auto, none or a CPU list such as 0,2-3")
     cpus: list[int] = []
@@ -81,7 +89,7 @@ def parse_affinity(text: str, *, allowed: tuple[int, ...] | None = None) -> Affi
         outside = [c for c in cpus if c not in usable]
         if outside:
             raise ValueError(f"CPU {','.join(map(str, outside))} is not one this process may use ({_ranges(usable)})")
-    return AffinityRule("list", tuple(cpus))
+    return AffinityRule(LIST, tuple(cpus))
 
 
 def _cpu_item(item: str) -> range:
@@ -107,11 +115,18 @@ def allowed_cpus() -> tuple[int, ...]:
         return ()
 
 
+def libc() -> ctypes.CDLL:
+    """The C library, for the calls Python's ``os`` has no binding for (``sched_getcpu``, ``prctl``).
+
+    Raises OSError where there is none to load.
+    """
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
 def current_cpu() -> int | None:
     """The CPU the calling thread is running on (glibc's ``sched_getcpu``), None where unknown."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        cpu = int(libc.sched_getcpu())
+        cpu = int(libc().sched_getcpu())
     except (OSError, AttributeError):
         return None
     return cpu if cpu >= 0 else None

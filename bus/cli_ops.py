@@ -132,22 +132,22 @@ def _pin(rule: AffinityRule) -> None:
 
     import structlog
 
-    from bus.affinity import allowed_cpus, current_cpu, pin_process
+    from bus.affinity import AUTO, pin_process
     from bus.supervisor import WORKER_CPU_ENV
 
     log = structlog.get_logger("igate_bus.worker")
-    given = os.environ.get(WORKER_CPU_ENV, "")  # a supervisor's child: the CPU of its slot ("" for none)
-    if WORKER_CPU_ENV in os.environ:
+    given = os.environ.get(WORKER_CPU_ENV)  # a supervisor's child: the CPU of its slot ("" for none)
+    if given is not None:
         cpu = int(given) if given.isdigit() else None
     else:
-        cpu = rule.cpu_for(0, allowed=allowed_cpus(), start=current_cpu())
+        [cpu] = rule.placements(1)
     if cpu is None:
         log.info("cpu_affinity", cpu=None, rule=str(rule))
         return
     try:
         pin_process(cpu)
     except OSError as exc:
-        if rule.mode != "auto":
+        if rule.mode != AUTO:
             _fail(f"--cpu-affinity {rule}: the kernel refuses CPU {cpu}: {exc.strerror or exc}")
         log.warning("cpu_affinity_refused", cpu=cpu, rule=str(rule), error=exc.strerror or str(exc))
         return
@@ -191,16 +191,13 @@ def _supervise(app: App, config: Path | None, route_names: str, processes: int, 
     if not routes:
         _fail("no route to run: every route is disabled or none was selected")
     app.close()
-    from bus.affinity import allowed_cpus, current_cpu
-
-    allowed, start = allowed_cpus(), current_cpu()
     supervisor = Supervisor(
         child_command(route_names, config),
         processes,
         env=dict(os.environ),
         ops_host=host,
         ops_port=port,
-        cpus=[affinity.cpu_for(slot, allowed=allowed, start=start) for slot in range(processes)],
+        cpus=affinity.placements(processes),
     )
     supervisor.install_signal_handlers()
     sys.exit(supervisor.run())

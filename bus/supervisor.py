@@ -418,16 +418,14 @@ def follow_supervisor() -> bool:
     does); elsewhere, nothing is set. A child whose parent is not the supervisor named in its environment
     (it died before the signal was set) should stop at once.
     """
-    import ctypes
-    import ctypes.util
+    from bus.affinity import libc
 
     expected = os.environ.get(SUPERVISOR_PID_ENV)
     if not expected:
         return True
     if sys.platform.startswith("linux"):
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            libc().prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         except (OSError, AttributeError) as exc:  # no libc to ask: the supervisor's SIGTERM still reaches us
             log.warning("parent_death_signal_unset", error=str(exc))
     return str(os.getppid()) == expected
